@@ -1,0 +1,3 @@
+"""mrbatch: resilient multi-region batch processing."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,111 @@
+"""Executor backends: a process pool (the embedded default) and an inline executor that runs each
+task at once in the caller's process (deterministic tests)."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ..workspace import Workspace
+
+__all__ = ["InlineExecutor", "ProcessPool", "open_inline", "open_process_pool"]
+
+
+def _warm() -> int:
+    # Importing the task module loads polars once per worker, before the first real task.
+    from .. import tasks  # noqa: F401
+
+    return os.getpid()
+
+
+class ProcessPool:
+    """A pool of worker processes that replaces itself when a worker dies.
+
+    ``concurrent.futures`` marks the whole pool broken when one worker is killed: every pending
+    future fails with BrokenProcessPool. The orchestrator retries those tasks; this class makes
+    sure the next ``submit`` gets a fresh pool instead of the broken one."""
+
+    def __init__(self, workers: int) -> None:
+        self.workers = max(1, workers)
+        self._lock = threading.Lock()
+        self._pool: ProcessPoolExecutor | None = None
+        self.restarts = 0
+        # Each worker gets an equal share of the cores for polars' own threads.
+        cores = os.cpu_count() or 1
+        os.environ.setdefault("POLARS_MAX_THREADS", str(max(1, cores // self.workers)))
+
+    def _fresh(self) -> ProcessPoolExecutor:
+        pool = ProcessPoolExecutor(
+            max_workers=self.workers, mp_context=multiprocessing.get_context("spawn")
+        )
+        for _ in range(self.workers):
+            pool.submit(_warm)
+        return pool
+
+    def _current(self) -> ProcessPoolExecutor:
+        with self._lock:
+            pool = self._pool
+            if pool is None or getattr(pool, "_broken", False):
+                if pool is not None:
+                    self.restarts += 1
+                    pool.shutdown(wait=False, cancel_futures=True)
+                pool = self._pool = self._fresh()
+            return pool
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any) -> Future[Any]:
+        try:
+            return self._current().submit(fn, *args)
+        except BrokenProcessPool:
+            return self._current().submit(fn, *args)
+
+    def pids(self) -> list[int]:
+        pool = self._pool
+        processes = getattr(pool, "_processes", None) or {}
+        return sorted(int(pid) for pid in processes)
+
+    def shutdown(self, *, cancel: bool = True) -> None:
+        with self._lock:
+            pool, self._pool = self._pool, None
+        if pool is None:
+            return
+        processes = list((getattr(pool, "_processes", None) or {}).values())
+        pool.shutdown(wait=not cancel, cancel_futures=cancel)
+        if cancel:
+            # A stop must be prompt; an interrupted chunk task is simply run again later.
+            for process in processes:
+                if process.is_alive():
+                    process.kill()
+            for process in processes:
+                process.join(timeout=5)
+
+
+class InlineExecutor:
+    """Runs each task immediately in the calling thread."""
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any) -> Future[Any]:
+        future: Future[Any] = Future()
+        try:
+            future.set_result(fn(*args))
+        except BaseException as exc:  # the future carries it, as a pool would
+            future.set_exception(exc)
+        return future
+
+    def pids(self) -> list[int]:
+        return []
+
+    def shutdown(self, *, cancel: bool = True) -> None:
+        return None
+
+
+def open_process_pool(ws: Workspace) -> ProcessPool:
+    return ProcessPool(ws.config.pipeline.workers or (os.cpu_count() or 1))
+
+
+def open_inline(ws: Workspace) -> InlineExecutor:
+    return InlineExecutor()

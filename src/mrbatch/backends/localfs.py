@@ -1,0 +1,341 @@
+"""The embedded object store: one directory per region's bucket.
+
+Bytes live in content-addressed blobs (``blobs/ab/abcdef…``, named by SHA-256); an SQLite index
+maps each key to its current blob. The index row is the commit point of a write: a blob is
+written completely under a temporary name and renamed into place before the row that points to
+it is committed, so a crash at any moment leaves either the old version or the new one. Because
+blobs are immutable, a version (its SHA-256) stays readable after the key moves on, and ``copy``
+costs one index row.
+
+The index doubles as the change feed: every change gets the next ``seq``; the trigger and the
+replicators read rows with ``seq`` above their cursor. Deletions are kept as tombstones so they
+replicate too.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import sqlite3
+import time
+import uuid
+from collections.abc import Iterable, Iterator, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, BinaryIO
+
+from ..errors import ConflictError, NotFoundError
+from ..faults import FaultPoints
+from ..keys import check_key
+from ..ports import ObjectInfo
+from .sqlite_util import SqliteFile
+
+if TYPE_CHECKING:
+    from ..workspace import Workspace
+
+__all__ = ["LocalObjectStore", "open_store"]
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS objects (
+    key      TEXT PRIMARY KEY,
+    sha256   TEXT NOT NULL,
+    size     INTEGER NOT NULL,
+    modified REAL NOT NULL,
+    origin   TEXT NOT NULL,
+    epoch    INTEGER NOT NULL DEFAULT 0,
+    deleted  INTEGER NOT NULL DEFAULT 0,
+    meta     TEXT NOT NULL DEFAULT '{}',
+    seq      INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS objects_seq ON objects (seq);
+"""
+_COPY_BLOCK = 1 << 20
+
+
+def _prefix_end(prefix: str) -> str:
+    # Every key starting with prefix sorts in [prefix, prefix + U+10FFFF).
+    return prefix + "\U0010ffff"
+
+
+class LocalObjectStore:
+    def __init__(self, root: Path, region: str, faults: FaultPoints | None = None) -> None:
+        self.root = root
+        self.region = region
+        self._faults = faults
+        self._blobs = root / "blobs"
+        self._tmp = root / "tmp"
+        self._blobs.mkdir(parents=True, exist_ok=True)
+        self._tmp.mkdir(parents=True, exist_ok=True)
+        self._index = SqliteFile(root / "index.sqlite", _SCHEMA)
+
+    # ------------------------------------------------------------------ helpers
+    def _check(self) -> None:
+        if self._faults is not None:
+            self._faults.check("storage", self.region)
+
+    def _blob_path(self, sha256: str) -> Path:
+        return self._blobs / sha256[:2] / sha256
+
+    def _write_blob(self, data: bytes | BinaryIO | Iterable[bytes]) -> tuple[str, int]:
+        """Store bytes as a blob; returns (sha256, size). Idempotent by content."""
+        digest = hashlib.sha256()
+        size = 0
+        tmp = self._tmp / f"{uuid.uuid4().hex}.part"
+        try:
+            with open(tmp, "wb") as out:
+                for block in _blocks(data):
+                    digest.update(block)
+                    out.write(block)
+                    size += len(block)
+            sha = digest.hexdigest()
+            target = self._blob_path(sha)
+            if target.exists():
+                tmp.unlink()
+            else:
+                target.parent.mkdir(exist_ok=True)
+                os.replace(tmp, target)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        return sha, size
+
+    @staticmethod
+    def _info(row: sqlite3.Row) -> ObjectInfo:
+        return ObjectInfo(
+            key=row["key"],
+            size=row["size"],
+            sha256=row["sha256"],
+            version=row["sha256"],
+            modified=row["modified"],
+            origin=row["origin"],
+            epoch=row["epoch"],
+            seq=row["seq"],
+            deleted=bool(row["deleted"]),
+            meta=json.loads(row["meta"]),
+        )
+
+    def _row(self, db: sqlite3.Connection, key: str) -> sqlite3.Row | None:
+        row: sqlite3.Row | None = db.execute(
+            "SELECT * FROM objects WHERE key = ?", (key,)
+        ).fetchone()
+        return row
+
+    def _upsert(
+        self,
+        db: sqlite3.Connection,
+        key: str,
+        sha: str,
+        size: int,
+        *,
+        modified: float,
+        origin: str,
+        epoch: int,
+        deleted: bool,
+        meta: Mapping[str, str],
+    ) -> ObjectInfo:
+        seq = db.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM objects").fetchone()[0]
+        db.execute(
+            "INSERT INTO objects (key, sha256, size, modified, origin, epoch, deleted, meta, seq)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+            " ON CONFLICT (key) DO UPDATE SET sha256 = excluded.sha256, size = excluded.size,"
+            " modified = excluded.modified, origin = excluded.origin, epoch = excluded.epoch,"
+            " deleted = excluded.deleted, meta = excluded.meta, seq = excluded.seq",
+            (key, sha, size, modified, origin, epoch, int(deleted), json.dumps(dict(meta)), seq),
+        )
+        row = self._row(db, key)
+        assert row is not None
+        return self._info(row)
+
+    def _commit(
+        self, key: str, sha: str, size: int, meta: Mapping[str, str], epoch: int
+    ) -> ObjectInfo:
+        with self._index.transaction() as db:
+            row = self._row(db, key)
+            if (
+                row is not None
+                and not row["deleted"]
+                and row["sha256"] == sha
+                and json.loads(row["meta"]) == dict(meta)
+                and row["epoch"] == epoch
+            ):
+                return self._info(row)  # same bytes, same meta: nothing changes
+            return self._upsert(
+                db,
+                key,
+                sha,
+                size,
+                modified=time.time(),
+                origin=self.region,
+                epoch=epoch,
+                deleted=False,
+                meta=meta,
+            )
+
+    # ------------------------------------------------------------------ the port
+    def put(
+        self,
+        key: str,
+        data: bytes | BinaryIO | Iterable[bytes],
+        *,
+        meta: Mapping[str, str] | None = None,
+        epoch: int = 0,
+    ) -> ObjectInfo:
+        check_key(key)
+        self._check()
+        sha, size = self._write_blob(data)
+        self._check()
+        return self._commit(key, sha, size, meta or {}, epoch)
+
+    def open(self, key: str, *, version: str | None = None) -> BinaryIO:
+        self._check()
+        sha = version
+        if sha is None:
+            info = self.head(key)
+            if info is None:
+                raise NotFoundError(f"{self.region}: no object {key!r}")
+            sha = info.sha256
+        try:
+            return open(self._blob_path(sha), "rb")
+        except FileNotFoundError:
+            raise NotFoundError(f"{self.region}: no object {key!r} version {sha[:12]}") from None
+
+    def get(self, key: str, *, version: str | None = None) -> bytes:
+        with self.open(key, version=version) as stream:
+            return stream.read()
+
+    def head(self, key: str) -> ObjectInfo | None:
+        self._check()
+        rows = self._index.query("SELECT * FROM objects WHERE key = ? AND deleted = 0", (key,))
+        return self._info(rows[0]) if rows else None
+
+    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        self._check()
+        rows = self._index.query(
+            "SELECT * FROM objects WHERE key >= ? AND key < ? AND deleted = 0 ORDER BY key",
+            (prefix, _prefix_end(prefix)),
+        )
+        return iter([self._info(row) for row in rows])
+
+    def copy(
+        self,
+        src: str,
+        dst: str,
+        *,
+        version: str | None = None,
+        meta: Mapping[str, str] | None = None,
+        epoch: int = 0,
+    ) -> ObjectInfo:
+        check_key(dst)
+        self._check()
+        if version is None:
+            info = self.head(src)
+            if info is None:
+                raise NotFoundError(f"{self.region}: no object {src!r} to copy")
+            version, size = info.sha256, info.size
+        else:
+            try:
+                size = self._blob_path(version).stat().st_size
+            except FileNotFoundError:
+                raise NotFoundError(
+                    f"{self.region}: no object {src!r} version {version[:12]} to copy"
+                ) from None
+        return self._commit(dst, version, size, meta or {}, epoch)
+
+    def delete(self, key: str) -> bool:
+        self._check()
+        with self._index.transaction() as db:
+            row = self._row(db, key)
+            if row is None or row["deleted"]:
+                return False
+            self._upsert(
+                db,
+                key,
+                row["sha256"],
+                0,
+                modified=time.time(),
+                origin=self.region,
+                epoch=row["epoch"],
+                deleted=True,
+                meta={},
+            )
+            return True
+
+    def changes(self, after: int, *, prefix: str = "", limit: int = 1000) -> list[ObjectInfo]:
+        self._check()
+        rows = self._index.query(
+            "SELECT * FROM objects WHERE seq > ? AND key >= ? AND key < ? ORDER BY seq LIMIT ?",
+            (after, prefix, _prefix_end(prefix), limit),
+        )
+        return [self._info(row) for row in rows]
+
+    def apply_replica(self, info: ObjectInfo, data: BinaryIO | None) -> bool:
+        self._check()
+        current = self._index.query("SELECT * FROM objects WHERE key = ?", (info.key,))
+        if current and not _newer(info, self._info(current[0])):
+            return False
+        if not info.deleted:
+            if data is None:
+                raise ValueError("a replicated write needs its bytes")
+            sha, _ = self._write_blob(data)
+            if sha != info.sha256:
+                raise ConflictError(
+                    f"{self.region}: replica of {info.key!r} arrived corrupted"
+                    f" (sha256 {sha[:12]} != {info.sha256[:12]})"
+                )
+        with self._index.transaction() as db:
+            row = self._row(db, info.key)
+            if row is not None and not _newer(info, self._info(row)):
+                return False
+            self._upsert(
+                db,
+                info.key,
+                info.sha256,
+                info.size,
+                modified=info.modified,
+                origin=info.origin,
+                epoch=info.epoch,
+                deleted=info.deleted,
+                meta=info.meta,
+            )
+            return True
+
+    # ------------------------------------------------------------------ extras
+    def last_seq(self) -> int:
+        self._check()
+        return int(self._index.query("SELECT COALESCE(MAX(seq), 0) FROM objects")[0][0])
+
+    def blob_path(self, version: str) -> Path:
+        """Where the bytes of ``version`` are on disk (the gateway serves files from here)."""
+        path = self._blob_path(version)
+        if not path.exists():
+            raise NotFoundError(f"{self.region}: no blob {version[:12]}")
+        return path
+
+    def wipe(self) -> None:
+        """Delete the whole bucket (tests simulating the loss of a region)."""
+        self._index.close()
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+def _newer(incoming: ObjectInfo, stored: ObjectInfo) -> bool:
+    """The convergence rule: higher epoch wins, then the later write, then the origin name."""
+    return (incoming.epoch, incoming.modified, incoming.origin) > (
+        stored.epoch,
+        stored.modified,
+        stored.origin,
+    )
+
+
+def _blocks(data: bytes | BinaryIO | Iterable[bytes]) -> Iterator[bytes]:
+    if isinstance(data, bytes | bytearray | memoryview):
+        yield bytes(data)
+    elif hasattr(data, "read"):
+        while block := data.read(_COPY_BLOCK):
+            yield block
+    else:
+        yield from data
+
+
+def open_store(ws: Workspace, region: str) -> LocalObjectStore:
+    return LocalObjectStore(ws.region_dir(region) / "bucket", region, FaultPoints(ws.faults_path))

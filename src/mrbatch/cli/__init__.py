@@ -1,0 +1,1 @@
+"""The ``mrbatch`` command line (typer + rich): one module per command group."""

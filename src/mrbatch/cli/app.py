@@ -1,0 +1,62 @@
+"""The Typer application and what every command shares: the workspace, output helpers."""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.console import Console
+
+from ..workspace import Workspace
+
+__all__ = ["State", "app", "console", "err_console", "print_json", "state"]
+
+app = typer.Typer(
+    name="mrbatch",
+    help="Resilient multi-region batch processing: files in, validated and enriched files out,"
+    " in whichever region is active.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console()
+err_console = Console(stderr=True)
+
+
+@dataclass
+class State:
+    config: Path | None = None
+    debug: bool = False
+    _ws: Workspace | None = field(default=None, repr=False)
+
+    def workspace(self) -> Workspace:
+        if self._ws is None:
+            self._ws = Workspace.load(self.config)
+        return self._ws
+
+
+state = State()
+
+
+@app.callback()
+def _options(
+    config: Path | None = typer.Option(
+        None,
+        "--config",
+        "-c",
+        help="Path to mrbatch.toml (default: found from the current directory upwards).",
+        envvar="MRBATCH_CONFIG",
+    ),
+    debug: bool = typer.Option(False, "--debug", help="Show tracebacks on errors."),
+) -> None:
+    state.config = config
+    state.debug = debug
+    state._ws = None
+
+
+def print_json(value: Any) -> None:
+    sys.stdout.write(json.dumps(value, indent=2, sort_keys=False, default=str) + "\n")

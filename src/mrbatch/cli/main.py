@@ -1,0 +1,37 @@
+"""The ``mrbatch`` entry point: loads every command module and turns errors into one line
+plus a hint on stderr, with exit code 1 (operation failed) or 2 (usage or configuration)."""
+
+from __future__ import annotations
+
+import sys
+
+from ..errors import MrbatchError
+from . import demo, deploy, objects, runs  # noqa: F401  (they register their commands)
+from .app import app, err_console, state
+
+__all__ = ["run"]
+
+
+def run(argv: list[str] | None = None) -> int:
+    try:
+        # Standalone mode: click reports its own usage errors (exit 2) and turns typer.Exit
+        # into SystemExit; our errors pass through untouched and are reported here.
+        app(args=argv, prog_name="mrbatch")
+    except MrbatchError as exc:
+        if state.debug:
+            err_console.print_exception()
+        err_console.print(f"[red]error:[/] {exc.message}", highlight=False, soft_wrap=True)
+        if exc.hint:
+            err_console.print(f"hint: {exc.hint}", highlight=False, soft_wrap=True)
+        return exc.exit_code
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    return 0
+
+
+def main() -> None:
+    sys.exit(run())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,238 @@
+"""The one typed configuration model, loaded from ``mrbatch.toml``.
+
+Every error names the file and the dotted key (``mrbatch.toml: pipeline.chunk_rows: ...``).
+Unknown keys are refused rather than ignored, so a typo never silently falls back to a default.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from .errors import ConfigError
+
+__all__ = [
+    "CONFIG_NAME",
+    "BackendsConfig",
+    "Config",
+    "EnrichmentConfig",
+    "FailoverConfig",
+    "GatewayConfig",
+    "NotifyConfig",
+    "PipelineConfig",
+    "ReplicationConfig",
+    "TimingConfig",
+    "WatchConfig",
+    "load_config",
+    "parse_duration",
+]
+
+CONFIG_NAME = "mrbatch.toml"
+REGION_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
+
+
+def parse_duration(value: Any) -> float:
+    """Seconds from a number or a text such as ``"500ms"``, ``"60s"``, ``"15m"``, ``"1h"``."""
+    if isinstance(value, bool):
+        raise ValueError("expected a duration such as 60, '60s', '15m' or '500ms'")
+    if isinstance(value, int | float):
+        if value < 0:
+            raise ValueError("a duration cannot be negative")
+        return float(value)
+    if isinstance(value, str):
+        match = _DURATION.match(value)
+        if match:
+            return float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+    raise ValueError(f"{value!r} is not a duration; use e.g. 60, '60s', '15m' or '500ms'")
+
+
+Duration = Annotated[float, BeforeValidator(parse_duration)]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class BackendsConfig(_Section):
+    """Which backend serves each port; names are looked up in ``mrbatch.backends``."""
+
+    object_store: str = "local"
+    state_table: str = "sqlite"
+    control_plane: str = "sqlite"
+    notifier: str = "outbox"
+    executor: str = "process-pool"
+
+
+class EnrichmentConfig(_Section):
+    """Join each valid row with reference data held in the bucket."""
+
+    reference: str = "reference/financial.csv"
+    key: str = "uuid"
+    reference_key: str = "uuid"
+    # reference column -> output column, in output order (TOML tables keep their order).
+    columns: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("reference")
+    @classmethod
+    def _reference_is_a_key(cls, value: str) -> str:
+        if not value or value.startswith("/") or ".." in value.split("/"):
+            raise ValueError(f"{value!r} is not an object key such as 'reference/financial.csv'")
+        return value
+
+
+class PipelineConfig(_Section):
+    schema_path: str = Field(default="pipeline/orders.schema.json", alias="schema")
+    chunk_rows: int = Field(default=250_000, ge=1)
+    # Fraction of rows a file may have rejected and still complete; above it the run FAILS.
+    max_rejected_fraction: float = Field(default=0.1, ge=0.0, le=1.0)
+    chunk_attempts: int = Field(default=4, ge=1, le=100)
+    retry_backoff: Duration = 0.5
+    # 0 means one worker per CPU core.
+    workers: int = Field(default=0, ge=0, le=256)
+    enrichment: EnrichmentConfig | None = None
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+class GatewayConfig(_Section):
+    host: str = "127.0.0.1"
+    port: int = Field(default=8740, ge=0, le=65535)
+    link_expiry: Duration = 3600.0
+    # The URL put in mails and printed by `mrbatch url`; defaults to http://host:port.
+    public_url: str | None = None
+
+
+class NotifyConfig(_Section):
+    sender: str = Field(default="mrbatch@localhost", alias="from")
+    to: list[str] = Field(default_factory=lambda: ["batch-owners@localhost"])
+    smtp_host: str | None = None
+    smtp_port: int = Field(default=25, ge=1, le=65535)
+    smtp_timeout: Duration = 10.0
+    attempts: int = Field(default=5, ge=1, le=1000)
+    retry_backoff: Duration = 1.0
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+class ReplicationConfig(_Section):
+    interval: Duration = 0.1
+    batch: int = Field(default=500, ge=1)
+
+
+class TimingConfig(_Section):
+    poll_interval: Duration = 0.05
+    heartbeat_interval: Duration = 0.5
+    # A full re-scan of input/ catches anything the incremental feed could have missed.
+    rescan_interval: Duration = 30.0
+
+
+class FailoverConfig(_Section):
+    desired_rto: Duration = 60.0
+    max_wait: Duration = 60.0
+    min_switch_interval: Duration = 60.0
+
+
+class WatchConfig(_Section):
+    heartbeat_timeout: Duration = 5.0
+    max_error_rate: float = Field(default=0.5, ge=0.0, le=1.0)
+    interval: Duration = 1.0
+
+
+class Config(BaseModel):
+    """The whole ``mrbatch.toml``; paths are relative to the file's directory."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    regions: list[str] = Field(min_length=1)
+    data_dir: str = ".mrbatch"
+    backends: BackendsConfig = Field(default_factory=BackendsConfig)
+    pipeline: PipelineConfig = Field(default_factory=PipelineConfig)
+    gateway: GatewayConfig = Field(default_factory=GatewayConfig)
+    notify: NotifyConfig = Field(default_factory=NotifyConfig)
+    replication: ReplicationConfig = Field(default_factory=ReplicationConfig)
+    timing: TimingConfig = Field(default_factory=TimingConfig)
+    failover: FailoverConfig = Field(default_factory=FailoverConfig)
+    watch: WatchConfig = Field(default_factory=WatchConfig)
+
+    @field_validator("regions")
+    @classmethod
+    def _region_names(cls, names: list[str]) -> list[str]:
+        for name in names:
+            if not REGION_NAME.match(name):
+                raise ValueError(
+                    f"{name!r} is not a region name (lowercase letters, digits and '-')"
+                )
+        if len(set(names)) != len(names):
+            raise ValueError("a region is listed twice")
+        return names
+
+    @model_validator(mode="after")
+    def _backends_known(self) -> Config:
+        from .backends import check_backend_names  # local: the registry is data, not code
+
+        check_backend_names(self.backends)
+        smtp_chosen = self.backends.notifier == "smtp"
+        if smtp_chosen and not self.notify.smtp_host:
+            raise ValueError("backends.notifier is 'smtp' but notify.smtp_host is not set")
+        if not smtp_chosen and self.notify.smtp_host:
+            raise ValueError(
+                f"notify.smtp_host is set but backends.notifier is {self.backends.notifier!r};"
+                ' set backends.notifier = "smtp" to send mail over SMTP'
+            )
+        return self
+
+
+def _dotted(loc: tuple[Any, ...]) -> str:
+    parts: list[str] = []
+    for item in loc:
+        if isinstance(item, int):
+            parts[-1:] = [f"{parts[-1]}[{item}]"] if parts else [f"[{item}]"]
+        else:
+            parts.append(str(item))
+    return ".".join(parts)
+
+
+def load_config(path: Path) -> Config:
+    """Read and validate ``path``; raise ConfigError naming the file and the key at fault."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError as exc:
+        raise ConfigError(
+            f"{path}: no such configuration file",
+            hint="run `mrbatch init` to create a workspace, or pass --config PATH",
+        ) from exc
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read: {exc}") from exc
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        key = _dotted(tuple(first["loc"])) or "(top level)"
+        message = first["msg"].removeprefix("Value error, ")
+        if first["type"] == "extra_forbidden":
+            message = "unknown key"
+        elif first["type"] == "missing":
+            message = "required key is missing"
+        more = f" (and {exc.error_count() - 1} more problem(s))" if exc.error_count() > 1 else ""
+        raise ConfigError(
+            f"{path}: {key}: {message}{more}",
+            hint="fix the key in the file; `mrbatch init` writes a commented example",
+        ) from exc

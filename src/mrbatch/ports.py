@@ -1,0 +1,318 @@
+"""The ports: small protocols every backend implements, and the values they exchange.
+
+Each method's docstring states whether it is idempotent and what "not found" looks like. The
+contract test suites in ``tests/contracts/`` run the same assertions against every backend.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any, BinaryIO, Protocol, runtime_checkable
+
+__all__ = [
+    "ControlPlane",
+    "Executor",
+    "Heartbeat",
+    "Mail",
+    "Notifier",
+    "ObjectInfo",
+    "ObjectStore",
+    "Record",
+    "RegionState",
+    "Routing",
+    "StateTable",
+]
+
+
+# --------------------------------------------------------------------------- object store
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    """What a store knows about one version of an object.
+
+    ``version`` identifies the bytes (the local store uses the SHA-256; S3 a VersionId) and can
+    be passed back to ``open`` to read exactly those bytes even after the key moved on.
+    ``epoch`` is the routing epoch the writer held (0 for user uploads); replication resolves
+    conflicts by (epoch, modified, origin). ``seq`` is the position in the store's change feed.
+    """
+
+    key: str
+    size: int
+    sha256: str
+    version: str
+    modified: float
+    origin: str
+    epoch: int = 0
+    seq: int = 0
+    deleted: bool = False
+    meta: Mapping[str, str] = field(default_factory=dict)
+
+
+@runtime_checkable
+class ObjectStore(Protocol):
+    """One region's bucket. Writes are atomic: a reader sees the old bytes or the new, never a
+    part. Keys are ``/``-separated relative paths (no ``..``, no leading ``/``)."""
+
+    region: str
+
+    def put(
+        self,
+        key: str,
+        data: bytes | BinaryIO,
+        *,
+        meta: Mapping[str, str] | None = None,
+        epoch: int = 0,
+    ) -> ObjectInfo:
+        """Store ``data`` under ``key``. Idempotent: writing the same bytes and meta again
+        changes nothing (no new version, no change-feed entry)."""
+        ...
+
+    def open(self, key: str, *, version: str | None = None) -> BinaryIO:
+        """A binary stream of the object (of ``version`` when given).
+        Raises NotFoundError when the key (or that version) does not exist."""
+        ...
+
+    def get(self, key: str, *, version: str | None = None) -> bytes:
+        """The whole object. Raises NotFoundError like ``open``."""
+        ...
+
+    def head(self, key: str) -> ObjectInfo | None:
+        """The current version's info, or None when the key does not exist (or is deleted)."""
+        ...
+
+    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        """Live objects whose key starts with ``prefix``, in key order."""
+        ...
+
+    def copy(
+        self,
+        src: str,
+        dst: str,
+        *,
+        version: str | None = None,
+        meta: Mapping[str, str] | None = None,
+        epoch: int = 0,
+    ) -> ObjectInfo:
+        """Copy ``src`` (of ``version``) to ``dst``. Idempotent like ``put``.
+        Raises NotFoundError when the source does not exist."""
+        ...
+
+    def delete(self, key: str) -> bool:
+        """Remove ``key``; True when something was deleted, False when it did not exist."""
+        ...
+
+    def changes(self, after: int, *, prefix: str = "", limit: int = 1000) -> list[ObjectInfo]:
+        """Changes (writes and deletions, newest version of each key) with ``seq > after``, in
+        seq order. The trigger and the replicators follow this feed."""
+        ...
+
+    def last_seq(self) -> int:
+        """The newest position of the change feed (0 for an empty store)."""
+        ...
+
+    def apply_replica(self, info: ObjectInfo, data: BinaryIO | None) -> bool:
+        """Merge a version replicated from another region (``data`` is None for a deletion):
+        it wins when its (epoch, modified, origin) is greater than the stored version's, and
+        keeps ``info.origin`` so it is not replicated back. Idempotent; True when applied."""
+        ...
+
+
+# --------------------------------------------------------------------------- state table
+
+
+@dataclass(frozen=True)
+class Record:
+    """One state-table item: JSON ``body`` plus the metadata conditional writes and replication
+    need. ``version`` increases by one on every local write; ``epoch`` is the routing epoch the
+    writer held; ``writer`` the region that wrote it; ``updated`` the writer's clock."""
+
+    pk: str
+    kind: str
+    body: Mapping[str, Any]
+    version: int
+    epoch: int
+    writer: str
+    updated: float
+    seq: int = 0
+
+
+@runtime_checkable
+class StateTable(Protocol):
+    """One region's replica of the state table (FileRun, ChunkRun... records)."""
+
+    region: str
+
+    def get(self, pk: str) -> Record | None:
+        """The record, or None when it does not exist."""
+        ...
+
+    def insert(self, pk: str, kind: str, body: Mapping[str, Any], *, epoch: int) -> Record:
+        """Create a record that must not exist yet (version 1).
+        Raises ConflictError when ``pk`` exists: this is how a file is claimed once."""
+        ...
+
+    def update(
+        self, pk: str, body: Mapping[str, Any], *, expected_version: int, epoch: int
+    ) -> Record:
+        """Replace the body if the stored version is ``expected_version`` (compare-and-set).
+        Raises ConflictError when the version differs, NotFoundError when absent."""
+        ...
+
+    def scan(self, kind: str, *, prefix: str = "") -> Iterator[Record]:
+        """Records of ``kind`` whose pk starts with ``prefix``, in pk order."""
+        ...
+
+    def changes(self, after: int, *, limit: int = 1000) -> list[Record]:
+        """Records written (locally or by replication) with ``seq > after``, in seq order."""
+        ...
+
+    def apply_replica(self, record: Record) -> bool:
+        """Merge a record from another region: it wins when its (epoch, updated, writer) is
+        greater than the stored one's. Idempotent. True when it was applied."""
+        ...
+
+    def get_cursor(self, name: str) -> int:
+        """A named position (replication, trigger) kept with this replica; 0 when unset."""
+        ...
+
+    def set_cursor(self, name: str, value: int) -> None:
+        """Store a named position. Idempotent."""
+        ...
+
+
+# --------------------------------------------------------------------------- control plane
+
+
+class RegionState:
+    ACTIVE = "ACTIVE"
+    STANDBY = "STANDBY"
+    FENCED = "FENCED"
+    ALL = (ACTIVE, STANDBY, FENCED)
+
+
+@dataclass(frozen=True)
+class Routing:
+    """The routing control: which region is active, under which epoch.
+
+    ``phase`` is the application state clients see: ``ACTIVE`` normally, ``FAILOVER`` while a
+    recovery plan is between fencing and activation (the target is already the only ACTIVE
+    region, but it neither claims nor reconciles yet)."""
+
+    epoch: int
+    active_region: str
+    regions: Mapping[str, str]
+    phase: str
+    switched_at: float
+    plan_id: str | None = None
+
+
+@dataclass(frozen=True)
+class Heartbeat:
+    region: str
+    pid: int | None
+    at: float
+    info: Mapping[str, Any] = field(default_factory=dict)
+
+
+@runtime_checkable
+class ControlPlane(Protocol):
+    """The routing control shared by all regions (Route 53 ARC's role).
+
+    Safety rules hold for every change: exactly one ACTIVE region, epochs only grow, and two
+    switches are at least ``min_interval`` apart unless forced."""
+
+    def initialize(self, regions: list[str], active: str) -> Routing:
+        """Create the routing control with ``active`` ACTIVE at epoch 1, others STANDBY.
+        Idempotent: an existing control is returned unchanged."""
+        ...
+
+    def routing(self) -> Routing:
+        """The current routing. Raises NotFoundError when not initialized,
+        UnavailableError when unreachable."""
+        ...
+
+    def confirm(self, region: str, epoch: int) -> bool:
+        """True iff ``region`` is ACTIVE, the current epoch is ``epoch`` and no failover is in
+        progress. The fencing check made before every publish and notify."""
+        ...
+
+    def switch(
+        self,
+        target: str,
+        *,
+        expected_epoch: int,
+        min_interval: float,
+        force: bool = False,
+        phase: str = "ACTIVE",
+        plan_id: str | None = None,
+    ) -> Routing:
+        """Make ``target`` the only ACTIVE region under epoch ``expected_epoch + 1``; the
+        previous active region becomes FENCED. Compare-and-set on the epoch: raises
+        ConflictError when the epoch moved (another switch won), SafetyRuleError naming the
+        rule when one refuses (nothing changes then)."""
+        ...
+
+    def set_phase(self, phase: str, *, expected_epoch: int) -> Routing:
+        """Change the application phase within the current epoch (e.g. FAILOVER -> ACTIVE).
+        Raises ConflictError when the epoch moved."""
+        ...
+
+    def set_region_state(self, region: str, state: str, *, expected_epoch: int) -> Routing:
+        """Set a non-active region's state (FENCED -> STANDBY after failback, say). Refuses
+        to touch the active region (SafetyRuleError). Raises ConflictError if the epoch moved."""
+        ...
+
+    def heartbeat(self, region: str, pid: int | None, info: Mapping[str, Any]) -> None:
+        """Record that ``region``'s process is alive, with a few facts about it."""
+        ...
+
+    def heartbeats(self) -> dict[str, Heartbeat]:
+        """The latest heartbeat of each region that sent one."""
+        ...
+
+    def put_document(self, name: str, body: Mapping[str, Any]) -> None:
+        """Store a small JSON document (a plan execution log, say). Idempotent by name."""
+        ...
+
+    def documents(self, prefix: str) -> dict[str, dict[str, Any]]:
+        """Documents whose name starts with ``prefix``, by name; empty when none."""
+        ...
+
+
+# --------------------------------------------------------------------------- notifier
+
+
+@dataclass(frozen=True)
+class Mail:
+    message_id: str
+    sender: str
+    to: tuple[str, ...]
+    subject: str
+    body: str
+
+
+@runtime_checkable
+class Notifier(Protocol):
+    def send(self, mail: Mail) -> str:
+        """Deliver ``mail``; returns where it went. Idempotent per ``message_id`` where the
+        backend can tell (the outbox writes one file per id); raises UnavailableError when the
+        mail server cannot be reached, so the caller retries."""
+        ...
+
+
+# --------------------------------------------------------------------------- executor
+
+
+@runtime_checkable
+class Executor(Protocol):
+    def submit(self, fn: Callable[..., Any], /, *args: Any) -> Future[Any]:
+        """Run ``fn(*args)`` (a module-level function of picklable arguments) somewhere.
+        A worker that dies makes the future fail; the executor replaces the worker."""
+        ...
+
+    def shutdown(self, *, cancel: bool = True) -> None:
+        """Stop the workers; pending tasks are cancelled when ``cancel``. Idempotent."""
+        ...

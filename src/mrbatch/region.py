@@ -1,0 +1,185 @@
+"""One region's process: trigger -> orchestrate -> execute, in one loop.
+
+Every region watches ``input/`` in its own bucket; only the ACTIVE region of the current epoch
+claims files and drives runs. A standby (or fenced) region keeps heartbeating and does nothing
+else, so a fenced region that comes back stays quiet until it is made active again.
+The loop never dies on an error: it logs, backs off with jitter and goes on. Signal handlers
+only set a flag.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import signal
+import threading
+import time
+from concurrent.futures import FIRST_COMPLETED, wait
+from typing import Any
+
+from . import backends
+from .errors import MrbatchError, UnavailableError
+from .keys import INPUT, run_id_for
+from .orchestrator import Orchestrator
+from .ports import Executor, RegionState, Routing
+from .records import run_pk
+from .workspace import Workspace
+
+__all__ = ["RegionProcess", "is_active"]
+
+log = logging.getLogger("mrbatch.region")
+TRIGGER_CURSOR = "trigger"
+
+
+def is_active(routing: Routing, region: str) -> bool:
+    """May ``region`` claim and drive runs now?"""
+    return (
+        routing.active_region == region
+        and routing.regions.get(region) == RegionState.ACTIVE
+        and routing.phase == "ACTIVE"
+    )
+
+
+class RegionProcess:
+    def __init__(self, ws: Workspace, region: str, *, executor: Executor | None = None) -> None:
+        ws.check_region(region)
+        self.ws = ws
+        self.region = region
+        self.timing = ws.config.timing
+        self.store = backends.open_object_store(ws, region)
+        self.table = backends.open_state_table(ws, region)
+        self.control = backends.open_control_plane(ws, caller=region)
+        self.executor = executor or backends.open_executor(ws)
+        self.orch = Orchestrator(
+            ws,
+            region,
+            store=self.store,
+            table=self.table,
+            control=self.control,
+            notifier=backends.open_notifier(ws),
+            executor=self.executor,
+        )
+        self.stop = threading.Event()
+        self.state = "starting"
+        self.last_error: str | None = None
+        self.loop_errors = 0
+        self._last_heartbeat = 0.0
+        self._last_rescan = 0.0
+        self._cursor: int | None = None
+
+    # ------------------------------------------------------------------ one pass
+    def tick(self) -> None:
+        try:
+            routing = self.control.routing()
+        except UnavailableError as exc:
+            # Without the control plane we cannot confirm anything: pause, keep what we have.
+            self.state = "control-plane-unreachable"
+            self.last_error = str(exc)
+            return
+        self._heartbeat(routing)
+        if not is_active(routing, self.region):
+            self.state = routing.regions.get(self.region, "unknown").lower()
+            if routing.active_region == self.region and routing.phase != "ACTIVE":
+                self.state = "activating"
+            if self.orch.epoch is not None:
+                self.orch.deactivate(f"{self.region} is no longer ACTIVE (epoch {routing.epoch})")
+            return
+        self.state = "active"
+        if self.orch.epoch != routing.epoch:
+            if self.orch.epoch is not None:
+                self.orch.deactivate(f"epoch moved to {routing.epoch}")
+            self.orch.activate(routing)
+            self._last_rescan = 0.0  # a full scan of input/ whenever we become active
+        self._trigger(routing)
+        self.orch.step(routing)
+
+    def _trigger(self, routing: Routing) -> None:
+        now = time.monotonic()
+        if now - self._last_rescan >= self.timing.rescan_interval:
+            # Position first, then list: anything written meanwhile is seen by the feed too.
+            cursor = self.store.last_seq()
+            for info in self.store.list(INPUT):
+                self._maybe_claim(info, routing)
+            self._save_cursor(cursor)
+            self._last_rescan = now
+            return
+        changes = self.store.changes(self._feed_position(), prefix=INPUT, limit=500)
+        for info in changes:
+            if not info.deleted:
+                self._maybe_claim(info, routing)
+        if changes:
+            self._save_cursor(changes[-1].seq)
+
+    def _feed_position(self) -> int:
+        if self._cursor is None:
+            self._cursor = self.table.get_cursor(TRIGGER_CURSOR)
+        return self._cursor
+
+    def _save_cursor(self, value: int) -> None:
+        if value != self._cursor:
+            self.table.set_cursor(TRIGGER_CURSOR, value)
+            self._cursor = value
+
+    def _maybe_claim(self, info: Any, routing: Routing) -> None:
+        if self.table.get(run_pk(run_id_for(info.key, info.sha256))) is not None:
+            return  # claimed before (here, or in another region and replicated)
+        self.orch.claim(info, routing)
+
+    def _heartbeat(self, routing: Routing | None) -> None:
+        now = time.monotonic()
+        if now - self._last_heartbeat < self.timing.heartbeat_interval:
+            return
+        self._last_heartbeat = now
+        pids = getattr(self.executor, "pids", lambda: [])()
+        try:
+            self.control.heartbeat(
+                self.region,
+                os.getpid(),
+                {
+                    "state": self.state,
+                    "runs_in_flight": len(self.orch.runs),
+                    "workers": pids,
+                    "stats": dict(self.orch.stats),
+                    "loop_errors": self.loop_errors,
+                    "last_error": self.last_error,
+                },
+            )
+        except MrbatchError as exc:
+            self.last_error = str(exc)
+
+    # ------------------------------------------------------------------ the loop
+    def run(self) -> None:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: self.stop.set())
+        log.info("region %s starting (pid %d)", self.region, os.getpid())
+        self.executor.submit(os.getpid)  # start the workers now, not with the first file
+        failures = 0
+        try:
+            while not self.stop.is_set():
+                try:
+                    self.tick()
+                    failures = 0
+                except Exception as exc:
+                    failures += 1
+                    self.loop_errors += 1
+                    self.last_error = str(exc)
+                    if isinstance(exc, MrbatchError):
+                        log.warning("region %s: %s", self.region, exc)
+                    else:
+                        log.exception("region %s: loop error", self.region)
+                self._wait(failures)
+        finally:
+            log.info("region %s stopping", self.region)
+            self.orch.shutdown()
+            self.executor.shutdown(cancel=True)
+
+    def _wait(self, failures: int) -> None:
+        timeout = self.timing.poll_interval
+        if failures:
+            timeout = min(5.0, timeout * 2**failures) * random.uniform(0.5, 1.5)
+        pending = [f for f in self.orch.futures() if not f.done()]
+        if pending and not failures:
+            wait(pending, timeout=timeout, return_when=FIRST_COMPLETED)
+        else:
+            self.stop.wait(timeout)

@@ -1,0 +1,189 @@
+"""Built-in replicators: objects and state records flow between regions asynchronously.
+
+One replicator per destination region pulls from every other region: it follows the source's
+change feed from a cursor kept in the destination's state table, applies each change with the
+convergence rule (higher epoch wins, then the later write), and moves the cursor only after the
+change is applied, so a crash repeats at most one batch and applying twice is harmless.
+Changes that came from the destination itself are skipped, so nothing ping-pongs.
+
+Backlog and lag are measured from the same cursors: the backlog of region R is the number of
+changes in R not yet applied in some other region, and its lag the age of the oldest of them.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from . import backends
+from .errors import MrbatchError, UnavailableError
+from .faults import FaultPoints
+from .ports import ObjectStore, StateTable
+from .workspace import Workspace
+
+__all__ = ["Backlog", "Replicator", "backlog", "cursor_name", "region_backlog"]
+
+log = logging.getLogger("mrbatch.replication")
+_COUNT_CAP = 100_000
+
+
+def cursor_name(kind: str, source: str) -> str:
+    return f"replication:{kind}<-{source}"
+
+
+@dataclass(frozen=True)
+class Backlog:
+    objects: int
+    records: int
+    oldest: float | None  # the writer's clock of the oldest unreplicated change
+
+    @property
+    def total(self) -> int:
+        return self.objects + self.records
+
+    def lag(self, now: float) -> float:
+        return 0.0 if self.oldest is None else max(0.0, now - self.oldest)
+
+
+class Replicator:
+    """Pulls changes from every other region into ``dest``."""
+
+    def __init__(self, ws: Workspace, dest: str) -> None:
+        self.ws = ws
+        self.dest = dest
+        self.sources = [r for r in ws.regions if r != dest]
+        self.faults = FaultPoints(ws.faults_path)
+        self.dest_store = backends.open_object_store(ws, dest)
+        self.dest_table = backends.open_state_table(ws, dest)
+        self.src_stores = {r: backends.open_object_store(ws, r) for r in self.sources}
+        self.src_tables = {r: backends.open_state_table(ws, r) for r in self.sources}
+        self.batch = ws.config.replication.batch
+        self.applied = {"objects": 0, "records": 0}
+
+    def blocked(self, source: str) -> str | None:
+        """Why replication from ``source`` cannot run now (a chaos fault), or None."""
+        for region in (source, self.dest):
+            if self.faults.active("replication", region):
+                return f"replication stalled in {region}"
+        if self.faults.active("partition", source, self.dest):
+            return f"{source} and {self.dest} are partitioned"
+        return None
+
+    def run_once(self) -> int:
+        """One pass over every source; returns how many changes were applied."""
+        applied = 0
+        for source in self.sources:
+            if self.blocked(source):
+                continue
+            try:
+                applied += self._objects(source)
+                applied += self._records(source)
+            except UnavailableError as exc:
+                log.warning("replication %s -> %s: %s", source, self.dest, exc)
+        return applied
+
+    def _objects(self, source: str) -> int:
+        src: ObjectStore = self.src_stores[source]
+        name = cursor_name("objects", source)
+        cursor = self.dest_table.get_cursor(name)
+        changes = src.changes(cursor, limit=self.batch)
+        applied = 0
+        for info in changes:
+            if info.origin != self.dest:
+                if info.deleted:
+                    done = self.dest_store.apply_replica(info, None)
+                else:
+                    with src.open(info.key, version=info.version) as stream:
+                        done = self.dest_store.apply_replica(info, stream)
+                applied += int(done)
+            cursor = info.seq
+        if changes:
+            self.dest_table.set_cursor(name, cursor)
+        self.applied["objects"] += applied
+        return applied
+
+    def _records(self, source: str) -> int:
+        src: StateTable = self.src_tables[source]
+        name = cursor_name("records", source)
+        cursor = self.dest_table.get_cursor(name)
+        changes = src.changes(cursor, limit=self.batch)
+        applied = 0
+        for record in changes:
+            if record.writer != self.dest:
+                applied += int(self.dest_table.apply_replica(record))
+            cursor = record.seq
+        if changes:
+            self.dest_table.set_cursor(name, cursor)
+        self.applied["records"] += applied
+        return applied
+
+    def run_forever(self, stop: object) -> None:
+        """Replicate until ``stop.is_set()``; errors are logged and retried with backoff."""
+        interval = self.ws.config.replication.interval
+        failures = 0
+        while not stop.is_set():  # type: ignore[attr-defined]
+            try:
+                busy = self.run_once()
+                failures = 0
+            except MrbatchError as exc:
+                failures += 1
+                busy = 0
+                log.warning("replication into %s: %s", self.dest, exc)
+            except Exception:
+                failures += 1
+                busy = 0
+                log.exception("replication into %s failed", self.dest)
+            if busy and not failures:
+                continue  # more may be waiting: go again at once
+            delay = interval if not failures else min(5.0, interval * 2**failures)
+            stop.wait(delay)  # type: ignore[attr-defined]
+
+
+def _count_pending(items: list[tuple[int, str, float]], dest: str) -> tuple[int, float | None]:
+    count, oldest = 0, None
+    for _seq, origin, when in items:
+        if origin == dest:
+            continue
+        count += 1
+        oldest = when if oldest is None else min(oldest, when)
+    return count, oldest
+
+
+def backlog(ws: Workspace, source: str, dest: str) -> Backlog:
+    """Changes in ``source`` that ``dest`` has not applied yet.
+
+    Raises UnavailableError when either side cannot be read (then the backlog is unknown)."""
+    dest_table = backends.open_state_table(ws, dest)
+    store = backends.open_object_store(ws, source)
+    table = backends.open_state_table(ws, source)
+    obj_items = [
+        (i.seq, i.origin, i.modified)
+        for i in store.changes(
+            dest_table.get_cursor(cursor_name("objects", source)), limit=_COUNT_CAP
+        )
+    ]
+    rec_items = [
+        (r.seq, r.writer, r.updated)
+        for r in table.changes(
+            dest_table.get_cursor(cursor_name("records", source)), limit=_COUNT_CAP
+        )
+    ]
+    objects, oldest_obj = _count_pending(obj_items, dest)
+    records, oldest_rec = _count_pending(rec_items, dest)
+    oldest = min((t for t in (oldest_obj, oldest_rec) if t is not None), default=None)
+    return Backlog(objects=objects, records=records, oldest=oldest)
+
+
+def region_backlog(ws: Workspace, region: str) -> Backlog:
+    """Everything ``region`` holds that some other region has not applied yet."""
+    objects = records = 0
+    oldest: float | None = None
+    for dest in ws.regions:
+        if dest == region:
+            continue
+        part = backlog(ws, region, dest)
+        objects += part.objects
+        records += part.records
+        if part.oldest is not None:
+            oldest = part.oldest if oldest is None else min(oldest, part.oldest)
+    return Backlog(objects=objects, records=records, oldest=oldest)

@@ -1,0 +1,309 @@
+"""The work the executor runs: SPLIT, one chunk, MERGE, and preparing reference data.
+
+Every task is a module-level function of picklable arguments, opens the region's store itself
+(once per worker process) and writes only objects; the orchestrator records the outcome in the
+state table. Each task is deterministic and overwrites its own outputs with identical bytes when
+run again, so a task repeated after a crash or a failover never doubles an effect.
+"""
+
+from __future__ import annotations
+
+import csv
+import fcntl
+import hashlib
+import io
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+
+from . import backends
+from .errors import ConflictError
+from .faults import FaultPoints
+from .keys import chunk_key, chunk_output_key, chunk_rejected_key, run_key
+from .pipeline import (
+    Enrichment,
+    ReferenceTable,
+    count_records,
+    prepare_reference,
+    process_chunk,
+    renumber_rejected,
+    split_csv,
+)
+from .ports import ObjectStore
+from .records import ChunkSpec
+from .schema import RecordSchema
+from .workspace import Workspace
+
+__all__ = [
+    "ChunkResult",
+    "MergeInput",
+    "MergeResult",
+    "chunk_task",
+    "csv_line",
+    "merge_task",
+    "reference_task",
+    "split_task",
+]
+
+
+@dataclass(frozen=True)
+class _Context:
+    ws: Workspace
+    region: str
+    store: ObjectStore
+    schema: RecordSchema
+    enrichment: Enrichment | None
+    faults: FaultPoints
+
+
+@cache
+def _context(config_path: str, region: str) -> _Context:
+    ws = Workspace.load(Path(config_path))
+    pipeline = ws.config.pipeline
+    enrichment = None
+    if pipeline.enrichment is not None:
+        enrichment = Enrichment(
+            key=pipeline.enrichment.key,
+            reference_key=pipeline.enrichment.reference_key,
+            columns=dict(pipeline.enrichment.columns),
+        )
+    return _Context(
+        ws=ws,
+        region=region,
+        store=backends.open_object_store(ws, region),
+        schema=RecordSchema.from_file(ws.resolve(pipeline.schema_path)),
+        enrichment=enrichment,
+        faults=FaultPoints(ws.faults_path),
+    )
+
+
+def csv_line(fields: list[str]) -> bytes:
+    """One CSV row with minimal quoting and a ``\\n`` line end (the output format)."""
+    buffer = io.StringIO()
+    csv.writer(buffer, lineterminator="\n", quoting=csv.QUOTE_MINIMAL).writerow(fields)
+    return buffer.getvalue().encode("utf-8")
+
+
+# --------------------------------------------------------------------------- SPLIT
+
+
+def split_task(
+    config_path: str,
+    region: str,
+    run_id: str,
+    input_key: str,
+    version: str,
+    chunk_rows: int,
+    epoch: int,
+) -> list[ChunkSpec]:
+    ctx = _context(config_path, region)
+    specs: list[ChunkSpec] = []
+    with ctx.store.open(input_key, version=version) as stream:
+        for chunk in split_csv(stream, chunk_rows=chunk_rows, source=input_key):
+            key = chunk_key(run_id, chunk.index)
+            info = ctx.store.put(key, chunk.data, epoch=epoch)
+            specs.append(
+                ChunkSpec(
+                    index=chunk.index,
+                    key=key,
+                    size=info.size,
+                    sha256=info.sha256,
+                    first_line=chunk.first_line,
+                    lines=chunk.lines,
+                )
+            )
+            ctx.faults.crash_point("split-chunk-written", region)
+    return specs
+
+
+# --------------------------------------------------------------------------- reference
+
+
+def _reference_cache(ctx: _Context, version: str) -> Path:
+    assert ctx.enrichment is not None
+    fingerprint = hashlib.sha256(
+        repr((ctx.enrichment.key, ctx.enrichment.reference_key, ctx.enrichment.columns)).encode()
+    ).hexdigest()[:12]
+    return (
+        ctx.ws.region_dir(ctx.region) / "cache" / f"reference-{version[:24]}-{fingerprint}.parquet"
+    )
+
+
+def _ensure_reference(ctx: _Context, key: str, version: str) -> ReferenceTable:
+    """The columnar copy of one reference version, built once per region (under a file lock,
+    so two workers never build it twice at the same time)."""
+    assert ctx.enrichment is not None
+    target = _reference_cache(ctx, version)
+    if not target.exists():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with open(target.with_suffix(".lock"), "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if not target.exists():
+                source = target.with_suffix(f".{os.getpid()}.csv")
+                try:
+                    with ctx.store.open(key, version=version) as stream, open(source, "wb") as out:
+                        while block := stream.read(1 << 20):
+                            out.write(block)
+                    prepare_reference(source, target, ctx.enrichment, source=key)
+                finally:
+                    source.unlink(missing_ok=True)
+    return _reference_table(str(target))
+
+
+@cache
+def _reference_table(path: str) -> ReferenceTable:
+    return ReferenceTable(path)
+
+
+def reference_task(config_path: str, region: str, key: str, version: str) -> int:
+    """Prepare the reference version ahead of the chunks; returns 0 (the work is the cache)."""
+    ctx = _context(config_path, region)
+    if ctx.enrichment is not None:
+        _ensure_reference(ctx, key, version)
+    return 0
+
+
+# --------------------------------------------------------------------------- one chunk
+
+
+@dataclass(frozen=True)
+class ChunkResult:
+    index: int
+    rows_in: int
+    rows_out: int
+    rows_rejected: int
+    output_key: str
+    output_sha256: str
+    output_size: int
+    rejected_key: str
+    rejected_sha256: str
+    output_header: list[str]
+    rejected_header: list[str]
+
+
+def chunk_task(
+    config_path: str,
+    region: str,
+    run_id: str,
+    input_key: str,
+    spec: ChunkSpec,
+    reference_key: str | None,
+    reference_version: str | None,
+    epoch: int,
+) -> ChunkResult:
+    ctx = _context(config_path, region)
+    ctx.faults.check("chunk-error", region)
+    data = ctx.store.get(spec.key, version=spec.sha256)
+    if hashlib.sha256(data).hexdigest() != spec.sha256:
+        raise ConflictError(f"chunk {spec.index} of {input_key} does not match its checksum")
+    reference = None
+    if ctx.enrichment is not None and reference_key and reference_version:
+        reference = _ensure_reference(ctx, reference_key, reference_version)
+    out = process_chunk(
+        data,
+        schema=ctx.schema,
+        enrichment=ctx.enrichment if reference is not None else None,
+        reference=reference,
+        first_line=spec.first_line,
+        source=input_key,
+    )
+    output = ctx.store.put(chunk_output_key(run_id, spec.index), out.output, epoch=epoch)
+    rejected = ctx.store.put(chunk_rejected_key(run_id, spec.index), out.rejected, epoch=epoch)
+    ctx.faults.crash_point("chunk-written", region)
+    return ChunkResult(
+        index=spec.index,
+        rows_in=out.rows_in,
+        rows_out=out.rows_out,
+        rows_rejected=out.rows_rejected,
+        output_key=output.key,
+        output_sha256=output.sha256,
+        output_size=output.size,
+        rejected_key=rejected.key,
+        rejected_sha256=rejected.sha256,
+        output_header=list(out.output_header),
+        rejected_header=list(out.rejected_header),
+    )
+
+
+# --------------------------------------------------------------------------- MERGE
+
+
+@dataclass(frozen=True)
+class MergeInput:
+    index: int
+    rows_in: int
+    rows_out: int
+    output_key: str
+    output_sha256: str
+    rejected_key: str
+    rejected_sha256: str
+
+
+@dataclass(frozen=True)
+class MergeResult:
+    output_key: str
+    output_sha256: str
+    rejected_key: str
+    rejected_sha256: str
+    rows_out: int
+    rows_rejected: int
+
+
+def _verified(store: ObjectStore, key: str, sha256: str, what: str) -> bytes:
+    data = store.get(key, version=sha256)
+    if hashlib.sha256(data).hexdigest() != sha256:
+        raise ConflictError(f"{what} {key} does not match its recorded checksum")
+    return data
+
+
+def merge_task(
+    config_path: str,
+    region: str,
+    run_id: str,
+    output_header: list[str],
+    rejected_header: list[str],
+    parts: list[MergeInput],
+    epoch: int,
+) -> MergeResult:
+    """Concatenate chunk outputs in index order (from the manifest, never from a listing, which
+    would sort part10 before part2), checking every chunk's checksum and row count."""
+    ctx = _context(config_path, region)
+    ordered = sorted(parts, key=lambda p: p.index)
+    if [p.index for p in ordered] != list(range(len(ordered))):
+        raise ConflictError(f"run {run_id}: chunk manifest has gaps: {[p.index for p in ordered]}")
+    counted = {"out": 0, "rejected": 0}
+
+    def outputs() -> Iterator[bytes]:
+        yield csv_line(output_header)
+        for part in ordered:
+            data = _verified(ctx.store, part.output_key, part.output_sha256, "chunk output")
+            rows = count_records(data)
+            if rows != part.rows_out:
+                raise ConflictError(
+                    f"chunk output {part.output_key} has {rows} rows, {part.rows_out} recorded"
+                )
+            counted["out"] += rows
+            yield data
+
+    def rejected() -> Iterator[bytes]:
+        yield csv_line(rejected_header)
+        offset = 0
+        for part in ordered:
+            data = _verified(ctx.store, part.rejected_key, part.rejected_sha256, "rejected rows")
+            counted["rejected"] += count_records(data)
+            yield renumber_rejected(data, offset) if offset and data else data
+            offset += part.rows_in
+
+    merged = ctx.store.put(run_key(run_id, "output.csv"), outputs(), epoch=epoch)
+    ctx.faults.crash_point("merge-written", region)
+    merged_rejected = ctx.store.put(run_key(run_id, "rejected.csv"), rejected(), epoch=epoch)
+    return MergeResult(
+        output_key=merged.key,
+        output_sha256=merged.sha256,
+        rejected_key=merged_rejected.key,
+        rejected_sha256=merged_rejected.sha256,
+        rows_out=counted["out"],
+        rows_rejected=counted["rejected"],
+    )

@@ -32,6 +32,7 @@ from .errors import (
     ReferenceDataError,
     UnavailableError,
 )
+from .faults import FaultPoints
 from .keys import output_key_for, rejected_key_for, run_id_for, run_key
 from .links import presign
 from .ports import (
@@ -110,6 +111,8 @@ class Orchestrator:
         self.epoch: int | None = None
         self.stats: Counter[str] = Counter()
         self._mailer = ThreadPoolExecutor(max_workers=2, thread_name_prefix="notify")
+        # Named crash points (armed by tests) sit in the windows between an effect and its record.
+        self.faults = FaultPoints(ws.faults_path)
 
     # ------------------------------------------------------------------ lifecycle
     def activate(self, routing: Routing) -> None:
@@ -177,6 +180,7 @@ class Orchestrator:
             return None
         self.runs[run_id] = _Progress(run, record.version)
         self.stats["executions_started"] += 1
+        self.faults.crash_point("after-claim", self.region)
         log.info("claimed %s (sha256 %s) as run %s", info.key, info.sha256[:12], run_id)
         return run
 
@@ -308,6 +312,7 @@ class Orchestrator:
         run.chunks = specs
         if self._transition(progress, RunStatus.SPLIT, note=f"{len(specs)} chunk(s)"):
             self.stats["files_split"] += 1
+            self.faults.crash_point("after-split", self.region)
 
     def _pin_reference(self, progress: _Progress, reference: str) -> bool:
         """Record which reference version this run uses (a snapshot under runs/<id>/), so a
@@ -466,6 +471,8 @@ class Orchestrator:
             )
             return True
         self.stats["chunk_executions_succeeded"] += 1
+        log.info("run %s chunk %d: %d rows in %.2fs", chunk.run_id, chunk.index, result.rows_in,
+                 result.seconds)
         chunk.status = ChunkStatus.DONE
         chunk.rows_in, chunk.rows_out = result.rows_in, result.rows_out
         chunk.rows_rejected = result.rows_rejected
@@ -593,6 +600,7 @@ class Orchestrator:
             meta=meta,
             epoch=run.epoch,
         )
+        self.faults.crash_point("after-publish-copy", self.region)
         run.output_key, run.output_sha256 = output.key, output.sha256
         run.rejected_key = rejected.key
         self._transition(progress, RunStatus.PUBLISHED)
@@ -658,6 +666,7 @@ class Orchestrator:
                 progress.retry_at = self.clock() + delay * random.uniform(0.5, 1.5)
                 log.warning("run %s: mail not sent (%s); retry in %.1fs", run.run_id, exc, delay)
             return
+        self.faults.crash_point("after-mail-sent", self.region)
         run.mail_sent_at = self.clock()
         run.mail_error = None
         if self._transition(progress, RunStatus.COMPLETED):

@@ -13,6 +13,7 @@ import fcntl
 import hashlib
 import io
 import os
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cache
@@ -181,6 +182,7 @@ class ChunkResult:
     rejected_sha256: str
     output_header: list[str]
     rejected_header: list[str]
+    seconds: float = 0.0
 
 
 def chunk_task(
@@ -193,6 +195,7 @@ def chunk_task(
     reference_version: str | None,
     epoch: int,
 ) -> ChunkResult:
+    started = time.perf_counter()
     ctx = _context(config_path, region)
     ctx.faults.check("chunk-error", region)
     data = ctx.store.get(spec.key, version=spec.sha256)
@@ -224,6 +227,7 @@ def chunk_task(
         rejected_sha256=rejected.sha256,
         output_header=list(out.output_header),
         rejected_header=list(out.rejected_header),
+        seconds=time.perf_counter() - started,
     )
 
 

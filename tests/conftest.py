@@ -1,0 +1,100 @@
+"""Shared fixtures: workspaces in temporary directories and deployments of real processes.
+
+Every process a test starts is stopped by the test (by the pid it recorded), and the session
+fails loudly if a region, replicator or gateway process outlives its test."""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from mrbatch import supervisor
+from mrbatch.initialize import init_workspace
+from mrbatch.workspace import Workspace
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def make_workspace(root: Path, **overrides: object) -> Workspace:
+    """A fresh workspace; ``overrides`` are TOML lines appended per section, e.g.
+    ``pipeline={"chunk_rows": 500}``."""
+    ws = init_workspace(root, port=free_port(), chunk_rows=int(overrides.pop("chunk_rows", 2_500)))  # type: ignore[call-overload]
+    if overrides:
+        text = ws.config_path.read_text()
+        for section, values in overrides.items():
+            assert isinstance(values, dict)
+            for key, value in values.items():
+                text = _set(text, section, key, value)
+        ws.config_path.write_text(text)
+        ws = Workspace.load(ws.config_path)
+    return ws
+
+
+def _toml(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml(v) for v in value) + "]"
+    return str(value)
+
+
+def _set(text: str, section: str, key: str, value: object) -> str:
+    """Set ``key`` in ``[section]`` of the TOML text written by init (replace or add)."""
+    lines = text.splitlines()
+    header = f"[{section}]"
+    start = lines.index(header)
+    end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("[")), len(lines))
+    for i in range(start + 1, end):
+        stripped = lines[i].lstrip("# ")
+        if stripped.startswith(f"{key} ") or stripped.startswith(f"{key}="):
+            lines[i] = f"{key} = {_toml(value)}"
+            return "\n".join(lines) + "\n"
+    lines.insert(start + 1, f"{key} = {_toml(value)}")
+    return "\n".join(lines) + "\n"
+
+
+@pytest.fixture
+def workspace(tmp_path: Path) -> Workspace:
+    return make_workspace(tmp_path / "ws")
+
+
+class Deployment:
+    """Real region, replicator and gateway processes for one workspace."""
+
+    def __init__(self, ws: Workspace) -> None:
+        self.ws = ws
+
+    def up(self) -> None:
+        from mrbatch.cli.deploy import wait_until_up
+
+        since = time.time()
+        supervisor.start(self.ws)
+        wait_until_up(self.ws, since, timeout=60)
+
+    def down(self) -> None:
+        supervisor.stop(self.ws)
+
+    def kill_region(self, region: str) -> int | None:
+        return supervisor.kill(self.ws, supervisor.Proc("region", region))
+
+
+@pytest.fixture
+def deployment(workspace: Workspace) -> Iterator[Deployment]:
+    dep = Deployment(workspace)
+    dep.up()
+    try:
+        yield dep
+    finally:
+        dep.down()
+        leftover = {p.label: pid for p, pid in supervisor.running(workspace).items() if pid}
+        assert not leftover, f"processes outlived the test: {leftover}"

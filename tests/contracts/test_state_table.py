@@ -1,0 +1,116 @@
+"""The state table contract, run against every backend."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import replace
+
+import pytest
+
+from mrbatch.errors import ConflictError, NotFoundError, UnavailableError
+from mrbatch.faults import FaultPoints
+from mrbatch.ports import StateTable
+from mrbatch.workspace import Workspace
+
+
+def test_insert_get_and_conflict(table: StateTable) -> None:
+    rec = table.insert("run/1", "run", {"status": "CLAIMED"}, epoch=1)
+    assert (rec.version, rec.epoch, rec.writer) == (1, 1, table.region)
+    got = table.get("run/1")
+    assert got is not None and dict(got.body) == {"status": "CLAIMED"} and got.kind == "run"
+    with pytest.raises(ConflictError):
+        table.insert("run/1", "run", {"status": "CLAIMED"}, epoch=1)
+    assert table.get("run/none") is None
+
+
+def test_update_is_compare_and_set(table: StateTable) -> None:
+    table.insert("run/1", "run", {"n": 0}, epoch=1)
+    rec = table.update("run/1", {"n": 1}, expected_version=1, epoch=1)
+    assert rec.version == 2
+    with pytest.raises(ConflictError):
+        table.update("run/1", {"n": 99}, expected_version=1, epoch=1)
+    with pytest.raises(NotFoundError):
+        table.update("run/none", {}, expected_version=1, epoch=1)
+    assert table.get("run/1").body == {"n": 1}  # type: ignore[union-attr]
+
+
+def test_a_write_from_an_older_epoch_is_stale(table: StateTable) -> None:
+    table.insert("run/1", "run", {"n": 0}, epoch=2)
+    with pytest.raises(ConflictError, match="stale"):
+        table.update("run/1", {"n": 1}, expected_version=1, epoch=1)
+
+
+def test_only_one_of_many_concurrent_claims_wins(table_factory: Callable[[str], StateTable], workspace: Workspace) -> None:
+    wins: list[int] = []
+    barrier = threading.Barrier(8)
+
+    def claim(i: int) -> None:
+        mine = table_factory(workspace.regions[0])
+        barrier.wait()
+        try:
+            mine.insert("run/contended", "run", {"by": i}, epoch=1)
+            wins.append(i)
+        except ConflictError:
+            pass
+
+    threads = [threading.Thread(target=claim, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(wins) == 1
+
+
+def test_scan_by_kind_and_prefix(table: StateTable) -> None:
+    table.insert("chunk/r1/00001", "chunk", {"i": 1}, epoch=1)
+    table.insert("chunk/r1/00000", "chunk", {"i": 0}, epoch=1)
+    table.insert("chunk/r2/00000", "chunk", {"i": 0}, epoch=1)
+    table.insert("run/r1", "run", {}, epoch=1)
+    assert [r.pk for r in table.scan("chunk", prefix="chunk/r1/")] == [
+        "chunk/r1/00000", "chunk/r1/00001"]
+    assert [r.pk for r in table.scan("run")] == ["run/r1"]
+
+
+def test_change_feed(table: StateTable) -> None:
+    start = table.last_seq()  # type: ignore[attr-defined]
+    table.insert("a", "run", {}, epoch=1)
+    table.insert("b", "run", {}, epoch=1)
+    table.update("a", {"x": 1}, expected_version=1, epoch=1)
+    changes = table.changes(start)
+    assert [c.pk for c in changes] == ["b", "a"]  # a record appears once, at its latest seq
+    assert table.changes(changes[-1].seq) == []
+
+
+def test_replica_merge_rule(table_factory: Callable[[str], StateTable], workspace: Workspace) -> None:
+    a, b = table_factory(workspace.regions[0]), table_factory(workspace.regions[1])
+    rec = a.insert("run/1", "run", {"n": 1}, epoch=1)
+    assert b.apply_replica(rec) is True
+    assert b.apply_replica(rec) is False  # idempotent
+    assert b.get("run/1").writer == a.region  # type: ignore[union-attr]
+    newer = b.update("run/1", {"n": "epoch 2"}, expected_version=1, epoch=2)
+    late = a.update("run/1", {"n": "late, epoch 1"}, expected_version=1, epoch=1)
+    assert late.updated > newer.updated
+    assert b.apply_replica(late) is False  # higher epoch wins over a later write
+    assert a.apply_replica(newer) is True
+    assert a.get("run/1").body == b.get("run/1").body == {"n": "epoch 2"}  # type: ignore[union-attr]
+    later = replace(newer, updated=newer.updated + 1, body={"n": "later"}, writer=a.region)
+    assert b.apply_replica(later) is True  # within an epoch, the last writer wins
+
+
+def test_cursors_are_local(table: StateTable) -> None:
+    assert table.get_cursor("x") == 0
+    start = table.last_seq()  # type: ignore[attr-defined]
+    table.set_cursor("x", 42)
+    table.set_cursor("x", 43)
+    assert table.get_cursor("x") == 43
+    assert table.changes(start) == []  # cursors never enter the change feed
+
+
+def test_state_fault(table: StateTable, workspace: Workspace) -> None:
+    with FaultPoints(workspace.faults_path).armed("state", region=table.region):
+        with pytest.raises(UnavailableError):
+            table.get("x")
+        with pytest.raises(UnavailableError):
+            table.insert("x", "run", {}, epoch=1)
+    assert table.get("x") is None

@@ -1,0 +1,58 @@
+"""Small helpers for tests that drive a deployment."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from email import message_from_bytes
+from email.message import Message
+from typing import TypeVar
+
+from mrbatch import views
+from mrbatch.accesspoint import AccessPoint
+from mrbatch.keys import run_id_for
+from mrbatch.ports import ObjectInfo
+from mrbatch.records import FileRun
+from mrbatch.workspace import Workspace
+
+T = TypeVar("T")
+
+
+def eventually(check: Callable[[], T | None], timeout: float = 60.0, what: str = "condition") -> T:
+    """Poll ``check`` until it returns something truthy; fail with ``what`` on timeout."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+        time.sleep(0.05)
+
+
+def put(ws: Workspace, key: str, data: bytes, region: str | None = None) -> ObjectInfo:
+    return AccessPoint(ws).put(key, data, region=region).info
+
+
+def run_of(ws: Workspace, key: str, sha256: str) -> FileRun | None:
+    wanted = run_id_for(key, sha256)
+    return next((r for r in views.all_runs(ws) if r.run_id == wanted), None)
+
+
+def finished(ws: Workspace, info: ObjectInfo, timeout: float = 90.0) -> FileRun:
+    def done() -> FileRun | None:
+        run = run_of(ws, info.key, info.sha256)
+        return run if run is not None and run.status.terminal else None
+
+    return eventually(done, timeout, f"the run of {info.key} to finish")
+
+
+def mails(ws: Workspace) -> list[Message]:
+    if not ws.outbox_dir.exists():
+        return []
+    return [message_from_bytes(p.read_bytes()) for p in sorted(ws.outbox_dir.glob("*.eml"))]
+
+
+def mail_link(message: Message) -> str:
+    body = message.get_payload(decode=True).decode()  # type: ignore[union-attr]
+    return next(line for line in body.splitlines() if line.startswith("http"))

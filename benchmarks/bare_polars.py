@@ -14,12 +14,22 @@ import sys
 import polars as pl
 
 MAX_LENGTHS = {
-    "uuid": 9, "Country": 50, "Item Type": 30, "Sales Channel": 10, "Order Priority": 5,
-    "Order Date": 10, "Region": 100, "Ship Date": 10,
+    "uuid": 9,
+    "Country": 50,
+    "Item Type": 30,
+    "Sales Channel": 10,
+    "Order Priority": 5,
+    "Order Date": 10,
+    "Region": 100,
+    "Ship Date": 10,
 }
 RENAMES = {
-    "unitsSold": "Units Sold", "unitPrice": "Unit Price", "unitCost": "Unit Cost",
-    "totalRevenue": "Total Revenue", "totalCost": "Total Cost", "totalProfit": "Total Profit",
+    "unitsSold": "Units Sold",
+    "unitPrice": "Unit Price",
+    "unitCost": "Unit Cost",
+    "totalRevenue": "Total Revenue",
+    "totalCost": "Total Cost",
+    "totalProfit": "Total Profit",
 }
 
 
@@ -35,10 +45,12 @@ def main(orders_path: str, reference_path: str, output_path: str) -> None:
     joined = checked.filter("_valid").join(reference, on="uuid", how="left", maintain_order="left")
     matched = joined.filter(pl.col("Units Sold").is_not_null())
     matched.drop("_row", "_valid").write_csv(output_path)
-    rejected = pl.concat([
-        checked.filter(~pl.col("_valid")).select("_row"),
-        joined.filter(pl.col("Units Sold").is_null()).select("_row"),
-    ])
+    rejected = pl.concat(
+        [
+            checked.filter(~pl.col("_valid")).select("_row"),
+            joined.filter(pl.col("Units Sold").is_null()).select("_row"),
+        ]
+    )
     rejected.write_csv(output_path + ".rejected")
 
 

@@ -12,9 +12,9 @@ mrbatch's output is byte-identical to the baseline's.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
-import hashlib
 import shutil
 import subprocess
 import sys
@@ -121,7 +121,9 @@ def mrbatch_run(ws: Workspace, orders: Path, rows: int) -> dict[str, float | int
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
     parser.add_argument("rows", nargs="*", type=int, default=[1_000_000, 4_000_000])
     parser.add_argument("--reference-rows", type=int, default=1_000_000)
     parser.add_argument("--chunk-rows", type=int, default=250_000)
@@ -156,34 +158,42 @@ def main() -> int:
             peaks = process_peaks(ws)
         finally:
             supervisor.stop(ws)
-        results.append({
-            "rows": rows,
-            "bare_s": round(bare_s, 3),
-            "bare_peak_rss_mb": round(bare_rss / 2**20, 1),
-            "mrbatch_published_s": round(float(ours["published_s"]), 3),
-            "mrbatch_completed_s": round(float(ours["completed_s"]), 3),
-            "mrbatch_put_s": round(float(ours["put_s"]), 3),
-            "ratio": round(float(ours["published_s"]) / bare_s, 2),
-            "chunks": ours["chunks"],
-            "identical_output": ours["sha256"] == bare_sha,
-            "peak_rss_mb": {k: round(v / 2**20, 1) for k, v in sorted(peaks.items())},
-            "largest_process_mb": round(max(peaks.values()) / 2**20, 1),
-        })
+        results.append(
+            {
+                "rows": rows,
+                "bare_s": round(bare_s, 3),
+                "bare_peak_rss_mb": round(bare_rss / 2**20, 1),
+                "mrbatch_published_s": round(float(ours["published_s"]), 3),
+                "mrbatch_completed_s": round(float(ours["completed_s"]), 3),
+                "mrbatch_put_s": round(float(ours["put_s"]), 3),
+                "ratio": round(float(ours["published_s"]) / bare_s, 2),
+                "chunks": ours["chunks"],
+                "identical_output": ours["sha256"] == bare_sha,
+                "peak_rss_mb": {k: round(v / 2**20, 1) for k, v in sorted(peaks.items())},
+                "largest_process_mb": round(max(peaks.values()) / 2**20, 1),
+            }
+        )
     if args.json:
         print(json.dumps(results, indent=2))
     else:
-        print(f"{'rows':>10} {'bare s':>8} {'mrbatch s':>10} {'ratio':>6} {'largest RSS MB':>15}"
-              f" {'identical':>9}")
+        print(
+            f"{'rows':>10} {'bare s':>8} {'mrbatch s':>10} {'ratio':>6} {'largest RSS MB':>15}"
+            f" {'identical':>9}"
+        )
         for r in results:
-            print(f"{r['rows']:>10,} {r['bare_s']:>8.2f} {r['mrbatch_published_s']:>10.2f}"
-                  f" {r['ratio']:>6.2f} {r['largest_process_mb']:>15.1f}"
-                  f" {str(r['identical_output']):>9}")
+            print(
+                f"{r['rows']:>10,} {r['bare_s']:>8.2f} {r['mrbatch_published_s']:>10.2f}"
+                f" {r['ratio']:>6.2f} {r['largest_process_mb']:>15.1f}"
+                f" {r['identical_output']!s:>9}"
+            )
         for r in results:
             print(f"\n{r['rows']:,} rows, peak RSS per process (MB): {r['peak_rss_mb']}")
         if len(results) >= 2:
             growth = results[-1]["largest_process_mb"] / results[0]["largest_process_mb"]
-            print(f"\nlargest-process RSS growth {results[0]['rows']:,} -> {results[-1]['rows']:,}"
-                  f" rows: {growth:.2f}x")
+            print(
+                f"\nlargest-process RSS growth {results[0]['rows']:,} -> {results[-1]['rows']:,}"
+                f" rows: {growth:.2f}x"
+            )
     return 0
 
 

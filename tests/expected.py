@@ -9,8 +9,19 @@ import io
 from mrbatch.initialize import sample_bytes
 
 OUTPUT_HEADER = [
-    "uuid", "Country", "Item Type", "Sales Channel", "Order Priority", "Order Date", "Region",
-    "Ship Date", "Units Sold", "Unit Price", "Unit Cost", "Total Revenue", "Total Cost",
+    "uuid",
+    "Country",
+    "Item Type",
+    "Sales Channel",
+    "Order Priority",
+    "Order Date",
+    "Region",
+    "Ship Date",
+    "Units Sold",
+    "Unit Price",
+    "Unit Cost",
+    "Total Revenue",
+    "Total Cost",
     "Total Profit",
 ]
 FINANCIAL = ["unitsSold", "unitPrice", "unitCost", "totalRevenue", "totalCost", "totalProfit"]

@@ -14,7 +14,10 @@ from mrbatch.workspace import Workspace
 def mrbatch(cwd: Path, *args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "mrbatch.cli.main", *args],
-        cwd=cwd, capture_output=True, text=True, timeout=timeout,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
 
 
@@ -28,7 +31,11 @@ def test_init_writes_a_workspace(tmp_path: Path) -> None:
     ws = Workspace.load(root / "mrbatch.toml")
     routing = backends.open_control_plane(ws).routing()
     assert routing.active_region == "eu-west-1"
-    assert routing.regions == {"eu-west-1": "ACTIVE", "eu-central-1": "STANDBY", "us-east-2": "STANDBY"}
+    assert routing.regions == {
+        "eu-west-1": "ACTIVE",
+        "eu-central-1": "STANDBY",
+        "us-east-2": "STANDBY",
+    }
     for region in ws.regions:
         store = backends.open_object_store(ws, region)
         assert store.head("reference/financial.csv") is not None

@@ -21,13 +21,29 @@ def _config(tmp_path: Path, text: str) -> Path:
     ("text", "key", "words"),
     [
         ('regions = ["us-east-1"]\n[pipeline]\nchunk_rows = 0\n', "pipeline.chunk_rows", "greater"),
-        ('regions = ["us-east-1"]\n[pipeline]\nchunck_rows = 5\n', "pipeline.chunck_rows", "unknown key"),
+        (
+            'regions = ["us-east-1"]\n[pipeline]\nchunck_rows = 5\n',
+            "pipeline.chunck_rows",
+            "unknown key",
+        ),
         ('regions = ["US EAST"]\n', "regions", "not a region name"),
         ('regions = ["a-1", "a-1"]\n', "regions", "listed twice"),
         ("data_dir = 'x'\n", "regions", "required key is missing"),
-        ('regions = ["a-1"]\n[backends]\nobject_store = "ftp"\n', "backends.object_store", "unknown backend"),
-        ('regions = ["a-1"]\n[gateway]\nlink_expiry = "soon"\n', "gateway.link_expiry", "not a duration"),
-        ('regions = ["a-1"]\n[pipeline]\nmax_rejected_fraction = 2\n', "pipeline.max_rejected_fraction", "less"),
+        (
+            'regions = ["a-1"]\n[backends]\nobject_store = "ftp"\n',
+            "backends.object_store",
+            "unknown backend",
+        ),
+        (
+            'regions = ["a-1"]\n[gateway]\nlink_expiry = "soon"\n',
+            "gateway.link_expiry",
+            "not a duration",
+        ),
+        (
+            'regions = ["a-1"]\n[pipeline]\nmax_rejected_fraction = 2\n',
+            "pipeline.max_rejected_fraction",
+            "less",
+        ),
         ('regions = ["a-1"]\n[backends]\nnotifier = "smtp"\n', "notify.smtp_host", "not set"),
         ('regions = ["a-1"]\n[notify]\nsmtp_host = "h"\n', "notify.smtp_host", "outbox"),
     ],
@@ -49,20 +65,30 @@ def test_not_toml_and_missing_file(tmp_path: Path) -> None:
 
 
 def test_defaults_and_durations(tmp_path: Path) -> None:
-    config = load_config(_config(tmp_path, 'regions = ["a-1", "b-2"]\n[gateway]\nlink_expiry = "15m"\n'))
+    config = load_config(
+        _config(tmp_path, 'regions = ["a-1", "b-2"]\n[gateway]\nlink_expiry = "15m"\n')
+    )
     assert config.gateway.link_expiry == 900.0
     assert config.gateway.host == "127.0.0.1"
     assert config.backends.object_store == "local"
-    assert [parse_duration(v) for v in (5, "500ms", "2s", "1h", "1.5m")] == [5.0, 0.5, 2.0, 3600.0, 90.0]
+    assert [parse_duration(v) for v in (5, "500ms", "2s", "1h", "1.5m")] == [
+        5.0,
+        0.5,
+        2.0,
+        3600.0,
+        90.0,
+    ]
 
 
-def test_workspace_found_from_a_subdirectory(workspace: Workspace, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_workspace_found_from_a_subdirectory(
+    workspace: Workspace, monkeypatch: pytest.MonkeyPatch
+) -> None:
     deep = workspace.root / "pipeline"
     assert find_config(deep) == workspace.config_path
     monkeypatch.chdir(deep)
     assert Workspace.load().root == workspace.root
     monkeypatch.chdir(workspace.root.parent)
-    with pytest.raises(ConfigError, match="no mrbatch.toml"):
+    with pytest.raises(ConfigError, match=r"no mrbatch\.toml"):
         Workspace.load()
 
 

@@ -88,8 +88,12 @@ def test_a_failing_mail_server_is_retried_and_shows(tmp_path: Path) -> None:
         ws = make_workspace(
             tmp_path / "ws",
             backends={"notifier": "smtp"},
-            notify={"smtp_host": "127.0.0.1", "smtp_port": smtp.port, "retry_backoff": "200ms",
-                    "attempts": 100},
+            notify={
+                "smtp_host": "127.0.0.1",
+                "smtp_port": smtp.port,
+                "retry_backoff": "200ms",
+                "attempts": 100,
+            },
         )
         smtp.handler.failing = True
         dep = Deployment(ws)

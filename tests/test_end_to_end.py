@@ -36,7 +36,10 @@ def _http(url: str) -> tuple[int, bytes]:
 def _cli(ws_root: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "mrbatch.cli.main", *args],
-        cwd=ws_root, capture_output=True, text=True, timeout=120,
+        cwd=ws_root,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
 
 
@@ -68,9 +71,13 @@ def test_sample_file_end_to_end(deployment: Deployment) -> None:
     eventually(lambda: replica.head("rejected/orders.csv"), 30, "the rejected rows to replicate")
     assert replica.get("output/orders.csv") == expected_output()
     eventually(
-        lambda: (r := run_of(ws, info.key, info.sha256)) and r.status is RunStatus.COMPLETED
-        and backends.open_state_table(ws, standby).get(f"run/{r.run_id}"),
-        30, "the run record to replicate",
+        lambda: (
+            (r := run_of(ws, info.key, info.sha256))
+            and r.status is RunStatus.COMPLETED
+            and backends.open_state_table(ws, standby).get(f"run/{r.run_id}")
+        ),
+        30,
+        "the run record to replicate",
     )
 
     # status --json: the contract's keys, with backlog drained.
@@ -80,7 +87,7 @@ def test_sample_file_end_to_end(deployment: Deployment) -> None:
 
     data = eventually(drained, 30, "the replication backlog to drain")
     assert data["active_region"] == active and data["epoch"] == 1
-    for name, region in data["regions"].items():
+    for region in data["regions"].values():
         assert set(region) >= {"state", "pid", "alive", "backlog", "lag_seconds"}
         assert region["alive"] and isinstance(region["pid"], int)
         assert region["lag_seconds"] == 0
@@ -89,8 +96,18 @@ def test_sample_file_end_to_end(deployment: Deployment) -> None:
     # runs --json contract
     runs = json.loads(_cli(ws.root, "runs", "--json").stdout)
     assert [r["status"] for r in runs] == ["COMPLETED"]
-    assert set(runs[0]) >= {"run_id", "input_key", "status", "region", "epoch", "rows_in",
-                            "rows_out", "rows_rejected", "output_key", "reason"}
+    assert set(runs[0]) >= {
+        "run_id",
+        "input_key",
+        "status",
+        "region",
+        "epoch",
+        "rows_in",
+        "rows_out",
+        "rows_rejected",
+        "output_key",
+        "reason",
+    }
 
 
 def test_links_refuse_altered_expired_and_missing(deployment: Deployment) -> None:
@@ -194,10 +211,18 @@ def test_unknown_region_and_bad_config_exit_2(deployment: Deployment, tmp_path: 
     [
         ("empty.csv", b"", RunStatus.FAILED, "empty"),
         ("binary.csv", b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR", RunStatus.FAILED, "binary"),
-        ("latin1.csv", SAMPLE.split(b"\n", 1)[0] + b"\n123456789,Cura\xe7ao,a,b,C,1/1/20,r,1/2/20\n",
-         RunStatus.FAILED, "UTF-8"),
-        ("no-region.csv", b"uuid,Country,Item Type,Sales Channel,Order Priority,Order Date,"
-         b"Ship Date\n", RunStatus.FAILED, "Region"),
+        (
+            "latin1.csv",
+            SAMPLE.split(b"\n", 1)[0] + b"\n123456789,Cura\xe7ao,a,b,C,1/1/20,r,1/2/20\n",
+            RunStatus.FAILED,
+            "UTF-8",
+        ),
+        (
+            "no-region.csv",
+            b"uuid,Country,Item Type,Sales Channel,Order Priority,Order Date,Ship Date\n",
+            RunStatus.FAILED,
+            "Region",
+        ),
         ("header-only.csv", SAMPLE.split(b"\n", 1)[0] + b"\r\n", RunStatus.COMPLETED, None),
     ],
 )

@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 import tomllib
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 from pydantic import (
     BaseModel,
@@ -40,6 +40,7 @@ __all__ = [
 ]
 
 CONFIG_NAME = "mrbatch.toml"
+_M = TypeVar("_M", bound=BaseModel)
 REGION_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
@@ -146,10 +147,90 @@ class FailoverConfig(_Section):
     min_switch_interval: Duration = 60.0
 
 
+BUILTIN_STEPS = (
+    "readiness",
+    "approval",
+    "fence",
+    "wait-replication",
+    "activate",
+    "reconcile",
+    "catch-up",
+    "standby-previous",
+)
+_CALLABLE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+
+
+class StepConfig(_Section):
+    """One step of a recovery plan: a built-in ``action``, a shell command (``run``), a Python
+    ``module:function`` (``call``), or a group of steps run in ``parallel``."""
+
+    name: str = Field(min_length=1)
+    action: str | None = None
+    run: str | None = None
+    call: str | None = None
+    parallel: list[StepConfig] | None = None
+    timeout: Duration | None = None
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> StepConfig:
+        kinds = [k for k in ("action", "run", "call", "parallel") if getattr(self, k) is not None]
+        if len(kinds) != 1:
+            raise ValueError(
+                f"step {self.name!r} needs exactly one of action, run, call, parallel"
+                f" (has {', '.join(kinds) or 'none'})"
+            )
+        if self.action is not None and self.action not in BUILTIN_STEPS:
+            raise ValueError(
+                f"step {self.name!r}: unknown action {self.action!r}"
+                f" (built-in: {', '.join(BUILTIN_STEPS)})"
+            )
+        if self.call is not None and not _CALLABLE.match(self.call):
+            raise ValueError(f"step {self.name!r}: call {self.call!r} is not 'module:function'")
+        return self
+
+
+def _step(value: Any) -> Any:
+    # A bare string is a built-in step named after its action.
+    return {"name": value, "action": value} if isinstance(value, str) else value
+
+
+class PlanConfig(_Section):
+    steps: list[Annotated[StepConfig, BeforeValidator(_step)]] = Field(min_length=1)
+
+
+DEFAULT_PLANS: dict[str, list[str]] = {
+    "failover": ["readiness", "approval", "fence", "wait-replication", "activate", "reconcile"],
+    "failback": [
+        "readiness",
+        "catch-up",
+        "approval",
+        "fence",
+        "wait-replication",
+        "activate",
+        "reconcile",
+        "standby-previous",
+    ],
+}
+
+
+class PlansConfig(_Section):
+    """Recovery plans as data: inline here, or in a TOML ``file`` with [failover]/[failback]."""
+
+    file: str | None = None
+    failover: PlanConfig = Field(
+        default_factory=lambda: PlanConfig.model_validate({"steps": DEFAULT_PLANS["failover"]})
+    )
+    failback: PlanConfig = Field(
+        default_factory=lambda: PlanConfig.model_validate({"steps": DEFAULT_PLANS["failback"]})
+    )
+
+
 class WatchConfig(_Section):
     heartbeat_timeout: Duration = 5.0
     max_error_rate: float = Field(default=0.5, ge=0.0, le=1.0)
     interval: Duration = 1.0
+    # Consecutive unhealthy checks before --auto-failover acts (one missed beat is not a failure).
+    unhealthy_checks: int = Field(default=2, ge=1)
 
 
 class Config(BaseModel):
@@ -166,6 +247,7 @@ class Config(BaseModel):
     replication: ReplicationConfig = Field(default_factory=ReplicationConfig)
     timing: TimingConfig = Field(default_factory=TimingConfig)
     failover: FailoverConfig = Field(default_factory=FailoverConfig)
+    plans: PlansConfig = Field(default_factory=PlansConfig)
     watch: WatchConfig = Field(default_factory=WatchConfig)
 
     @field_validator("regions")
@@ -208,6 +290,24 @@ def _dotted(loc: tuple[Any, ...]) -> str:
 
 def load_config(path: Path) -> Config:
     """Read and validate ``path``; raise ConfigError naming the file and the key at fault."""
+    raw = _read_toml(path)
+    config = _validate(Config, raw, path)
+    inline = set(raw.get("plans", {})) & {"failover", "failback"}
+    if config.plans.file and inline:
+        raise ConfigError(
+            f"{path}: plans.{sorted(inline)[0]}: defined here although plans.file names"
+            f" {config.plans.file}",
+            hint="keep the plans in one place: remove the inline tables or plans.file",
+        )
+    if config.plans.file:
+        plan_path = (path.parent / config.plans.file).resolve()
+        plan_raw = _read_toml(plan_path)
+        plans = _validate(PlansConfig, {**plan_raw, "file": config.plans.file}, plan_path)
+        config = config.model_copy(update={"plans": plans})
+    return config
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError as exc:
@@ -218,11 +318,14 @@ def load_config(path: Path) -> Config:
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: cannot read: {exc}") from exc
     try:
-        raw = tomllib.loads(text)
+        return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
+
+
+def _validate(model: type[_M], raw: dict[str, Any], path: Path) -> _M:
     try:
-        return Config.model_validate(raw)
+        return model.model_validate(raw)
     except ValidationError as exc:
         first = exc.errors()[0]
         key = _dotted(tuple(first["loc"])) or "(top level)"

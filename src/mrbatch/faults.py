@@ -11,6 +11,7 @@ Points used by the code:
 ``state``        every state-table call of the region fails
 ``control``      every control-plane call made by the region fails
 ``replication``  replication into or out of the region stalls
+``replication:objects`` / ``replication:records``  only that half of replication stalls
 ``partition``    replication between ``region`` and ``peer`` stalls (both directions)
 ``crash:<name>`` the process calling ``crash_point(<name>)`` exits at once (like SIGKILL)
 ``chunk-error``  chunk tasks of the region raise (a poisoned dependency)

@@ -18,7 +18,13 @@ from .initialize import sample_bytes
 __all__ = ["ORDER_COLUMNS", "orders_frame", "reference_frame", "write_orders", "write_reference"]
 
 ORDER_COLUMNS = [
-    "uuid", "Country", "Item Type", "Sales Channel", "Order Priority", "Order Date", "Region",
+    "uuid",
+    "Country",
+    "Item Type",
+    "Sales Channel",
+    "Order Priority",
+    "Order Date",
+    "Region",
     "Ship Date",
 ]
 # A multiplier coprime with 10**9 maps 0..10**9-1 onto itself: distinct indexes, distinct uuids.

@@ -83,6 +83,19 @@ min_switch_interval = "60s"
 heartbeat_timeout = "5s"
 max_error_rate = 0.5
 interval = "1s"
+unhealthy_checks = 2
+
+# Recovery plans: ordered steps; a bare name is a built-in step. Custom steps:
+#   {{ name = "page", run = "notify-oncall $MRBATCH_TARGET", timeout = "10s" }}
+#   {{ name = "dns", call = "mypkg.hooks:switch_dns", timeout = "30s" }}
+#   {{ name = "both", parallel = [ {{ name = "a", run = "..." }}, {{ name = "b", run = "..." }} ] }}
+# Or put [failover] and [failback] in a file named here: file = "plans.toml"
+[plans.failover]
+steps = ["readiness", "approval", "fence", "wait-replication", "activate", "reconcile"]
+
+[plans.failback]
+steps = ["readiness", "catch-up", "approval", "fence", "wait-replication", "activate",
+         "reconcile", "standby-previous"]
 """
 
 

@@ -17,7 +17,6 @@ __all__ = [
     "REJECTED",
     "RUNS",
     "check_key",
-    "chunk_key",
     "chunk_output_key",
     "chunk_rejected_key",
     "output_key_for",
@@ -80,10 +79,6 @@ def run_id_for(input_key: str, sha256: str) -> str:
 
 def run_key(run_id: str, name: str) -> str:
     return f"{RUNS}{run_id}/{name}"
-
-
-def chunk_key(run_id: str, index: int) -> str:
-    return run_key(run_id, f"chunks/{index:05d}.csv")
 
 
 def chunk_output_key(run_id: str, index: int) -> str:

@@ -116,15 +116,15 @@ class Orchestrator:
 
     # ------------------------------------------------------------------ lifecycle
     def activate(self, routing: Routing) -> None:
-        """Take up every unfinished run this region owns in the current epoch."""
+        """Start driving runs in ``routing``'s epoch; the region hands them over with ``adopt``."""
         self.epoch = routing.epoch
-        for record in self.table.scan(RUN):
-            run = FileRun.from_record(record)
-            if run.status.terminal or run.run_id in self.runs:
-                continue
-            if run.region == self.region and run.epoch == routing.epoch:
-                self.runs[run.run_id] = _Progress(run, record.version)
-                log.info("resuming run %s (%s) at %s", run.run_id, run.input_key, run.status)
+
+    def adopt(self, run: FileRun, version: int) -> None:
+        """Drive ``run`` (owned by this region in the current epoch) from its recorded status."""
+        if run.run_id in self.runs or run.status.terminal:
+            return
+        self.runs[run.run_id] = _Progress(run, version)
+        log.info("driving run %s (%s) from %s", run.run_id, run.input_key, run.status)
 
     def deactivate(self, why: str) -> None:
         """Stop driving runs (fenced, or the epoch moved); their records stay as they are."""
@@ -278,18 +278,17 @@ class Orchestrator:
                 tasks.split_task,
                 self.config_path,
                 self.region,
-                run.run_id,
                 run.input_key,
                 run.input_version,
+                run.input_size,
                 run.chunk_rows,
-                run.epoch,
             )
             return
         if not progress.future.done():
             return
         future, progress.future = progress.future, None
         try:
-            specs = future.result()
+            split: tasks.SplitResult = future.result()
         except _PERMANENT as exc:
             self._fail(progress, str(exc))
             return
@@ -309,8 +308,8 @@ class Orchestrator:
             else:
                 self._backoff(progress, f"SPLIT failed: {exc}")
             return
-        run.chunks = specs
-        if self._transition(progress, RunStatus.SPLIT, note=f"{len(specs)} chunk(s)"):
+        run.header, run.chunks = split.header, split.chunks
+        if self._transition(progress, RunStatus.SPLIT, note=f"{len(split.chunks)} chunk(s)"):
             self.stats["files_split"] += 1
             self.faults.crash_point("after-split", self.region)
 
@@ -411,6 +410,8 @@ class Orchestrator:
                         self.region,
                         run.run_id,
                         run.input_key,
+                        run.input_version,
+                        run.header or "",
                         specs[index],
                         run.reference_key,
                         run.reference_version,
@@ -471,8 +472,13 @@ class Orchestrator:
             )
             return True
         self.stats["chunk_executions_succeeded"] += 1
-        log.info("run %s chunk %d: %d rows in %.2fs", chunk.run_id, chunk.index, result.rows_in,
-                 result.seconds)
+        log.info(
+            "run %s chunk %d: %d rows in %.2fs",
+            chunk.run_id,
+            chunk.index,
+            result.rows_in,
+            result.seconds,
+        )
         chunk.status = ChunkStatus.DONE
         chunk.rows_in, chunk.rows_out = result.rows_in, result.rows_out
         chunk.rows_rejected = result.rows_rejected
@@ -515,8 +521,8 @@ class Orchestrator:
         future, progress.future = progress.future, None
         try:
             merged: tasks.MergeResult = future.result()
-        except ConflictError as exc:
-            # A chunk output does not match its record: recompute the chunks, bounded.
+        except (ConflictError, NotFoundError) as exc:
+            # A chunk output is missing or does not match its record: recompute, bounded.
             if progress.attempts + 1 >= self.pipeline.chunk_attempts:
                 self._fail(progress, f"MERGE failed: {exc}")
             else:
@@ -537,6 +543,7 @@ class Orchestrator:
         run.output_header, run.rejected_header = chunks[0].output_header, chunks[0].rejected_header
         run.merged_key, run.merged_sha256 = merged.output_key, merged.output_sha256
         run.merged_rejected_key = merged.rejected_key
+        run.merged_rejected_sha256 = merged.rejected_sha256
         if rows_in != merged.rows_out + merged.rows_rejected:
             self._fail(
                 progress,
@@ -597,6 +604,7 @@ class Orchestrator:
         rejected = self.store.copy(
             run.merged_rejected_key,
             rejected_key_for(run.input_key),
+            version=run.merged_rejected_sha256,
             meta=meta,
             epoch=run.epoch,
         )

@@ -79,6 +79,11 @@ class ObjectStore(Protocol):
         """The whole object. Raises NotFoundError like ``open``."""
         ...
 
+    def get_range(self, key: str, start: int, length: int, *, version: str | None = None) -> bytes:
+        """``length`` bytes from offset ``start`` (fewer at the end of the object).
+        Raises NotFoundError like ``open``."""
+        ...
+
     def head(self, key: str) -> ObjectInfo | None:
         """The current version's info, or None when the key does not exist (or is deleted)."""
         ...

@@ -60,11 +60,13 @@ def chunk_pk(run_id: str, index: int) -> str:
 
 @dataclass
 class ChunkSpec:
-    """One chunk as SPLIT wrote it: where it is and what its bytes hash to."""
+    """One chunk as SPLIT found it: a byte range of the (immutable) input version and what
+    those bytes hash to. Chunk tasks read the range itself, so SPLIT copies nothing and a
+    region that holds the input can run any chunk of it."""
 
     index: int
-    key: str
-    size: int
+    start: int
+    end: int
     sha256: str
     first_line: int
     lines: int
@@ -86,6 +88,7 @@ class FileRun:
     reference_sha256: str | None = None
     reference_version: str | None = None
     chunk_rows: int = 0
+    header: str | None = None  # the input's header line, as the chunk tasks prepend it
     chunks: list[ChunkSpec] = field(default_factory=list)
     rows_in: int | None = None
     rows_out: int | None = None
@@ -95,6 +98,7 @@ class FileRun:
     merged_key: str | None = None
     merged_sha256: str | None = None
     merged_rejected_key: str | None = None
+    merged_rejected_sha256: str | None = None
     output_key: str | None = None
     output_sha256: str | None = None
     rejected_key: str | None = None

@@ -22,8 +22,9 @@ from . import backends
 from .errors import MrbatchError, UnavailableError
 from .keys import INPUT, run_id_for
 from .orchestrator import Orchestrator
-from .ports import Executor, RegionState, Routing
-from .records import run_pk
+from .ports import Executor, Record, RegionState, Routing
+from .reconcile import Missing, Takeover, take_over
+from .records import RUN, FileRun, run_pk
 from .workspace import Workspace
 
 __all__ = ["RegionProcess", "is_active"]
@@ -67,9 +68,16 @@ class RegionProcess:
         self._last_heartbeat = 0.0
         self._last_rescan = 0.0
         self._cursor: int | None = None
+        self._state_cursor = 0
+        # Runs this region should take over but cannot yet (their input has not arrived).
+        self.waiting: dict[str, Missing] = {}
+        self._last_waiting_retry = 0.0
+        self.reconciled = 0
+        self.ticks = 0
 
     # ------------------------------------------------------------------ one pass
     def tick(self) -> None:
+        self.ticks += 1
         try:
             routing = self.control.routing()
         except UnavailableError as exc:
@@ -91,6 +99,9 @@ class RegionProcess:
                 self.orch.deactivate(f"epoch moved to {routing.epoch}")
             self.orch.activate(routing)
             self._last_rescan = 0.0  # a full scan of input/ whenever we become active
+            self._state_cursor = 0  # and of the state table
+            self.waiting.clear()
+        self._adopt(routing)
         self._trigger(routing)
         self.orch.step(routing)
 
@@ -122,9 +133,68 @@ class RegionProcess:
             self._cursor = value
 
     def _maybe_claim(self, info: Any, routing: Routing) -> None:
-        if self.table.get(run_pk(run_id_for(info.key, info.sha256))) is not None:
-            return  # claimed before (here, or in another region and replicated)
-        self.orch.claim(info, routing)
+        record = self.table.get(run_pk(run_id_for(info.key, info.sha256)))
+        if record is None:
+            self.orch.claim(info, routing)
+        elif record.pk.removeprefix("run/") in self.waiting:
+            self._consider(record, routing)  # the input it was waiting for has arrived
+
+    # ------------------------------------------------------------------ taking runs over
+    def _adopt(self, routing: Routing) -> None:
+        """Follow the state table: drive every unfinished run that is ours, take over every
+        unfinished run of an older epoch or another region (continuous reconciliation)."""
+        while True:
+            changes = self.table.changes(self._state_cursor, limit=500)
+            for record in changes:
+                if record.kind == RUN:
+                    self._consider(record, routing)
+            if changes:
+                self._state_cursor = changes[-1].seq
+            if len(changes) < 500:
+                break
+        now = time.monotonic()
+        if self.waiting and now - self._last_waiting_retry >= 1.0:
+            self._last_waiting_retry = now
+            for run_id in list(self.waiting):
+                record = self.table.get(run_pk(run_id))
+                if record is not None:
+                    self._consider(record, routing)
+
+    def _consider(self, record: Record, routing: Routing) -> None:
+        run = FileRun.from_record(record)
+        if run.status.terminal:
+            self.waiting.pop(run.run_id, None)
+            return
+        if run.region == self.region and run.epoch == routing.epoch:
+            self.waiting.pop(run.run_id, None)
+            self.orch.adopt(run, record.version)
+            return
+        outcome = take_over(
+            record,
+            region=self.region,
+            routing=routing,
+            store=self.store,
+            table=self.table,
+            config=self.ws.config,
+        )
+        if isinstance(outcome, Missing):
+            if run.run_id not in self.waiting:
+                log.warning(
+                    "run %s (%s) cannot resume in %s yet: its %s %s has not arrived",
+                    run.run_id,
+                    run.input_key,
+                    self.region,
+                    outcome.what,
+                    outcome.key,
+                )
+            self.waiting[run.run_id] = outcome
+        elif isinstance(outcome, Takeover):
+            self.waiting.pop(run.run_id, None)
+            self.reconciled += 1
+            self.orch.stats["files_reconciled"] += 1
+            fresh = self.table.get(record.pk)
+            if fresh is not None:
+                self.orch.adopt(FileRun.from_record(fresh), fresh.version)
 
     def _heartbeat(self, routing: Routing | None) -> None:
         now = time.monotonic()
@@ -139,6 +209,9 @@ class RegionProcess:
                 {
                     "state": self.state,
                     "runs_in_flight": len(self.orch.runs),
+                    "epoch": self.orch.epoch,
+                    "waiting": [m.to_dict() for m in self.waiting.values()],
+                    "ticks": self.ticks,
                     "workers": pids,
                     "stats": dict(self.orch.stats),
                     "loop_errors": self.loop_errors,

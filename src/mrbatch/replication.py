@@ -13,6 +13,8 @@ changes in R not yet applied in some other region, and its lag the age of the ol
 from __future__ import annotations
 
 import logging
+import os
+import time
 from dataclasses import dataclass
 
 from . import backends
@@ -58,13 +60,18 @@ class Replicator:
         self.src_stores = {r: backends.open_object_store(ws, r) for r in self.sources}
         self.src_tables = {r: backends.open_state_table(ws, r) for r in self.sources}
         self.batch = ws.config.replication.batch
+        self.control = backends.open_control_plane(ws, caller=dest)
         self.applied = {"objects": 0, "records": 0}
+        self.errors: dict[str, str] = {}
 
-    def blocked(self, source: str) -> str | None:
-        """Why replication from ``source`` cannot run now (a chaos fault), or None."""
+    def blocked(self, source: str, kind: str | None = None) -> str | None:
+        """Why replication (of ``kind``: objects or records) from ``source`` cannot run now
+        (a chaos fault), or None."""
+        points = ["replication"] + ([f"replication:{kind}"] if kind else [])
         for region in (source, self.dest):
-            if self.faults.active("replication", region):
-                return f"replication stalled in {region}"
+            for point in points:
+                if self.faults.active(point, region):
+                    return f"{point} stalled in {region}"
         if self.faults.active("partition", source, self.dest):
             return f"{source} and {self.dest} are partitioned"
         return None
@@ -76,10 +83,15 @@ class Replicator:
             if self.blocked(source):
                 continue
             try:
-                applied += self._objects(source)
-                applied += self._records(source)
+                if not self.blocked(source, "objects"):
+                    applied += self._objects(source)
+                if not self.blocked(source, "records"):
+                    applied += self._records(source)
             except UnavailableError as exc:
+                self.errors[source] = str(exc)
                 log.warning("replication %s -> %s: %s", source, self.dest, exc)
+            else:
+                self.errors.pop(source, None)
         return applied
 
     def _objects(self, source: str) -> int:
@@ -117,21 +129,46 @@ class Replicator:
         self.applied["records"] += applied
         return applied
 
+    def heartbeat(self, last_error: str | None) -> None:
+        """Tell the control plane this replicator is alive (readiness checks look for it)."""
+        try:
+            self.control.heartbeat(
+                f"replicator:{self.dest}",
+                os.getpid(),
+                {
+                    "applied": dict(self.applied),
+                    "blocked": {s: why for s in self.sources if (why := self.blocked(s))},
+                    "errors": dict(self.errors),
+                    "last_error": last_error,
+                },
+            )
+        except MrbatchError as exc:
+            log.warning("replicator %s: heartbeat failed: %s", self.dest, exc)
+
     def run_forever(self, stop: object) -> None:
         """Replicate until ``stop.is_set()``; errors are logged and retried with backoff."""
         interval = self.ws.config.replication.interval
+        beat_every = self.ws.config.timing.heartbeat_interval
         failures = 0
+        last_beat = 0.0
+        last_error: str | None = None
         while not stop.is_set():  # type: ignore[attr-defined]
+            if time.monotonic() - last_beat >= beat_every:
+                self.heartbeat(last_error)
+                last_beat = time.monotonic()
             try:
                 busy = self.run_once()
                 failures = 0
+                last_error = None
             except MrbatchError as exc:
                 failures += 1
                 busy = 0
+                last_error = str(exc)
                 log.warning("replication into %s: %s", self.dest, exc)
-            except Exception:
+            except Exception as exc:
                 failures += 1
                 busy = 0
+                last_error = repr(exc)
                 log.exception("replication into %s failed", self.dest)
             if busy and not failures:
                 continue  # more may be waiting: go again at once

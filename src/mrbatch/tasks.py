@@ -22,7 +22,7 @@ from pathlib import Path
 from . import backends
 from .errors import ConflictError
 from .faults import FaultPoints
-from .keys import chunk_key, chunk_output_key, chunk_rejected_key, run_key
+from .keys import chunk_output_key, chunk_rejected_key, run_key
 from .pipeline import (
     Enrichment,
     ReferenceTable,
@@ -41,6 +41,7 @@ __all__ = [
     "ChunkResult",
     "MergeInput",
     "MergeResult",
+    "SplitResult",
     "chunk_task",
     "csv_line",
     "merge_task",
@@ -90,33 +91,56 @@ def csv_line(fields: list[str]) -> bytes:
 # --------------------------------------------------------------------------- SPLIT
 
 
+@dataclass(frozen=True)
+class SplitResult:
+    header: str
+    chunks: list[ChunkSpec]
+
+
 def split_task(
     config_path: str,
     region: str,
-    run_id: str,
     input_key: str,
     version: str,
+    size: int,
     chunk_rows: int,
-    epoch: int,
-) -> list[ChunkSpec]:
+) -> SplitResult:
+    """Find the chunk boundaries (records never cut, quotes respected) and hash each range.
+    Streaming: memory is one chunk, whatever the size of the file."""
     ctx = _context(config_path, region)
-    specs: list[ChunkSpec] = []
+    header = b""
+    found: list[tuple[int, int, str, int, int]] = []
     with ctx.store.open(input_key, version=version) as stream:
         for chunk in split_csv(stream, chunk_rows=chunk_rows, source=input_key):
-            key = chunk_key(run_id, chunk.index)
-            info = ctx.store.put(key, chunk.data, epoch=epoch)
-            specs.append(
-                ChunkSpec(
-                    index=chunk.index,
-                    key=key,
-                    size=info.size,
-                    sha256=info.sha256,
-                    first_line=chunk.first_line,
-                    lines=chunk.lines,
+            if chunk.index == 0:
+                header = chunk.data[: chunk.header_size]
+            body = memoryview(chunk.data)[chunk.header_size :]
+            found.append(
+                (
+                    chunk.index,
+                    len(body),
+                    hashlib.sha256(body).hexdigest(),
+                    chunk.first_line,
+                    chunk.lines,
                 )
             )
-            ctx.faults.crash_point("split-chunk-written", region)
-    return specs
+    # The bodies are consecutive and run to the end of the file; the header (and a BOM, if
+    # any) come before them.
+    offset = size - sum(length for _, length, _, _, _ in found)
+    specs: list[ChunkSpec] = []
+    for index, length, sha, first_line, lines in found:
+        specs.append(
+            ChunkSpec(
+                index=index,
+                start=offset,
+                end=offset + length,
+                sha256=sha,
+                first_line=first_line,
+                lines=lines,
+            )
+        )
+        offset += length
+    return SplitResult(header=header.decode("utf-8"), chunks=specs)
 
 
 # --------------------------------------------------------------------------- reference
@@ -190,6 +214,8 @@ def chunk_task(
     region: str,
     run_id: str,
     input_key: str,
+    input_version: str,
+    header: str,
     spec: ChunkSpec,
     reference_key: str | None,
     reference_version: str | None,
@@ -198,9 +224,11 @@ def chunk_task(
     started = time.perf_counter()
     ctx = _context(config_path, region)
     ctx.faults.check("chunk-error", region)
-    data = ctx.store.get(spec.key, version=spec.sha256)
-    if hashlib.sha256(data).hexdigest() != spec.sha256:
+    body = ctx.store.get_range(input_key, spec.start, spec.end - spec.start, version=input_version)
+    if hashlib.sha256(body).hexdigest() != spec.sha256:
         raise ConflictError(f"chunk {spec.index} of {input_key} does not match its checksum")
+    data = header.encode("utf-8") + body
+    del body
     reference = None
     if ctx.enrichment is not None and reference_key and reference_version:
         reference = _ensure_reference(ctx, reference_key, reference_version)

@@ -17,7 +17,9 @@ CONTROL_PLANES = ["sqlite"]
 
 
 @pytest.fixture(params=OBJECT_STORES)
-def store_factory(request: pytest.FixtureRequest, workspace: Workspace) -> Iterator[Callable[[str], ObjectStore]]:
+def store_factory(
+    request: pytest.FixtureRequest, workspace: Workspace
+) -> Iterator[Callable[[str], ObjectStore]]:
     assert workspace.config.backends.object_store == request.param
     yield lambda region: backends.open_object_store(workspace, region)
 
@@ -28,7 +30,9 @@ def store(store_factory: Callable[[str], ObjectStore], workspace: Workspace) -> 
 
 
 @pytest.fixture(params=STATE_TABLES)
-def table_factory(request: pytest.FixtureRequest, workspace: Workspace) -> Iterator[Callable[[str], StateTable]]:
+def table_factory(
+    request: pytest.FixtureRequest, workspace: Workspace
+) -> Iterator[Callable[[str], StateTable]]:
     assert workspace.config.backends.state_table == request.param
     yield lambda region: backends.open_state_table(workspace, region)
 

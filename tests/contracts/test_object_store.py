@@ -31,7 +31,9 @@ def test_put_streams_files_and_iterables(store: ObjectStore) -> None:
     big = bytes(range(256)) * 20_000  # 5 MB, several copy blocks
     assert store.put("x/file", io.BytesIO(big)).size == len(big)
     assert store.get("x/file") == big
-    assert store.put("x/iter", iter([b"ab", b"", b"cd"])).sha256 == hashlib.sha256(b"abcd").hexdigest()
+    assert (
+        store.put("x/iter", iter([b"ab", b"", b"cd"])).sha256 == hashlib.sha256(b"abcd").hexdigest()
+    )
 
 
 def test_missing_objects(store: ObjectStore) -> None:
@@ -102,13 +104,17 @@ def test_change_feed_orders_and_filters(store: ObjectStore) -> None:
     assert store.changes(start, limit=1)[0].key == "input/1"
 
 
-@pytest.mark.parametrize("key", ["../etc/passwd", "/abs", "a//b", "a/./b", "a\x00b", "a\nb", "", "a\\b"])
+@pytest.mark.parametrize(
+    "key", ["../etc/passwd", "/abs", "a//b", "a/./b", "a\x00b", "a\nb", "", "a\\b"]
+)
 def test_unsafe_keys_are_refused(store: ObjectStore, key: str) -> None:
     with pytest.raises(UsageError):
         store.put(key, b"x")
 
 
-def test_replica_merge_rule(store_factory: Callable[[str], ObjectStore], workspace: Workspace) -> None:
+def test_replica_merge_rule(
+    store_factory: Callable[[str], ObjectStore], workspace: Workspace
+) -> None:
     a = store_factory(workspace.regions[0])
     b = store_factory(workspace.regions[1])
     info = a.put("k", b"from a", epoch=1)
@@ -124,7 +130,9 @@ def test_replica_merge_rule(store_factory: Callable[[str], ObjectStore], workspa
     assert a.get("k") == b.get("k") == b"from b, epoch 2"
 
 
-def test_replica_deletion_and_corruption(store_factory: Callable[[str], ObjectStore], workspace: Workspace) -> None:
+def test_replica_deletion_and_corruption(
+    store_factory: Callable[[str], ObjectStore], workspace: Workspace
+) -> None:
     a = store_factory(workspace.regions[0])
     b = store_factory(workspace.regions[1])
     info = a.put("k", b"bytes")
@@ -159,12 +167,18 @@ def test_concurrent_writers_never_tear(store: ObjectStore) -> None:
     assert store.get("contended") in payloads
 
 
-def test_storage_fault_makes_every_call_unavailable(store: ObjectStore, workspace: Workspace) -> None:
+def test_storage_fault_makes_every_call_unavailable(
+    store: ObjectStore, workspace: Workspace
+) -> None:
     store.put("k", b"x")
     faults = FaultPoints(workspace.faults_path)
     with faults.armed("storage", region=store.region):
-        for call in (lambda: store.get("k"), lambda: store.put("k2", b"y"),
-                     lambda: store.head("k"), lambda: list(store.list())):
+        for call in (
+            lambda: store.get("k"),
+            lambda: store.put("k2", b"y"),
+            lambda: store.head("k"),
+            lambda: list(store.list()),
+        ):
             with pytest.raises(UnavailableError, match="injected fault"):
                 call()
     assert store.get("k") == b"x"

@@ -41,7 +41,9 @@ def test_a_write_from_an_older_epoch_is_stale(table: StateTable) -> None:
         table.update("run/1", {"n": 1}, expected_version=1, epoch=1)
 
 
-def test_only_one_of_many_concurrent_claims_wins(table_factory: Callable[[str], StateTable], workspace: Workspace) -> None:
+def test_only_one_of_many_concurrent_claims_wins(
+    table_factory: Callable[[str], StateTable], workspace: Workspace
+) -> None:
     wins: list[int] = []
     barrier = threading.Barrier(8)
 
@@ -68,7 +70,9 @@ def test_scan_by_kind_and_prefix(table: StateTable) -> None:
     table.insert("chunk/r2/00000", "chunk", {"i": 0}, epoch=1)
     table.insert("run/r1", "run", {}, epoch=1)
     assert [r.pk for r in table.scan("chunk", prefix="chunk/r1/")] == [
-        "chunk/r1/00000", "chunk/r1/00001"]
+        "chunk/r1/00000",
+        "chunk/r1/00001",
+    ]
     assert [r.pk for r in table.scan("run")] == ["run/r1"]
 
 
@@ -82,7 +86,9 @@ def test_change_feed(table: StateTable) -> None:
     assert table.changes(changes[-1].seq) == []
 
 
-def test_replica_merge_rule(table_factory: Callable[[str], StateTable], workspace: Workspace) -> None:
+def test_replica_merge_rule(
+    table_factory: Callable[[str], StateTable], workspace: Workspace
+) -> None:
     a, b = table_factory(workspace.regions[0]), table_factory(workspace.regions[1])
     rec = a.insert("run/1", "run", {"n": 1}, epoch=1)
     assert b.apply_replica(rec) is True

@@ -204,6 +204,11 @@ class LocalObjectStore:
         with self.open(key, version=version) as stream:
             return stream.read()
 
+    def get_range(self, key: str, start: int, length: int, *, version: str | None = None) -> bytes:
+        with self.open(key, version=version) as stream:
+            stream.seek(start)
+            return stream.read(length)
+
     def head(self, key: str) -> ObjectInfo | None:
         self._check()
         rows = self._index.query("SELECT * FROM objects WHERE key = ? AND deleted = 0", (key,))

@@ -80,8 +80,8 @@ class SqliteControlPlane:
             if db.execute("SELECT 1 FROM routing WHERE id = 1").fetchone() is None:
                 db.execute(
                     "INSERT INTO routing (id, epoch, active_region, phase, switched_at)"
-                    " VALUES (1, 1, ?, 'ACTIVE', ?)",
-                    (active, time.time()),
+                    " VALUES (1, 1, ?, 'ACTIVE', 0)",  # no switch yet: the anti-flap rule is free
+                    (active,),
                 )
             for name in regions:
                 state = RegionState.ACTIVE if name == active else RegionState.STANDBY
@@ -126,8 +126,9 @@ class SqliteControlPlane:
                 raise UsageError(f"unknown region {target!r}")
             if current.epoch != expected_epoch:
                 raise ConflictError(
-                    f"the routing changed: epoch is {current.epoch}, not {expected_epoch}",
-                    hint="another switch ran first; check `mrbatch status`",
+                    f"another switch ran first: the epoch is {current.epoch}, not"
+                    f" {expected_epoch}",
+                    hint="check `mrbatch status` and `mrbatch plan history`",
                 )
             if current.active_region == target and current.regions[target] == RegionState.ACTIVE:
                 raise SafetyRuleError(

@@ -1,0 +1,282 @@
+"""``mrbatch failover``, ``failback``, ``reconcile``, ``redrive``, ``watch`` and ``plan``."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import typer
+from rich.table import Table
+
+from ..config import StepConfig
+from ..recovery import (
+    evaluate_plans,
+    failback_target,
+    failover_target,
+    reconcile_now,
+    redrive,
+)
+from ..runbook import Execution, Runbook, StepLog, history
+from ..watch import Watcher
+from .app import app, console, err_console, print_json, state
+
+plan_app = typer.Typer(
+    help="Recovery plans as code: show, evaluate, history.", no_args_is_help=True
+)
+app.add_typer(plan_app, name="plan")
+
+
+def _confirm(prompt: str) -> bool:
+    if not sys.stdin.isatty():
+        return False
+    return typer.confirm(prompt, default=False)
+
+
+def _run_plan(
+    plan: str, target: str, yes: bool, force: bool, max_wait: float | None, json_output: bool
+) -> None:
+    ws = state.workspace()
+    echo = (
+        (lambda _line: None)
+        if json_output
+        else (lambda line: err_console.print(line, highlight=False, soft_wrap=True))
+    )
+    execution = Runbook(
+        ws, plan, target, yes=yes, force=force, max_wait=max_wait, confirm=_confirm, echo=echo
+    ).execute()
+    if json_output:
+        print_json(execution.to_dict())
+    else:
+        _print_execution(execution)
+    if execution.outcome != "succeeded":
+        raise typer.Exit(1)
+    if execution.at_risk:
+        # The switch worked, but some input may be lost: a script must not read this as clean.
+        err_console.print(f"{plan} succeeded, but {len(execution.at_risk)} input(s) are at risk:"
+                          " see the reconcile step")
+        raise typer.Exit(1)
+
+
+def _print_execution(execution: Execution) -> None:
+    colour = {"succeeded": "green", "aborted": "yellow"}.get(execution.outcome, "red")
+    console.print(
+        f"[bold]{execution.plan}[/] to {execution.target}: [{colour}]{execution.outcome}[/]"
+        + (f" — {execution.reason}" if execution.reason else ""),
+        soft_wrap=True,
+    )
+    if execution.rto_seconds is not None:
+        verdict = "within" if execution.rto_seconds <= execution.desired_rto else "OVER"
+        console.print(
+            f"RTO {execution.rto_seconds:.2f}s ({verdict} the desired"
+            f" {execution.desired_rto:.0f}s); epoch {execution.epoch_before} ->"
+            f" {execution.epoch_after}"
+        )
+    console.print(_steps_table(execution.steps))
+
+
+def _steps_table(steps: list[StepLog]) -> Table:
+    table = Table(title_justify="left")
+    for column in ("step", "outcome", "seconds", "message"):
+        table.add_column(column)
+
+    def add(step: StepLog, indent: str = "") -> None:
+        table.add_row(
+            indent + step.name,
+            step.outcome,
+            "-" if step.seconds is None else f"{step.seconds:.2f}",
+            step.message,
+        )
+        for child in step.children:
+            add(child, indent + "  ")
+
+    for step in steps:
+        add(step)
+    return table
+
+
+@app.command()
+def failover(
+    to: str | None = typer.Option(None, "--to", help="Region to activate (default: the standby)."),
+    yes: bool = typer.Option(False, "--yes", "-y", help="Approve without a prompt."),
+    max_wait: str | None = typer.Option(
+        None, "--max-wait", help="Bound on waiting for replication (e.g. 60s)."
+    ),
+    force: bool = typer.Option(
+        False, "--force", help="Override readiness and the minimum time between switches."
+    ),
+    json_output: bool = typer.Option(False, "--json"),
+) -> None:
+    """Run the failover plan against the region being activated."""
+    ws = state.workspace()
+    _run_plan("failover", failover_target(ws, to), yes, force, _seconds(max_wait), json_output)
+
+
+@app.command()
+def failback(
+    to: str | None = typer.Option(
+        None, "--to", help="Region to return to (default: the first listed)."
+    ),
+    yes: bool = typer.Option(False, "--yes", "-y"),
+    max_wait: str | None = typer.Option(None, "--max-wait"),
+    force: bool = typer.Option(False, "--force"),
+    json_output: bool = typer.Option(False, "--json"),
+) -> None:
+    """Run the failback plan: catch the returning region up, hand runs over, activate it."""
+    ws = state.workspace()
+    _run_plan("failback", failback_target(ws, to), yes, force, _seconds(max_wait), json_output)
+
+
+def _seconds(value: str | None) -> float | None:
+    if value is None:
+        return None
+    from ..config import parse_duration
+
+    try:
+        return parse_duration(value)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--max-wait") from exc
+
+
+@app.command()
+def reconcile(
+    max_wait: str | None = typer.Option(
+        None, "--max-wait", help="How long to watch for inputs still arriving."
+    ),
+    json_output: bool = typer.Option(False, "--json"),
+) -> None:
+    """Re-drive every unfinished run in the active region; report each by name."""
+    ws = state.workspace()
+    echo = (lambda _l: None) if json_output else (lambda line: err_console.print(line))
+    report = reconcile_now(ws, max_wait=_seconds(max_wait), echo=echo)
+    if json_output:
+        print_json(report)
+    else:
+        _print_report(report)
+    if report["at_risk"]:
+        raise typer.Exit(1)
+
+
+def _print_report(report: dict[str, Any]) -> None:
+    console.print(
+        f"reconcile in {report['active_region']} (epoch {report['epoch']}):"
+        f" {len(report['redriven'])} re-driven, {len(report['in_progress'])} already"
+        f" running, {len(report['arrived'])} arrived late,"
+        f" {len(report['at_risk'])} at risk"
+    )
+    for item in report["redriven"]:
+        console.print(
+            f"  re-driven  {item['input_key']} (run {item['run_id']}) at {item.get('resumed_at')}"
+        )
+    for item in report["at_risk"]:
+        console.print(
+            f"  [red]AT RISK[/]    {item['input_key']} (run {item['run_id']}): its"
+            f" {item['what']} is only in {item['region']}",
+            soft_wrap=True,
+        )
+
+
+@app.command(name="redrive")
+def redrive_command(
+    key: str = typer.Argument(..., help="Input key or run id of a FAILED run."),
+    json_output: bool = typer.Option(False, "--json"),
+) -> None:
+    """Run a FAILED run again in the active region from its last good step."""
+    result = redrive(state.workspace(), key)
+    if json_output:
+        print_json(result)
+    else:
+        console.print(
+            f"run {result['run_id']} ({result['input_key']}) resumes at"
+            f" {result['resumes_at']} in {result['region']}: {result['chunks_to_run']}"
+            f" chunk(s) to run, {result['chunks_kept']} kept"
+            + ("; the reference data changed" if result["reference_changed"] else "")
+        )
+
+
+@app.command()
+def watch(
+    auto_failover: bool = typer.Option(
+        False,
+        "--auto-failover",
+        help="Run the failover plan when the active region is unhealthy and the standby is ready.",
+    ),
+    iterations: int | None = typer.Option(None, "--iterations", help="Stop after N checks."),
+) -> None:
+    """Watch the active region's health; recommend (or run) a failover, with the evidence."""
+    ws = state.workspace()
+    watcher = Watcher(
+        ws,
+        auto_failover=auto_failover,
+        echo=lambda line: console.print(line, highlight=False, soft_wrap=True),
+    )
+    try:
+        watcher.run(iterations)
+    except KeyboardInterrupt:
+        pass
+
+
+@plan_app.command("show")
+def plan_show(json_output: bool = typer.Option(False, "--json")) -> None:
+    """The failover and failback plans as configured."""
+    plans = state.workspace().config.plans
+    if json_output:
+        print_json(
+            {
+                name: [s.model_dump(exclude_none=True) for s in getattr(plans, name).steps]
+                for name in ("failover", "failback")
+            }
+        )
+        return
+    for name in ("failover", "failback"):
+        console.print(f"[bold]{name}[/]" + (f" (from {plans.file})" if plans.file else ""))
+        for n, step in enumerate(getattr(plans, name).steps, 1):
+            console.print(f"  {n}. {_describe(step)}", markup=False, highlight=False)
+
+
+def _describe(step: StepConfig, indent: str = "") -> str:
+    timeout = f" (timeout {step.timeout:.0f}s)" if step.timeout else ""
+    if step.parallel:
+        inner = "; ".join(_describe(s) for s in step.parallel)
+        return f"{step.name}: in parallel [{inner}]"
+    if step.run:
+        return f"{step.name}: run `{step.run}`{timeout}"
+    if step.call:
+        return f"{step.name}: call {step.call}{timeout}"
+    return f"{step.name}" + ("" if step.action == step.name else f": {step.action}")
+
+
+@plan_app.command("evaluate")
+def plan_evaluate(json_output: bool = typer.Option(False, "--json")) -> None:
+    """Check now that every step of both plans could run."""
+    checks = evaluate_plans(state.workspace())
+    if json_output:
+        print_json(checks)
+    else:
+        table = Table(title_justify="left")
+        for column in ("plan", "check", "status", "detail"):
+            table.add_column(column)
+        for c in checks:
+            colour = {"ok": "green", "warning": "yellow"}.get(c["status"], "red")
+            table.add_row(c["plan"], c["check"], f"[{colour}]{c['status']}[/]", c["detail"])
+        console.print(table)
+    if any(c["status"] == "failed" for c in checks):
+        raise typer.Exit(1)
+
+
+@plan_app.command("history")
+def plan_history(
+    json_output: bool = typer.Option(False, "--json"),
+    last: int = typer.Option(10, "--last", help="How many executions (0 = all)."),
+) -> None:
+    """Past plan executions with their step logs and RTO."""
+    executions = history(state.workspace())
+    if last:
+        executions = executions[-last:]
+    if json_output:
+        print_json([e.to_dict() for e in executions])
+        return
+    if not executions:
+        console.print("no plan has run yet")
+    for execution in executions:
+        console.rule(execution.id)
+        _print_execution(execution)

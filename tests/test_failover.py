@@ -1,0 +1,402 @@
+"""Failover, failback and reconciliation with real region processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from mrbatch import backends, supervisor, views
+from mrbatch.faults import FaultPoints
+from mrbatch.initialize import sample_bytes
+from mrbatch.records import CHUNK, ChunkRun, ChunkStatus, RunStatus
+from mrbatch.workspace import Workspace
+from tests.conftest import Deployment, make_workspace
+from tests.expected import expected_output
+from tests.helpers import eventually, finished, mails, put, run_of
+
+SAMPLE = sample_bytes("orders.csv")
+
+
+def mrbatch(ws: Workspace, *args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "mrbatch.cli.main", *args],
+        cwd=ws.root,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def _deploy(tmp_path: Path, **overrides: object) -> Deployment:
+    overrides.setdefault("chunk_rows", 400)  # 25 chunks per sample file
+    overrides.setdefault("failover", {"min_switch_interval": "1s", "max_wait": "10s"})
+    dep = Deployment(make_workspace(tmp_path / "ws", **overrides))
+    dep.up()
+    return dep
+
+
+@pytest.fixture
+def dep(tmp_path: Path):  # type: ignore[no-untyped-def]
+    deployment = _deploy(tmp_path)
+    try:
+        yield deployment
+    finally:
+        deployment.down()
+        assert not [pid for pid in supervisor.running(deployment.ws).values() if pid]
+
+
+def _done_chunks(ws: Workspace, region: str) -> int:
+    table = backends.open_state_table(ws, region)
+    return sum(ChunkRun.from_record(r).status is ChunkStatus.DONE for r in table.scan(CHUNK))
+
+
+def _all_completed_once(ws: Workspace, bodies: dict[str, bytes]) -> None:
+    runs = views.all_runs(ws)
+    for key in bodies:
+        mine = [r for r in runs if r.input_key == key]
+        assert len(mine) == 1, f"{key}: {len(mine)} runs"
+        assert mine[0].status is RunStatus.COMPLETED, mine[0].reason
+    active = backends.open_control_plane(ws).routing().active_region
+    store = backends.open_object_store(ws, active)
+    for key, body in bodies.items():
+        assert store.get(key.replace("input/", "output/", 1)) == expected_output(body), key
+    subjects = [m["Message-ID"] for m in mails(ws)]
+    assert len(subjects) == len(set(subjects)) == len(bodies)
+
+
+def test_kill_the_active_region_mid_run_and_fail_over(dep: Deployment) -> None:
+    ws = dep.ws
+    old, new = ws.regions
+    bodies = {f"input/mid-{i}.csv": SAMPLE for i in range(4)}
+    infos = [put(ws, key, body) for key, body in bodies.items()]
+    eventually(lambda: _done_chunks(ws, old) >= 10, 60, "some chunks to finish")
+    assert not all((r := run_of(ws, i.key, i.sha256)) and r.status.terminal for i in infos), (
+        "the files finished before the kill: make them bigger"
+    )
+    dep.kill_region(old)
+    result = mrbatch(ws, "failover", "--yes", "--json")
+    assert result.returncode == 0, result.stdout + result.stderr
+    execution = json.loads(result.stdout)
+    assert execution["outcome"] == "succeeded"
+    assert execution["epoch_before"] == 1 and execution["epoch_after"] == 2
+    assert execution["rto_seconds"] > 0  # the figure itself is measured in benchmarks/
+    assert [s["name"] for s in execution["steps"]] == [
+        "readiness",
+        "approval",
+        "fence",
+        "wait-replication",
+        "activate",
+        "reconcile",
+    ]
+    for info in infos:
+        run = finished(ws, info, timeout=120)
+        assert run.region == new and run.epoch == 2, (run.region, run.epoch)
+    _all_completed_once(ws, bodies)
+    routing = backends.open_control_plane(ws).routing()
+    assert routing.regions == {old: "FENCED", new: "ACTIVE"}
+    redriven = [r for r in views.all_runs(ws) if r.redriven]
+    assert redriven, "no run was taken over"
+
+
+def test_inputs_still_in_the_backlog_are_reported_then_redriven(dep: Deployment) -> None:
+    ws = dep.ws
+    old, new = ws.regions
+    faults = FaultPoints(ws.faults_path)
+    faults.arm("chunk-error", region=old)  # the old region cannot finish the file before it dies
+    stall = faults.arm("replication:objects", region=new, note="cross-region copy lagging")
+    info = put(ws, "input/late.csv", SAMPLE)
+    # the claim replicates (state), the input does not (objects)
+    eventually(lambda: list(backends.open_state_table(ws, new).scan("run")), 30, "the run record")
+    dep.kill_region(old)
+    result = mrbatch(ws, "failover", "--yes", "--max-wait", "1s", "--json")
+    assert result.returncode == 1  # succeeded with an at-risk input is not reported as success
+    execution = json.loads(result.stdout)
+    waited = next(s for s in execution["steps"] if s["name"] == "wait-replication")
+    assert waited["outcome"] == "warning" and waited["evidence"]["objects"] > 0
+    report = next(s for s in execution["steps"] if s["name"] == "reconcile")["evidence"]
+    assert [m["input_key"] for m in report["missing"]] == ["input/late.csv"]
+    assert report["at_risk"][0]["region"] == old and report["at_risk"][0]["what"] == "input"
+    faults.disarm(stall.id)  # replication delivers the input: the new region picks it up
+    run = finished(ws, info, timeout=60)
+    assert run.status is RunStatus.COMPLETED and run.region == new
+    _all_completed_once(ws, {"input/late.csv": SAMPLE})
+
+
+def test_the_old_region_comes_back_quiet_and_converges(dep: Deployment) -> None:
+    ws = dep.ws
+    old, new = ws.regions
+    first = put(ws, "input/before.csv", SAMPLE)
+    finished(ws, first)
+    dep.kill_region(old)
+    assert mrbatch(ws, "failover", "--yes").returncode == 0
+    second = put(ws, "input/after.csv", SAMPLE)
+    assert finished(ws, second).region == new
+    old_store = backends.open_object_store(ws, old)
+    mine_before = {i.key for i in old_store.list() if i.origin == old}
+    supervisor.start(ws, only=[supervisor.Proc("region", old)])
+    eventually(
+        lambda: backends.open_control_plane(ws).heartbeats()[old].info.get("state") == "fenced",
+        30,
+        "the old region to report itself fenced",
+    )
+    third = put(ws, "input/later.csv", SAMPLE)
+    assert finished(ws, third).region == new
+    time.sleep(1.0)
+    assert {i.key for i in old_store.list() if i.origin == old} == mine_before  # published nothing
+
+    def converged() -> bool:
+        a, b = (backends.open_object_store(ws, r) for r in (old, new))
+        ta, tb = (backends.open_state_table(ws, r) for r in (old, new))
+        objects_same = {i.key: i.sha256 for i in a.list()} == {i.key: i.sha256 for i in b.list()}
+        records = [
+            {
+                r.pk: (r.version, r.epoch, json.dumps(r.body, sort_keys=True))
+                for kind in ("run", "chunk")
+                for r in t.scan(kind)
+            }
+            for t in (ta, tb)
+        ]
+        return objects_same and records[0] == records[1]
+
+    eventually(converged, 30, "buckets and state tables to converge")
+    _all_completed_once(
+        ws, {k: SAMPLE for k in ("input/before.csv", "input/after.csv", "input/later.csv")}
+    )
+
+
+def test_failback_round_trip_under_a_trickle_of_uploads(dep: Deployment) -> None:
+    ws = dep.ws
+    home, away = ws.regions
+    small = b"\n".join(SAMPLE.split(b"\n")[:801]) + b"\n"  # 800 rows, 2 chunks
+    uploaded: dict[str, bytes] = {}
+    stop = threading.Event()
+
+    def trickle() -> None:
+        n = 0
+        while not stop.is_set():
+            key = f"input/trickle-{n:03d}.csv"
+            put(ws, key, small)
+            uploaded[key] = small
+            n += 1
+            stop.wait(0.15)
+
+    uploader = threading.Thread(target=trickle)
+    uploader.start()
+    try:
+        time.sleep(1.0)
+        over = mrbatch(ws, "failover", "--yes", "--json")
+        assert over.returncode == 0, over.stdout + over.stderr
+        time.sleep(1.5)
+        back = mrbatch(ws, "failback", "--yes", "--json")
+        assert back.returncode == 0, back.stdout + back.stderr
+        execution = json.loads(back.stdout)
+        assert [s["name"] for s in execution["steps"]][:2] == ["readiness", "catch-up"]
+        time.sleep(1.0)
+    finally:
+        stop.set()
+        uploader.join()
+    routing = backends.open_control_plane(ws).routing()
+    assert routing.active_region == home and routing.epoch == 3
+    assert routing.regions == {home: "ACTIVE", away: "STANDBY"}
+    assert len(uploaded) >= 15
+    store = backends.open_object_store(ws, home)
+    for key in uploaded:
+        info = store.head(key)
+        assert info is not None
+        finished(ws, info, timeout=90)
+    _all_completed_once(ws, uploaded)
+
+
+def test_two_concurrent_failovers_one_wins(dep: Deployment) -> None:
+    ws = dep.ws
+    command = [sys.executable, "-m", "mrbatch.cli.main", "failover", "--yes"]
+    procs = [
+        subprocess.Popen(
+            command, cwd=ws.root, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        for _ in range(2)
+    ]
+    outputs = [p.communicate(timeout=120) for p in procs]
+    codes = sorted(p.returncode for p in procs)
+    assert codes == [0, 1], outputs
+    loser = next(out for p, out in zip(procs, outputs, strict=True) if p.returncode == 1)
+    text = " ".join((loser[0] + loser[1]).split())
+    assert any(
+        why in text
+        for why in ("another switch ran first", "min-switch-interval", "already the active")
+    ), text
+    assert backends.open_control_plane(ws).routing().epoch == 2
+
+
+def test_safety_rules_refuse_and_change_nothing(dep: Deployment) -> None:
+    ws = dep.ws
+    old, new = ws.regions
+    same = mrbatch(ws, "failover", "--to", old, "--yes")
+    assert same.returncode == 1 and "already the active region" in " ".join(same.stdout.split())
+    text = ws.config_path.read_text().replace(
+        'min_switch_interval = "1s"', 'min_switch_interval = "1h"'
+    )
+    ws.config_path.write_text(text)
+    assert mrbatch(ws, "failover", "--yes").returncode == 0
+    again = mrbatch(ws, "failback", "--yes")
+    assert again.returncode == 1
+    assert "min-switch-interval" in " ".join(again.stdout.split())
+    routing = backends.open_control_plane(ws).routing()
+    assert routing.epoch == 2 and routing.active_region == new
+    forced = mrbatch(ws, "failback", "--yes", "--force")
+    assert forced.returncode == 0, forced.stdout + forced.stderr
+    assert backends.open_control_plane(ws).routing().active_region == old
+
+
+def test_approval_is_required_without_yes(dep: Deployment) -> None:
+    result = mrbatch(dep.ws, "failover")  # stdin is not a terminal: nobody can approve
+    assert result.returncode == 1
+    assert "not approved" in " ".join(result.stdout.split())
+    assert backends.open_control_plane(dep.ws).routing().epoch == 1
+
+
+def test_redrive_reruns_a_failed_run_from_its_last_good_step(dep: Deployment) -> None:
+    ws = dep.ws
+    active = ws.regions[0]
+    faults = FaultPoints(ws.faults_path)
+    with faults.armed("chunk-error", region=active, note="downstream dependency down"):
+        info = put(ws, "input/redo.csv", SAMPLE)
+        failed = finished(ws, info)
+    assert failed.status is RunStatus.FAILED
+    done_before = _done_chunks(ws, active)
+    result = mrbatch(ws, "redrive", "input/redo.csv", "--json")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["resumes_at"] == "PROCESSING"
+    assert report["chunks_kept"] == done_before and report["chunks_to_run"] == 25 - done_before
+    run = eventually(
+        lambda: (r := run_of(ws, info.key, info.sha256)) and r.status is RunStatus.COMPLETED and r,
+        60,
+        "the redriven run",
+    )
+    assert run.redriven == 1 and run.rows_out == 10_000
+    assert backends.open_object_store(ws, active).get("output/redo.csv") == expected_output()
+    again = mrbatch(ws, "redrive", "input/redo.csv")
+    assert again.returncode == 2 and "COMPLETED" in again.stderr
+
+
+def test_redrive_after_fixing_the_reference_data(dep: Deployment) -> None:
+    ws = dep.ws
+    header, *rows = SAMPLE.decode().split("\n")
+    financial = sample_bytes("financial.csv").decode().split("\n")
+    partial = "\n".join(financial[:5001]) + "\n"  # half the reference data is missing
+    put(ws, "reference/financial.csv", partial.encode())
+    info = put(ws, "input/ref.csv", SAMPLE)
+    failed = finished(ws, info)
+    assert failed.status is RunStatus.FAILED and "rejected" in (failed.reason or "")
+    errors = mrbatch(ws, "errors", "input/ref.csv", "--json")
+    assert json.loads(errors.stdout)["rows_rejected"] == failed.rows_rejected > 0
+    put(ws, "reference/financial.csv", sample_bytes("financial.csv"))
+    report = json.loads(mrbatch(ws, "redrive", "input/ref.csv", "--json").stdout)
+    assert report["reference_changed"] and report["chunks_to_run"] == 25
+    run = eventually(
+        lambda: (r := run_of(ws, info.key, info.sha256)) and r.status is RunStatus.COMPLETED and r,
+        60,
+        "the redriven run",
+    )
+    assert run.rows_rejected == 0
+    del header, rows
+
+
+def test_plans_as_code_custom_steps(tmp_path: Path) -> None:
+    marker = tmp_path / "marker.txt"
+    (tmp_path / "hooks_for_test.py").write_text(
+        "def before(ctx):\n    return {'target': ctx.target, 'epoch': ctx.epoch}\n"
+    )
+    ws = make_workspace(
+        tmp_path / "ws", chunk_rows=400, failover={"min_switch_interval": "1s", "max_wait": "5s"}
+    )
+    text = ws.config_path.read_text()
+    text = text[: text.index("[plans.failover]")] + '[plans]\nfile = "plans.toml"\n'
+    ws.config_path.write_text(text)
+    (ws.root / "plans.toml").write_text(
+        "[failover]\n"
+        "steps = [\n"
+        '  "readiness",\n'
+        '  { name = "prepare", parallel = [\n'
+        f'      {{ name = "page", run = "echo $MRBATCH_TARGET > {marker}", timeout = "5s" }},\n'
+        '      { name = "hook", call = "hooks_for_test:before", timeout = "5s" } ] },\n'
+        '  "approval", "fence", "wait-replication", "activate", "reconcile",\n'
+        "]\n"
+        "[failback]\n"
+        'steps = ["readiness", { name = "broken", run = "no-such-command-xyz" }, "fence",'
+        ' "activate"]\n'
+    )
+    env = {**os.environ, "PYTHONPATH": str(tmp_path)}
+    dep = Deployment(Workspace.load(ws.config_path))
+    dep.up()
+    try:
+        ws = dep.ws
+
+        def cli(*args: str) -> subprocess.CompletedProcess[str]:
+            return subprocess.run(
+                [sys.executable, "-m", "mrbatch.cli.main", *args],
+                cwd=ws.root,
+                capture_output=True,
+                text=True,
+                timeout=120,
+                env=env,
+            )
+
+        shown = " ".join(cli("plan", "show").stdout.split())
+        assert "page: run `echo" in shown and "hook: call hooks_for_test:before" in shown
+        evaluated = cli("plan", "evaluate", "--json")
+        assert evaluated.returncode == 1  # the failback plan names a command that does not exist
+        checks = json.loads(evaluated.stdout)
+        broken = next(c for c in checks if c["check"] == "step broken")
+        assert broken["status"] == "failed" and "not found" in broken["detail"]
+        assert next(c for c in checks if c["check"] == "step hook")["status"] == "ok"
+        result = cli("failover", "--yes", "--json")
+        assert result.returncode == 0, result.stdout + result.stderr
+        execution = json.loads(result.stdout)
+        group = next(s for s in execution["steps"] if s["name"] == "prepare")
+        assert [c["name"] for c in group["children"]] == ["page", "hook"]
+        assert group["children"][1]["evidence"] == {"target": ws.regions[1], "epoch": 1}
+        assert marker.read_text().strip() == ws.regions[1]
+        history = json.loads(cli("plan", "history", "--json").stdout)
+        assert history[-1]["id"] == execution["id"] and history[-1]["rto_seconds"] > 0
+        time.sleep(1.1)  # min_switch_interval
+        back = cli("failback", "--yes", "--json")
+        assert back.returncode == 1
+        aborted = json.loads(back.stdout)
+        assert aborted["outcome"] == "aborted" and "broken" in aborted["reason"]
+        assert backends.open_control_plane(ws).routing().epoch == 2  # nothing changed
+    finally:
+        dep.down()
+
+
+def test_watch_recommends_and_fails_over_automatically(dep: Deployment) -> None:
+    ws = dep.ws
+    old, new = ws.regions
+    text = ws.config_path.read_text().replace(
+        'heartbeat_timeout = "5s"', 'heartbeat_timeout = "1s"'
+    )
+    text = text.replace('interval = "1s"\nunhealthy_checks', 'interval = "200ms"\nunhealthy_checks')
+    ws.config_path.write_text(text)
+    quiet = mrbatch(ws, "watch", "--iterations", "2")
+    assert quiet.returncode == 0 and "healthy" in quiet.stdout
+    dep.kill_region(old)
+    time.sleep(1.5)
+    advice = mrbatch(ws, "watch", "--iterations", "2")
+    flat = " ".join(advice.stdout.split())
+    assert f"fail over from {old} to {new}" in flat and "no heartbeat" in flat
+    assert backends.open_control_plane(ws).routing().epoch == 1  # only a recommendation
+    auto = mrbatch(ws, "watch", "--auto-failover", "--iterations", "3")
+    assert auto.returncode == 0, auto.stdout + auto.stderr
+    routing = backends.open_control_plane(ws).routing()
+    assert routing.active_region == new and routing.epoch == 2
+    decisions = [json.loads(line) for line in (ws.log_dir / "watch.jsonl").read_text().splitlines()]
+    acted = [d for d in decisions if d["action"].startswith("failover to")]
+    assert len(acted) == 1 and acted[0]["evidence"]["heartbeat_age"] > 1

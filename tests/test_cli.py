@@ -70,5 +70,6 @@ def test_demo_runs_end_to_end_and_cleans_up(tmp_path: Path) -> None:
     text = " ".join(result.stdout.split())  # rich wraps lines at the terminal width
     assert "Summary." in text
     assert "10,000 rows out, 0 rejected" in text
-    assert "(verified)" in text
+    assert "nothing lost, nothing doubled" in text
+    assert "PROBLEM" not in text
     assert set(Path("/tmp").glob("mrbatch-demo-*")) == before  # the temp workspace is gone

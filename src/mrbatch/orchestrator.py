@@ -116,7 +116,10 @@ class Orchestrator:
 
     # ------------------------------------------------------------------ lifecycle
     def activate(self, routing: Routing) -> None:
-        """Start driving runs in ``routing``'s epoch; the region hands them over with ``adopt``."""
+        """Start driving runs in ``routing``'s epoch; the region hands them over with ``adopt``.
+        Runs of an earlier epoch are dropped: they are taken over afresh under the new one."""
+        if self.epoch is not None and self.epoch != routing.epoch:
+            self.deactivate(f"epoch moved to {routing.epoch}")
         self.epoch = routing.epoch
 
     def adopt(self, run: FileRun, version: int) -> None:

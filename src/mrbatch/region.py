@@ -66,6 +66,7 @@ class RegionProcess:
         self.last_error: str | None = None
         self.loop_errors = 0
         self._last_heartbeat = 0.0
+        self._last_reported: tuple[str, int | None] = ("", None)  # a change is reported at once
         self._last_rescan = 0.0
         self._cursor: int | None = None
         self._state_cursor = 0
@@ -85,22 +86,23 @@ class RegionProcess:
             self.state = "control-plane-unreachable"
             self.last_error = str(exc)
             return
-        self._heartbeat(routing)
-        if not is_active(routing, self.region):
+        active = is_active(routing, self.region)
+        if active:
+            self.state = "active"
+        elif routing.active_region == self.region:
+            self.state = "activating"  # a plan fenced the old region and is catching up
+        else:
             self.state = routing.regions.get(self.region, "unknown").lower()
-            if routing.active_region == self.region and routing.phase != "ACTIVE":
-                self.state = "activating"
-            if self.orch.epoch is not None:
-                self.orch.deactivate(f"{self.region} is no longer ACTIVE (epoch {routing.epoch})")
-            return
-        self.state = "active"
-        if self.orch.epoch != routing.epoch:
-            if self.orch.epoch is not None:
-                self.orch.deactivate(f"epoch moved to {routing.epoch}")
-            self.orch.activate(routing)
+        if active and self.orch.epoch != routing.epoch:
+            self.orch.activate(routing)  # before the heartbeat, so it reports the new epoch
             self._last_rescan = 0.0  # a full scan of input/ whenever we become active
             self._state_cursor = 0  # and of the state table
             self.waiting.clear()
+        self._heartbeat(routing)
+        if not active:
+            if self.orch.epoch is not None:
+                self.orch.deactivate(f"{self.region} is no longer ACTIVE (epoch {routing.epoch})")
+            return
         self._adopt(routing)
         self._trigger(routing)
         self.orch.step(routing)
@@ -198,9 +200,11 @@ class RegionProcess:
 
     def _heartbeat(self, routing: Routing | None) -> None:
         now = time.monotonic()
-        if now - self._last_heartbeat < self.timing.heartbeat_interval:
+        changed = (self.state, self.orch.epoch) != self._last_reported
+        if not changed and now - self._last_heartbeat < self.timing.heartbeat_interval:
             return
         self._last_heartbeat = now
+        self._last_reported = (self.state, self.orch.epoch)
         pids = getattr(self.executor, "pids", lambda: [])()
         try:
             self.control.heartbeat(

@@ -1,0 +1,172 @@
+"""Failover RTO with files in flight and an empty replication backlog.
+
+    python benchmarks/bench_failover.py [--files 10] [--rows 50000] [--repeat 3] [--json]
+
+A real two-region deployment gets --files uploads of --rows orders each; once every one is
+claimed and some of their chunks are done, the active region's process group is SIGKILLed and
+replication is allowed to drain (the "empty backlog" of the figure). Then `mrbatch failover
+--yes` is run as a user would (a new process), and at the same moment a new file is uploaded
+through the access point. Reported per repetition:
+
+- command -> first new file claimed in the new region (the figure the issue sets: < 5 s)
+- the plan's own RTO (command start -> activation), as `mrbatch failover` prints it
+- command -> every file that was in flight completed
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from statistics import median
+
+from mrbatch import backends, supervisor
+from mrbatch.accesspoint import AccessPoint
+from mrbatch.cli.deploy import wait_until_up
+from mrbatch.initialize import init_workspace, sample_bytes
+from mrbatch.keys import run_id_for
+from mrbatch.records import CHUNK, RUN, ChunkRun, ChunkStatus, FileRun, run_pk
+from mrbatch.replication import backlog
+from mrbatch.workspace import Workspace
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _orders(rows: int) -> bytes:
+    sample = sample_bytes("orders.csv").rstrip(b"\n") + b"\n"
+    header, body = sample.split(b"\n", 1)
+    lines = body.split(b"\n")[:-1]
+    out = [header]
+    while len(out) - 1 < rows:
+        out.extend(lines[: rows - (len(out) - 1)])
+    return b"\n".join(out) + b"\n"
+
+
+def _wait(check, timeout: float, what: str):  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(0.01)
+    raise SystemExit(f"timed out waiting for {what}")
+
+
+def one_round(root: Path, files: int, rows: int) -> dict[str, float]:
+    ws = init_workspace(root, port=_free_port(), chunk_rows=2_500)
+    ws = Workspace.load(ws.config_path)
+    old, new = ws.regions
+    since = time.time()
+    supervisor.start(ws)
+    try:
+        wait_until_up(ws, since)
+        access = AccessPoint(ws)
+        data = _orders(rows)
+        infos = [access.put(f"input/inflight-{n}.csv", data).info for n in range(files)]
+        # different keys, same bytes: ten independent runs
+        table = backends.open_state_table(ws, old)
+        _wait(
+            lambda: all(table.get(run_pk(run_id_for(i.key, i.sha256))) for i in infos),
+            60,
+            "every file to be claimed",
+        )
+        _wait(
+            lambda: (
+                sum(ChunkRun.from_record(r).status is ChunkStatus.DONE for r in table.scan(CHUNK))
+                >= files
+            ),
+            60,
+            "some chunks to finish",
+        )
+        supervisor.kill(ws, supervisor.Proc("region", old))
+        _wait(lambda: backlog(ws, old, new).total == 0, 60, "the backlog to drain")
+        started = time.time()
+        command = subprocess.Popen(
+            [sys.executable, "-m", "mrbatch.cli.main", "failover", "--yes", "--json"],
+            cwd=ws.root,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        fresh = access.put("input/after-failover.csv", _orders(1_000)).info
+        new_table = backends.open_state_table(ws, new)
+        pk = run_pk(run_id_for(fresh.key, fresh.sha256))
+
+        def claimed_in_new() -> FileRun | None:
+            record = new_table.get(pk)
+            run = FileRun.from_record(record) if record else None
+            return run if run and run.region == new else None
+
+        claim = _wait(claimed_in_new, 60, "the new file to be claimed")
+        out, err = command.communicate(timeout=120)
+        if command.returncode != 0:
+            raise SystemExit(f"failover failed: {out}\n{err}")
+        execution = json.loads(out)
+
+        def all_done() -> bool:
+            for info in infos:
+                record = new_table.get(run_pk(run_id_for(info.key, info.sha256)))
+                if record is None or not FileRun.from_record(record).status.terminal:
+                    return False
+            return True
+
+        _wait(all_done, 120, "the files in flight to complete")
+        done = time.time()
+        statuses = {FileRun.from_record(r).status for r in new_table.scan(RUN)}
+        return {
+            "first_new_claim_s": round(claim.claimed_at - started, 3),
+            "plan_rto_s": execution["rto_seconds"],
+            "plan_total_s": round(execution["ended"] - execution["started"], 3),
+            "inflight_completed_s": round(done - started, 3),
+            "statuses": sorted(str(s) for s in statuses),  # type: ignore[dict-item]
+        }
+    finally:
+        supervisor.stop(ws)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
+    parser.add_argument("--files", type=int, default=10)
+    parser.add_argument("--rows", type=int, default=50_000)
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+    rounds = []
+    for _ in range(args.repeat):
+        root = Path(tempfile.mkdtemp(prefix="mrbatch-bench-failover-"))
+        try:
+            rounds.append(one_round(root, args.files, args.rows))
+        finally:
+            shutil.rmtree(root, ignore_errors=True)
+    if args.json:
+        print(json.dumps(rounds, indent=2))
+        return 0
+    print(
+        f"{args.files} files of {args.rows:,} rows in flight, backlog drained, failover by"
+        f" `mrbatch failover --yes` (a new process); {args.repeat} rounds"
+    )
+    for key in ("first_new_claim_s", "plan_rto_s", "plan_total_s", "inflight_completed_s"):
+        values = [float(r[key]) for r in rounds]  # type: ignore[arg-type]
+        print(
+            f"  {key:<22} median {median(values):6.2f}  min {min(values):6.2f}"
+            f"  max {max(values):6.2f}"
+        )
+    print(f"  final statuses: {sorted({s for r in rounds for s in r['statuses']})}")  # type: ignore[union-attr]
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

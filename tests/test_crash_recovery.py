@@ -108,6 +108,13 @@ def test_a_failing_mail_server_is_retried_and_shows(tmp_path: Path) -> None:
             run = eventually(stuck_with_error, 60, "failed mail attempts to be recorded")
             assert run.status is RunStatus.PUBLISHED  # never COMPLETED without its mail
             assert "451" in (run.mail_error or "")
+
+            def shown_in_status() -> list | None:  # type: ignore[type-arg]
+                region = views.status(ws)["regions"][ws.regions[0]]
+                return region.get("mail_retrying") or None
+
+            retrying = eventually(shown_in_status, 30, "the failing mail to show in status")
+            assert retrying[0]["input_key"] == "input/mail.csv" and "451" in retrying[0]["error"]
             assert smtp.handler.refused >= 2
             smtp.handler.failing = False
             run = finished(ws, info)

@@ -238,3 +238,12 @@ def test_bad_inputs_end_as_a_run(
         assert (run.rows_in, run.rows_out, run.rows_rejected) == (0, 0, 0)
         store = backends.open_object_store(ws, ws.regions[0])
         assert store.get(f"output/{name}") == expected_output(SAMPLE.split(b"\n", 1)[0] + b"\n")
+
+
+def test_a_reference_without_rows_fails_the_run_with_a_reason(deployment: Deployment) -> None:
+    ws = deployment.ws
+    put(ws, "reference/financial.csv", sample_bytes("financial.csv").split(b"\n", 1)[0] + b"\n")
+    run = finished(ws, put(ws, "input/no-reference.csv", SAMPLE))
+    assert run.status is RunStatus.FAILED
+    assert "reference/financial.csv" in (run.reason or "") and "0 rows" in (run.reason or "")
+    assert not mails(ws)

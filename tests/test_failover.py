@@ -400,3 +400,67 @@ def test_watch_recommends_and_fails_over_automatically(dep: Deployment) -> None:
     decisions = [json.loads(line) for line in (ws.log_dir / "watch.jsonl").read_text().splitlines()]
     acted = [d for d in decisions if d["action"].startswith("failover to")]
     assert len(acted) == 1 and acted[0]["evidence"]["heartbeat_age"] > 1
+
+
+def _with_plans(tmp_path: Path, plans_toml: str) -> Deployment:
+    ws = make_workspace(
+        tmp_path / "ws", chunk_rows=400, failover={"min_switch_interval": "1s", "max_wait": "5s"}
+    )
+    text = ws.config_path.read_text()
+    ws.config_path.write_text(
+        text[: text.index("[plans.failover]")] + '[plans]\nfile = "plans.toml"\n'
+    )
+    (ws.root / "plans.toml").write_text(plans_toml)
+    dep = Deployment(Workspace.load(ws.config_path))
+    dep.up()
+    return dep
+
+
+def test_a_step_that_overruns_its_timeout_aborts_before_the_fence(tmp_path: Path) -> None:
+    dep = _with_plans(
+        tmp_path,
+        '[failover]\nsteps = ["readiness", { name = "slow", run = "sleep 5", timeout = "300ms" },'
+        ' "fence", "activate"]\n'
+        '[failback]\nsteps = ["readiness", "fence", "activate"]\n',
+    )
+    try:
+        result = mrbatch(dep.ws, "failover", "--yes", "--json")
+        assert result.returncode == 1
+        execution = json.loads(result.stdout)
+        slow = next(s for s in execution["steps"] if s["name"] == "slow")
+        assert slow["outcome"] == "failed"
+        assert "did not finish within 300ms" in slow["message"]
+        assert slow["ended"] - slow["started"] < 3
+        assert execution["outcome"] == "aborted"
+        assert backends.open_control_plane(dep.ws).routing().epoch == 1
+    finally:
+        dep.down()
+
+
+def test_reconcile_command_redrives_what_a_plan_left(tmp_path: Path) -> None:
+    dep = _with_plans(
+        tmp_path,
+        '[failover]\nsteps = ["readiness", "fence", "wait-replication", "activate"]\n'
+        '[failback]\nsteps = ["readiness", "fence", "activate"]\n',
+    )
+    try:
+        ws = dep.ws
+        old, new = ws.regions
+        bodies = {f"input/left-{i}.csv": SAMPLE for i in range(2)}
+        infos = [put(ws, key, body) for key, body in bodies.items()]
+        eventually(lambda: _done_chunks(ws, old) >= 5, 60, "some chunks to finish")
+        dep.kill_region(old)
+        assert mrbatch(ws, "failover", "--yes").returncode == 0
+        result = mrbatch(ws, "reconcile", "--json", "--max-wait", "2s")
+        assert result.returncode == 0, result.stdout + result.stderr
+        report = json.loads(result.stdout)
+        assert report["active_region"] == new and report["at_risk"] == []
+        named = {item["input_key"] for item in report["redriven"] + report["in_progress"]}
+        for info in infos:
+            run = finished(ws, info)
+            assert run.status is RunStatus.COMPLETED
+            if run.epoch == 2:  # it was unfinished at the failover: reconcile must name it
+                assert info.key in named, report
+        _all_completed_once(ws, bodies)
+    finally:
+        dep.down()

@@ -142,6 +142,19 @@ class Orchestrator:
         self.deactivate("shutting down")
         self._mailer.shutdown(wait=False, cancel_futures=True)
 
+    def mail_retrying(self) -> list[dict[str, Any]]:
+        """Runs whose completion mail failed and is being retried (shown by `mrbatch status`)."""
+        return [
+            {
+                "run_id": p.run.run_id,
+                "input_key": p.run.input_key,
+                "attempts": p.run.mail_attempts,
+                "error": p.run.mail_error,
+            }
+            for p in self.runs.values()
+            if p.run.status is RunStatus.PUBLISHED and p.run.mail_error
+        ]
+
     def futures(self) -> list[Future[Any]]:
         pending: list[Future[Any]] = []
         for progress in self.runs.values():
@@ -390,7 +403,7 @@ class Orchestrator:
             try:
                 ref_future.result()
             except ReferenceDataError as exc:
-                self._fail(progress, str(exc))
+                self._fail(progress, self._reference_reason(exc))
                 return
             except Exception as exc:  # the chunk tasks prepare it again and report for real
                 log.info(
@@ -430,15 +443,26 @@ class Orchestrator:
         if all(c.status is ChunkStatus.DONE for c in progress.chunks.values()):
             self._merge(progress)
 
+    def _reference_reason(self, exc: ReferenceDataError) -> str:
+        enrichment = self.pipeline.enrichment
+        key = enrichment.reference if enrichment else "the reference data"
+        return (
+            f"{exc}; upload corrected reference data with `mrbatch put FILE --key {key}`,"
+            " then `mrbatch redrive` this input"
+        )
+
     def _chunk_finished(self, progress: _Progress, chunk: ChunkRun, future: Future[Any]) -> bool:
         """Record one chunk task's outcome; False when the run stopped (failed or let go)."""
         try:
             result: tasks.ChunkResult = future.result()
         except _PERMANENT as exc:
             self.stats["chunk_executions_failed"] += 1
-            chunk.status, chunk.reason = ChunkStatus.FAILED, str(exc)
+            reason = (
+                self._reference_reason(exc) if isinstance(exc, ReferenceDataError) else str(exc)
+            )
+            chunk.status, chunk.reason = ChunkStatus.FAILED, reason
             if self._save_chunk(progress, chunk):
-                self._fail(progress, str(exc))
+                self._fail(progress, reason)
             return False
         except BaseException as exc:
             self.stats["chunk_executions_failed"] += 1

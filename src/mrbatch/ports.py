@@ -257,7 +257,9 @@ class ControlPlane(Protocol):
         """Make ``target`` the only ACTIVE region under epoch ``expected_epoch + 1``; the
         previous active region becomes FENCED. Compare-and-set on the epoch: raises
         ConflictError when the epoch moved (another switch won), SafetyRuleError naming the
-        rule when one refuses (nothing changes then)."""
+        rule when one refuses (nothing changes then). In the same change it stores the
+        document ``epoch/<epoch:08d>`` = ``{"epoch", "region", "at", "plan_id"}`` (``initialize``
+        stores epoch 1): the epoch log ``mrbatch verify`` checks publishers against."""
         ...
 
     def set_phase(self, phase: str, *, expected_epoch: int) -> Routing:

@@ -75,29 +75,28 @@ def reconcile_now(
             record, region=region, routing=routing, store=store, table=table, config=ws.config
         )
         run = FileRun.from_record(table.get(record.pk) or record)
-        if isinstance(outcome, Takeover):
-            redriven[run.run_id] = outcome.to_dict()
-            pending.pop(run.run_id, None)
-        elif isinstance(outcome, Missing):
+        if isinstance(outcome, Missing):
             pending[run.run_id] = outcome
+            return
+        pending.pop(run.run_id, None)
+        if isinstance(outcome, Takeover):
+            redriven[run.run_id] = {**outcome.to_dict(), "status": str(run.status)}
+        elif _taken_over_now(run, routing.epoch):
+            # the region process took it over first (and may have finished it since)
+            redriven[run.run_id] = {
+                "run_id": run.run_id,
+                "input_key": run.input_key,
+                "status": str(run.status),
+                "by": "region process",
+            }
         elif run.region == region and run.epoch == routing.epoch and not run.status.terminal:
-            pending.pop(run.run_id, None)
-            if _taken_over_now(run, routing.epoch):  # the region process got there first
-                redriven[run.run_id] = {
-                    "run_id": run.run_id,
-                    "input_key": run.input_key,
-                    "resumed_at": str(run.status),
-                    "by": "region process",
-                }
-            else:
-                in_progress.append(
-                    {"run_id": run.run_id, "input_key": run.input_key, "status": str(run.status)}
-                )
-        elif run.status.terminal:
-            pending.pop(run.run_id, None)
+            in_progress.append(
+                {"run_id": run.run_id, "input_key": run.input_key, "status": str(run.status)}
+            )
 
     for record in table.scan(RUN):
-        if not FileRun.from_record(record).status.terminal:
+        run = FileRun.from_record(record)
+        if not run.status.terminal or _taken_over_now(run, routing.epoch):
             settle(record)
     missing = [m.to_dict() for m in pending.values()]
     for item in missing:

@@ -218,6 +218,7 @@ class RegionProcess:
                     "ticks": self.ticks,
                     "workers": pids,
                     "stats": dict(self.orch.stats),
+                    "mail_retrying": self.orch.mail_retrying(),
                     "loop_errors": self.loop_errors,
                     "last_error": self.last_error,
                 },

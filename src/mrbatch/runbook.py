@@ -272,6 +272,10 @@ class Runbook:
 # --------------------------------------------------------------------------- custom steps
 
 
+def _seconds(value: float) -> str:
+    return f"{value * 1000:.0f}ms" if value < 1 else f"{value:g}s"
+
+
 def _shell(ctx: PlanContext, step: StepConfig) -> Result:
     timeout = step.timeout or 60.0
     try:
@@ -285,7 +289,7 @@ def _shell(ctx: PlanContext, step: StepConfig) -> Result:
             cwd=ctx.ws.root,
         )
     except subprocess.TimeoutExpired as exc:
-        raise StepFailed(f"`{step.run}` did not finish within {timeout:.0f}s") from exc
+        raise StepFailed(f"`{step.run}` did not finish within {_seconds(timeout)}") from exc
     evidence = {
         "exit_code": done.returncode,
         "stdout": done.stdout[-2000:],
@@ -322,7 +326,7 @@ def _python(ctx: PlanContext, step: StepConfig) -> Result:
     thread.start()
     thread.join(timeout)
     if thread.is_alive():
-        raise StepFailed(f"{step.call} did not return within {timeout:.0f}s")
+        raise StepFailed(f"{step.call} did not return within {_seconds(timeout)}")
     if "error" in box:
         error = box["error"]
         raise StepFailed(f"{step.call} raised {type(error).__name__}: {error}")

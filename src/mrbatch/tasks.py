@@ -171,7 +171,11 @@ def _ensure_reference(ctx: _Context, key: str, version: str) -> ReferenceTable:
                     with ctx.store.open(key, version=version) as stream, open(source, "wb") as out:
                         while block := stream.read(1 << 20):
                             out.write(block)
-                    prepare_reference(source, target, ctx.enrichment, source=key)
+                    label = ctx.ws.config.pipeline.enrichment
+                    name = label.reference if label is not None else key
+                    prepare_reference(
+                        source, target, ctx.enrichment, source=f"{name} (version {version[:12]})"
+                    )
                 finally:
                     source.unlink(missing_ok=True)
     return _reference_table(str(target))

@@ -66,6 +66,8 @@ def status(ws: Workspace) -> dict[str, Any]:
             entry["workers"] = beat.info.get("workers")
             entry["stats"] = beat.info.get("stats", {})
             entry["last_error"] = beat.info.get("last_error")
+            entry["mail_retrying"] = beat.info.get("mail_retrying", [])
+            entry["waiting"] = beat.info.get("waiting", [])
         result["regions"][region] = entry
     gateway_pid = procs.get(supervisor.Proc("gateway", "gateway"))
     result["gateway"] = {

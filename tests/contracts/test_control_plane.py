@@ -124,3 +124,20 @@ def test_control_fault_isolates_one_caller(workspace: Workspace) -> None:
         with pytest.raises(UnavailableError):
             cut.confirm(first, 1)
         assert fine.routing().epoch == 1
+
+
+def test_every_epoch_is_logged_with_its_active_region(
+    control: ControlPlane, workspace: Workspace
+) -> None:
+    first, second = workspace.regions
+    control.switch(second, expected_epoch=1, min_interval=0, plan_id="p-1")
+    control.switch(first, expected_epoch=2, min_interval=0, force=True)
+    with pytest.raises(ConflictError):
+        control.switch(second, expected_epoch=2, min_interval=0)  # refused: not logged
+    log = control.documents("epoch/")
+    assert [(d["epoch"], d["region"]) for d in log.values()] == [
+        (1, first),
+        (2, second),
+        (3, first),
+    ]
+    assert log["epoch/00000002"]["plan_id"] == "p-1"

@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 
     from ..workspace import Workspace
 
-__all__ = ["SqliteControlPlane", "open_control_plane"]
+__all__ = ["EPOCH_PREFIX", "SqliteControlPlane", "open_control_plane"]
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS routing (
@@ -42,6 +42,20 @@ CREATE TABLE IF NOT EXISTS heartbeats (
 CREATE TABLE IF NOT EXISTS documents (name TEXT PRIMARY KEY, body TEXT NOT NULL);
 """
 PHASES = ("ACTIVE", "FAILOVER")
+# The epoch log: one document per epoch naming the region made ACTIVE in it, written in the
+# same transaction as the change, so `mrbatch verify` can check who was allowed to publish.
+EPOCH_PREFIX = "epoch/"
+
+
+def _log_epoch(
+    db: sqlite3.Connection, epoch: int, region: str, at: float, plan_id: str | None
+) -> None:
+    body = {"epoch": epoch, "region": region, "at": at, "plan_id": plan_id}
+    db.execute(
+        "INSERT INTO documents (name, body) VALUES (?, ?)"
+        " ON CONFLICT (name) DO UPDATE SET body = excluded.body",
+        (f"{EPOCH_PREFIX}{epoch:08d}", json.dumps(body)),
+    )
 
 
 class SqliteControlPlane:
@@ -83,6 +97,7 @@ class SqliteControlPlane:
                     " VALUES (1, 1, ?, 'ACTIVE', 0)",  # no switch yet: the anti-flap rule is free
                     (active,),
                 )
+                _log_epoch(db, 1, active, time.time(), None)
             for name in regions:
                 state = RegionState.ACTIVE if name == active else RegionState.STANDBY
                 db.execute(
@@ -153,6 +168,7 @@ class SqliteControlPlane:
                 (RegionState.FENCED, RegionState.ACTIVE, target),
             )
             db.execute("UPDATE regions SET state = ? WHERE name = ?", (RegionState.ACTIVE, target))
+            _log_epoch(db, expected_epoch + 1, target, now, plan_id)
             after = self._read(db)
             active = [n for n, s in after.regions.items() if s == RegionState.ACTIVE]
             if active != [target]:

@@ -165,7 +165,7 @@ def _print_report(report: dict[str, Any]) -> None:
     )
     for item in report["redriven"]:
         console.print(
-            f"  re-driven  {item['input_key']} (run {item['run_id']}) at {item.get('resumed_at')}"
+            f"  re-driven  {item['input_key']} (run {item['run_id']}), now {item.get('status')}"
         )
     for item in report["at_risk"]:
         console.print(

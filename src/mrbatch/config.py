@@ -97,7 +97,7 @@ class EnrichmentConfig(_Section):
 
 class PipelineConfig(_Section):
     schema_path: str = Field(default="pipeline/orders.schema.json", alias="schema")
-    chunk_rows: int = Field(default=250_000, ge=1)
+    chunk_rows: int = Field(default=100_000, ge=1)
     # Fraction of rows a file may have rejected and still complete; above it the run FAILS.
     max_rejected_fraction: float = Field(default=0.1, ge=0.0, le=1.0)
     chunk_attempts: int = Field(default=4, ge=1, le=100)
@@ -132,6 +132,9 @@ class NotifyConfig(_Section):
 class ReplicationConfig(_Section):
     interval: Duration = 0.1
     batch: int = Field(default=500, ge=1)
+    # Replication is background work: on a machine shared with the chunk workers it yields
+    # the CPU to them (Unix nice value of the replicator processes, 0 = same priority).
+    nice: int = Field(default=10, ge=0, le=19)
 
 
 class TimingConfig(_Section):

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 import threading
@@ -43,6 +44,7 @@ def main(argv: list[str] | None = None) -> int:
             from .replication import Replicator
 
             ws.check_region(args.name)
+            os.nice(ws.config.replication.nice)
             stop = threading.Event()
             for sig in (signal.SIGTERM, signal.SIGINT):
                 signal.signal(sig, lambda *_: stop.set())

@@ -108,7 +108,7 @@ def init_workspace(
     *,
     regions: list[str] | None = None,
     port: int = 8740,
-    chunk_rows: int = 250_000,
+    chunk_rows: int = 100_000,
     force: bool = False,
 ) -> Workspace:
     regions = regions or list(DEFAULT_REGIONS)

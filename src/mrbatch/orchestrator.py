@@ -35,6 +35,7 @@ from .errors import (
 from .faults import FaultPoints
 from .keys import output_key_for, rejected_key_for, run_id_for, run_key
 from .links import presign
+from .merge import MergeInput, MergeResult, StreamingMerge
 from .ports import (
     ControlPlane,
     Executor,
@@ -80,8 +81,12 @@ class _Progress:
     chunk_futures: dict[int, Future[Any]] = field(default_factory=dict)
     chunk_retry_at: dict[int, float] = field(default_factory=dict)
     worker_losses: int = 0
+    # The pool break last counted: one killed worker fails every queued future of the pool
+    # with the same exception, and that is one loss, not one per chunk.
+    last_pool_break: BaseException | None = None
     attempts: int = 0
     retry_at: float = 0.0
+    merger: StreamingMerge | None = None
 
 
 class Orchestrator:
@@ -159,6 +164,8 @@ class Orchestrator:
         pending: list[Future[Any]] = []
         for progress in self.runs.values():
             pending.extend(f for f in (progress.future, progress.ref_future) if f is not None)
+            if progress.merger is not None:
+                pending.append(progress.merger.future)
             pending.extend(progress.chunk_futures.values())
         return pending
 
@@ -167,6 +174,9 @@ class Orchestrator:
         for future in (progress.future, progress.ref_future, *progress.chunk_futures.values()):
             if future is not None:
                 future.cancel()
+        if progress.merger is not None:
+            progress.merger.abort("the run stopped here")
+            progress.merger = None
 
     # ------------------------------------------------------------------ claiming
     def claim(self, info: ObjectInfo, routing: Routing) -> FileRun | None:
@@ -440,8 +450,9 @@ class Orchestrator:
             del progress.chunk_futures[index]
             if not self._chunk_finished(progress, chunk, future):
                 return
-        if all(c.status is ChunkStatus.DONE for c in progress.chunks.values()):
-            self._merge(progress)
+        self._feed_merge(progress)
+        if progress.merger is not None and progress.merger.future.done():
+            self._merged(progress)
 
     def _reference_reason(self, exc: ReferenceDataError) -> str:
         enrichment = self.pipeline.enrichment
@@ -468,7 +479,9 @@ class Orchestrator:
             self.stats["chunk_executions_failed"] += 1
             lost_worker = isinstance(exc, BrokenProcessPool)
             if lost_worker:
-                progress.worker_losses += 1
+                if exc is not progress.last_pool_break:
+                    progress.last_pool_break = exc
+                    progress.worker_losses += 1
             else:
                 chunk.attempts += 1
             chunk.last_error = f"{type(exc).__name__}: {exc}"
@@ -516,38 +529,47 @@ class Orchestrator:
         chunk.region = self.region
         return self._save_chunk(progress, chunk)
 
-    def _merge(self, progress: _Progress) -> None:
+    def _feed_merge(self, progress: _Progress) -> None:
+        """Hand every chunk that is done, in index order, to the run's streaming merge."""
+        run = progress.run
+        ordered = [progress.chunks[i] for i in sorted(progress.chunks)]
+        merger = progress.merger
+        fed = merger.fed if merger is not None else 0
+        while fed < len(ordered) and ordered[fed].status is ChunkStatus.DONE:
+            chunk = ordered[fed]
+            if merger is None:
+                merger = progress.merger = StreamingMerge(
+                    self.store,
+                    run.run_id,
+                    chunk.output_header,
+                    chunk.rejected_header,
+                    epoch=run.epoch,
+                    faults=self.faults,
+                    region=self.region,
+                )
+            merger.feed(
+                MergeInput(
+                    index=chunk.index,
+                    rows_in=chunk.rows_in or 0,
+                    rows_out=chunk.rows_out or 0,
+                    output_key=chunk.output_key or "",
+                    output_sha256=chunk.output_sha256 or "",
+                    rejected_key=chunk.rejected_key or "",
+                    rejected_sha256=chunk.rejected_sha256 or "",
+                )
+            )
+            fed += 1
+        if merger is not None and fed == len(ordered):
+            merger.finish()
+
+    def _merged(self, progress: _Progress) -> None:
         run = progress.run
         chunks = [progress.chunks[i] for i in sorted(progress.chunks)]
-        if progress.future is None:
-            parts = [
-                tasks.MergeInput(
-                    index=c.index,
-                    rows_in=c.rows_in or 0,
-                    rows_out=c.rows_out or 0,
-                    output_key=c.output_key or "",
-                    output_sha256=c.output_sha256 or "",
-                    rejected_key=c.rejected_key or "",
-                    rejected_sha256=c.rejected_sha256 or "",
-                )
-                for c in chunks
-            ]
-            progress.future = self.executor.submit(
-                tasks.merge_task,
-                self.config_path,
-                self.region,
-                run.run_id,
-                chunks[0].output_header,
-                chunks[0].rejected_header,
-                parts,
-                run.epoch,
-            )
-            return
-        if not progress.future.done():
-            return
-        future, progress.future = progress.future, None
+        assert progress.merger is not None
+        future = progress.merger.future
+        progress.merger = None
         try:
-            merged: tasks.MergeResult = future.result()
+            merged: MergeResult = future.result()
         except (ConflictError, NotFoundError) as exc:
             # A chunk output is missing or does not match its record: recompute, bounded.
             if progress.attempts + 1 >= self.pipeline.chunk_attempts:

@@ -1,4 +1,4 @@
-"""The work the executor runs: SPLIT, one chunk, MERGE, and preparing reference data.
+"""The work the executor runs: SPLIT, one chunk, and preparing reference data.
 
 Every task is a module-level function of picklable arguments, opens the region's store itself
 (once per worker process) and writes only objects; the orchestrator records the outcome in the
@@ -14,7 +14,6 @@ import hashlib
 import io
 import os
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -22,14 +21,13 @@ from pathlib import Path
 from . import backends
 from .errors import ConflictError
 from .faults import FaultPoints
-from .keys import chunk_output_key, chunk_rejected_key, run_key
+from .keys import chunk_output_key, chunk_rejected_key
 from .pipeline import (
     Enrichment,
     ReferenceTable,
-    count_records,
     prepare_reference,
     process_chunk,
-    renumber_rejected,
+    reference_cache_tag,
     split_csv,
 )
 from .ports import ObjectStore
@@ -39,12 +37,9 @@ from .workspace import Workspace
 
 __all__ = [
     "ChunkResult",
-    "MergeInput",
-    "MergeResult",
     "SplitResult",
     "chunk_task",
     "csv_line",
-    "merge_task",
     "reference_task",
     "split_task",
 ]
@@ -151,8 +146,8 @@ def _reference_cache(ctx: _Context, version: str) -> Path:
     fingerprint = hashlib.sha256(
         repr((ctx.enrichment.key, ctx.enrichment.reference_key, ctx.enrichment.columns)).encode()
     ).hexdigest()[:12]
-    return (
-        ctx.ws.region_dir(ctx.region) / "cache" / f"reference-{version[:24]}-{fingerprint}.parquet"
+    return ctx.ws.region_dir(ctx.region) / "cache" / (
+        f"reference-{version[:24]}-{fingerprint}-{reference_cache_tag()}.parquet"
     )
 
 
@@ -260,86 +255,4 @@ def chunk_task(
         output_header=list(out.output_header),
         rejected_header=list(out.rejected_header),
         seconds=time.perf_counter() - started,
-    )
-
-
-# --------------------------------------------------------------------------- MERGE
-
-
-@dataclass(frozen=True)
-class MergeInput:
-    index: int
-    rows_in: int
-    rows_out: int
-    output_key: str
-    output_sha256: str
-    rejected_key: str
-    rejected_sha256: str
-
-
-@dataclass(frozen=True)
-class MergeResult:
-    output_key: str
-    output_sha256: str
-    rejected_key: str
-    rejected_sha256: str
-    rows_out: int
-    rows_rejected: int
-
-
-def _verified(store: ObjectStore, key: str, sha256: str, what: str) -> bytes:
-    data = store.get(key, version=sha256)
-    if hashlib.sha256(data).hexdigest() != sha256:
-        raise ConflictError(f"{what} {key} does not match its recorded checksum")
-    return data
-
-
-def merge_task(
-    config_path: str,
-    region: str,
-    run_id: str,
-    output_header: list[str],
-    rejected_header: list[str],
-    parts: list[MergeInput],
-    epoch: int,
-) -> MergeResult:
-    """Concatenate chunk outputs in index order (from the manifest, never from a listing, which
-    would sort part10 before part2), checking every chunk's checksum and row count."""
-    ctx = _context(config_path, region)
-    ordered = sorted(parts, key=lambda p: p.index)
-    if [p.index for p in ordered] != list(range(len(ordered))):
-        raise ConflictError(f"run {run_id}: chunk manifest has gaps: {[p.index for p in ordered]}")
-    counted = {"out": 0, "rejected": 0}
-
-    def outputs() -> Iterator[bytes]:
-        yield csv_line(output_header)
-        for part in ordered:
-            data = _verified(ctx.store, part.output_key, part.output_sha256, "chunk output")
-            rows = count_records(data)
-            if rows != part.rows_out:
-                raise ConflictError(
-                    f"chunk output {part.output_key} has {rows} rows, {part.rows_out} recorded"
-                )
-            counted["out"] += rows
-            yield data
-
-    def rejected() -> Iterator[bytes]:
-        yield csv_line(rejected_header)
-        offset = 0
-        for part in ordered:
-            data = _verified(ctx.store, part.rejected_key, part.rejected_sha256, "rejected rows")
-            counted["rejected"] += count_records(data)
-            yield renumber_rejected(data, offset) if offset and data else data
-            offset += part.rows_in
-
-    merged = ctx.store.put(run_key(run_id, "output.csv"), outputs(), epoch=epoch)
-    ctx.faults.crash_point("merge-written", region)
-    merged_rejected = ctx.store.put(run_key(run_id, "rejected.csv"), rejected(), epoch=epoch)
-    return MergeResult(
-        output_key=merged.key,
-        output_sha256=merged.sha256,
-        rejected_key=merged_rejected.key,
-        rejected_sha256=merged_rejected.sha256,
-        rows_out=counted["out"],
-        rows_rejected=counted["rejected"],
     )

@@ -279,7 +279,9 @@ class LocalObjectStore:
         current = self._index.query("SELECT * FROM objects WHERE key = ?", (info.key,))
         if current and not _newer(info, self._info(current[0])):
             return False
-        if not info.deleted:
+        if not info.deleted and not self._blob_path(info.sha256).exists():
+            # Content-addressed: bytes already here (the same output under two keys, say)
+            # need not cross the link again.
             if data is None:
                 raise ValueError("a replicated write needs its bytes")
             sha, _ = self._write_blob(data)

@@ -27,7 +27,7 @@ def init(
         ",".join(DEFAULT_REGIONS), "--regions", help="Comma-separated; the first starts ACTIVE."
     ),
     port: int = typer.Option(8740, "--port", help="Port of the access point's gateway."),
-    chunk_rows: int = typer.Option(250_000, "--chunk-rows", help="Rows per chunk task."),
+    chunk_rows: int = typer.Option(100_000, "--chunk-rows", help="Rows per chunk task."),
     force: bool = typer.Option(False, "--force", help="Rewrite an existing mrbatch.toml."),
 ) -> None:
     """Create a workspace: mrbatch.toml, the sample pipeline and the data dir."""

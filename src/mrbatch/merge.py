@@ -142,7 +142,7 @@ class StreamingMerge:
         self.finished = False
         self._queue: queue.Queue[MergeInput | BaseException | None] = queue.Queue()
         self._args = (store, run_id, output_header, rejected_header)
-        self._kwargs = {"epoch": epoch, "faults": faults, "region": region}
+        self._epoch, self._faults, self._region = epoch, faults, region
         self._thread = threading.Thread(target=self._run, name=f"merge-{run_id}", daemon=True)
         self._thread.start()
 
@@ -159,8 +159,15 @@ class StreamingMerge:
         store, run_id, output_header, rejected_header = self._args
         try:
             result = merge(
-                store, run_id, output_header, rejected_header, self._parts(), **self._kwargs
-            )  # type: ignore[arg-type]
+                store,
+                run_id,
+                output_header,
+                rejected_header,
+                self._parts(),
+                epoch=self._epoch,
+                faults=self._faults,
+                region=self._region,
+            )
         except BaseException as exc:
             self.future.set_exception(exc)
         else:

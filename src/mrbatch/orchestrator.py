@@ -288,8 +288,11 @@ class Orchestrator:
     def _split(self, progress: _Progress) -> None:
         run = progress.run
         enrichment = self.pipeline.enrichment
-        pin_needed = enrichment is not None and run.reference_version is None
-        if pin_needed and not self._pin_reference(progress, enrichment.reference):
+        if (
+            enrichment is not None
+            and run.reference_version is None
+            and not self._pin_reference(progress, enrichment.reference)
+        ):
             return
         if enrichment is not None and progress.ref_future is None and run.reference_key:
             progress.ref_future = self.executor.submit(
@@ -385,15 +388,31 @@ class Orchestrator:
         if missing:
             raise ConflictError(f"run {run.run_id}: chunk records missing: {sorted(missing)}")
 
-    def _save_chunk(self, progress: _Progress, chunk: ChunkRun) -> bool:
+    def _still_ours(self, progress: _Progress) -> bool:
+        """Is the run record exactly as we last wrote it? Then nobody took the run over."""
+        record = self.table.get(run_pk(progress.run.run_id))
+        return record is not None and record.version == progress.version
+
+    def _save_chunk(self, progress: _Progress, chunk: ChunkRun, *, again: bool = True) -> bool:
+        pk = chunk_pk(chunk.run_id, chunk.index)
         try:
             record = self.table.update(
-                chunk_pk(chunk.run_id, chunk.index),
+                pk,
                 chunk.to_body(),
                 expected_version=progress.chunk_versions[chunk.index],
                 epoch=progress.run.epoch,
             )
         except (ConflictError, NotFoundError) as exc:
+            fresh = self.table.get(pk)
+            if again and fresh is not None and self._still_ours(progress):
+                # A taker that read the run before we took it over reset this chunk and then
+                # lost the conditional write of the run: the run is still ours, so our result
+                # stands (letting go would leave the run with no driver at all).
+                log.info(
+                    "run %s chunk %d: %s; the run is still ours", chunk.run_id, chunk.index, exc
+                )
+                progress.chunk_versions[chunk.index] = fresh.version
+                return self._save_chunk(progress, chunk, again=False)
             log.warning(
                 "run %s chunk %d: record changed under us (%s)", chunk.run_id, chunk.index, exc
             )

@@ -6,7 +6,8 @@ contract test suites in ``tests/contracts/`` run the same assertions against eve
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
+import builtins
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO, Protocol, runtime_checkable
@@ -61,7 +62,7 @@ class ObjectStore(Protocol):
     def put(
         self,
         key: str,
-        data: bytes | BinaryIO,
+        data: bytes | BinaryIO | Iterable[bytes],
         *,
         meta: Mapping[str, str] | None = None,
         epoch: int = 0,
@@ -109,7 +110,9 @@ class ObjectStore(Protocol):
         """Remove ``key``; True when something was deleted, False when it did not exist."""
         ...
 
-    def changes(self, after: int, *, prefix: str = "", limit: int = 1000) -> list[ObjectInfo]:
+    def changes(
+        self, after: int, *, prefix: str = "", limit: int = 1000
+    ) -> builtins.list[ObjectInfo]:
         """Changes (writes and deletions, newest version of each key) with ``seq > after``, in
         seq order. The trigger and the replicators follow this feed."""
         ...

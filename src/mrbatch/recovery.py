@@ -107,9 +107,9 @@ def reconcile_now(
     while pending and time.monotonic() - started < bound:
         time.sleep(0.2)
         for run_id in list(pending):
-            record = table.get(run_pk(run_id))
-            if record is not None:
-                settle(record)
+            latest = table.get(run_pk(run_id))
+            if latest is not None:
+                settle(latest)
     arrived = [m for m in missing if m["run_id"] not in pending]
     at_risk = [m.to_dict() for m in pending.values()]
     for item in at_risk:

@@ -158,9 +158,9 @@ class RegionProcess:
         if self.waiting and now - self._last_waiting_retry >= 1.0:
             self._last_waiting_retry = now
             for run_id in list(self.waiting):
-                record = self.table.get(run_pk(run_id))
-                if record is not None:
-                    self._consider(record, routing)
+                latest = self.table.get(run_pk(run_id))
+                if latest is not None:
+                    self._consider(latest, routing)
 
     def _consider(self, record: Record, routing: Routing) -> None:
         run = FileRun.from_record(record)
@@ -205,7 +205,7 @@ class RegionProcess:
             return
         self._last_heartbeat = now
         self._last_reported = (self.state, self.orch.epoch)
-        pids = getattr(self.executor, "pids", lambda: [])()
+        pids: list[int] = getattr(self.executor, "pids", lambda: [])()
         try:
             self.control.heartbeat(
                 self.region,

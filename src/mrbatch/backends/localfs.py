@@ -14,6 +14,7 @@ replicate too.
 
 from __future__ import annotations
 
+import builtins
 import hashlib
 import json
 import os
@@ -266,7 +267,9 @@ class LocalObjectStore:
             )
             return True
 
-    def changes(self, after: int, *, prefix: str = "", limit: int = 1000) -> list[ObjectInfo]:
+    def changes(
+        self, after: int, *, prefix: str = "", limit: int = 1000
+    ) -> builtins.list[ObjectInfo]:
         self._check()
         rows = self._index.query(
             "SELECT * FROM objects WHERE seq > ? AND key >= ? AND key < ? ORDER BY seq LIMIT ?",

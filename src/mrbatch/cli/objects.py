@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, cast
 
 import typer
 from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
@@ -63,11 +63,8 @@ def put(
     size = file.stat().st_size
     with file.open("rb") as handle, _progress(not json_output and sys.stderr.isatty()) as bar:
         task = bar.add_task(f"put {target}", total=size)
-        located = AccessPoint(ws).put(
-            target,
-            _Counting(handle, lambda n: bar.advance(task, n)),
-            region=region,  # type: ignore[arg-type]
-        )
+        counting = cast(BinaryIO, _Counting(handle, lambda n: bar.advance(task, n)))
+        located = AccessPoint(ws).put(target, counting, region=region)
     result = {
         "region": located.region,
         "key": located.info.key,

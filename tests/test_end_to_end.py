@@ -247,3 +247,32 @@ def test_a_reference_without_rows_fails_the_run_with_a_reason(deployment: Deploy
     assert run.status is RunStatus.FAILED
     assert "reference/financial.csv" in (run.reason or "") and "no rows" in (run.reason or "")
     assert not mails(ws)
+
+
+def test_wait_and_get_from_the_command_line(deployment: Deployment, tmp_path: Path) -> None:
+    ws = deployment.ws
+    good = tmp_path / "good.csv"
+    good.write_bytes(SAMPLE)
+    bad = tmp_path / "bad.csv"
+    bad.write_bytes(b"")
+    assert _cli(ws.root, "put", str(good)).returncode == 0
+    done = _cli(ws.root, "wait", "good.csv", "--timeout", "60", "--json")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert json.loads(done.stdout)["finished"][0]["status"] == "COMPLETED"
+    assert _cli(ws.root, "put", str(bad)).returncode == 0
+    failed = _cli(ws.root, "wait", "input/bad.csv", "--timeout", "60")
+    assert failed.returncode == 1 and "FAILED" in failed.stdout and "empty" in failed.stdout
+    never = _cli(ws.root, "wait", "input/never-uploaded.csv", "--timeout", "0.5")
+    assert never.returncode == 1 and "PENDING" in never.stdout
+    # get serves the output from whichever region holds it, also while the active one is down
+    active, standby = ws.regions
+    replica = backends.open_object_store(ws, standby)
+    eventually(lambda: replica.head("output/good.csv"), 30, "the output to replicate")
+    with FaultPoints(ws.faults_path).armed("storage", region=active):
+        out = tmp_path / "out.csv"
+        got = _cli(ws.root, "get", "output/good.csv", "-o", str(out))
+        assert got.returncode == 0, got.stderr
+        assert standby in got.stderr
+    assert out.read_bytes() == expected_output()
+    missing = _cli(ws.root, "get", "output/nothing.csv")
+    assert missing.returncode == 1 and "no region holds" in missing.stderr

@@ -12,7 +12,9 @@ import subprocess
 import sys
 
 # executable -> Debian package providing it
-DEBIAN: dict[str, str] = {}
+DEBIAN: dict[str, str] = {
+    "chromium": "chromium",  # the dashboard's browser test (driven by playwright, headless)
+}
 
 
 def main() -> int:

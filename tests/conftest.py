@@ -98,3 +98,18 @@ def deployment(workspace: Workspace) -> Iterator[Deployment]:
         dep.down()
         leftover = {p.label: pid for p, pid in supervisor.running(workspace).items() if pid}
         assert not leftover, f"processes outlived the test: {leftover}"
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--soak", action="store_true", default=False, help="also run the long soak tests"
+    )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if config.getoption("--soak"):
+        return
+    skip = pytest.mark.skip(reason="a long soak run: pass --soak to run it")
+    for item in items:
+        if "soak" in item.keywords:
+            item.add_marker(skip)

@@ -5,14 +5,20 @@ from __future__ import annotations
 import csv
 import io
 import re
+import uuid
+from pathlib import Path
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from mrbatch import pipeline
+from mrbatch.backends.localfs import LocalObjectStore
 from mrbatch.errors import InputError
+from mrbatch.merge import MergeInput, merge
 from mrbatch.pipeline import count_records, process_chunk, read_rejected, renumber_rejected
 from mrbatch.schema import RecordSchema
+from mrbatch.tasks import csv_line
 
 HEADER = ["id", "name", "kind"]
 SCHEMA = RecordSchema.from_dict(
@@ -198,3 +204,144 @@ def test_output_is_deterministic(rows: list[str]) -> None:
     first, second = process(text), process(text)
     assert (first.output, first.rejected) == (second.output, second.rejected)
     assert first.rows_in == sum(1 for r in rows if r)
+
+
+# --------------------------------------------------------------------------- issue 4, item 5
+# What the properties above leave out: arbitrary bytes (not only text), the enrichment join, and
+# the production MERGE (split -> chunk tasks -> merge.merge through a real object store).
+
+# Byte pieces that hit every refusal path: NUL, invalid UTF-8, a BOM anywhere, lone CR, quotes.
+hostile_bytes = st.one_of(
+    st.binary(max_size=120),
+    st.lists(
+        st.sampled_from(
+            [b"a", b"1", b"001", b",", b'"', b"\n", b"\r", b"\r\n", b"\x00", b"\xff", b"\xc3",
+             b"\xef\xbb\xbf", "é".encode(), "😀".encode()]
+        ),
+        max_size=60,
+    ).map(b"".join),
+)  # fmt: skip
+
+
+@SETTINGS
+@given(hostile_bytes, st.booleans(), st.integers(min_value=1, max_value=4))
+def test_arbitrary_bytes_never_crash(blob: bytes, with_header: bool, chunk_rows: int) -> None:
+    """Any bytes at all: processing either refuses the file as a whole (InputError, with a
+    reason) or conserves its rows; it never raises anything else."""
+    data = (b"id,name,kind\n" if with_header else b"") + blob
+    try:
+        out = process_chunk(
+            data, schema=SCHEMA, enrichment=None, reference=None, first_line=2, source="p.csv"
+        )
+    except InputError as exc:
+        assert str(exc).strip()
+    else:
+        assert out.rows_in == out.rows_out + out.rows_rejected
+    try:
+        chunks = list(pipeline.split_csv(io.BytesIO(data), chunk_rows=chunk_rows, source="p.csv"))
+    except InputError as exc:
+        assert str(exc).strip()
+    else:
+        assert chunks and all(c.data.endswith(c.body) for c in chunks)
+
+
+ENRICH = pipeline.Enrichment(key="id", reference_key="ref", columns={"score": "Score"})
+ids = st.sampled_from(["001", "002", "123", "999", "12", ""])
+
+
+@pytest.fixture(scope="module")
+def ref_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("ref")
+
+
+def reference_table(directory: Path, scores: dict[str, str]) -> pipeline.ReferenceTable:
+    name = uuid.uuid4().hex
+    source = directory / f"{name}.csv"
+    source.write_text(
+        "ref,score\n" + "".join(f"{k},{v}\n" for k, v in scores.items()), encoding="utf-8"
+    )
+    cache = directory / f"{name}.parquet"
+    pipeline.prepare_reference(source, cache, ENRICH, source="reference.csv")
+    return pipeline.ReferenceTable(cache)
+
+
+@SETTINGS
+@given(
+    st.lists(st.tuples(ids, st.sampled_from(["ann", "bob", "", "toolong"])), max_size=30),
+    st.dictionaries(
+        st.sampled_from(["001", "002", "123", "999"]),
+        st.sampled_from(["1.50", "1495922.60", "007", "x"]),
+        min_size=1,
+    ),
+)
+def test_enrichment_conserves_rows_keeps_order_and_values(
+    ref_dir: Path, rows: list[tuple[str, str]], scores: dict[str, str]
+) -> None:
+    text = "".join(f"{i},{n},a\n" for i, n in rows)
+    out = process_chunk(
+        ("id,name,kind\n" + text).encode(), schema=SCHEMA, enrichment=ENRICH,
+        reference=reference_table(ref_dir, scores), first_line=2, source="p.csv",
+    )  # fmt: skip
+    assert out.rows_in == out.rows_out + out.rows_rejected == len(rows)
+    valid = [(i, n) for i, n in rows if expected_valid([i, n, "a"])]
+    # Values are carried as text, unchanged (no float or integer inference).
+    want = [[i, n, "a", scores[i]] for i, n in valid if i in scores]
+    assert oracle(out.output.decode()) == want
+    assert out.output_header == [*HEADER, "Score"]
+    rejected = read_rejected(out.rejected, out.rejected_header)
+    assert [r["row"] for r in rejected] == [
+        k for k, (i, n) in enumerate(rows, 1) if (i, n) not in valid or i not in scores
+    ]
+    assert all(
+        "no reference data" in r["reason"]
+        for r in rejected
+        if expected_valid([r["values"]["id"], r["values"]["name"], "a"])
+    )
+
+
+@pytest.fixture(scope="module")
+def merge_store(tmp_path_factory: pytest.TempPathFactory) -> LocalObjectStore:
+    return LocalObjectStore(tmp_path_factory.mktemp("merge") / "bucket", "test-1")
+
+
+@SETTINGS
+@given(hostile, st.integers(min_value=1, max_value=4), st.booleans())
+def test_split_then_production_merge_is_the_identity(
+    merge_store: LocalObjectStore, ref_dir: Path, text: str, chunk_rows: int, enrich: bool
+) -> None:
+    """SPLIT, one chunk task per chunk, then the MERGE the orchestrator uses (through an object
+    store, with its checksum and row-count checks) give exactly the bytes of processing the
+    whole file at once."""
+    data = ("id,name,kind\n" + text).encode("utf-8")
+    reference = reference_table(ref_dir, {"001": "1.0", "123": "2.5"}) if enrich else None
+    enrichment = ENRICH if enrich else None
+    try:
+        whole = process_chunk(
+            data, schema=SCHEMA, enrichment=enrichment, reference=reference, first_line=2,
+            source="p.csv",
+        )  # fmt: skip
+        chunks = list(pipeline.split_csv(io.BytesIO(data), chunk_rows=chunk_rows, source="p.csv"))
+    except InputError:
+        return  # refused as a whole: covered by the hostile-input property above
+    run_id = uuid.uuid4().hex[:20]
+    parts = []
+    for c in chunks:
+        part = process_chunk(
+            c.data, schema=SCHEMA, enrichment=enrichment, reference=reference,
+            first_line=c.first_line, source="p.csv",
+        )  # fmt: skip
+        out = merge_store.put(f"runs/{run_id}/out/{c.index:05d}.csv", part.output)
+        rej = merge_store.put(f"runs/{run_id}/rejected/{c.index:05d}.csv", part.rejected)
+        parts.append(
+            MergeInput(c.index, part.rows_in, part.rows_out, out.key, out.sha256, rej.key,
+                       rej.sha256)
+        )  # fmt: skip
+    result = merge(
+        merge_store, run_id, whole.output_header, whole.rejected_header, iter(parts), epoch=1
+    )
+    merged = merge_store.get(result.output_key)
+    merged_rejected = merge_store.get(result.rejected_key)
+    assert merged == csv_line(whole.output_header) + whole.output
+    assert merged_rejected == csv_line(whole.rejected_header) + whole.rejected
+    assert (result.rows_out, result.rows_rejected) == (whole.rows_out, whole.rows_rejected)
+    assert whole.rows_in == result.rows_out + result.rows_rejected

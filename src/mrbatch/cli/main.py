@@ -6,7 +6,7 @@ from __future__ import annotations
 import sys
 
 from ..errors import MrbatchError
-from . import demo, deploy, gateway_cmd, objects, recovery, runs  # noqa: F401  (register commands)
+from . import chaos_cmds, demo, deploy, gateway_cmd, objects, recovery, runs  # noqa: F401  (they register commands)
 from .app import app, err_console, state
 
 __all__ = ["run"]

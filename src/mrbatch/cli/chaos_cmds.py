@@ -1,0 +1,325 @@
+"""``mrbatch verify``, ``chaos``, ``load`` and ``scenario``: proving the invariants hold."""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+from rich.table import Table
+
+from ..chaos import EXPERIMENTS, ChaosOptions, ChaosReport, run_experiment
+from ..config import parse_duration
+from ..errors import UsageError
+from ..faults import FaultPoints
+from ..loadgen import FileResult, LoadGenerator, LoadOptions
+from ..scenario import ScenarioOptions, run_scenario
+from ..verify import VerifyReport
+from ..verify import verify as verify_invariants
+from .app import app, console, err_console, print_json, state
+
+__all__ = ["interruptible"]
+
+
+def _seconds(value: str | None, option: str) -> float | None:
+    if value is None:
+        return None
+    try:
+        return parse_duration(value)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint=option) from exc
+
+
+@contextmanager
+def interruptible() -> Iterator[threading.Event]:
+    """A flag that Ctrl-C and SIGTERM set (the handlers do nothing else), so the work in the
+    block can stop at a safe point and restore what it changed; previous handlers come back."""
+    flag = threading.Event()
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    for sig in previous:
+        signal.signal(sig, lambda *_: flag.set())
+    try:
+        yield flag
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _echo(json_output: bool) -> Callable[[str], None]:
+    if json_output:
+        return lambda _line: None
+    return lambda line: err_console.print(line, highlight=False, soft_wrap=True)
+
+
+# --------------------------------------------------------------------------- verify
+
+
+def print_verify(report: VerifyReport) -> None:
+    counts = report.counts
+    colour = "green" if report.ok else "red"
+    console.print(
+        f"[{colour}]{'OK' if report.ok else 'VIOLATIONS'}[/]  "
+        + "  ".join(f"{name} {n}" for name, n in counts.items())
+        + f"  (failed runs {report.failed}, diverged {report.diverged})"
+    )
+    if report.violations:
+        table = Table(title=f"{len(report.violations)} violation(s)", title_justify="left")
+        for column in ("kind", "check", "key", "region", "problem"):
+            table.add_column(column)
+        for v in report.violations:
+            table.add_row(v.kind, v.check, v.key, v.region, v.problem)
+        console.print(table)
+    for note in report.notes:
+        console.print(f"note: {note}", soft_wrap=True)
+
+
+@app.command()
+def verify(
+    wait: str | None = typer.Option(
+        None, "--wait", help="Wait up to this long (e.g. 60s) for pending work and replication."
+    ),
+    final: bool = typer.Option(False, "--final", help="Count work still pending as lost."),
+    quick: bool = typer.Option(False, "--quick", help="Skip recounting rows from the objects."),
+    json_output: bool = typer.Option(False, "--json"),
+) -> None:
+    """Check the five invariants across all regions; exit 1 on any lost, duplicated or
+    diverged item."""
+    report = verify_invariants(
+        state.workspace(),
+        deep=not quick,
+        final=final,
+        wait=_seconds(wait, "--wait") or 0.0,
+        echo=_echo(json_output),
+    )
+    if json_output:
+        print_json(report.to_dict())
+    else:
+        print_verify(report)
+    if not report.ok:
+        raise typer.Exit(1)
+
+
+# --------------------------------------------------------------------------- chaos
+
+
+def print_chaos(report: ChaosReport) -> None:
+    data = report.to_dict()
+    summary = data["summary"]
+    colour = "green" if report.ok else "red"
+    console.print(
+        f"[bold]{report.experiment}[/] in {report.region or 'every region'}"
+        + (f" / {report.peer}" if report.peer else "")
+        + f" for {report.duration:g}s: [{colour}]{'passed' if report.ok else 'FAILED'}[/]"
+        + f" (stopped by {report.stop_reason})"
+    )
+    table = Table(title="faults", title_justify="left")
+    for column in ("point", "region", "armed at", "disarmed at"):
+        table.add_column(column)
+    for fault in report.faults:
+        table.add_row(
+            fault["point"],
+            str(fault["region"] or "*") + (f" / {fault['peer']}" if fault["peer"] else ""),
+            f"{fault['armed_at']:.2f}s",
+            "-" if fault["disarmed_at"] is None else f"{fault['disarmed_at']:.2f}s",
+        )
+    for kill in report.observed.get("kills", []):
+        table.add_row("SIGKILL", f"worker {kill['pid']}", f"{kill['at']:.2f}s", "-")
+    console.print(table)
+    ttr = summary["time_to_recover"]
+    console.print(
+        f"files in {summary['files_in']}, completed {summary['completed']}, failed"
+        f" {summary['failed']}, pending {summary['pending']}, lost {summary['lost']},"
+        f" duplicates {summary['duplicates']}, violations {summary['violations']};"
+        f" time to recover {'-' if ttr is None else f'{ttr:.2f}s'}"
+    )
+    shown = {k: v for k, v in report.observed.items() if k != "kills"}
+    console.print(f"observed: {shown}", soft_wrap=True, highlight=False)
+
+
+@app.command()
+def chaos(
+    experiment: str = typer.Argument(
+        ..., help=f"One of: {', '.join(EXPERIMENTS)}; or `faults` (list armed), `clear`."
+    ),
+    region: str | None = typer.Option(None, "--region", help="Target region (default: active)."),
+    duration: str = typer.Option("5s", "--duration", help="How long the fault lasts."),
+    files: int = typer.Option(4, "--files", min=1, help="Files uploaded during the experiment."),
+    rows: int | None = typer.Option(None, "--rows", min=1, help="Rows per file."),
+    seed: int = typer.Option(1, "--seed"),
+    recover_timeout: str = typer.Option(
+        "120s", "--recover-timeout", help="Bound on waiting for recovery after the restore."
+    ),
+    json_output: bool = typer.Option(False, "--json"),
+) -> None:
+    """Inject a fault into the running deployment, restore, verify and report."""
+    ws = state.workspace()
+    faults = FaultPoints(ws.faults_path)
+    if experiment in ("faults", "clear"):
+        armed = faults.all()
+        if experiment == "clear":
+            faults.disarm()
+        if json_output:
+            print_json([f.__dict__ for f in armed])
+        else:
+            verb = "cleared" if experiment == "clear" else "armed"
+            console.print(f"{len(armed)} fault(s) {verb}")
+            for f in armed:
+                console.print(f"  {f.id} {f.point} region={f.region} peer={f.peer} {f.note}")
+        return
+    if experiment not in EXPERIMENTS:
+        raise UsageError(
+            f"unknown experiment {experiment!r}", hint=f"experiments: {', '.join(EXPERIMENTS)}"
+        )
+    options = ChaosOptions(
+        experiment=experiment,
+        region=region,
+        duration=_seconds(duration, "--duration") or 0.0,
+        files=files,
+        rows=rows,
+        seed=seed,
+        recover_timeout=_seconds(recover_timeout, "--recover-timeout") or 0.0,
+    )
+    with interruptible() as stop:
+        report = run_experiment(ws, options, stop=stop, echo=_echo(json_output))
+    if json_output:
+        print_json(report.to_dict())
+    else:
+        print_chaos(report)
+    if not report.ok:
+        raise typer.Exit(1)
+
+
+# --------------------------------------------------------------------------- load
+
+
+@app.command()
+def load(
+    files: int = typer.Option(..., "--files", min=1, help="How many files to upload."),
+    interval: str = typer.Option("0s", "--interval", help="Pause between two uploads."),
+    rows: int = typer.Option(1_000, "--rows", min=1, help="Rows per file."),
+    invalid_fraction: float = typer.Option(
+        0.0, "--invalid-fraction", min=0.0, max=1.0, help="Share of rows generated invalid."
+    ),
+    seed: int = typer.Option(1, "--seed"),
+    timeout: str = typer.Option("300s", "--timeout", help="Bound on waiting for the runs."),
+    json_output: bool = typer.Option(False, "--json"),
+) -> None:
+    """Generate orders files, upload them through the access point and measure throughput,
+    latency (upload -> published output) and rejections expected versus got."""
+    ws = state.workspace()
+    options = LoadOptions(
+        files=files,
+        interval=_seconds(interval, "--interval") or 0.0,
+        rows=rows,
+        invalid_fraction=invalid_fraction,
+        seed=seed,
+        timeout=_seconds(timeout, "--timeout") or 0.0,
+    )
+    limit = ws.config.pipeline.max_rejected_fraction
+    with (
+        interruptible() as stop,
+        Progress(
+            "[progress.description]{task.description}",
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=err_console,
+            disable=json_output,
+        ) as bar,
+    ):
+        uploaded = bar.add_task("uploaded ", total=files)
+        finished = bar.add_task("published", total=files)
+
+        def on_event(kind: str, _result: FileResult) -> None:
+            bar.advance(uploaded if kind in ("uploaded", "refused") else finished)
+            if kind == "refused":
+                bar.update(finished, total=(bar.tasks[finished].total or 1) - 1)
+
+        generator = LoadGenerator(ws, options, stop=stop, on_event=on_event)
+        generator.upload_all()
+        generator.wait()  # returns early on Ctrl-C: the report shows what finished so far
+    report = generator.report
+    report.ended = report.ended or time.time()
+    data = report.to_dict()
+    expected_failed = sum(
+        1 for r in report.results if r.sha256 and r.rows and r.expected_rejected / r.rows > limit
+    )
+    data["failed_expected"] = expected_failed
+    if json_output:
+        print_json(data)
+    else:
+        _print_load(data)
+    if data["pending"] or data["refused"] or not data["rejections_match"]:
+        raise typer.Exit(1)
+    if data["failed"] != expected_failed:
+        raise typer.Exit(1)
+
+
+def _print_load(data: dict[str, Any]) -> None:
+    lat = data["latency"]
+
+    def ms(value: float | None) -> str:
+        return "-" if value is None else f"{value * 1000:.0f} ms"
+
+    console.print(
+        f"{data['accepted']} of {data['files']} file(s) accepted ({data['refused']} refused);"
+        f" {data['completed']} completed, {data['failed']} failed (expected"
+        f" {data['failed_expected']}), {data['pending']} pending"
+    )
+    console.print(
+        f"throughput {data['files_per_second']:.2f} files/s, {data['rows_per_second']:,.0f}"
+        f" rows/s over {data['seconds']:.2f}s"
+    )
+    console.print(
+        f"latency upload -> published: p50 {ms(lat['p50'])}, p95 {ms(lat['p95'])},"
+        f" p99 {ms(lat['p99'])}, max {ms(lat['max'])}"
+    )
+    verdict = "as expected" if data["rejections_match"] else "MISMATCH"
+    console.print(
+        f"rejected rows: expected {data['rejected_expected']}, got {data['rejected_got']}"
+        f" ({verdict})"
+    )
+
+
+# --------------------------------------------------------------------------- scenario
+
+
+@app.command()
+def scenario(
+    seed: int = typer.Option(1, "--seed", help="Seeds the schedule of faults and the load."),
+    events: int = typer.Option(4, "--events", min=0, help="How many faults to schedule."),
+    files: int = typer.Option(8, "--files", min=1, help="Files uploaded over the scenario."),
+    rows: int = typer.Option(2_000, "--rows", min=1),
+    max_fault: str = typer.Option("2s", "--max-fault", help="Longest fault."),
+    recover_timeout: str = typer.Option("120s", "--recover-timeout"),
+    json_output: bool = typer.Option(False, "--json"),
+) -> None:
+    """A seeded random schedule of chaos experiments, failovers and failbacks over a load,
+    ending in verify. The same seed gives the same schedule."""
+    options = ScenarioOptions(
+        seed=seed,
+        events=events,
+        files=files,
+        rows=rows,
+        max_fault=_seconds(max_fault, "--max-fault") or 0.0,
+        recover_timeout=_seconds(recover_timeout, "--recover-timeout") or 0.0,
+    )
+    with interruptible() as stop:
+        report = run_scenario(state.workspace(), options, stop=stop, echo=_echo(json_output))
+    data = report.to_dict()
+    if json_output:
+        print_json(data)
+    else:
+        console.print(
+            f"scenario seed {seed}: {'passed' if report.ok else 'FAILED'}; {data['summary']}",
+            soft_wrap=True,
+        )
+        for step in data["schedule"]:
+            console.print(f"  {step}", soft_wrap=True, highlight=False)
+    if not report.ok:
+        raise typer.Exit(1)

@@ -1,0 +1,524 @@
+"""``mrbatch verify``: the invariant checker. Like a Jepsen checker it reads the history the
+system left behind (the objects in every bucket, every state replica, the outbox, the epoch log
+and the ledger of accepted uploads) instead of trusting what the records claim.
+
+Every accepted input version (key + content hash) is sorted into exactly one class:
+
+``ok``          one terminal run (COMPLETED, or FAILED with a reason), everything checks out
+``recovered``   the same, for a run re-driven or taken over after a fault
+``pending``     no terminal run yet, and it can still get one (its input is held somewhere)
+``lost``        no terminal run and nothing can produce one, or a completed run whose output,
+                rows or mail went missing
+``duplicated``  a second, different output, a second mail, extra rows, or a publish by a
+                region that was not the active region of its epoch
+
+Besides inputs, the buckets and state replicas of all regions are compared: every difference
+is a ``diverged`` violation. Each violation names ``key``, ``region`` and the ``problem``; the
+report's ``ok`` is true only when there is none. Verification of a deployment in motion
+reports pending work and divergence that replication has not closed yet: ``wait`` polls until
+both are gone (or the bound passes) before the final, deep check.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import MrbatchError, NotFoundError
+from .evidence import (
+    accepted_versions,
+    epoch_owners,
+    merged_runs,
+    outbox_message_ids,
+    read_region,
+)
+from .keys import OUTPUT, REJECTED
+from .ports import ObjectInfo, Record
+from .records import FileRun, RunStatus
+from .recount import recount
+from .workspace import Workspace
+
+__all__ = ["CLASSES", "Verdict", "VerifyReport", "Violation", "verify"]
+
+CLASSES = ("ok", "lost", "duplicated", "recovered", "pending")
+LOST, DUPLICATED, DIVERGED = "lost", "duplicated", "diverged"
+_RANK = {"lost": 4, "duplicated": 3, "pending": 2, "recovered": 1, "ok": 0}
+_MAX_DIVERGED = 200  # listed one by one; beyond that, one summary violation per region
+
+
+@dataclass(frozen=True)
+class Violation:
+    """One broken invariant. ``kind`` is lost, duplicated or diverged; ``check`` names the
+    check that found it (run, output, conservation, order, mail, fencing, convergence)."""
+
+    key: str
+    region: str
+    problem: str
+    kind: str
+    check: str
+
+    def to_dict(self) -> dict[str, str]:
+        return {
+            "key": self.key,
+            "region": self.region,
+            "problem": self.problem,
+            "kind": self.kind,
+            "check": self.check,
+        }
+
+
+@dataclass
+class Verdict:
+    key: str
+    sha256: str
+    run_id: str
+    outcome: str = "ok"
+    status: str | None = None
+    region: str | None = None
+    rows: dict[str, int | None] = field(default_factory=dict)
+    order_checked: bool = False
+    notes: list[str] = field(default_factory=list)
+
+    def demote(self, outcome: str) -> None:
+        if _RANK[outcome] > _RANK[self.outcome]:
+            self.outcome = outcome
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+@dataclass
+class VerifyReport:
+    violations: list[Violation]
+    inputs: list[Verdict]
+    notes: list[str]
+    epochs: dict[int, str]
+    seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return not self.violations
+
+    @property
+    def counts(self) -> dict[str, int]:
+        counted = Counter(v.outcome for v in self.inputs)
+        return {name: counted.get(name, 0) for name in CLASSES}
+
+    @property
+    def failed(self) -> int:
+        return sum(v.status == str(RunStatus.FAILED) for v in self.inputs)
+
+    @property
+    def diverged(self) -> int:
+        return sum(v.kind == DIVERGED for v in self.violations)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The ``mrbatch verify --json`` contract (ok, counts, violations) plus details."""
+        return {
+            "ok": self.ok,
+            "counts": self.counts,
+            "violations": [v.to_dict() for v in self.violations],
+            "failed": self.failed,
+            "diverged": self.diverged,
+            "inputs": [v.to_dict() for v in self.inputs],
+            "epochs": {str(k): v for k, v in sorted(self.epochs.items())},
+            "notes": self.notes,
+            "seconds": round(self.seconds, 3),
+        }
+
+
+# --------------------------------------------------------------------------- checking
+
+
+class _Checker:
+    def __init__(self, ws: Workspace, *, deep: bool, final: bool) -> None:
+        self.ws = ws
+        self.deep = deep
+        self.final = final
+        self.violations: list[Violation] = []
+        self.notes: list[str] = []
+        self.regions = [read_region(ws, name) for name in ws.regions]
+        self.reachable = [r for r in self.regions if r.error is None]
+        for region in self.regions:
+            if region.error:
+                self.notes.append(f"{region.name} cannot be read: {region.error}")
+        if not self.reachable:
+            raise MrbatchError(
+                "no region's bucket and state table can be read",
+                hint="check `mrbatch status`; verify needs at least one region",
+            )
+        self.runs = merged_runs(self.reachable)
+        self.owners, notes = epoch_owners(ws)
+        self.notes.extend(notes)
+        self.mails, note = outbox_message_ids(ws)
+        self.check_mail = note is None
+        if note:
+            self.notes.append(note)
+        self.diverged_keys: set[str] = set()
+
+    def violate(
+        self, verdict: Verdict | None, key: str, region: str, problem: str, kind: str, check: str
+    ) -> None:
+        self.violations.append(Violation(key, region, problem, kind, check))
+        if verdict is not None and kind in (LOST, DUPLICATED):
+            verdict.demote(kind)
+
+    # ------------------------------------------------------------------ inputs
+    def accepted(self) -> dict[str, tuple[str, str]]:
+        return accepted_versions(self.ws, self.reachable, self.runs)
+
+    def _blob(self, key: str | None, version: str | None) -> bytes | None:
+        if not key or not version:
+            return None
+        for region in self.reachable:
+            assert region.store is not None
+            try:
+                return region.store.get(key, version=version)
+            except NotFoundError:
+                continue
+            except MrbatchError:
+                continue  # became unreachable meanwhile: try the next region
+        return None
+
+    def _has(self, key: str | None, version: str | None) -> bool:
+        """Is this version of ``key`` readable in a reachable region (without reading it)?"""
+        if not key or not version:
+            return False
+        for region in self.reachable:
+            assert region.store is not None
+            try:
+                region.store.open(key, version=version).close()
+            except MrbatchError:
+                continue  # not there, or became unreachable meanwhile: try the next region
+            return True
+        return False
+
+    def input_held(self, key: str, sha256: str) -> bool:
+        if len(self.reachable) < len(self.regions):
+            return True  # an unreachable region may hold it: it is not lost, only unknown
+        return self._has(key, sha256)
+
+    def check_input(self, run_id: str, key: str, sha256: str) -> Verdict:
+        verdict = Verdict(key=key, sha256=sha256, run_id=run_id)
+        run = self.runs.get(run_id)
+        if run is None:
+            if self.final or not self.input_held(key, sha256):
+                self.violate(
+                    verdict,
+                    key,
+                    "-",
+                    "accepted, but no region has a run for it"
+                    + ("" if self.input_held(key, sha256) else " nor its input"),
+                    LOST,
+                    "run",
+                )
+            else:
+                verdict.demote("pending")
+                verdict.notes.append("not claimed yet")
+            return verdict
+        verdict.status, verdict.region = str(run.status), run.region
+        verdict.rows = {"in": run.rows_in, "out": run.rows_out, "rejected": run.rows_rejected}
+        if not run.status.terminal:
+            movable = self.input_held(key, sha256) or run.status in (
+                RunStatus.MERGED,
+                RunStatus.PUBLISHED,
+            )
+            if self.final or not movable:
+                self.violate(
+                    verdict,
+                    key,
+                    run.region,
+                    f"run {run_id} stuck at {run.status} in epoch {run.epoch}"
+                    + ("" if movable else "; its input is in no region"),
+                    LOST,
+                    "run",
+                )
+            else:
+                verdict.demote("pending")
+            return verdict
+        if run.redriven or len({(h.get("region"), h.get("epoch")) for h in run.history}) > 1:
+            verdict.demote("recovered")
+        if run.status is RunStatus.FAILED:
+            if not (run.reason or "").strip():
+                self.violate(verdict, key, run.region, "FAILED without a reason", LOST, "run")
+            return verdict
+        self.check_completed(run, verdict)
+        return verdict
+
+    def check_completed(self, run: FileRun, verdict: Verdict) -> None:
+        key = run.input_key
+        count = self.mails.get(f"<{run.run_id}@mrbatch>", 0)
+        if self.check_mail:
+            if count == 0:
+                self.violate(
+                    verdict, key, run.region, "COMPLETED but no mail in the outbox", LOST, "mail"
+                )
+            elif count > 1:
+                self.violate(
+                    verdict, key, run.region, f"{count} mails for one run", DUPLICATED, "mail"
+                )
+        for entry in run.history:
+            if entry.get("status") not in ("PUBLISHED", "COMPLETED"):
+                continue
+            epoch, region = int(entry.get("epoch", 0)), str(entry.get("region"))
+            owner = self.owners.get(epoch)
+            if owner is not None and owner != region:
+                self.violate(
+                    verdict,
+                    key,
+                    region,
+                    f"{entry['status']} by {region} in epoch {epoch}, whose active"
+                    f" region was {owner}",
+                    DUPLICATED,
+                    "fencing",
+                )
+        has_output = self._has(run.output_key, run.output_sha256)
+        has_rejected = self._has(run.rejected_key, run.merged_rejected_sha256)
+        if not (has_output and has_rejected):
+            what = "output" if not has_output else "rejected rows"
+            self.violate(
+                verdict,
+                key,
+                run.region,
+                f"COMPLETED, but its published {what} is in no region",
+                LOST,
+                "output",
+            )
+            return
+        if not self.deep:
+            return
+        data = self._blob(run.input_key, run.input_version)
+        output = self._blob(run.output_key, run.output_sha256)
+        rejected = self._blob(run.rejected_key, run.merged_rejected_sha256)
+        if data is None or output is None or rejected is None:
+            verdict.notes.append("recount skipped: an object went missing while verifying")
+            return
+        counted = recount(data, output, rejected)
+        verdict.order_checked = counted.order_checked
+        if counted.note:
+            verdict.notes.append(counted.note)
+        recorded = (run.rows_in, run.rows_out, run.rows_rejected)
+        if recorded != (counted.rows_in, counted.rows_out, counted.rows_rejected):
+            kind = LOST if (run.rows_in or 0) > counted.rows_in else DUPLICATED
+            if counted.rows_out + counted.rows_rejected < counted.rows_in:
+                kind = LOST
+            self.violate(
+                verdict,
+                key,
+                run.region,
+                f"recorded in/out/rejected {recorded} but the objects hold"
+                f" {(counted.rows_in, counted.rows_out, counted.rows_rejected)}",
+                kind,
+                "conservation",
+            )
+        for kind, text in counted.problems:
+            mapped = LOST if kind == "order" else kind  # altered rows: the right output is lost
+            self.violate(
+                verdict,
+                key,
+                run.region,
+                text,
+                mapped,
+                "order" if kind == "order" else "conservation",
+            )
+
+    # ------------------------------------------------------------------ published objects
+    def check_published(self, verdicts: dict[str, Verdict]) -> None:
+        """Every output/ and rejected/ object: written in an epoch by that epoch's active
+        region, and the bytes its run recorded; output/<p> holds the newest published run."""
+        latest: dict[str, tuple[float, str]] = {}
+        for run in self.runs.values():
+            # A run that published and then FAILED (its mail could not be sent) published too.
+            stamps = [h["at"] for h in run.history if h.get("status") == "PUBLISHED"]
+            published_at = max(stamps, default=0.0)
+            if run.status.terminal and run.output_key and published_at:
+                latest[run.output_key] = max(
+                    latest.get(run.output_key, (0.0, "")), (published_at, run.run_id)
+                )
+        for region in self.reachable:
+            for info in region.objects.values():
+                if not info.key.startswith((OUTPUT, REJECTED)):
+                    continue
+                owner_run = self.runs.get(info.meta.get("run_id", ""))
+                verdict = verdicts.get(owner_run.run_id) if owner_run else None
+                owner = self.owners.get(info.epoch)
+                if info.epoch == 0 or (owner is not None and owner != info.origin):
+                    self.violate(
+                        verdict,
+                        info.key,
+                        region.name,
+                        f"written by {info.origin} in epoch {info.epoch}, whose active"
+                        f" region was {owner or 'nobody'}",
+                        DUPLICATED,
+                        "fencing",
+                    )
+                if owner_run is None:
+                    self.violate(
+                        None,
+                        info.key,
+                        region.name,
+                        f"published by run {info.meta.get('run_id')!r}, which no region knows",
+                        DUPLICATED,
+                        "output",
+                    )
+                    continue
+                want = (
+                    owner_run.output_sha256
+                    if info.key.startswith(OUTPUT)
+                    else owner_run.merged_rejected_sha256
+                )
+                if want and info.sha256 != want and owner_run.status is not RunStatus.FAILED:
+                    self.violate(
+                        verdict,
+                        info.key,
+                        region.name,
+                        f"holds bytes {info.sha256[:12]} (epoch {info.epoch}) but run"
+                        f" {owner_run.run_id} published {want[:12]}: a second, different"
+                        " output",
+                        DUPLICATED,
+                        "output",
+                    )
+                newest = latest.get(info.key)
+                if (
+                    info.key.startswith(OUTPUT)
+                    and newest is not None
+                    and newest[1] != owner_run.run_id
+                    and info.key not in self.diverged_keys
+                ):
+                    self.violate(
+                        verdict,
+                        info.key,
+                        region.name,
+                        f"holds run {owner_run.run_id}'s output, not the newest published"
+                        f" run {newest[1]}'s",
+                        DUPLICATED,
+                        "output",
+                    )
+        known = {f"<{run_id}@mrbatch>" for run_id in self.runs}
+        for message_id in self.mails:
+            if message_id not in known:
+                self.violate(
+                    None, message_id, "-", "a mail for a run no region knows", DUPLICATED, "mail"
+                )
+
+    # ------------------------------------------------------------------ convergence
+    def check_convergence(self) -> None:
+        if len(self.reachable) < len(self.regions):
+            self.notes.append("convergence not checked: not every region can be read")
+            return
+        listed: Counter[str] = Counter()
+
+        def differ(key: str, region: str, problem: str) -> None:
+            self.diverged_keys.add(key)
+            listed[region] += 1
+            if listed[region] <= _MAX_DIVERGED:
+                self.violations.append(Violation(key, region, problem, DIVERGED, "convergence"))
+
+        first, *others = self.reachable
+        for other in others:
+            for a, b in ((first, other), (other, first)):
+                for key, info in a.objects.items():
+                    theirs = b.objects.get(key)
+                    if theirs is None:
+                        differ(key, b.name, f"object missing in {b.name} (present in {a.name})")
+                    elif a is first and _object_state(theirs) != _object_state(info):
+                        differ(
+                            key,
+                            b.name,
+                            f"object differs: {a.name} has {info.sha256[:12]} (epoch"
+                            f" {info.epoch}, by {info.origin}), {b.name} has"
+                            f" {theirs.sha256[:12]} (epoch {theirs.epoch}, by {theirs.origin})",
+                        )
+                for pk, record in a.records.items():
+                    theirs_r = b.records.get(pk)
+                    if theirs_r is None:
+                        differ(pk, b.name, f"record missing in {b.name} (present in {a.name})")
+                    elif a is first and _record_state(theirs_r) != _record_state(record):
+                        differ(
+                            pk,
+                            b.name,
+                            f"record differs: {a.name} has version"
+                            f" {record.version} epoch {record.epoch}, {b.name} has version"
+                            f" {theirs_r.version} epoch {theirs_r.epoch}",
+                        )
+        for region, n in listed.items():
+            if n > _MAX_DIVERGED:
+                self.violations.append(
+                    Violation(
+                        "*",
+                        region,
+                        f"{n - _MAX_DIVERGED} more differences not listed",
+                        DIVERGED,
+                        "convergence",
+                    )
+                )
+
+    def run(self) -> VerifyReport:
+        started = time.monotonic()
+        self.check_convergence()
+        verdicts: dict[str, Verdict] = {}
+        for run_id, (key, sha256) in sorted(self.accepted().items(), key=lambda kv: kv[1]):
+            verdicts[run_id] = self.check_input(run_id, key, sha256)
+        self.check_published(verdicts)
+        return VerifyReport(
+            violations=self.violations,
+            inputs=list(verdicts.values()),
+            notes=self.notes,
+            epochs=self.owners,
+            seconds=time.monotonic() - started,
+        )
+
+
+def _object_state(info: ObjectInfo) -> tuple[str, int, str, str]:
+    # Replication converges to the winning version itself, writer and metadata included.
+    return info.sha256, info.epoch, info.origin, _canonical(dict(info.meta))
+
+
+def _record_state(record: Record) -> tuple[int, int, Any]:
+    return record.version, record.epoch, _canonical(record.body)
+
+
+def _canonical(body: Any) -> str:
+    return json.dumps(body, sort_keys=True)
+
+
+def _settled(report: VerifyReport) -> bool:
+    return (
+        report.counts["pending"] == 0
+        and report.diverged == 0
+        and not any("cannot be read" in n for n in report.notes)
+    )
+
+
+def verify(
+    ws: Workspace,
+    *,
+    deep: bool = True,
+    final: bool = False,
+    wait: float = 0.0,
+    poll: float = 0.5,
+    echo: Callable[[str], None] | None = None,
+) -> VerifyReport:
+    """Check the invariants now; with ``wait`` > 0, first poll (cheaply) until nothing is
+    pending and the regions have converged, or the bound passes. ``deep`` recounts every
+    completed run from its objects; ``final`` counts work still pending as lost (use it when
+    the system has been given all the time it needs)."""
+    started = time.monotonic()
+    deadline = started + wait
+    while wait > 0:
+        quick = _Checker(ws, deep=False, final=False).run()
+        if _settled(quick) or time.monotonic() >= deadline:
+            break
+        if echo is not None:
+            echo(
+                f"waiting: {quick.counts['pending']} pending, {quick.diverged} diverged"
+                f" ({deadline - time.monotonic():.0f}s left)"
+            )
+        time.sleep(poll)
+    report = _Checker(ws, deep=deep, final=final).run()
+    report.seconds = time.monotonic() - started
+    return report

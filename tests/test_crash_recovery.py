@@ -124,3 +124,28 @@ def test_a_failing_mail_server_is_retried_and_shows(tmp_path: Path) -> None:
             assert smtp.handler.messages[0]["Message-ID"] == f"<{run.run_id}@mrbatch>"
         finally:
             dep.down()
+
+
+def test_a_storage_outage_longer_than_the_retry_budget_fails_nothing(tmp_path: Path) -> None:
+    """Chunk tasks that fail because the bucket is unavailable wait for it; they do not use up
+    the chunk's attempts (4 attempts with 0.5 s backoff would be spent in about 4 s)."""
+    ws = make_workspace(tmp_path / "ws", chunk_rows=400)
+    dep = Deployment(ws)
+    dep.up()
+    try:
+        active = ws.regions[0]
+        table = backends.open_state_table(ws, active)
+        infos = [put(ws, f"input/outage-{i}.csv", SAMPLE) for i in range(3)]
+        eventually(lambda: any(True for _ in table.scan("chunk")), 30, "chunks to start")
+        FaultPoints(ws.faults_path).arm("storage", region=active, duration=6.0)
+        for info in infos:
+            run = finished(ws, info, timeout=120)
+            assert run.status is RunStatus.COMPLETED, run.reason
+        store = backends.open_object_store(ws, active)
+        for info in infos:
+            assert store.get(info.key.replace("input/", "output/")) == expected_output()
+        assert len(mails(ws)) == 3
+        heartbeat = backends.open_control_plane(ws).heartbeats()[active]
+        assert heartbeat.info["stats"].get("chunk_executions_failed", 0) > 0  # the fault bit
+    finally:
+        dep.down()

@@ -11,7 +11,8 @@ from typing import BinaryIO
 
 from . import backends
 from .errors import MrbatchError, NotFoundError, UnavailableError
-from .keys import check_key
+from .keys import INPUT, check_key
+from .ledger import record_accepted
 from .ports import ObjectInfo, ObjectStore
 from .workspace import Workspace
 
@@ -46,7 +47,12 @@ class AccessPoint:
         return [active] + [r for r in order if r != active]
 
     def put(
-        self, key: str, data: bytes | BinaryIO | Iterable[bytes], *, region: str | None = None
+        self,
+        key: str,
+        data: bytes | BinaryIO | Iterable[bytes],
+        *,
+        region: str | None = None,
+        source: str = "put",
     ) -> Located:
         """Upload to the preferred healthy region (or exactly ``region``); falls back to the
         next region when one is unavailable. Streams ``data`` (it must be re-readable, i.e.
@@ -68,6 +74,9 @@ class AccessPoint:
                 if start is None and not isinstance(data, bytes | bytearray):
                     break  # a one-shot stream cannot be replayed into another region
                 continue
+            if key.startswith(INPUT):
+                # Acknowledged means recorded: verify checks every accepted input version.
+                record_accepted(self.ws, key, info.sha256, name, source=source)
             return Located(name, info)
         raise UnavailableError(
             f"no region accepted {key}: " + "; ".join(errors),

@@ -17,6 +17,7 @@ __all__ = [
     "ReferenceDataError",
     "SafetyRuleError",
     "SchemaError",
+    "TaskError",
     "UnavailableError",
     "UsageError",
 ]
@@ -88,6 +89,13 @@ class SafetyRuleError(MrbatchError):
     """A routing change was refused by a control-plane safety rule; nothing changed."""
 
     code = "safety_rule"
+
+
+class TaskError(MrbatchError):
+    """A task failed for a reason of its own (a dependency it calls misbehaved); retried with
+    backoff up to the configured attempts."""
+
+    code = "task_failed"
 
 
 class InputError(MrbatchError):

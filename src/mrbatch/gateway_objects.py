@@ -10,6 +10,7 @@ the access point retry another region when the preferred one refuses the write.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import io
@@ -250,7 +251,9 @@ def objects_router(ws: Workspace, access: AccessPoint, metrics: ObjectMetrics) -
                 )
             spool.seek(0)
             try:
-                located = await run_in_threadpool(access.put, key, spool, region=target)
+                located = await run_in_threadpool(
+                    functools.partial(access.put, key, spool, region=target, source="gateway")
+                )
             except UnavailableError as exc:
                 raise HTTPException(status_code=503, detail=str(exc)) from exc
         metrics.uploads.labels(located.region).inc()

@@ -1,9 +1,10 @@
-"""The client-side history of uploads the access point accepted, kept by the load generator and
-the chaos tools so that ``mrbatch verify`` can check every acknowledged upload, not only the
-ones the buckets still show (an upload acknowledged by a region that was then lost would
-otherwise vanish without a trace, which is exactly the failure a checker must catch).
+"""The history of uploads the access point accepted, kept by the access point itself (so every
+upload — `mrbatch put`, the gateway, `load`, chaos — is in it) so that ``mrbatch verify`` can
+check every acknowledged upload, not only the ones the buckets still show (an upload
+acknowledged by a region that was then lost would otherwise vanish without a trace, which is
+exactly the failure a checker must catch).
 
-One JSON line per accepted upload in ``<data_dir>/chaos/accepted.jsonl``. Lines are appended
+One JSON line per accepted upload of an input in ``<data_dir>/accepted.jsonl``. Lines are appended
 with ``O_APPEND`` in one ``write``, so concurrent writers (several load threads or processes)
 never interleave within a line; a torn last line (a writer killed mid-write) is skipped.
 """
@@ -33,7 +34,7 @@ class Accepted:
 
 
 def ledger_path(ws: Workspace) -> Path:
-    return ws.data_dir / "chaos" / "accepted.jsonl"
+    return ws.data_dir / "accepted.jsonl"
 
 
 def record_accepted(

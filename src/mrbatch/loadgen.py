@@ -29,7 +29,6 @@ from .accesspoint import AccessPoint
 from .errors import MrbatchError, NotFoundError, UnavailableError
 from .generate import orders_frame
 from .keys import run_id_for
-from .ledger import record_accepted
 from .records import FileRun, RunStatus
 from .workspace import Workspace
 
@@ -207,7 +206,7 @@ class LoadGenerator:
         delay = 0.1
         while True:
             try:
-                located = self.access.put(result.key, data)
+                located = self.access.put(result.key, data, source="load")
             except UnavailableError as exc:
                 if time.monotonic() >= deadline or self.stop.is_set():
                     result.refused = str(exc)
@@ -219,7 +218,6 @@ class LoadGenerator:
             break
         result.sha256, result.region = located.info.sha256, located.region
         result.uploaded_at = time.time()
-        record_accepted(self.ws, result.key, located.info.sha256, located.region)
         self.on_event("uploaded", result)
 
     def upload_all(self) -> None:

@@ -64,6 +64,8 @@ log = logging.getLogger("mrbatch.orchestrator")
 
 # A worker killed under a task is the machine's fault, not the chunk's: allow more of those.
 _MAX_WORKER_LOSSES = 10
+# Longest wait between two tries of a chunk whose dependency (bucket, state) is unavailable.
+_OUTAGE_POLL = 2.0
 # Errors that are facts about the input or the rules: retrying cannot help.
 _PERMANENT = (InputError, ReferenceDataError)
 
@@ -81,6 +83,7 @@ class _Progress:
     chunk_futures: dict[int, Future[Any]] = field(default_factory=dict)
     chunk_retry_at: dict[int, float] = field(default_factory=dict)
     worker_losses: int = 0
+    outages: dict[int, int] = field(default_factory=dict)  # chunk -> unavailable failures
     # The pool break last counted: one killed worker fails every queued future of the pool
     # with the same exception, and that is one loss, not one per chunk.
     last_pool_break: BaseException | None = None
@@ -485,6 +488,7 @@ class Orchestrator:
         """Record one chunk task's outcome; False when the run stopped (failed or let go)."""
         try:
             result: tasks.ChunkResult = future.result()
+            progress.outages.pop(chunk.index, None)
         except _PERMANENT as exc:
             self.stats["chunk_executions_failed"] += 1
             reason = (
@@ -494,6 +498,23 @@ class Orchestrator:
             if self._save_chunk(progress, chunk):
                 self._fail(progress, reason)
             return False
+        except UnavailableError as exc:
+            # The region's storage or state is unavailable: not the chunk's fault, so it does
+            # not use up the chunk's attempts; it waits (backing off) for the dependency.
+            self.stats["chunk_executions_failed"] += 1
+            waits = progress.outages[chunk.index] = progress.outages.get(chunk.index, 0) + 1
+            chunk.last_error = f"{type(exc).__name__}: {exc}"
+            # Capped low: an outage is polled, so the run resumes soon after the dependency.
+            delay = min(_OUTAGE_POLL, self.pipeline.retry_backoff * 2 ** min(waits - 1, 6))
+            progress.chunk_retry_at[chunk.index] = self.clock() + delay * random.uniform(0.5, 1.5)
+            log.warning(
+                "run %s chunk %d: %s; retry in %.1fs (an outage, not counted as an attempt)",
+                chunk.run_id,
+                chunk.index,
+                exc,
+                delay,
+            )
+            return True
         except BaseException as exc:
             self.stats["chunk_executions_failed"] += 1
             lost_worker = isinstance(exc, BrokenProcessPool)

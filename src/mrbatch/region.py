@@ -104,7 +104,14 @@ class RegionProcess:
                 self.orch.deactivate(f"{self.region} is no longer ACTIVE (epoch {routing.epoch})")
             return
         self._adopt(routing)
-        self._trigger(routing)
+        try:
+            self._trigger(routing)
+        except UnavailableError as exc:
+            # No new claims while the bucket is down, but runs in flight keep going (their
+            # chunk tasks wait for the bucket without using up their attempts).
+            self.loop_errors += 1
+            self.last_error = str(exc)
+            log.warning("region %s: trigger paused: %s", self.region, exc)
         self.orch.step(routing)
 
     def _trigger(self, routing: Routing) -> None:
@@ -116,6 +123,11 @@ class RegionProcess:
                 self._maybe_claim(info, routing)
             self._save_cursor(cursor)
             self._last_rescan = now
+            # A safety net under the state feed: any unfinished run this region should be
+            # driving (or take over) and is not, is picked up again here.
+            for record in self.table.scan(RUN):
+                if record.pk.removeprefix("run/") not in self.orch.runs:
+                    self._consider(record, routing)
             return
         changes = self.store.changes(self._feed_position(), prefix=INPUT, limit=500)
         for info in changes:

@@ -19,7 +19,7 @@ from functools import cache
 from pathlib import Path
 
 from . import backends
-from .errors import ConflictError
+from .errors import ConflictError, TaskError
 from .faults import FaultPoints
 from .keys import chunk_output_key, chunk_rejected_key
 from .pipeline import (
@@ -146,8 +146,10 @@ def _reference_cache(ctx: _Context, version: str) -> Path:
     fingerprint = hashlib.sha256(
         repr((ctx.enrichment.key, ctx.enrichment.reference_key, ctx.enrichment.columns)).encode()
     ).hexdigest()[:12]
-    return ctx.ws.region_dir(ctx.region) / "cache" / (
-        f"reference-{version[:24]}-{fingerprint}-{reference_cache_tag()}.parquet"
+    return (
+        ctx.ws.region_dir(ctx.region)
+        / "cache"
+        / (f"reference-{version[:24]}-{fingerprint}-{reference_cache_tag()}.parquet")
     )
 
 
@@ -222,7 +224,9 @@ def chunk_task(
 ) -> ChunkResult:
     started = time.perf_counter()
     ctx = _context(config_path, region)
-    ctx.faults.check("chunk-error", region)
+    fault = ctx.faults.active("chunk-error", region)
+    if fault is not None:  # a poisoned dependency: the task itself fails, storage is fine
+        raise TaskError(f"injected fault: the chunk task failed ({fault.note or 'chunk-error'})")
     body = ctx.store.get_range(input_key, spec.start, spec.end - spec.start, version=input_version)
     if hashlib.sha256(body).hexdigest() != spec.sha256:
         raise ConflictError(f"chunk {spec.index} of {input_key} does not match its checksum")

@@ -23,6 +23,7 @@ demo: $(STAMP)
 test: $(TEST_STAMP)
 	$(BIN)/python -m tests.setup_deps
 	$(BIN)/ruff check .
+	$(BIN)/mypy
 	$(BIN)/python -m pytest
 
 lint: $(TEST_STAMP)
@@ -31,6 +32,7 @@ lint: $(TEST_STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_end_to_end.py 1000000 4000000
+	$(BIN)/python benchmarks/bench_failover.py
 
 clean:
 	rm -rf $(VENV) build dist .pytest_cache .ruff_cache .mypy_cache

@@ -77,6 +77,8 @@ class Deployment:
     def up(self) -> None:
         from mrbatch.cli.deploy import wait_until_up
 
+        if all(supervisor.running(self.ws).values()):
+            return  # already up (started by a helper before entering the context)
         since = time.time()
         supervisor.start(self.ws)
         wait_until_up(self.ws, since, timeout=60)
@@ -87,17 +89,21 @@ class Deployment:
     def kill_region(self, region: str) -> int | None:
         return supervisor.kill(self.ws, supervisor.Proc("region", region))
 
+    def __enter__(self) -> Deployment:
+        self.up()
+        return self
+
+    def __exit__(self, kind: object, error: object, trace: object) -> None:
+        self.down()
+        leftover = {p.label: pid for p, pid in supervisor.running(self.ws).items() if pid}
+        if kind is None:  # do not hide the test's own failure behind this one
+            assert not leftover, f"processes outlived the test: {leftover}"
+
 
 @pytest.fixture
 def deployment(workspace: Workspace) -> Iterator[Deployment]:
-    dep = Deployment(workspace)
-    dep.up()
-    try:
+    with Deployment(workspace) as dep:
         yield dep
-    finally:
-        dep.down()
-        leftover = {p.label: pid for p, pid in supervisor.running(workspace).items() if pid}
-        assert not leftover, f"processes outlived the test: {leftover}"
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

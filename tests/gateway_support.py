@@ -6,8 +6,6 @@ from __future__ import annotations
 import asyncio
 import http.client
 import json
-import subprocess
-import sys
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -16,7 +14,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from mrbatch import supervisor
 from mrbatch.workspace import Workspace
-from tests.helpers import eventually
+from tests.helpers import eventually, mrbatch
 
 GATEWAY = supervisor.Proc("gateway", "gateway")
 
@@ -40,16 +38,6 @@ class InProcess:
 
     def put(self, url: str, **kwargs: object) -> httpx.Response:
         return self.request("PUT", url, **kwargs)
-
-
-def mrbatch(ws: Workspace, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "mrbatch.cli.main", *args],
-        cwd=ws.root,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
 
 
 def raw(

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from email import message_from_bytes
 from email.message import Message
+from pathlib import Path
 from typing import TypeVar
 
 from mrbatch import views
@@ -56,3 +59,20 @@ def mails(ws: Workspace) -> list[Message]:
 def mail_link(message: Message) -> str:
     body = message.get_payload(decode=True).decode()  # type: ignore[union-attr]
     return next(line for line in body.splitlines() if line.startswith("http"))
+
+
+def mrbatch(
+    where: Workspace | Path,
+    *args: str,
+    timeout: float = 180,
+    env: Mapping[str, str] | None = None,
+) -> subprocess.CompletedProcess[str]:
+    """Run the real command line (a new process) in a workspace (or any directory)."""
+    return subprocess.run(
+        [sys.executable, "-m", "mrbatch.cli.main", *args],
+        cwd=where.root if isinstance(where, Workspace) else where,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=dict(env) if env is not None else None,
+    )

@@ -2,23 +2,12 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import tomllib
 from pathlib import Path
 
 from mrbatch import backends
 from mrbatch.workspace import Workspace
-
-
-def mrbatch(cwd: Path, *args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "mrbatch.cli.main", *args],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+from tests.helpers import mrbatch
 
 
 def test_init_writes_a_workspace(tmp_path: Path) -> None:

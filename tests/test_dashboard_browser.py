@@ -13,7 +13,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from mrbatch import runbook, supervisor
+from mrbatch import runbook
 from mrbatch.initialize import sample_bytes
 from mrbatch.records import RunStatus
 from tests.conftest import Deployment, make_workspace
@@ -36,13 +36,8 @@ WAIT_MS = 30_000  # an upper bound for each expectation; they pass as soon as th
 @pytest.fixture
 def dep(tmp_path: Path) -> Iterator[Deployment]:
     ws = make_workspace(tmp_path / "ws", failover={"min_switch_interval": "1s", "max_wait": "5s"})
-    deployment = Deployment(ws)
-    deployment.up()
-    try:
+    with Deployment(ws) as deployment:
         yield deployment
-    finally:
-        deployment.down()
-        assert not [pid for pid in supervisor.running(ws).values() if pid]
 
 
 def test_the_dashboard_shows_regions_runs_and_a_failover_live(dep: Deployment) -> None:

@@ -4,8 +4,6 @@ the active region, comes out, replicates, and is mailed with a link the gateway 
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -20,7 +18,7 @@ from mrbatch.links import presign
 from mrbatch.records import RunStatus
 from tests.conftest import Deployment
 from tests.expected import expected_output
-from tests.helpers import eventually, finished, mail_link, mails, put, run_of
+from tests.helpers import eventually, finished, mail_link, mails, mrbatch, put, run_of
 
 SAMPLE = sample_bytes("orders.csv")
 
@@ -31,16 +29,6 @@ def _http(url: str) -> tuple[int, bytes]:
             return response.status, response.read()
     except urllib.error.HTTPError as exc:
         return exc.code, exc.read()
-
-
-def _cli(ws_root: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "mrbatch.cli.main", *args],
-        cwd=ws_root,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
 
 
 def test_sample_file_end_to_end(deployment: Deployment) -> None:
@@ -82,7 +70,7 @@ def test_sample_file_end_to_end(deployment: Deployment) -> None:
 
     # status --json: the contract's keys, with backlog drained.
     def drained() -> dict | None:
-        data = json.loads(_cli(ws.root, "status", "--json").stdout)
+        data = json.loads(mrbatch(ws.root, "status", "--json").stdout)
         return data if all(r["backlog"] == 0 for r in data["regions"].values()) else None
 
     data = eventually(drained, 30, "the replication backlog to drain")
@@ -94,7 +82,7 @@ def test_sample_file_end_to_end(deployment: Deployment) -> None:
     assert data["regions"][standby]["state"] == "STANDBY"
 
     # runs --json contract
-    runs = json.loads(_cli(ws.root, "runs", "--json").stdout)
+    runs = json.loads(mrbatch(ws.root, "runs", "--json").stdout)
     assert [r["status"] for r in runs] == ["COMPLETED"]
     assert set(runs[0]) >= {
         "run_id",
@@ -122,7 +110,7 @@ def test_links_refuse_altered_expired_and_missing(deployment: Deployment) -> Non
     missing = presign(ws.signing_key, ws.gateway_url, "output/missing.csv", expires_in=60)
     assert _http(missing)[0] == 404
     # the CLI's `url` prints a working link (default 60 minutes)
-    link = _cli(ws.root, "url", "output/direct.csv").stdout.strip()
+    link = mrbatch(ws.root, "url", "output/direct.csv").stdout.strip()
     assert _http(link) == (200, b"a,b\n1,2\n")
     expires = int(link.split("expires=")[1].split("&")[0])
     assert 3500 < expires - time.time() <= 3600
@@ -152,12 +140,12 @@ def test_duplicates_claim_once_and_new_bytes_run_again(deployment: Deployment) -
 
 def test_up_twice_and_down(deployment: Deployment) -> None:
     ws = deployment.ws
-    again = _cli(ws.root, "up", "--detach")
+    again = mrbatch(ws.root, "up", "--detach")
     assert again.returncode == 0 and "already running" in again.stdout
-    down = _cli(ws.root, "down")
+    down = mrbatch(ws.root, "down")
     assert down.returncode == 0
     assert all(pid is None for pid in supervisor.running(ws).values())
-    assert "nothing was running" in _cli(ws.root, "down").stdout
+    assert "nothing was running" in mrbatch(ws.root, "down").stdout
     deployment.up()  # the fixture's teardown expects a running deployment
 
 
@@ -196,12 +184,12 @@ def test_unknown_region_and_bad_config_exit_2(deployment: Deployment, tmp_path: 
     ws = deployment.ws
     sample = tmp_path / "x.csv"
     sample.write_bytes(b"a\n")
-    result = _cli(ws.root, "put", str(sample), "--region", "mars-1")
+    result = mrbatch(ws.root, "put", str(sample), "--region", "mars-1")
     assert result.returncode == 2
     assert "mars-1" in result.stderr and "error:" in result.stderr
     broken = tmp_path / "broken.toml"
     broken.write_text(ws.config_path.read_text().replace("chunk_rows = 2500", "chunk_rows = -5"))
-    result = _cli(ws.root, "--config", str(broken), "status")
+    result = mrbatch(ws.root, "--config", str(broken), "status")
     assert result.returncode == 2
     assert "pipeline.chunk_rows" in result.stderr and "broken.toml" in result.stderr
 
@@ -255,14 +243,14 @@ def test_wait_and_get_from_the_command_line(deployment: Deployment, tmp_path: Pa
     good.write_bytes(SAMPLE)
     bad = tmp_path / "bad.csv"
     bad.write_bytes(b"")
-    assert _cli(ws.root, "put", str(good)).returncode == 0
-    done = _cli(ws.root, "wait", "good.csv", "--timeout", "60", "--json")
+    assert mrbatch(ws.root, "put", str(good)).returncode == 0
+    done = mrbatch(ws.root, "wait", "good.csv", "--timeout", "60", "--json")
     assert done.returncode == 0, done.stdout + done.stderr
     assert json.loads(done.stdout)["finished"][0]["status"] == "COMPLETED"
-    assert _cli(ws.root, "put", str(bad)).returncode == 0
-    failed = _cli(ws.root, "wait", "input/bad.csv", "--timeout", "60")
+    assert mrbatch(ws.root, "put", str(bad)).returncode == 0
+    failed = mrbatch(ws.root, "wait", "input/bad.csv", "--timeout", "60")
     assert failed.returncode == 1 and "FAILED" in failed.stdout and "empty" in failed.stdout
-    never = _cli(ws.root, "wait", "input/never-uploaded.csv", "--timeout", "0.5")
+    never = mrbatch(ws.root, "wait", "input/never-uploaded.csv", "--timeout", "0.5")
     assert never.returncode == 1 and "PENDING" in never.stdout
     # get serves the output from whichever region holds it, also while the active one is down
     active, standby = ws.regions
@@ -270,9 +258,9 @@ def test_wait_and_get_from_the_command_line(deployment: Deployment, tmp_path: Pa
     eventually(lambda: replica.head("output/good.csv"), 30, "the output to replicate")
     with FaultPoints(ws.faults_path).armed("storage", region=active):
         out = tmp_path / "out.csv"
-        got = _cli(ws.root, "get", "output/good.csv", "-o", str(out))
+        got = mrbatch(ws.root, "get", "output/good.csv", "-o", str(out))
         assert got.returncode == 0, got.stderr
         assert standby in got.stderr
     assert out.read_bytes() == expected_output()
-    missing = _cli(ws.root, "get", "output/nothing.csv")
+    missing = mrbatch(ws.root, "get", "output/nothing.csv")
     assert missing.returncode == 1 and "no region holds" in missing.stderr

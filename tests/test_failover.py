@@ -19,19 +19,9 @@ from mrbatch.records import CHUNK, ChunkRun, ChunkStatus, RunStatus
 from mrbatch.workspace import Workspace
 from tests.conftest import Deployment, make_workspace
 from tests.expected import expected_output
-from tests.helpers import eventually, finished, mails, put, run_of
+from tests.helpers import eventually, finished, mails, mrbatch, put, run_of
 
 SAMPLE = sample_bytes("orders.csv")
-
-
-def mrbatch(ws: Workspace, *args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "mrbatch.cli.main", *args],
-        cwd=ws.root,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
 
 
 def _deploy(tmp_path: Path, **overrides: object) -> Deployment:
@@ -44,12 +34,8 @@ def _deploy(tmp_path: Path, **overrides: object) -> Deployment:
 
 @pytest.fixture
 def dep(tmp_path: Path):  # type: ignore[no-untyped-def]
-    deployment = _deploy(tmp_path)
-    try:
+    with _deploy(tmp_path) as deployment:
         yield deployment
-    finally:
-        deployment.down()
-        assert not [pid for pid in supervisor.running(deployment.ws).values() if pid]
 
 
 def _done_chunks(ws: Workspace, region: str) -> int:
@@ -345,14 +331,7 @@ def test_plans_as_code_custom_steps(tmp_path: Path) -> None:
         ws = dep.ws
 
         def cli(*args: str) -> subprocess.CompletedProcess[str]:
-            return subprocess.run(
-                [sys.executable, "-m", "mrbatch.cli.main", *args],
-                cwd=ws.root,
-                capture_output=True,
-                text=True,
-                timeout=120,
-                env=env,
-            )
+            return mrbatch(ws, *args, timeout=120, env=env)
 
         shown = " ".join(cli("plan", "show").stdout.split())
         assert "page: run `echo" in shown and "hook: call hooks_for_test:before" in shown

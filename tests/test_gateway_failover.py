@@ -9,7 +9,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from mrbatch import backends, runbook, supervisor
+from mrbatch import backends, runbook
 from mrbatch.faults import FaultPoints
 from mrbatch.initialize import sample_bytes
 from mrbatch.records import RunStatus
@@ -23,13 +23,8 @@ SAMPLE = sample_bytes("orders.csv")
 @pytest.fixture
 def dep(tmp_path: Path) -> Iterator[Deployment]:
     ws = make_workspace(tmp_path / "ws", failover={"min_switch_interval": "1s", "max_wait": "5s"})
-    deployment = Deployment(ws)
-    deployment.up()
-    try:
+    with Deployment(ws) as deployment:
         yield deployment
-    finally:
-        deployment.down()
-        assert not [pid for pid in supervisor.running(ws).values() if pid]
 
 
 def test_a_link_from_before_a_failover_works_after_it(dep: Deployment) -> None:

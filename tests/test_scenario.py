@@ -21,13 +21,8 @@ SEEDS = [2, 4, 5]
 @pytest.fixture
 def dep(tmp_path: Path) -> Iterator[Deployment]:
     ws = make_workspace(tmp_path / "ws", chunk_rows=500)
-    deployment = Deployment(ws)
-    deployment.up()
-    try:
+    with Deployment(ws) as deployment:
         yield deployment
-    finally:
-        deployment.down()
-        assert not [pid for pid in supervisor.running(ws).values() if pid]
 
 
 def test_the_schedule_is_a_function_of_the_seed() -> None:

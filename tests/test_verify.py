@@ -10,8 +10,6 @@ from __future__ import annotations
 import io
 import json
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -24,6 +22,7 @@ from mrbatch.records import FileRun, RunStatus, run_pk
 from mrbatch.verify import VerifyReport, verify
 from mrbatch.workspace import Workspace
 from tests.conftest import Deployment, make_workspace
+from tests.helpers import mrbatch
 
 FILES = 3
 
@@ -51,16 +50,6 @@ def finished(tmp_path_factory: pytest.TempPathFactory) -> Workspace:
 def ws(finished: Workspace, tmp_path: Path) -> Workspace:
     shutil.copytree(finished.root, tmp_path / "copy")
     return Workspace.load(tmp_path / "copy" / "mrbatch.toml")
-
-
-def cli(ws: Workspace, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "mrbatch.cli.main", *args],
-        cwd=ws.root,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
 
 
 def a_run(ws: Workspace) -> FileRun:
@@ -100,7 +89,7 @@ def problems(report: VerifyReport, check: str) -> list[tuple[str, str, str, str]
 
 
 def test_a_clean_history_passes_with_the_json_contract(ws: Workspace) -> None:
-    result = cli(ws, "verify", "--json")
+    result = mrbatch(ws, "verify", "--json")
     assert result.returncode == 0, result.stdout + result.stderr
     data = json.loads(result.stdout)
     assert {"ok", "counts", "violations"} <= set(data)
@@ -124,7 +113,7 @@ def test_an_unreachable_region_is_a_note_not_a_verdict(ws: Workspace) -> None:
 
 def test_an_accepted_upload_no_region_has_is_lost(ws: Workspace) -> None:
     record_accepted(ws, "input/vanished.csv", "ab" * 32, ws.regions[0])
-    result = cli(ws, "verify", "--json")
+    result = mrbatch(ws, "verify", "--json")
     assert result.returncode == 1
     data = json.loads(result.stdout)
     assert data["ok"] is False and data["counts"]["lost"] == 1
@@ -197,7 +186,7 @@ def test_a_second_mail_is_duplicated_and_the_cli_exits_1(ws: Workspace) -> None:
         p for p in ws.outbox_dir.glob("*.eml") if run.run_id in p.read_text(errors="replace")
     ]
     shutil.copy(original, ws.outbox_dir / "resent.eml")
-    result = cli(ws, "verify", "--json")
+    result = mrbatch(ws, "verify", "--json")
     assert result.returncode == 1
     data = json.loads(result.stdout)
     assert data["counts"]["duplicated"] == 1

@@ -472,7 +472,12 @@ class _Run:
         self.report.observed["stats_delta"] = {
             region: {
                 k: after[region].get(k, 0) - before[region].get(k, 0)
-                for k in ("loop_errors", "chunk_executions_failed", "files_reconciled")
+                for k in (
+                    "loop_errors",
+                    "chunk_executions_failed",
+                    "files_reconciled",
+                    "pool_restarts",
+                )
             }
             for region in self.ws.regions
         }

@@ -20,7 +20,7 @@ from .keys import output_key_for, rejected_key_for, run_key
 from .ports import ObjectStore, Record, Routing, StateTable
 from .records import CHUNK, ChunkRun, ChunkStatus, FileRun, RunStatus, chunk_pk, run_pk
 
-__all__ = ["Missing", "Takeover", "readable", "take_over"]
+__all__ = ["Missing", "Takeover", "readable", "reset_chunks", "take_over"]
 
 log = logging.getLogger("mrbatch.reconcile")
 
@@ -153,21 +153,10 @@ def take_over(
             {"version": run.reference_version},
         )
     epoch = routing.epoch
-    for chunk, version in redo:
-        chunk.status, chunk.attempts, chunk.reason = ChunkStatus.PENDING, 0, None
-        chunk.region = region
-        try:
-            if version is None:
-                table.insert(chunk_pk(run.run_id, chunk.index), CHUNK, chunk.to_body(), epoch=epoch)
-            else:
-                table.update(
-                    chunk_pk(run.run_id, chunk.index),
-                    chunk.to_body(),
-                    expected_version=version,
-                    epoch=epoch,
-                )
-        except ConflictError:
-            return None  # another taker got there first; it made the same decision
+    try:
+        reset_chunks(table, redo, region=region, epoch=epoch)
+    except ConflictError:
+        return None  # another taker got there first; it made the same decision
     if resume is RunStatus.CLAIMED:
         run.chunks, run.header = [], None
     note = f"taken over from {before[0]} (epoch {before[1]}, {before[2]}); resumes at {resume}" + (
@@ -194,6 +183,25 @@ def take_over(
         chunks_redone=len(redo),
         version=updated.version,
     )
+
+
+def reset_chunks(
+    table: StateTable, chunks: list[tuple[ChunkRun, int | None]], *, region: str, epoch: int
+) -> None:
+    """Make each chunk PENDING again in ``region``'s care (fresh attempts), creating its record
+    when it never arrived (version None). Raises ConflictError when a record moved meanwhile."""
+    for chunk, version in chunks:
+        chunk.status, chunk.attempts, chunk.reason, chunk.region = (
+            ChunkStatus.PENDING,
+            0,
+            None,
+            region,
+        )
+        pk = chunk_pk(chunk.run_id, chunk.index)
+        if version is None:
+            table.insert(pk, CHUNK, chunk.to_body(), epoch=epoch)
+        else:
+            table.update(pk, chunk.to_body(), expected_version=version, epoch=epoch)
 
 
 def _resume_point(

@@ -14,7 +14,7 @@ from .config import StepConfig
 from .errors import MrbatchError, UnavailableError, UsageError
 from .keys import run_key
 from .ports import RegionState, Routing
-from .reconcile import Missing, Takeover, readable, take_over
+from .reconcile import Missing, Takeover, readable, reset_chunks, take_over
 from .records import CHUNK, RUN, ChunkRun, ChunkStatus, FileRun, RunStatus, chunk_pk, run_pk
 from .runbook import StepFailed, resolve_callable
 from .workspace import Workspace
@@ -194,22 +194,7 @@ def redrive(ws: Workspace, key_or_id: str) -> dict[str, Any]:
     else:
         status = RunStatus.CLAIMED
         run.reference_key = run.reference_sha256 = run.reference_version = None
-    for chunk, version in redo:
-        chunk.status, chunk.attempts, chunk.reason, chunk.region = (
-            ChunkStatus.PENDING,
-            0,
-            None,
-            region,
-        )
-        if version is None:
-            table.insert(chunk_pk(run.run_id, chunk.index), CHUNK, chunk.to_body(), epoch=epoch)
-        else:
-            table.update(
-                chunk_pk(run.run_id, chunk.index),
-                chunk.to_body(),
-                expected_version=version,
-                epoch=epoch,
-            )
+    reset_chunks(table, redo, region=region, epoch=epoch)
     previous = run.reason
     run.reason = None
     run.mail_attempts, run.mail_error = 0, None

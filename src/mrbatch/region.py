@@ -229,7 +229,11 @@ class RegionProcess:
                     "waiting": [m.to_dict() for m in self.waiting.values()],
                     "ticks": self.ticks,
                     "workers": pids,
-                    "stats": dict(self.orch.stats),
+                    # pool_restarts: workers lost and replaced (a killed worker breaks the pool)
+                    "stats": {
+                        **self.orch.stats,
+                        "pool_restarts": getattr(self.executor, "restarts", 0),
+                    },
                     "mail_retrying": self.orch.mail_retrying(),
                     "loop_errors": self.loop_errors,
                     "last_error": self.last_error,

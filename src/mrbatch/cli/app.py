@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,11 +52,20 @@ def _options(
         help="Path to mrbatch.toml (default: found from the current directory upwards).",
         envvar="MRBATCH_CONFIG",
     ),
-    debug: bool = typer.Option(False, "--debug", help="Show tracebacks on errors."),
+    debug: bool = typer.Option(
+        False, "--debug", help="Show tracebacks on errors, and the library's log."
+    ),
 ) -> None:
     state.config = config
     state.debug = debug
     state._ws = None
+    # Commands report what matters in their own output (an upload that fell back to another
+    # region shows the region it landed in); the library's log is for --debug and the
+    # long-running processes, which log to their files.
+    logging.basicConfig(
+        level=logging.INFO if debug else logging.ERROR,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
 
 
 def print_json(value: Any) -> None:

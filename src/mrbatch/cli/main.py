@@ -3,11 +3,16 @@ plus a hint on stderr, with exit code 1 (operation failed) or 2 (usage or config
 
 from __future__ import annotations
 
+import importlib
 import sys
 
 from ..errors import MrbatchError
-from . import chaos_cmds, demo, deploy, gateway_cmd, objects, recovery, runs  # noqa: F401  (they register commands)
 from .app import app, err_console, state
+
+# Each module registers its commands when imported; this order is the order `--help` lists them.
+COMMAND_MODULES = ("deploy", "objects", "runs", "recovery", "gateway_cmd", "chaos_cmds", "demo")
+for _module in COMMAND_MODULES:
+    importlib.import_module(f"{__package__}.{_module}")
 
 __all__ = ["run"]
 

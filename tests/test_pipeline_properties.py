@@ -17,21 +17,11 @@ from mrbatch.backends.localfs import LocalObjectStore
 from mrbatch.errors import InputError
 from mrbatch.merge import MergeInput, merge
 from mrbatch.pipeline import count_records, process_chunk, read_rejected, renumber_rejected
-from mrbatch.schema import RecordSchema
 from mrbatch.tasks import csv_line
+from tests.test_pipeline import SMALL
 
 HEADER = ["id", "name", "kind"]
-SCHEMA = RecordSchema.from_dict(
-    {
-        "required": ["id", "name"],
-        "properties": {
-            "id": {"type": "string", "pattern": "^[0-9]{3}$"},
-            "name": {"type": "string", "maxLength": 5},
-            "kind": {"type": "string", "enum": ["a", "b"]},
-        },
-    },
-    source="p.json",
-)
+SCHEMA = SMALL  # the hand-written cases' schema: their header, their rules
 SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 # Characters chosen to hit every parser branch: separators, quotes, line breaks, multibyte.

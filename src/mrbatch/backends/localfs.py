@@ -18,7 +18,6 @@ import builtins
 import hashlib
 import json
 import os
-import shutil
 import sqlite3
 import time
 import uuid
@@ -321,11 +320,6 @@ class LocalObjectStore:
         if not path.exists():
             raise NotFoundError(f"{self.region}: no blob {version[:12]}")
         return path
-
-    def wipe(self) -> None:
-        """Delete the whole bucket (tests simulating the loss of a region)."""
-        self._index.close()
-        shutil.rmtree(self.root, ignore_errors=True)
 
 
 def _newer(incoming: ObjectInfo, stored: ObjectInfo) -> bool:

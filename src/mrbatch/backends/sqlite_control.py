@@ -141,8 +141,7 @@ class SqliteControlPlane:
                 raise UsageError(f"unknown region {target!r}")
             if current.epoch != expected_epoch:
                 raise ConflictError(
-                    f"another switch ran first: the epoch is {current.epoch}, not"
-                    f" {expected_epoch}",
+                    f"another switch ran first: the epoch is {current.epoch}, not {expected_epoch}",
                     hint="check `mrbatch status` and `mrbatch plan history`",
                 )
             if current.active_region == target and current.regions[target] == RegionState.ACTIVE:

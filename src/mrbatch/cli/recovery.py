@@ -52,8 +52,10 @@ def _run_plan(
         raise typer.Exit(1)
     if execution.at_risk:
         # The switch worked, but some input may be lost: a script must not read this as clean.
-        err_console.print(f"{plan} succeeded, but {len(execution.at_risk)} input(s) are at risk:"
-                          " see the reconcile step")
+        err_console.print(
+            f"{plan} succeeded, but {len(execution.at_risk)} input(s) are at risk:"
+            " see the reconcile step"
+        )
         raise typer.Exit(1)
 
 

@@ -15,6 +15,7 @@ import pytest
 from mrbatch import backends, supervisor
 from mrbatch.faults import FaultPoints
 from mrbatch.gateway_objects import Unsatisfiable, parse_range
+from mrbatch.keys import run_id_for
 from mrbatch.links import presign
 from mrbatch.workspace import Workspace
 from tests.gateway_support import (
@@ -69,6 +70,7 @@ def test_a_large_upload_streams_through_without_sitting_in_memory(gw: Workspace)
         "key": "input/big.bin",
         "sha256": digest.hexdigest(),
         "size": size,
+        "run_id": run_id_for("input/big.bin", digest.hexdigest()),
     }
     stored = backends.open_object_store(gw, active).head("input/big.bin")
     assert stored is not None and stored.sha256 == digest.hexdigest() and stored.size == size

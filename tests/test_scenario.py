@@ -58,6 +58,14 @@ def test_a_seeded_scenario_loses_and_doubles_nothing(dep: Deployment, seed: int)
     assert all(supervisor.running(ws).values())
     for step in switches:
         assert step["detail"]["outcome"] == "succeeded", step
+    # Every version a conflicting-upload event had accepted on either side of the partition
+    # completed once.
+    verdicts = {(v["key"], v["sha256"]): v for v in data["verify"]["inputs"]}
+    for step in steps:
+        for upload in step["detail"].get("uploads", []):
+            verdict = verdicts[(upload["key"], upload["sha256"])]
+            assert verdict["status"] == "COMPLETED", verdict
+            assert verdict["outcome"] in ("ok", "recovered"), verdict
 
 
 @pytest.mark.soak

@@ -10,15 +10,16 @@ from __future__ import annotations
 import io
 import json
 import shutil
+import time
 from pathlib import Path
 
 import pytest
 
 from mrbatch import backends, views
 from mrbatch.faults import FaultPoints
-from mrbatch.ledger import record_accepted
+from mrbatch.keys import run_id_for, version_input_key
 from mrbatch.loadgen import LoadGenerator, LoadOptions
-from mrbatch.records import FileRun, RunStatus, run_pk
+from mrbatch.records import ACCEPTED, Accepted, FileRun, RunStatus, accepted_pk, run_pk
 from mrbatch.verify import VerifyReport, verify
 from mrbatch.workspace import Workspace
 from tests.conftest import Deployment, make_workspace
@@ -59,20 +60,19 @@ def a_run(ws: Workspace) -> FileRun:
 
 
 def published(ws: Workspace, run: FileRun) -> bytes:
-    return backends.open_object_store(ws, ws.regions[0]).get(
-        run.output_key or "", version=run.output_sha256
-    )
+    return backends.open_object_store(ws, ws.regions[0]).get(run.result_key or "")
 
 
 def republish(ws: Workspace, run: FileRun, data: bytes) -> None:
-    """Make ``data`` the run's published output everywhere, records included, as a publish
-    with a bug in it would: the checker must find the damage in the bytes themselves."""
+    """Make ``data`` the run's published output everywhere (output/<p> and the version's own
+    result), records included, as a publish with a bug in it would: the checker must find the
+    damage in the bytes themselves."""
     home, other = ws.regions
-    meta = {"run_id": run.run_id, "input_sha256": run.input_sha256}
-    info = backends.open_object_store(ws, home).put(
-        run.output_key or "", data, meta=meta, epoch=run.epoch
-    )
-    assert backends.open_object_store(ws, other).apply_replica(info, io.BytesIO(data))
+    store = backends.open_object_store(ws, home)
+    for key in (run.output_key or "", run.result_key or ""):
+        meta = dict(store.head(key).meta)  # type: ignore[union-attr]
+        info = store.put(key, data, meta=meta, epoch=run.epoch)
+        assert backends.open_object_store(ws, other).apply_replica(info, io.BytesIO(data))
     table = backends.open_state_table(ws, home)
     record = table.get(run_pk(run.run_id))
     assert record is not None
@@ -112,7 +112,22 @@ def test_an_unreachable_region_is_a_note_not_a_verdict(ws: Workspace) -> None:
 
 
 def test_an_accepted_upload_no_region_has_is_lost(ws: Workspace) -> None:
-    record_accepted(ws, "input/vanished.csv", "ab" * 32, ws.regions[0])
+    # A ledger entry whose bytes went with a lost machine: acknowledged, never processed.
+    run_id = run_id_for("input/vanished.csv", "ab" * 32)
+    entry = Accepted(
+        run_id=run_id,
+        key="input/vanished.csv",
+        sha256="ab" * 32,
+        size=10,
+        region=ws.regions[0],
+        at=time.time(),
+        source="put",
+        object_key=version_input_key(run_id, "input/vanished.csv"),
+    )
+    record = backends.open_state_table(ws, ws.regions[0]).insert(
+        accepted_pk(entry.run_id), ACCEPTED, entry.to_body(), epoch=0
+    )
+    assert backends.open_state_table(ws, ws.regions[1]).apply_replica(record)  # replicated
     result = mrbatch(ws, "verify", "--json")
     assert result.returncode == 1
     data = json.loads(result.stdout)

@@ -1,3 +1,3 @@
 """mrbatch: resilient multi-region batch processing."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

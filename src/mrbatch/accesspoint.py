@@ -1,6 +1,10 @@
 """The access point: one endpoint over all regions' buckets (the Multi-Region Access Point's
 role). Uploads go to the preferred healthy region (the active one, then the others in
-configuration order); reads come from whichever region holds the object."""
+configuration order); reads come from whichever region holds the object.
+
+An upload under ``input/`` is acknowledged only when the region that took it has also kept the
+version under its own key and written its ``Accepted`` record (:mod:`mrbatch.ledger`); when
+either fails, the next region is tried, as for a failed write."""
 
 from __future__ import annotations
 
@@ -11,9 +15,10 @@ from typing import BinaryIO
 
 from . import backends
 from .errors import MrbatchError, NotFoundError, UnavailableError
-from .keys import INPUT, check_key
-from .ledger import record_accepted
-from .ports import ObjectInfo, ObjectStore
+from .keys import INPUT, check_input_key, check_key
+from .ledger import accept
+from .ports import ObjectInfo, ObjectStore, StateTable
+from .records import Accepted
 from .workspace import Workspace
 
 __all__ = ["AccessPoint", "Located"]
@@ -25,17 +30,24 @@ log = logging.getLogger("mrbatch.accesspoint")
 class Located:
     region: str
     info: ObjectInfo
+    accepted: Accepted | None = None  # for an upload under input/: its ledger entry
 
 
 class AccessPoint:
     def __init__(self, ws: Workspace) -> None:
         self.ws = ws
         self._stores: dict[str, ObjectStore] = {}
+        self._tables: dict[str, StateTable] = {}
 
     def store(self, region: str) -> ObjectStore:
         if region not in self._stores:
             self._stores[region] = backends.open_object_store(self.ws, region)
         return self._stores[region]
+
+    def table(self, region: str) -> StateTable:
+        if region not in self._tables:
+            self._tables[region] = backends.open_state_table(self.ws, region)
+        return self._tables[region]
 
     def preference(self) -> list[str]:
         """Regions in the order uploads and reads try them: active first."""
@@ -57,7 +69,7 @@ class AccessPoint:
         """Upload to the preferred healthy region (or exactly ``region``); falls back to the
         next region when one is unavailable. Streams ``data`` (it must be re-readable, i.e.
         bytes or a seekable file, for a fallback after a partial attempt)."""
-        check_key(key)
+        check_input_key(key)
         candidates = [self.ws.check_region(region)] if region else self.preference()
         errors: list[str] = []
         start = data.tell() if hasattr(data, "tell") else None
@@ -65,7 +77,12 @@ class AccessPoint:
             if start is not None and hasattr(data, "seek"):
                 data.seek(start)
             try:
-                info = self.store(name).put(key, data)
+                store = self.store(name)
+                info = store.put(key, data)
+                accepted = None
+                if key.startswith(INPUT):
+                    # Acknowledged means kept and recorded: every accepted version is processed.
+                    accepted = accept(store, self.table(name), info, source=source)
             except UnavailableError as exc:
                 errors.append(f"{name}: {exc}")
                 log.warning(
@@ -74,10 +91,7 @@ class AccessPoint:
                 if start is None and not isinstance(data, bytes | bytearray):
                     break  # a one-shot stream cannot be replayed into another region
                 continue
-            if key.startswith(INPUT):
-                # Acknowledged means recorded: verify checks every accepted input version.
-                record_accepted(self.ws, key, info.sha256, name, source=source)
-            return Located(name, info)
+            return Located(name, info, accepted)
         raise UnavailableError(
             f"no region accepted {key}: " + "; ".join(errors),
             hint="check `mrbatch status`; every region's bucket is unavailable",

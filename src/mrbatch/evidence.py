@@ -1,6 +1,6 @@
 """The history ``mrbatch verify`` checks, gathered from everything the system left behind:
-a snapshot of every region (live objects and state records), the epoch log of the control
-plane, the outbox's message ids and the ledger of accepted uploads. Read-only."""
+a snapshot of every region (live objects and state records, the ledger of accepted uploads
+among them), the epoch log of the control plane and the outbox's message ids. Read-only."""
 
 from __future__ import annotations
 
@@ -10,10 +10,9 @@ from email.parser import BytesHeaderParser
 
 from . import backends
 from .errors import MrbatchError
-from .keys import INPUT, run_id_for
-from .ledger import read_accepted
+from .keys import INPUT, VERSIONS, run_id_for
 from .ports import ObjectInfo, ObjectStore, Record
-from .records import CHUNK, RUN, FileRun
+from .records import ACCEPTED, CHUNK, RUN, Accepted, FileRun
 from .workspace import Workspace
 
 __all__ = [
@@ -36,13 +35,14 @@ class RegionSnapshot:
 
 
 def read_region(ws: Workspace, name: str) -> RegionSnapshot:
-    """Every live object and every run/chunk record of one region, or why it cannot be read."""
+    """Every live object and every accepted/run/chunk record of one region, or why it cannot
+    be read."""
     region = RegionSnapshot(name)
     try:
         store = backends.open_object_store(ws, name)
         table = backends.open_state_table(ws, name)
         region.objects = {info.key: info for info in store.list("")}
-        region.records = {r.pk: r for kind in (RUN, CHUNK) for r in table.scan(kind)}
+        region.records = {r.pk: r for kind in (ACCEPTED, RUN, CHUNK) for r in table.scan(kind)}
         region.store = store
     except MrbatchError as exc:
         region.error = str(exc)
@@ -100,17 +100,25 @@ def merged_runs(regions: list[RegionSnapshot]) -> dict[str, FileRun]:
 
 
 def accepted_versions(
-    ws: Workspace, regions: list[RegionSnapshot], runs: dict[str, FileRun]
+    regions: list[RegionSnapshot], runs: dict[str, FileRun]
 ) -> dict[str, tuple[str, str]]:
     """run id -> (key, sha256) of every input version anyone accepted: the ledger of
-    acknowledged uploads, every input object a region holds, every input a run names."""
+    acknowledged uploads in every region, every input object and every kept version a
+    region holds, every input a run names."""
     versions: dict[str, tuple[str, str]] = {}
-    for entry in read_accepted(ws):
-        versions[run_id_for(entry.key, entry.sha256)] = (entry.key, entry.sha256)
     for region in regions:
+        for record in region.records.values():
+            if record.kind == ACCEPTED:
+                entry = Accepted.from_record(record)
+                versions[entry.run_id] = (entry.key, entry.sha256)
         for info in region.objects.values():
             if info.key.startswith(INPUT):
                 versions[run_id_for(info.key, info.sha256)] = (info.key, info.sha256)
+            elif info.key.startswith(VERSIONS) and f"/{INPUT}" in info.key:
+                # versions/<run-id>/input/<path>: the bytes of one accepted version
+                run_id, rest = info.key[len(VERSIONS) :].split("/", 1)
+                if rest.startswith(INPUT):
+                    versions[run_id] = (rest, info.sha256)
     for run in runs.values():
         versions[run.run_id] = (run.input_key, run.input_sha256)
     return versions

@@ -259,13 +259,16 @@ def objects_router(ws: Workspace, access: AccessPoint, metrics: ObjectMetrics) -
         metrics.uploads.labels(located.region).inc()
         metrics.upload_bytes.labels(located.region).inc(size)
         log.info("uploaded %s (%d bytes) to %s", key, size, located.region)
+        answer = {
+            "region": located.region,
+            "key": located.info.key,
+            "sha256": located.info.sha256,
+            "size": located.info.size,
+        }
+        if located.accepted is not None:
+            answer["run_id"] = located.accepted.run_id
         return JSONResponse(
-            {
-                "region": located.region,
-                "key": located.info.key,
-                "sha256": located.info.sha256,
-                "size": located.info.size,
-            },
+            answer,
             headers={"etag": f'"{located.info.sha256}"'},
         )
 

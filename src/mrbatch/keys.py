@@ -2,6 +2,13 @@
 
 Contract: an upload ``input/<path>`` publishes ``output/<path>`` and ``rejected/<path>``; a run's
 intermediates live under ``runs/<run-id>/``.
+
+Every accepted version of an input (key + content hash, named by its run id) also has keys of
+its own under ``versions/<run-id>/``: ``input/<path>`` (the accepted bytes, written once when the
+upload is acknowledged), ``output/<path>`` and ``rejected/<path>`` (that version's results).
+They never change once written, so replication can never drop one in favour of another
+version of the same key, and every version's result stays reachable after a newer one replaced
+``output/<path>``.
 """
 
 from __future__ import annotations
@@ -16,6 +23,8 @@ __all__ = [
     "OUTPUT",
     "REJECTED",
     "RUNS",
+    "VERSIONS",
+    "check_input_key",
     "check_key",
     "chunk_output_key",
     "chunk_rejected_key",
@@ -23,10 +32,17 @@ __all__ = [
     "rejected_key_for",
     "run_id_for",
     "run_key",
+    "version_input_key",
+    "version_output_key",
+    "version_rejected_key",
 ]
 
 INPUT, OUTPUT, REJECTED, RUNS = "input/", "output/", "rejected/", "runs/"
+VERSIONS = "versions/"
 MAX_KEY = 1024
+_RUN_ID_LENGTH = 20
+# versions/<run-id>/output/<path> must fit in MAX_KEY too.
+MAX_INPUT_KEY = MAX_KEY - len(VERSIONS) - _RUN_ID_LENGTH - 1 - (len(REJECTED) - len(INPUT))
 
 
 def check_key(key: str) -> str:
@@ -57,6 +73,18 @@ def check_key(key: str) -> str:
     return key
 
 
+def check_input_key(key: str) -> str:
+    """``check_key`` for an upload under ``input/``: also short enough for its version keys."""
+    check_key(key)
+    if key.startswith(INPUT) and len(key.encode("utf-8")) > MAX_INPUT_KEY:
+        raise UsageError(
+            f"input key {key[:60]!r}... is longer than {MAX_INPUT_KEY} bytes",
+            hint="every version of an input is also kept under versions/<run-id>/; use a"
+            " shorter key",
+        )
+    return key
+
+
 def _path_of(input_key: str) -> str:
     if not input_key.startswith(INPUT):
         raise UsageError(f"{input_key!r} is not an input key (they start with {INPUT!r})")
@@ -74,7 +102,21 @@ def rejected_key_for(input_key: str) -> str:
 def run_id_for(input_key: str, sha256: str) -> str:
     """The run of one input version: the same key and bytes always give the same id, which is
     what makes claiming idempotent."""
-    return hashlib.sha256(f"{input_key}\0{sha256}".encode()).hexdigest()[:20]
+    return hashlib.sha256(f"{input_key}\0{sha256}".encode()).hexdigest()[:_RUN_ID_LENGTH]
+
+
+def version_input_key(run_id: str, input_key: str) -> str:
+    """Where the accepted bytes of one input version are kept (immutable)."""
+    return f"{VERSIONS}{run_id}/{INPUT}{_path_of(input_key)}"
+
+
+def version_output_key(run_id: str, input_key: str) -> str:
+    """That version's own output, whatever ``output/<path>`` shows later."""
+    return f"{VERSIONS}{run_id}/{OUTPUT}{_path_of(input_key)}"
+
+
+def version_rejected_key(run_id: str, input_key: str) -> str:
+    return f"{VERSIONS}{run_id}/{REJECTED}{_path_of(input_key)}"
 
 
 def run_key(run_id: str, name: str) -> str:

@@ -33,7 +33,13 @@ from .errors import (
     UnavailableError,
 )
 from .faults import FaultPoints
-from .keys import output_key_for, rejected_key_for, run_id_for, run_key
+from .keys import (
+    output_key_for,
+    rejected_key_for,
+    run_key,
+    version_output_key,
+    version_rejected_key,
+)
 from .links import presign
 from .merge import MergeInput, MergeResult, StreamingMerge
 from .ports import (
@@ -46,9 +52,11 @@ from .ports import (
     Routing,
     StateTable,
 )
+from .reconcile import present
 from .records import (
     CHUNK,
     RUN,
+    Accepted,
     ChunkRun,
     ChunkStatus,
     FileRun,
@@ -182,17 +190,20 @@ class Orchestrator:
             progress.merger = None
 
     # ------------------------------------------------------------------ claiming
-    def claim(self, info: ObjectInfo, routing: Routing) -> FileRun | None:
-        """Claim one input version: a conditional insert keyed by key + content hash, so a
-        duplicate notification, a second pass or identical bytes never start a second run."""
-        run_id = run_id_for(info.key, info.sha256)
+    def claim(self, accepted: Accepted, source: ObjectInfo, routing: Routing) -> FileRun | None:
+        """Claim one accepted input version (``source``: its bytes in this region): a
+        conditional insert keyed by key + content hash, so a duplicate notification, a second
+        pass or identical bytes never start a second run."""
         now = self.clock()
         run = FileRun(
-            run_id=run_id,
-            input_key=info.key,
-            input_sha256=info.sha256,
-            input_version=info.version,
-            input_size=info.size,
+            run_id=accepted.run_id,
+            input_key=accepted.key,
+            input_sha256=accepted.sha256,
+            input_version=source.version,
+            input_size=source.size,
+            source_key=source.key,
+            accepted_at=accepted.at,
+            accepted_region=accepted.region,
             status=RunStatus.CLAIMED,
             region=self.region,
             epoch=routing.epoch,
@@ -204,23 +215,39 @@ class Orchestrator:
             ],
         )
         try:
-            record = self.table.insert(run_pk(run_id), RUN, run.to_body(), epoch=routing.epoch)
+            record = self.table.insert(run_pk(run.run_id), RUN, run.to_body(), epoch=routing.epoch)
         except ConflictError:
             return None
-        self.runs[run_id] = _Progress(run, record.version)
+        self.runs[run.run_id] = _Progress(run, record.version)
         self.stats["executions_started"] += 1
         self.faults.crash_point("after-claim", self.region)
-        log.info("claimed %s (sha256 %s) as run %s", info.key, info.sha256[:12], run_id)
+        log.info(
+            "claimed %s (sha256 %s, accepted by %s) as run %s",
+            accepted.key,
+            accepted.sha256[:12],
+            accepted.region,
+            run.run_id,
+        )
         return run
 
     # ------------------------------------------------------------------ driving
     def step(self, routing: Routing) -> None:
         """Advance every run as far as it can go without waiting."""
+        # The versions of one key are processed in acceptance order: the earliest unfinished
+        # version of each key goes first, the later ones wait at CLAIMED.
+        first: dict[str, tuple[float, str, str]] = {}
+        for held in self.runs.values():
+            key, order = held.run.input_key, held.run.order
+            if key not in first or order < first[key]:
+                first[key] = order
         for run_id in list(self.runs):
             progress = self.runs.get(run_id)
             if progress is None:
                 continue
             if self.clock() < progress.retry_at:
+                continue
+            run = progress.run
+            if run.status is RunStatus.CLAIMED and first[run.input_key] < run.order:
                 continue
             try:
                 self._advance(progress, routing)
@@ -306,14 +333,16 @@ class Orchestrator:
                 run.reference_version,
             )
         if progress.future is None:
+            source_key, source_version = run.source()
             progress.future = self.executor.submit(
                 tasks.split_task,
                 self.config_path,
                 self.region,
-                run.input_key,
-                run.input_version,
+                source_key,
+                source_version,
                 run.input_size,
                 run.chunk_rows,
+                run.input_key,
             )
             return
         if not progress.future.done():
@@ -452,18 +481,20 @@ class Orchestrator:
             future = progress.chunk_futures.get(index)
             if future is None:
                 if now >= progress.chunk_retry_at.get(index, 0.0):
+                    source_key, source_version = run.source()
                     progress.chunk_futures[index] = self.executor.submit(
                         tasks.chunk_task,
                         self.config_path,
                         self.region,
                         run.run_id,
-                        run.input_key,
-                        run.input_version,
+                        source_key,
+                        source_version,
                         run.header or "",
                         specs[index],
                         run.reference_key,
                         run.reference_version,
                         run.epoch,
+                        run.input_key,
                     )
                     self.stats["chunk_executions_started"] += 1
                 continue
@@ -678,38 +709,115 @@ class Orchestrator:
         return False
 
     def _publish(self, progress: _Progress, routing: Routing) -> None:
+        """The version's own results first (versions/<run-id>/...), then output/<p> and
+        rejected/<p>, unless a version accepted after this one is already published there."""
         run = progress.run
         if not self._confirm(progress, "publish"):
             return
-        meta = {"run_id": run.run_id, "input_sha256": run.input_sha256}
+        meta = _published_meta(run)
         assert run.merged_key and run.merged_rejected_key
-        output = self.store.copy(
+        result = self.store.copy(
             run.merged_key,
-            output_key_for(run.input_key),
+            version_output_key(run.run_id, run.input_key),
             version=run.merged_sha256,
             meta=meta,
             epoch=run.epoch,
         )
-        rejected = self.store.copy(
+        result_rejected = self.store.copy(
             run.merged_rejected_key,
-            rejected_key_for(run.input_key),
+            version_rejected_key(run.run_id, run.input_key),
             version=run.merged_rejected_sha256,
             meta=meta,
             epoch=run.epoch,
         )
+        newer = _newer_shown(self.store.head(output_key_for(run.input_key)), run)
+        if newer is None:
+            self._publish_latest(run, run.epoch)
+        else:
+            log.info(
+                "run %s: %s keeps run %s's result (a version accepted later); this version's"
+                " result is at %s",
+                run.run_id,
+                output_key_for(run.input_key),
+                newer,
+                result.key,
+            )
         self.faults.crash_point("after-publish-copy", self.region)
-        run.output_key, run.output_sha256 = output.key, output.sha256
-        run.rejected_key = rejected.key
+        run.output_key, run.output_sha256 = output_key_for(run.input_key), result.sha256
+        run.rejected_key = rejected_key_for(run.input_key)
+        run.result_key, run.result_rejected_key = result.key, result_rejected.key
         self._transition(progress, RunStatus.PUBLISHED)
+
+    def _publish_latest(self, run: FileRun, epoch: int) -> None:
+        """Copy ``run``'s results to output/<p> and rejected/<p> (fenced by the caller)."""
+        meta = _published_meta(run)
+        self.store.copy(
+            run.merged_key or "",
+            output_key_for(run.input_key),
+            version=run.merged_sha256,
+            meta=meta,
+            epoch=epoch,
+        )
+        self.store.copy(
+            run.merged_rejected_key or "",
+            rejected_key_for(run.input_key),
+            version=run.merged_rejected_sha256,
+            meta=meta,
+            epoch=epoch,
+        )
+
+    def show_newest(self, run: FileRun, routing: Routing) -> bool:
+        """Make output/<p> show ``run``'s result if it shows an older version's (or nothing):
+        the repair for a newer version published elsewhere whose copy of output/<p> lost to
+        an older version's written in a later epoch. False when ``run``'s result has not
+        arrived here yet (try again later); True when done or nothing to do."""
+        if run.result_key is None or run.merged_sha256 is None:
+            return True
+        shown = self.store.head(output_key_for(run.input_key))
+        if shown is not None and _newer_shown(shown, run) is not None:
+            return True
+        if shown is not None and shown.meta.get("run_id") == run.run_id:
+            return True
+        if not (
+            present(self.store, run.result_key) and present(self.store, run.result_rejected_key)
+        ):
+            return False
+        if not self.control.confirm(self.region, routing.epoch):
+            return True  # not ours to write; the active region will
+        result = self.store.head(run.result_key)
+        rejected = self.store.head(run.result_rejected_key or "")
+        assert result is not None and rejected is not None
+        meta = _published_meta(run)
+        self.store.copy(
+            result.key,
+            output_key_for(run.input_key),
+            version=result.version,
+            meta=meta,
+            epoch=routing.epoch,
+        )
+        self.store.copy(
+            rejected.key,
+            rejected_key_for(run.input_key),
+            version=rejected.version,
+            meta=meta,
+            epoch=routing.epoch,
+        )
+        log.info(
+            "%s shows run %s's result again (the newest accepted version)",
+            output_key_for(run.input_key),
+            run.run_id,
+        )
+        return True
 
     # ------------------------------------------------------------------ PUBLISHED -> COMPLETED
     def mail_for(self, run: FileRun) -> Mail:
         notify = self.ws.config.notify
         assert run.output_key
+        result_key = run.result_key or run.output_key
         link = presign(
             self.ws.signing_key,
             self.ws.gateway_url,
-            run.output_key,
+            result_key,
             expires_in=self.ws.config.gateway.link_expiry,
             now=self.clock(),
         )
@@ -719,8 +827,11 @@ class Orchestrator:
             f"Rows in:       {run.rows_in}\n"
             f"Rows out:      {run.rows_out}\n"
             f"Rows rejected: {run.rows_rejected}\n\n"
-            f"Download the output ({run.output_key}) within {minutes} minutes:\n{link}\n\n"
-            f"Rejected rows: {run.rejected_key} (`mrbatch errors {run.input_key}`)\n"
+            f"Download this version's output within {minutes} minutes:\n{link}\n\n"
+            f"It is kept at {result_key}; {run.output_key} shows the newest accepted"
+            f" version of {run.input_key}.\n"
+            f"Rejected rows: {run.result_rejected_key or run.rejected_key}"
+            f" (`mrbatch errors {run.run_id}`)\n"
             f"Run {run.run_id}, processed in {run.region} (epoch {run.epoch}).\n"
         )
         return Mail(
@@ -778,3 +889,27 @@ class Orchestrator:
                 run.rows_out,
                 run.rows_rejected,
             )
+
+
+def _published_meta(run: FileRun) -> dict[str, str]:
+    """What a published object says about the version it holds (and where it stands in the
+    acceptance order of its key)."""
+    return {
+        "run_id": run.run_id,
+        "input_sha256": run.input_sha256,
+        "accepted_at": repr(run.accepted_at),
+        "accepted_region": run.accepted_region,
+    }
+
+
+def _newer_shown(shown: ObjectInfo | None, run: FileRun) -> str | None:
+    """The run id of the version ``shown`` (output/<p>) holds, if it was accepted after
+    ``run``'s version; None when ``run`` may replace it."""
+    if shown is None or shown.meta.get("run_id") == run.run_id:
+        return None
+    try:
+        at = float(shown.meta.get("accepted_at", "0"))
+    except ValueError:
+        at = 0.0
+    order = (at, shown.meta.get("accepted_region", ""), shown.meta.get("run_id", ""))
+    return order[2] if order > run.order else None

@@ -20,7 +20,15 @@ from .keys import output_key_for, rejected_key_for, run_key
 from .ports import ObjectStore, Record, Routing, StateTable
 from .records import CHUNK, ChunkRun, ChunkStatus, FileRun, RunStatus, chunk_pk, run_pk
 
-__all__ = ["Missing", "Takeover", "readable", "reset_chunks", "take_over"]
+__all__ = [
+    "Missing",
+    "Takeover",
+    "present",
+    "readable",
+    "reset_chunks",
+    "source_here",
+    "take_over",
+]
 
 log = logging.getLogger("mrbatch.reconcile")
 
@@ -67,9 +75,31 @@ def readable(store: ObjectStore, key: str | None, version: str | None) -> bool:
     return True
 
 
+def present(store: ObjectStore, key: str | None) -> bool:
+    """Is ``key`` (an immutable key, such as a version's own) in ``store``?"""
+    return bool(key) and store.head(key or "") is not None
+
+
+def source_here(store: ObjectStore, run: FileRun) -> bool:
+    """Are the run's input bytes in ``store``?"""
+    key, version = run.source()
+    return present(store, key) if version is None else readable(store, key, version)
+
+
 def _published_here(store: ObjectStore, run: FileRun) -> bool:
     if not run.output_key or not run.output_sha256:
         return False
+    if run.result_key:
+        # The version's own results are what a publish must leave behind; output/<p> may
+        # rightly show a newer version by now.
+        result = store.head(run.result_key)
+        rejected = store.head(run.result_rejected_key or "")
+        return (
+            result is not None
+            and rejected is not None
+            and result.sha256 == run.output_sha256
+            and rejected.sha256 == run.merged_rejected_sha256
+        )
     output = store.head(output_key_for(run.input_key))
     rejected = store.head(rejected_key_for(run.input_key))
     return (
@@ -134,13 +164,13 @@ def take_over(
     before = (run.region, run.epoch, str(run.status))
     resume, keep, redo = _resume_point(run, store, table)
     needs_input = resume is RunStatus.CLAIMED or bool(redo)
-    if needs_input and not readable(store, run.input_key, run.input_version):
+    if needs_input and not source_here(store, run):
         return Missing(
             run.run_id,
             run.input_key,
             run.region,
             "input",
-            run.input_key,
+            run.source()[0],
             {"sha256": run.input_sha256},
         )
     if needs_input and not _reference_here(store, run, config):

@@ -1,5 +1,8 @@
-"""The records kept in the state table: FileRun and ChunkRun, stored as versioned JSON.
+"""The records kept in the state table: Accepted, FileRun and ChunkRun, stored as versioned JSON.
 
+Accepted: one acknowledged input version (key + content hash), written once by the region
+whose bucket took the bytes; replicated like every record, so the ledger of what must be
+processed survives losing any one machine.
 FileRun: ``CLAIMED -> SPLIT -> PROCESSING -> MERGED -> PUBLISHED -> COMPLETED`` or ``FAILED``.
 ChunkRun: ``PENDING -> DONE | FAILED``.
 """
@@ -15,18 +18,21 @@ from typing import Any
 from .ports import Record
 
 __all__ = [
+    "ACCEPTED",
     "CHUNK",
     "RUN",
+    "Accepted",
     "ChunkRun",
     "ChunkSpec",
     "ChunkStatus",
     "FileRun",
     "RunStatus",
+    "accepted_pk",
     "chunk_pk",
     "run_pk",
 ]
 
-RUN, CHUNK = "run", "chunk"
+RUN, CHUNK, ACCEPTED = "run", "chunk", "accepted"
 FORMAT = 1  # the "v" field of every stored body
 
 
@@ -58,6 +64,38 @@ def chunk_pk(run_id: str, index: int) -> str:
     return f"chunk/{run_id}/{index:05d}"
 
 
+def accepted_pk(run_id: str) -> str:
+    return f"accepted/{run_id}"
+
+
+@dataclass(frozen=True)
+class Accepted:
+    """One acknowledged upload of an input version. ``object_key`` holds its bytes for good
+    (``versions/<run-id>/input/<path>``); ``at`` (the accepting region's clock) then ``region``
+    order the versions of one key: that is the acceptance order runs follow."""
+
+    run_id: str
+    key: str
+    sha256: str
+    size: int
+    region: str
+    at: float
+    source: str
+    object_key: str
+
+    @property
+    def order(self) -> tuple[float, str, str]:
+        return (self.at, self.region, self.run_id)
+
+    def to_body(self) -> dict[str, Any]:
+        return {**dataclasses.asdict(self), "v": FORMAT}
+
+    @classmethod
+    def from_record(cls, record: Record) -> Accepted:
+        body = record.body
+        return cls(**{f: body[f] for f in _ACCEPTED_FIELDS})
+
+
 @dataclass
 class ChunkSpec:
     """One chunk as SPLIT found it: a byte range of the (immutable) input version and what
@@ -84,6 +122,12 @@ class FileRun:
     epoch: int
     claimed_at: float
     updated_at: float
+    # Where the accepted bytes are kept (versions/<run-id>/input/<path>); None in records
+    # written before versions had keys of their own (they read input_key at input_version).
+    source_key: str | None = None
+    # The acceptance order of this version among the versions of its key (see Accepted).
+    accepted_at: float = 0.0
+    accepted_region: str = ""
     reference_key: str | None = None
     reference_sha256: str | None = None
     reference_version: str | None = None
@@ -102,6 +146,10 @@ class FileRun:
     output_key: str | None = None
     output_sha256: str | None = None
     rejected_key: str | None = None
+    # This version's own results (versions/<run-id>/output|rejected/<path>), kept whichever
+    # version output/<path> shows.
+    result_key: str | None = None
+    result_rejected_key: str | None = None
     reason: str | None = None
     mail_id: str | None = None
     mail_sent_at: float | None = None
@@ -110,6 +158,17 @@ class FileRun:
     link: str | None = None
     redriven: int = 0
     history: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def order(self) -> tuple[float, str, str]:
+        """Acceptance order among the versions of one key (see Accepted.order)."""
+        return (self.accepted_at, self.accepted_region, self.run_id)
+
+    def source(self) -> tuple[str, str | None]:
+        """The object (and version, where it is not immutable) holding the input's bytes."""
+        if self.source_key:
+            return self.source_key, None
+        return self.input_key, self.input_version
 
     # ------------------------------------------------------------------ transitions
     def advance(self, status: RunStatus, *, region: str, epoch: int, note: str = "") -> None:
@@ -162,6 +221,10 @@ class FileRun:
             "mail_sent_at": self.mail_sent_at,
             "mail_error": self.mail_error,
             "redriven": self.redriven,
+            "result_key": self.result_key,
+            "result_rejected_key": self.result_rejected_key,
+            "accepted_at": self.accepted_at,
+            "accepted_region": self.accepted_region,
         }
 
 
@@ -198,5 +261,6 @@ class ChunkRun:
         return cls(**data)
 
 
+_ACCEPTED_FIELDS = [f.name for f in dataclasses.fields(Accepted)]
 _RUN_FIELDS = {f.name for f in dataclasses.fields(FileRun)}
 _CHUNK_FIELDS = {f.name for f in dataclasses.fields(ChunkRun)}

@@ -13,8 +13,9 @@ from . import backends, views
 from .config import StepConfig
 from .errors import MrbatchError, UnavailableError, UsageError
 from .keys import run_key
+from .ledger import accepted_in
 from .ports import RegionState, Routing
-from .reconcile import Missing, Takeover, readable, reset_chunks, take_over
+from .reconcile import Missing, Takeover, present, readable, reset_chunks, take_over
 from .records import CHUNK, RUN, ChunkRun, ChunkStatus, FileRun, RunStatus, chunk_pk, run_pk
 from .runbook import StepFailed, resolve_callable
 from .workspace import Workspace
@@ -98,6 +99,17 @@ def reconcile_now(
         run = FileRun.from_record(record)
         if not run.status.terminal or _taken_over_now(run, routing.epoch):
             settle(record)
+    # Accepted versions nobody claimed yet: the region claims each once its bytes are here.
+    unclaimed = {
+        entry.run_id: entry
+        for entry in accepted_in(table)
+        if table.get(run_pk(entry.run_id)) is None and not present(store, entry.object_key)
+    }
+    for entry in unclaimed.values():
+        pending[entry.run_id] = Missing(
+            entry.run_id, entry.key, entry.region, "input", entry.object_key,
+            {"sha256": entry.sha256, "accepted_at": entry.at},
+        )  # fmt: skip
     missing = [m.to_dict() for m in pending.values()]
     for item in missing:
         echo(
@@ -110,6 +122,8 @@ def reconcile_now(
             latest = table.get(run_pk(run_id))
             if latest is not None:
                 settle(latest)
+            elif run_id in unclaimed and present(store, unclaimed[run_id].object_key):
+                pending.pop(run_id)  # arrived: the region process claims it
     arrived = [m for m in missing if m["run_id"] not in pending]
     at_risk = [m.to_dict() for m in pending.values()]
     for item in at_risk:

@@ -1,8 +1,11 @@
 """One region's process: trigger -> orchestrate -> execute, in one loop.
 
-Every region watches ``input/`` in its own bucket; only the ACTIVE region of the current epoch
-claims files and drives runs. A standby (or fenced) region keeps heartbeating and does nothing
-else, so a fenced region that comes back stays quiet until it is made active again.
+Every region watches its own bucket and records each input version that appears there without
+an ``Accepted`` record (a write that bypassed the access point, or one whose acknowledgement was
+cut short). Only the ACTIVE region of the current epoch claims runs, one for every ``Accepted``
+record its state replica holds, and drives them. A standby (or fenced) region keeps
+heartbeating and publishes nothing, so a fenced region that comes back stays quiet until it is
+made active again.
 The loop never dies on an error: it logs, backs off with jitter and goes on. Signal handlers
 only set a flag.
 """
@@ -16,15 +19,15 @@ import signal
 import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, wait
-from typing import Any
 
 from . import backends
 from .errors import MrbatchError, UnavailableError
-from .keys import INPUT, run_id_for
+from .keys import INPUT, VERSIONS, run_id_for
+from .ledger import accept, accepted_in
 from .orchestrator import Orchestrator
-from .ports import Executor, Record, RegionState, Routing
+from .ports import Executor, ObjectInfo, Record, RegionState, Routing
 from .reconcile import Missing, Takeover, take_over
-from .records import RUN, FileRun, run_pk
+from .records import ACCEPTED, RUN, Accepted, FileRun, accepted_pk, run_pk
 from .workspace import Workspace
 
 __all__ = ["RegionProcess", "is_active"]
@@ -68,11 +71,18 @@ class RegionProcess:
         self._last_heartbeat = 0.0
         self._last_reported: tuple[str, int | None] = ("", None)  # a change is reported at once
         self._last_rescan = 0.0
+        self._last_bucket_scan = 0.0
         self._cursor: int | None = None
         self._state_cursor = 0
         # Runs this region should take over but cannot yet (their input has not arrived).
         self.waiting: dict[str, Missing] = {}
         self._last_waiting_retry = 0.0
+        # Runs published elsewhere whose result must be shown at output/<p> once it arrives.
+        self.showing: dict[str, Record] = {}
+        # Accepted versions whose bytes have not arrived here yet, by run id.
+        self.waiting_inputs: dict[str, Accepted] = {}
+        self._last_inputs_retry = 0.0
+        self._retry_now = False
         self.reconciled = 0
         self.ticks = 0
 
@@ -98,13 +108,23 @@ class RegionProcess:
             self._last_rescan = 0.0  # a full scan of input/ whenever we become active
             self._state_cursor = 0  # and of the state table
             self.waiting.clear()
+            self.waiting_inputs.clear()
+            self.showing.clear()
         self._heartbeat(routing)
+        try:
+            self._watch_bucket()
+        except UnavailableError as exc:
+            self.loop_errors += 1
+            self.last_error = str(exc)
+            log.warning("region %s: watching the bucket paused: %s", self.region, exc)
         if not active:
             if self.orch.epoch is not None:
                 self.orch.deactivate(f"{self.region} is no longer ACTIVE (epoch {routing.epoch})")
             return
         self._adopt(routing)
         try:
+            if self._retry_now:
+                self._retry_now, self._last_inputs_retry = False, 0.0
             self._trigger(routing)
         except UnavailableError as exc:
             # No new claims while the bucket is down, but runs in flight keep going (their
@@ -115,26 +135,56 @@ class RegionProcess:
         self.orch.step(routing)
 
     def _trigger(self, routing: Routing) -> None:
+        """Claim every accepted version that has no run yet (the state feed brings new
+        ``Accepted`` records to ``_adopt``; this is the periodic safety net under it and the
+        retry of versions whose bytes had not arrived)."""
         now = time.monotonic()
         if now - self._last_rescan >= self.timing.rescan_interval:
-            # Position first, then list: anything written meanwhile is seen by the feed too.
-            cursor = self.store.last_seq()
-            for info in self.store.list(INPUT):
-                self._maybe_claim(info, routing)
-            self._save_cursor(cursor)
             self._last_rescan = now
-            # A safety net under the state feed: any unfinished run this region should be
-            # driving (or take over) and is not, is picked up again here.
+            for accepted in accepted_in(self.table):
+                self._claim(accepted, routing)
+            # Any unfinished run this region should be driving (or take over) and is not.
             for record in self.table.scan(RUN):
                 if record.pk.removeprefix("run/") not in self.orch.runs:
                     self._consider(record, routing)
+        elif self.waiting_inputs and now - self._last_inputs_retry >= 1.0:
+            self._last_inputs_retry = now
+            for accepted in list(self.waiting_inputs.values()):
+                self._claim(accepted, routing)
+
+    def _watch_bucket(self) -> None:
+        """Every region, active or not: give each input version that appears in this bucket
+        (written to it directly, or replicated in) its ``Accepted`` record if it has none, so
+        a version whose acknowledgement was cut short is processed all the same."""
+        now = time.monotonic()
+        if now - self._last_bucket_scan >= self.timing.rescan_interval:
+            # Position first, then list: anything written meanwhile is seen by the feed too.
+            cursor = self.store.last_seq()
+            for info in self.store.list(INPUT):
+                self._accept_seen(info)
+            self._save_cursor(cursor)
+            self._last_bucket_scan = now
             return
-        changes = self.store.changes(self._feed_position(), prefix=INPUT, limit=500)
+        changes = self.store.changes(self._feed_position(), limit=500)
         for info in changes:
-            if not info.deleted:
-                self._maybe_claim(info, routing)
+            if info.deleted:
+                continue
+            if info.key.startswith(INPUT):
+                self._accept_seen(info)
+            elif info.key.startswith(VERSIONS):
+                # The bytes of a version we were waiting for: claim it now, not on a retry.
+                waiting = self.waiting_inputs.get(info.key[len(VERSIONS) :].split("/", 1)[0])
+                if waiting is not None:
+                    self._retry_now = True
         if changes:
             self._save_cursor(changes[-1].seq)
+
+    def _accept_seen(self, info: ObjectInfo) -> None:
+        if self.table.get(accepted_pk(run_id_for(info.key, info.sha256))) is None:
+            accept(self.store, self.table, info, source="bucket")
+            log.info(
+                "%s: recorded %s (sha256 %s) as accepted", self.region, info.key, info.sha256[:12]
+            )
 
     def _feed_position(self) -> int:
         if self._cursor is None:
@@ -146,12 +196,28 @@ class RegionProcess:
             self.table.set_cursor(TRIGGER_CURSOR, value)
             self._cursor = value
 
-    def _maybe_claim(self, info: Any, routing: Routing) -> None:
-        record = self.table.get(run_pk(run_id_for(info.key, info.sha256)))
-        if record is None:
-            self.orch.claim(info, routing)
-        elif record.pk.removeprefix("run/") in self.waiting:
-            self._consider(record, routing)  # the input it was waiting for has arrived
+    def _claim(self, accepted: Accepted, routing: Routing) -> None:
+        """Claim one accepted version once its bytes are here (else wait for them)."""
+        record = self.table.get(run_pk(accepted.run_id))
+        if record is not None:
+            self.waiting_inputs.pop(accepted.run_id, None)
+            if record.pk.removeprefix("run/") in self.waiting:
+                self._consider(record, routing)  # the input it was waiting for has arrived
+            return
+        info = self.store.head(accepted.object_key)
+        if info is None:
+            if accepted.run_id not in self.waiting_inputs:
+                log.warning(
+                    "%s (accepted by %s) cannot be claimed in %s yet: %s has not arrived",
+                    accepted.key,
+                    accepted.region,
+                    self.region,
+                    accepted.object_key,
+                )
+            self.waiting_inputs[accepted.run_id] = accepted
+            return
+        self.waiting_inputs.pop(accepted.run_id, None)
+        self.orch.claim(accepted, info, routing)
 
     # ------------------------------------------------------------------ taking runs over
     def _adopt(self, routing: Routing) -> None:
@@ -162,14 +228,16 @@ class RegionProcess:
             for record in changes:
                 if record.kind == RUN:
                     self._consider(record, routing)
+                elif record.kind == ACCEPTED:
+                    self._claim(Accepted.from_record(record), routing)
             if changes:
                 self._state_cursor = changes[-1].seq
             if len(changes) < 500:
                 break
         now = time.monotonic()
-        if self.waiting and now - self._last_waiting_retry >= 1.0:
+        if (self.waiting or self.showing) and now - self._last_waiting_retry >= 1.0:
             self._last_waiting_retry = now
-            for run_id in list(self.waiting):
+            for run_id in [*self.waiting, *self.showing]:
                 latest = self.table.get(run_pk(run_id))
                 if latest is not None:
                     self._consider(latest, routing)
@@ -178,6 +246,13 @@ class RegionProcess:
         run = FileRun.from_record(record)
         if run.status.terminal:
             self.waiting.pop(run.run_id, None)
+            if run.result_key and (run.region, run.epoch) != (self.region, routing.epoch):
+                # Published elsewhere or earlier: output/<p> must still show the newest
+                # accepted version, whatever replication let win meanwhile.
+                if self.orch.show_newest(run, routing):
+                    self.showing.pop(run.run_id, None)
+                else:
+                    self.showing[run.run_id] = record
             return
         if run.region == self.region and run.epoch == routing.epoch:
             self.waiting.pop(run.run_id, None)
@@ -226,7 +301,18 @@ class RegionProcess:
                     "state": self.state,
                     "runs_in_flight": len(self.orch.runs),
                     "epoch": self.orch.epoch,
-                    "waiting": [m.to_dict() for m in self.waiting.values()],
+                    "waiting": [m.to_dict() for m in self.waiting.values()]
+                    + [
+                        {
+                            "run_id": a.run_id,
+                            "input_key": a.key,
+                            "region": a.region,
+                            "what": "input",
+                            "key": a.object_key,
+                            "detail": {"sha256": a.sha256},
+                        }
+                        for a in self.waiting_inputs.values()
+                    ],
                     "ticks": self.ticks,
                     "workers": pids,
                     # pool_restarts: workers lost and replaced (a killed worker breaks the pool)

@@ -13,7 +13,11 @@ Events run one after another, never overlapping; each is healed before the next 
 * ``failover`` and ``failback``: the recovery plans, run as the operator would (``--yes``,
   ``--force`` so the anti-flap rule does not refuse a scheduled switch);
 * ``crash-failover``: SIGKILL of the active region's whole process group, failover, then the
-  crashed region is started again and must stay quiet (fenced).
+  crashed region is started again and must stay quiet (fenced);
+* ``conflicting-upload``: the regions are partitioned, one version of a key is uploaded to one
+  region and another version of the same key to the other (the role says which region takes
+  the first), and a second key to the standby alone; then the partition heals. Each accepted
+  version must complete once, whichever lost replication's merge of the key.
 
 At the end every fault is disarmed, every process that died is started again, the load's
 files are waited for (bounded) and ``verify`` checks the whole history.
@@ -29,6 +33,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import backends, supervisor
+from .accesspoint import AccessPoint
 from .chaos import EXPERIMENTS, kill_worker
 from .errors import MrbatchError, UsageError
 from .faults import Fault, FaultPoints
@@ -41,7 +46,8 @@ from .workspace import Workspace
 __all__ = ["KINDS", "ScenarioOptions", "ScenarioReport", "Step", "plan", "run_scenario"]
 
 RECOVERY_KINDS = ("failover", "failback", "crash-failover")
-KINDS = (*EXPERIMENTS, *RECOVERY_KINDS)
+CONFLICT = "conflicting-upload"
+KINDS = (*EXPERIMENTS, *RECOVERY_KINDS, CONFLICT)
 
 
 @dataclass(frozen=True)
@@ -92,6 +98,8 @@ def plan(options: ScenarioOptions) -> list[Step]:
             role = "all"
         elif kind in RECOVERY_KINDS or kind == "kill-worker":
             role = "active"
+        elif kind == CONFLICT:
+            role = rng.choice(["active", "standby"])  # the region taking the first version
         else:
             role = rng.choice(["active", "active", "standby"])
         duration = round(rng.uniform(0.5, options.max_fault), 2)
@@ -190,6 +198,37 @@ class _Runner:
         self.stop.wait(step.duration)
         self.heal()
 
+    def conflict(self, step: Step, load: LoadGenerator) -> None:
+        """Two versions of one key accepted on either side of a partition, plus a key only the
+        standby has (see the module doc)."""
+        assert step.region is not None
+        active, standby = self.routing_roles()
+        second = standby if step.region == active else active
+        self.armed.append(
+            self.faults.arm(
+                "partition",
+                region=active,
+                peer=standby,
+                duration=step.duration + 30,  # healed below; the expiry is only a backstop
+                note=f"scenario seed {self.options.seed} step {step.index}",
+            )
+        )
+        access = AccessPoint(self.ws)
+        base = f"input/scenario/seed-{self.options.seed}/{load.tag}-conflict-{step.index:02d}"
+        uploads = [
+            (f"{base}.csv", step.region),
+            (f"{base}.csv", second),
+            (f"{base}-standby-only.csv", standby),
+        ]
+        accepted = []
+        for n, (key, region) in enumerate(uploads):
+            data, _invalid = load.generate(100_000 + 3 * step.index + n)
+            located = access.put(key, data, region=region, source="scenario")
+            accepted.append({"key": key, "region": located.region, "sha256": located.info.sha256})
+        step.detail["uploads"] = accepted
+        self.stop.wait(step.duration)
+        self.heal()
+
     def kill(self, step: Step) -> None:
         assert step.region is not None
         end = time.monotonic() + step.duration
@@ -238,7 +277,7 @@ class _Runner:
             supervisor.start(self.ws, only=[supervisor.Proc("region", active)])
             step.detail["restarted"] = active
 
-    def execute_step(self, step: Step) -> None:
+    def execute_step(self, step: Step, load: LoadGenerator) -> None:
         if self.stop.wait(step.gap):
             step.outcome = "interrupted"
             return
@@ -250,6 +289,8 @@ class _Runner:
         try:
             if step.kind in RECOVERY_KINDS:
                 self.recovery(step)
+            elif step.kind == CONFLICT:
+                self.conflict(step, load)
             elif EXPERIMENTS[step.kind].kills_workers:
                 self.kill(step)
             else:
@@ -299,7 +340,7 @@ class _Runner:
         uploader.start()
         try:
             for step in self.report.schedule:
-                self.execute_step(step)
+                self.execute_step(step, load)
                 if self.stop.is_set():
                     break
         finally:

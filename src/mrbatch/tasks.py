@@ -95,17 +95,19 @@ class SplitResult:
 def split_task(
     config_path: str,
     region: str,
-    input_key: str,
-    version: str,
+    source_key: str,
+    version: str | None,
     size: int,
     chunk_rows: int,
+    input_key: str,
 ) -> SplitResult:
-    """Find the chunk boundaries (records never cut, quotes respected) and hash each range.
-    Streaming: memory is one chunk, whatever the size of the file."""
+    """Find the chunk boundaries (records never cut, quotes respected) and hash each range of
+    the input version kept at ``source_key``. Streaming: memory is one chunk, whatever the
+    size of the file. ``input_key`` names the input in messages."""
     ctx = _context(config_path, region)
     header = b""
     found: list[tuple[int, int, str, int, int]] = []
-    with ctx.store.open(input_key, version=version) as stream:
+    with ctx.store.open(source_key, version=version) as stream:
         for chunk in split_csv(stream, chunk_rows=chunk_rows, source=input_key):
             if chunk.index == 0:
                 header = chunk.data[: chunk.header_size]
@@ -214,20 +216,23 @@ def chunk_task(
     config_path: str,
     region: str,
     run_id: str,
-    input_key: str,
-    input_version: str,
+    source_key: str,
+    source_version: str | None,
     header: str,
     spec: ChunkSpec,
     reference_key: str | None,
     reference_version: str | None,
     epoch: int,
+    input_key: str,
 ) -> ChunkResult:
     started = time.perf_counter()
     ctx = _context(config_path, region)
     fault = ctx.faults.active("chunk-error", region)
     if fault is not None:  # a poisoned dependency: the task itself fails, storage is fine
         raise TaskError(f"injected fault: the chunk task failed ({fault.note or 'chunk-error'})")
-    body = ctx.store.get_range(input_key, spec.start, spec.end - spec.start, version=input_version)
+    body = ctx.store.get_range(
+        source_key, spec.start, spec.end - spec.start, version=source_version
+    )
     if hashlib.sha256(body).hexdigest() != spec.sha256:
         raise ConflictError(f"chunk {spec.index} of {input_key} does not match its checksum")
     data = header.encode("utf-8") + body

@@ -36,7 +36,7 @@ from .evidence import (
     outbox_message_ids,
     read_region,
 )
-from .keys import OUTPUT, REJECTED
+from .keys import OUTPUT, REJECTED, VERSIONS, run_id_for, version_input_key
 from .ports import ObjectInfo, Record
 from .records import FileRun, RunStatus
 from .recount import recount
@@ -169,29 +169,41 @@ class _Checker:
 
     # ------------------------------------------------------------------ inputs
     def accepted(self) -> dict[str, tuple[str, str]]:
-        return accepted_versions(self.ws, self.reachable, self.runs)
+        return accepted_versions(self.reachable, self.runs)
 
-    def _blob(self, key: str | None, version: str | None) -> bytes | None:
-        if not key or not version:
+    def _blob(self, key: str | None, sha256: str | None) -> bytes | None:
+        """The bytes of ``key`` if some reachable region holds them with ``sha256``."""
+        if not key or not sha256:
             return None
         for region in self.reachable:
             assert region.store is not None
+            info = region.objects.get(key)
             try:
-                return region.store.get(key, version=version)
+                if info is not None and info.sha256 == sha256:
+                    return region.store.get(key, version=info.version)
+                if info is None and key.startswith(VERSIONS):
+                    continue  # a version's own keys are immutable: absent means not here
+                return region.store.get(key, version=sha256)
             except NotFoundError:
                 continue
             except MrbatchError:
                 continue  # became unreachable meanwhile: try the next region
         return None
 
-    def _has(self, key: str | None, version: str | None) -> bool:
-        """Is this version of ``key`` readable in a reachable region (without reading it)?"""
-        if not key or not version:
+    def _has(self, key: str | None, sha256: str | None) -> bool:
+        """Is ``key`` with these bytes readable in a reachable region (without reading it)?"""
+        if not key or not sha256:
             return False
         for region in self.reachable:
             assert region.store is not None
+            info = region.objects.get(key)
+            if info is None and key.startswith(VERSIONS):
+                continue  # immutable: absent from the snapshot means not here
             try:
-                region.store.open(key, version=version).close()
+                if info is not None and info.sha256 == sha256:
+                    region.store.open(key, version=info.version).close()
+                else:
+                    region.store.open(key, version=sha256).close()
             except MrbatchError:
                 continue  # not there, or became unreachable meanwhile: try the next region
             return True
@@ -200,7 +212,8 @@ class _Checker:
     def input_held(self, key: str, sha256: str) -> bool:
         if len(self.reachable) < len(self.regions):
             return True  # an unreachable region may hold it: it is not lost, only unknown
-        return self._has(key, sha256)
+        kept = version_input_key(run_id_for(key, sha256), key)
+        return self._has(kept, sha256) or self._has(key, sha256)
 
     def check_input(self, run_id: str, key: str, sha256: str) -> Verdict:
         verdict = Verdict(key=key, sha256=sha256, run_id=run_id)
@@ -276,8 +289,10 @@ class _Checker:
                     DUPLICATED,
                     "fencing",
                 )
-        has_output = self._has(run.output_key, run.output_sha256)
-        has_rejected = self._has(run.rejected_key, run.merged_rejected_sha256)
+        output_key = run.result_key or run.output_key
+        rejected_key = run.result_rejected_key or run.rejected_key
+        has_output = self._has(output_key, run.output_sha256)
+        has_rejected = self._has(rejected_key, run.merged_rejected_sha256)
         if not (has_output and has_rejected):
             what = "output" if not has_output else "rejected rows"
             self.violate(
@@ -291,9 +306,9 @@ class _Checker:
             return
         if not self.deep:
             return
-        data = self._blob(run.input_key, run.input_version)
-        output = self._blob(run.output_key, run.output_sha256)
-        rejected = self._blob(run.rejected_key, run.merged_rejected_sha256)
+        data = self._blob(run.source()[0], run.input_sha256)
+        output = self._blob(output_key, run.output_sha256)
+        rejected = self._blob(rejected_key, run.merged_rejected_sha256)
         if data is None or output is None or rejected is None:
             verdict.notes.append("recount skipped: an object went missing while verifying")
             return
@@ -328,20 +343,23 @@ class _Checker:
 
     # ------------------------------------------------------------------ published objects
     def check_published(self, verdicts: dict[str, Verdict]) -> None:
-        """Every output/ and rejected/ object: written in an epoch by that epoch's active
-        region, and the bytes its run recorded; output/<p> holds the newest published run."""
-        latest: dict[str, tuple[float, str]] = {}
+        """Every published object (output/, rejected/ and each version's own results): written
+        in an epoch by that epoch's active region, and the bytes its run recorded; output/<p>
+        holds the result of the newest accepted version that was published."""
+        newest: dict[str, FileRun] = {}
         for run in self.runs.values():
             # A run that published and then FAILED (its mail could not be sent) published too.
-            stamps = [h["at"] for h in run.history if h.get("status") == "PUBLISHED"]
-            published_at = max(stamps, default=0.0)
-            if run.status.terminal and run.output_key and published_at:
-                latest[run.output_key] = max(
-                    latest.get(run.output_key, (0.0, "")), (published_at, run.run_id)
-                )
+            published = run.output_key and (
+                run.result_key or any(h.get("status") == "PUBLISHED" for h in run.history)
+            )
+            if published and run.output_key:
+                shown = newest.get(run.output_key)
+                if shown is None or run.order > shown.order:
+                    newest[run.output_key] = run
         for region in self.reachable:
             for info in region.objects.values():
-                if not info.key.startswith((OUTPUT, REJECTED)):
+                kind = _published_kind(info.key)
+                if kind is None:
                     continue
                 owner_run = self.runs.get(info.meta.get("run_id", ""))
                 verdict = verdicts.get(owner_run.run_id) if owner_run else None
@@ -367,9 +385,7 @@ class _Checker:
                     )
                     continue
                 want = (
-                    owner_run.output_sha256
-                    if info.key.startswith(OUTPUT)
-                    else owner_run.merged_rejected_sha256
+                    owner_run.output_sha256 if kind == OUTPUT else owner_run.merged_rejected_sha256
                 )
                 if want and info.sha256 != want and owner_run.status is not RunStatus.FAILED:
                     self.violate(
@@ -382,19 +398,19 @@ class _Checker:
                         DUPLICATED,
                         "output",
                     )
-                newest = latest.get(info.key)
+                shown = newest.get(info.key)
                 if (
                     info.key.startswith(OUTPUT)
-                    and newest is not None
-                    and newest[1] != owner_run.run_id
+                    and shown is not None
+                    and shown.run_id != owner_run.run_id
                     and info.key not in self.diverged_keys
                 ):
                     self.violate(
                         verdict,
                         info.key,
                         region.name,
-                        f"holds run {owner_run.run_id}'s output, not the newest published"
-                        f" run {newest[1]}'s",
+                        f"holds run {owner_run.run_id}'s output, not that of run"
+                        f" {shown.run_id}, the newest accepted version published",
                         DUPLICATED,
                         "output",
                     )
@@ -471,6 +487,18 @@ class _Checker:
             epochs=self.owners,
             seconds=time.monotonic() - started,
         )
+
+
+def _published_kind(key: str) -> str | None:
+    """OUTPUT or REJECTED for a published object (output/<p>, rejected/<p> or a version's own
+    versions/<run-id>/output|rejected/<p>), None for anything else."""
+    if key.startswith(VERSIONS):
+        parts = key.split("/", 2)
+        key = parts[2] if len(parts) == 3 else ""
+    for kind in (OUTPUT, REJECTED):
+        if key.startswith(kind):
+            return kind
+    return None
 
 
 def _object_state(info: ObjectInfo) -> tuple[str, int, str, str]:

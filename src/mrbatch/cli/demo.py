@@ -201,7 +201,7 @@ def _audit(story: _Story) -> list[str]:
             problems.append(f"{key}: rows not conserved")
         if f"{run.run_id}_mrbatch.eml" not in mails:
             problems.append(f"{key}: no mail")
-        if not _replicated(ws, output_key_for(key), run.output_sha256):
+        if not _replicated(ws, run.result_key or output_key_for(key), run.output_sha256):
             problems.append(f"{key}: output differs between regions")
     if len(mails) != len(story.uploads):
         problems.append(f"{len(mails)} mails for {len(story.uploads)} uploads")

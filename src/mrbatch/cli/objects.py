@@ -71,6 +71,8 @@ def put(
         "sha256": located.info.sha256,
         "size": located.info.size,
     }
+    if located.accepted is not None:
+        result["run_id"] = located.accepted.run_id  # the id of this input version's run
     if json_output:
         print_json(result)
     else:

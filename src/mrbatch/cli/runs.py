@@ -12,7 +12,8 @@ from rich.table import Table
 from .. import views
 from ..accesspoint import AccessPoint
 from ..errors import MrbatchError, NotFoundError
-from ..keys import INPUT, run_id_for
+from ..keys import run_id_for
+from ..ledger import read_accepted
 from ..records import FileRun, RunStatus
 from .app import app, console, err_console, print_json, state
 
@@ -66,29 +67,32 @@ def _num(value: int | None) -> str:
     return "-" if value is None else str(value)
 
 
-def _targets(keys: list[str]) -> dict[str, str | None]:
-    """input key -> run id of its current version (None while the input is not visible)."""
-    ws = state.workspace()
+def _targets(ws: views.Workspace, keys: list[str] | None) -> dict[str, str]:
+    """run id -> input key of every accepted version to wait for: all of them, or every
+    accepted version of ``keys`` (and each key's current version, once it is visible)."""
+    wanted = {views.input_key(k) for k in keys} if keys else None
+    entries, _unreadable = read_accepted(ws)
+    targets = {e.run_id: e.key for e in entries if wanted is None or e.key in wanted}
     access = AccessPoint(ws)
-    targets: dict[str, str | None] = {}
-    for raw in keys:
-        key = views.input_key(raw)
+    for key in sorted(wanted or ()):
         try:
             info = access.locate(key).info
-            targets[key] = run_id_for(key, info.sha256)
         except NotFoundError:
-            targets[key] = None
+            continue
+        targets.setdefault(run_id_for(key, info.sha256), key)
     return targets
 
 
 @app.command()
 def wait(
-    keys: list[str] = typer.Argument(None, help="Input keys to wait for (default: every input)."),
+    keys: list[str] = typer.Argument(
+        None, help="Input keys to wait for, every accepted version of each (default: all)."
+    ),
     timeout: float = typer.Option(300.0, "--timeout", help="Seconds before giving up (exit 1)."),
     json_output: bool = typer.Option(False, "--json"),
 ) -> None:
-    """Wait until the runs of KEYs (or of every input) are COMPLETED or FAILED.
-    Exits 1 on timeout or when a run FAILED."""
+    """Wait until every accepted version of KEYs (or of every input) has a COMPLETED or
+    FAILED run. Exits 1 on timeout or when a run FAILED."""
     ws = state.workspace()
     deadline = time.monotonic() + timeout
     explicit = bool(keys)
@@ -105,35 +109,32 @@ def wait(
     ) as bar:
         task = bar.add_task("waiting for runs", total=None)
         while True:
-            if explicit:
-                targets = _targets(keys)
-            else:
-                inputs = {i.key: i for i in AccessPoint(ws).store(_first_readable(ws)).list(INPUT)}
-                targets = {k: run_id_for(k, i.sha256) for k, i in inputs.items()}
+            targets = _targets(ws, keys if explicit else None)
             try:
                 by_id = {run.run_id: run for run in views.all_runs(ws)}
             except MrbatchError:
                 by_id = {}
             finished = {
-                key: by_id[rid]
-                for key, rid in targets.items()
-                if rid in by_id and by_id[rid].status.terminal
+                rid: by_id[rid] for rid in targets if rid in by_id and by_id[rid].status.terminal
             }
-            bar.update(task, total=len(targets), completed=len(finished))
-            if len(finished) == len(targets):
+            # A key named but not uploaded yet is waited for too.
+            missing = [
+                k for k in {views.input_key(k) for k in keys or ()} if k not in targets.values()
+            ]
+            bar.update(task, total=len(targets) + len(missing), completed=len(finished))
+            if len(finished) == len(targets) and not missing:
                 break
             if time.monotonic() >= deadline:
-                pending = sorted(set(targets) - set(finished))
+                pending = sorted(
+                    [f"{targets[rid]} (run {rid})" for rid in set(targets) - set(finished)]
+                    + missing
+                )
                 _report(finished, pending, json_output)
                 raise typer.Exit(1)
             time.sleep(0.1)
     _report(finished, [], json_output)
     if any(run.status is RunStatus.FAILED for run in finished.values()):
         raise typer.Exit(1)
-
-
-def _first_readable(ws: views.Workspace) -> str:
-    return AccessPoint(ws).preference()[0]
 
 
 def _report(finished: dict[str, FileRun], pending: list[str], json_output: bool) -> None:
@@ -145,9 +146,9 @@ def _report(finished: dict[str, FileRun], pending: list[str], json_output: bool)
             }
         )
         return
-    for key, run in sorted(finished.items()):
+    for run in sorted(finished.values(), key=lambda r: (r.input_key, r.order)):
         line = (
-            f"{run.status:<9} {key}  in={run.rows_in} out={run.rows_out}"
+            f"{run.status:<9} {run.input_key}  in={run.rows_in} out={run.rows_out}"
             f" rejected={run.rows_rejected}"
         )
         if run.status is RunStatus.FAILED:

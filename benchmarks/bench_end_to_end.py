@@ -22,14 +22,15 @@ import time
 from pathlib import Path
 from statistics import median
 
-from mrbatch import backends, supervisor
-from mrbatch.accesspoint import AccessPoint
+from mrbatch import backends
+from mrbatch.access.accesspoint import AccessPoint
 from mrbatch.cli.deploy import wait_until_up
-from mrbatch.generate import write_orders, write_reference
-from mrbatch.initialize import init_workspace
-from mrbatch.keys import run_id_for
-from mrbatch.records import FileRun, RunStatus, run_pk
-from mrbatch.workspace import Workspace
+from mrbatch.config.initialize import init_workspace
+from mrbatch.config.workspace import Workspace
+from mrbatch.model.keys import run_id_for
+from mrbatch.model.records import FileRun, RunStatus, run_pk
+from mrbatch.proof.generate import write_orders, write_reference
+from mrbatch.runtime import supervisor
 
 HERE = Path(__file__).resolve().parent
 

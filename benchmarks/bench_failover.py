@@ -25,14 +25,15 @@ import time
 from pathlib import Path
 from statistics import median
 
-from mrbatch import backends, supervisor
-from mrbatch.accesspoint import AccessPoint
+from mrbatch import backends
+from mrbatch.access.accesspoint import AccessPoint
 from mrbatch.cli.deploy import wait_until_up
-from mrbatch.initialize import init_workspace, sample_bytes
-from mrbatch.keys import run_id_for
-from mrbatch.records import CHUNK, ChunkRun, ChunkStatus, FileRun, run_pk
-from mrbatch.replication import backlog
-from mrbatch.workspace import Workspace
+from mrbatch.config.initialize import init_workspace, sample_bytes
+from mrbatch.config.workspace import Workspace
+from mrbatch.model.keys import run_id_for
+from mrbatch.model.records import CHUNK, ChunkRun, ChunkStatus, FileRun, run_pk
+from mrbatch.runtime import supervisor
+from mrbatch.runtime.replication import backlog
 
 
 def _free_port() -> int:

@@ -14,13 +14,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from mrbatch import supervisor
-from mrbatch.chaos import EXPERIMENTS, ChaosOptions, run_experiment
 from mrbatch.cli.deploy import wait_until_up
-from mrbatch.initialize import init_workspace
-from mrbatch.scenario import ScenarioOptions, run_scenario
-from mrbatch.verify import verify
-from mrbatch.workspace import Workspace
+from mrbatch.config.initialize import init_workspace
+from mrbatch.config.workspace import Workspace
+from mrbatch.proof.chaos import EXPERIMENTS, ChaosOptions, run_experiment
+from mrbatch.proof.scenario import ScenarioOptions, run_scenario
+from mrbatch.proof.verify import verify
+from mrbatch.runtime import supervisor
 
 
 def _deploy(root: Path, chunk_rows: int) -> Workspace:

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from mrbatch import supervisor
-from mrbatch.initialize import init_workspace
-from mrbatch.workspace import Workspace
+from mrbatch.config.initialize import init_workspace
+from mrbatch.config.workspace import Workspace
+from mrbatch.runtime import supervisor
 
 
 def free_port() -> int:

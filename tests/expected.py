@@ -6,7 +6,7 @@ from __future__ import annotations
 import csv
 import io
 
-from mrbatch.initialize import sample_bytes
+from mrbatch.config.initialize import sample_bytes
 
 OUTPUT_HEADER = [
     "uuid",

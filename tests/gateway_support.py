@@ -12,8 +12,8 @@ from urllib.parse import urlsplit
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from mrbatch import supervisor
-from mrbatch.workspace import Workspace
+from mrbatch.config.workspace import Workspace
+from mrbatch.runtime import supervisor
 from tests.helpers import eventually, mrbatch
 
 GATEWAY = supervisor.Proc("gateway", "gateway")

@@ -11,12 +11,13 @@ from email.message import Message
 from pathlib import Path
 from typing import TypeVar
 
-from mrbatch import views
-from mrbatch.accesspoint import AccessPoint
-from mrbatch.keys import run_id_for
+from mrbatch import backends
+from mrbatch.access.accesspoint import AccessPoint
+from mrbatch.config.workspace import Workspace
+from mrbatch.model.keys import run_id_for
+from mrbatch.model.records import FileRun
+from mrbatch.observe import views
 from mrbatch.ports import ObjectInfo
-from mrbatch.records import FileRun
-from mrbatch.workspace import Workspace
 
 T = TypeVar("T")
 
@@ -31,6 +32,29 @@ def eventually(check: Callable[[], T | None], timeout: float = 60.0, what: str =
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
         time.sleep(0.05)
+
+
+def loop_passes(ws: Workspace, region: str, passes: int = 20, timeout: float = 30.0) -> None:
+    """Wait until ``region``'s process has run ``passes`` more passes of its loop (as its
+    heartbeats report them): the observable event after which something that did not
+    happen will not happen, without guessing a sleep."""
+
+    def ticks() -> int:
+        beat = backends.open_control_plane(ws).heartbeats().get(region)
+        return int(beat.info.get("ticks", 0)) if beat is not None else 0
+
+    target = ticks() + passes
+    eventually(lambda: ticks() >= target, timeout, f"{passes} more loop passes of {region}")
+
+
+def drained(ws: Workspace, timeout: float = 30.0) -> None:
+    """Wait until replication has nothing left to copy between any two regions."""
+    from mrbatch.runtime.replication import backlog
+
+    def empty() -> bool:
+        return all(backlog(ws, a, b).total == 0 for a in ws.regions for b in ws.regions if a != b)
+
+    eventually(empty, timeout, "the replication backlog to drain")
 
 
 def put(ws: Workspace, key: str, data: bytes, region: str | None = None) -> ObjectInfo:

@@ -13,14 +13,16 @@ from pathlib import Path
 
 import pytest
 
-from mrbatch import backends, supervisor, views
-from mrbatch.accesspoint import AccessPoint
+from mrbatch import backends
+from mrbatch.access.accesspoint import AccessPoint
+from mrbatch.access.ledger import read_accepted
+from mrbatch.config.initialize import sample_bytes
+from mrbatch.config.workspace import Workspace
 from mrbatch.faults import FaultPoints
-from mrbatch.initialize import sample_bytes
-from mrbatch.keys import run_id_for, version_input_key, version_output_key
-from mrbatch.ledger import read_accepted
-from mrbatch.records import FileRun, RunStatus
-from mrbatch.workspace import Workspace
+from mrbatch.model.keys import run_id_for, version_input_key, version_output_key
+from mrbatch.model.records import FileRun, RunStatus
+from mrbatch.observe import views
+from mrbatch.runtime import supervisor
 from tests.conftest import Deployment, make_workspace
 from tests.expected import expected_output
 from tests.gateway_support import raw

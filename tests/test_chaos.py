@@ -15,11 +15,11 @@ from typing import Any
 
 import pytest
 
-from mrbatch import supervisor
+from mrbatch.config.workspace import Workspace
 from mrbatch.faults import FaultPoints
-from mrbatch.loadgen import percentile
-from mrbatch.verify import verify
-from mrbatch.workspace import Workspace
+from mrbatch.proof.loadgen import percentile
+from mrbatch.proof.verify import verify
+from mrbatch.runtime import supervisor
 from tests.conftest import Deployment, make_workspace
 from tests.helpers import eventually, mrbatch
 

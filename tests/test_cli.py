@@ -6,7 +6,7 @@ import tomllib
 from pathlib import Path
 
 from mrbatch import backends
-from mrbatch.workspace import Workspace
+from mrbatch.config.workspace import Workspace
 from tests.helpers import mrbatch
 
 

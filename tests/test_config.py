@@ -6,15 +6,24 @@ from pathlib import Path
 
 import pytest
 
-from mrbatch.config import load_config, parse_duration
+from mrbatch.config.initialize import sample_bytes
+from mrbatch.config.settings import load_config, parse_duration
+from mrbatch.config.workspace import Workspace, find_config
 from mrbatch.errors import ConfigError
-from mrbatch.workspace import Workspace, find_config
 
 
-def _config(tmp_path: Path, text: str) -> Path:
+def _config(tmp_path: Path, text: str, schema: str | None = None) -> Path:
+    """A config file, with the sample schema (or ``schema``) where the pipeline expects it."""
     path = tmp_path / "mrbatch.toml"
     path.write_text(text)
+    (tmp_path / "pipeline").mkdir(exist_ok=True)
+    (tmp_path / "pipeline" / "orders.schema.json").write_text(
+        schema if schema is not None else sample_bytes("orders.schema.json").decode()
+    )
     return path
+
+
+ENRICH = 'regions = ["a-1"]\n[pipeline.enrichment]\n'
 
 
 @pytest.mark.parametrize(
@@ -46,6 +55,33 @@ def _config(tmp_path: Path, text: str) -> Path:
         ),
         ('regions = ["a-1"]\n[backends]\nnotifier = "smtp"\n', "notify.smtp_host", "not set"),
         ('regions = ["a-1"]\n[notify]\nsmtp_host = "h"\n', "notify.smtp_host", "outbox"),
+        # Pipeline settings that could only fail inside a worker fail here, at load.
+        (ENRICH + 'key = ""\n', "pipeline.enrichment.key", "at least 1 character"),
+        (ENRICH + 'reference_key = ""\n', "pipeline.enrichment.reference_key", "at least 1"),
+        (
+            ENRICH + '[pipeline.enrichment.columns]\na = "X"\nb = "X"\n',
+            "pipeline.enrichment.columns",
+            "'X' is named twice",
+        ),
+        (
+            ENRICH + '[pipeline.enrichment.columns]\na = "__mrbatch_key"\n',
+            "pipeline.enrichment.columns",
+            "reserved",
+        ),
+        (
+            ENRICH + '[pipeline.enrichment.columns]\na = ""\n',
+            "pipeline.enrichment.columns",
+            "empty",
+        ),
+        (
+            ENRICH + '[pipeline.enrichment.columns]\nunitsSold = "Country"\n',
+            "pipeline.enrichment.columns",
+            "also a property of the schema orders.schema.json",
+        ),
+        ('regions = ["a-1"]\n[pipeline]\nschema = "nope.json"\n', "pipeline.schema", "cannot read"),
+        ('regions = ["a-1"]\n[gateway]\npublic_url = "ftp://x"\n', "gateway.public_url", "http"),
+        ('regions = ["a-1"]\n[notify]\nto = ["ops"]\n', "notify.to", "not a mail address"),
+        ('regions = ["a-1"]\n[notify]\nto = []\n', "notify.to", "at least 1"),
     ],
 )
 def test_errors_name_the_file_and_the_key(tmp_path: Path, text: str, key: str, words: str) -> None:
@@ -55,6 +91,24 @@ def test_errors_name_the_file_and_the_key(tmp_path: Path, text: str, key: str, w
     message = str(caught.value)
     assert str(path) in message and key in message and words in message, message
     assert caught.value.exit_code == 2
+
+
+@pytest.mark.parametrize(
+    ("schema", "words"),
+    [
+        ("{", "not valid JSON"),
+        ('{"type": "object", "properties": {"a": {"type": "integer"}}}', "integer"),
+        ('{"properties": {"a": {"pattern": "(?<=x)y"}}}', "pattern"),
+    ],
+)
+def test_a_schema_that_cannot_be_enforced_fails_at_load(
+    tmp_path: Path, schema: str, words: str
+) -> None:
+    path = _config(tmp_path, 'regions = ["a-1"]\n', schema=schema)
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    message = str(caught.value)
+    assert str(path) in message and "pipeline.schema" in message and words in message, message
 
 
 def test_not_toml_and_missing_file(tmp_path: Path) -> None:

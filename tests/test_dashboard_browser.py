@@ -13,9 +13,9 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from mrbatch import runbook
-from mrbatch.initialize import sample_bytes
-from mrbatch.records import RunStatus
+from mrbatch.config.initialize import sample_bytes
+from mrbatch.model.records import RunStatus
+from mrbatch.recovery import runbook
 from tests.conftest import Deployment, make_workspace
 from tests.helpers import finished, put
 

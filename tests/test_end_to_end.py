@@ -11,14 +11,26 @@ from pathlib import Path
 
 import pytest
 
-from mrbatch import backends, supervisor, views
+from mrbatch import backends
+from mrbatch.access.links import presign
+from mrbatch.config.initialize import sample_bytes
 from mrbatch.faults import FaultPoints
-from mrbatch.initialize import sample_bytes
-from mrbatch.links import presign
-from mrbatch.records import RunStatus
+from mrbatch.model.records import RunStatus
+from mrbatch.observe import views
+from mrbatch.runtime import supervisor
 from tests.conftest import Deployment
 from tests.expected import expected_output
-from tests.helpers import eventually, finished, mail_link, mails, mrbatch, put, run_of
+from tests.helpers import (
+    drained,
+    eventually,
+    finished,
+    loop_passes,
+    mail_link,
+    mails,
+    mrbatch,
+    put,
+    run_of,
+)
 
 SAMPLE = sample_bytes("orders.csv")
 
@@ -123,7 +135,8 @@ def test_duplicates_claim_once_and_new_bytes_run_again(deployment: Deployment) -
     # the same bytes again, through the access point and straight into the standby bucket
     put(ws, "input/dup.csv", SAMPLE)
     put(ws, "input/dup.csv", SAMPLE, region=ws.regions[1])
-    time.sleep(1.5)  # several trigger passes and replication rounds
+    drained(ws)  # the standby's copy has reached the active region...
+    loop_passes(ws, ws.regions[0])  # ...which has had every chance to claim it again
     assert len([r for r in views.all_runs(ws) if r.input_key == "input/dup.csv"]) == 1
     assert len(mails(ws)) == 1
     # new bytes under the same key are a new run, and replace the output

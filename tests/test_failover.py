@@ -12,14 +12,16 @@ from pathlib import Path
 
 import pytest
 
-from mrbatch import backends, supervisor, views
+from mrbatch import backends
+from mrbatch.config.initialize import sample_bytes
+from mrbatch.config.workspace import Workspace
 from mrbatch.faults import FaultPoints
-from mrbatch.initialize import sample_bytes
-from mrbatch.records import CHUNK, ChunkRun, ChunkStatus, RunStatus
-from mrbatch.workspace import Workspace
+from mrbatch.model.records import CHUNK, ChunkRun, ChunkStatus, RunStatus
+from mrbatch.observe import views
+from mrbatch.runtime import supervisor
 from tests.conftest import Deployment, make_workspace
 from tests.expected import expected_output
-from tests.helpers import eventually, finished, mails, mrbatch, put, run_of
+from tests.helpers import eventually, finished, loop_passes, mails, mrbatch, put, run_of
 
 SAMPLE = sample_bytes("orders.csv")
 
@@ -138,7 +140,7 @@ def test_the_old_region_comes_back_quiet_and_converges(dep: Deployment) -> None:
     )
     third = put(ws, "input/later.csv", SAMPLE)
     assert finished(ws, third).region == new
-    time.sleep(1.0)
+    loop_passes(ws, old)  # the fenced region runs its loop, and writes nothing
     assert {i.key for i in old_store.list() if i.origin == old} == mine_before  # published nothing
 
     def converged() -> bool:
@@ -371,7 +373,11 @@ def test_watch_recommends_and_fails_over_automatically(dep: Deployment) -> None:
     quiet = mrbatch(ws, "watch", "--iterations", "2")
     assert quiet.returncode == 0 and "healthy" in quiet.stdout
     dep.kill_region(old)
-    time.sleep(1.5)
+
+    def silent_for() -> float:
+        return time.time() - backends.open_control_plane(ws).heartbeats()[old].at
+
+    eventually(lambda: silent_for() > 1.2, 30, "the killed region's heartbeat to go stale")
     advice = mrbatch(ws, "watch", "--iterations", "2")
     flat = " ".join(advice.stdout.split())
     assert f"fail over from {old} to {new}" in flat and "no heartbeat" in flat

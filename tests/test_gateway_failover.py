@@ -9,10 +9,11 @@ from pathlib import Path
 import httpx
 import pytest
 
-from mrbatch import backends, runbook
+from mrbatch import backends
+from mrbatch.config.initialize import sample_bytes
 from mrbatch.faults import FaultPoints
-from mrbatch.initialize import sample_bytes
-from mrbatch.records import RunStatus
+from mrbatch.model.records import RunStatus
+from mrbatch.recovery import runbook
 from tests.conftest import Deployment, make_workspace
 from tests.gateway_support import metric, metrics
 from tests.helpers import eventually, finished, mail_link, mails, put

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import json
 
-from mrbatch import supervisor
-from mrbatch.initialize import sample_bytes
-from mrbatch.metrics import MonotonicCounters, app_state
-from mrbatch.records import RunStatus
+from mrbatch.config.initialize import sample_bytes
+from mrbatch.model.records import RunStatus
+from mrbatch.observe.metrics import MonotonicCounters, app_state
+from mrbatch.runtime import supervisor
 from tests.conftest import Deployment
 from tests.gateway_support import get_json, metric, metrics, mrbatch
 from tests.helpers import eventually, finished, put

@@ -12,12 +12,13 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 
-from mrbatch import backends, supervisor
+from mrbatch import backends
+from mrbatch.access.links import presign
+from mrbatch.config.workspace import Workspace
 from mrbatch.faults import FaultPoints
-from mrbatch.gateway_objects import Unsatisfiable, parse_range
-from mrbatch.keys import run_id_for
-from mrbatch.links import presign
-from mrbatch.workspace import Workspace
+from mrbatch.gateway.objects import Unsatisfiable, parse_range
+from mrbatch.model.keys import run_id_for
+from mrbatch.runtime import supervisor
 from tests.gateway_support import (
     GATEWAY,
     gateway_log,

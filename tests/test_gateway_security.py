@@ -15,10 +15,10 @@ import pytest
 
 import mrbatch
 from mrbatch import backends
-from mrbatch.config import GatewayConfig
-from mrbatch.gateway import create_app
-from mrbatch.links import presign
-from mrbatch.workspace import Workspace
+from mrbatch.access.links import presign
+from mrbatch.config.settings import GatewayConfig
+from mrbatch.config.workspace import Workspace
+from mrbatch.gateway.app import create_app
 from tests.conftest import free_port, make_workspace
 from tests.gateway_support import (
     InProcess,
@@ -138,7 +138,7 @@ def test_tokens_and_signatures_are_compared_in_constant_time(
     # Source level: no credential in the HTTP path is compared with == or !=.
     package = Path(mrbatch.__file__).parent
     offenders = []
-    for module in ("gateway.py", "gateway_objects.py", "gateway_api.py", "links.py"):
+    for module in ("gateway/app.py", "gateway/objects.py", "gateway/api.py", "access/links.py"):
         tree = ast.parse((package / module).read_text())
         for node in ast.walk(tree):
             if isinstance(node, ast.Compare) and any(

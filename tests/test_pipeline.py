@@ -12,22 +12,19 @@ import polars as pl
 import pytest
 
 from mrbatch.errors import ConfigError, InputError, ReferenceDataError
-from mrbatch.pipeline import (
+from mrbatch.pipeline.chunk import ChunkOutput, process_chunk
+from mrbatch.pipeline.csvsplit import SplitChunk, split_csv
+from mrbatch.pipeline.formats import read_rejected, renumber_rejected
+from mrbatch.pipeline.parse import count_records
+from mrbatch.pipeline.reference import (
     REFERENCE_KEY_COLUMN,
-    ChunkOutput,
     Enrichment,
     ReferenceTable,
-    SplitChunk,
-    count_records,
     prepare_reference,
-    process_chunk,
-    read_rejected,
-    renumber_rejected,
-    split_csv,
 )
-from mrbatch.schema import RecordSchema
+from mrbatch.pipeline.schema import RecordSchema
 
-SAMPLES = Path(__file__).resolve().parents[1] / "src" / "mrbatch" / "samples"
+SAMPLES = Path(__file__).resolve().parents[1] / "src" / "mrbatch" / "config" / "samples"
 SAMPLE_ENRICHMENT = Enrichment(
     key="uuid",
     reference_key="uuid",

@@ -12,12 +12,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mrbatch import pipeline
 from mrbatch.backends.localfs import LocalObjectStore
+from mrbatch.engine.merge import MergeInput, merge
 from mrbatch.errors import InputError
-from mrbatch.merge import MergeInput, merge
-from mrbatch.pipeline import count_records, process_chunk, read_rejected, renumber_rejected
-from mrbatch.tasks import csv_line
+from mrbatch.pipeline import chunk, csvsplit, parse, reference
+from mrbatch.pipeline.chunk import process_chunk
+from mrbatch.pipeline.formats import csv_line, read_rejected, renumber_rejected
+from mrbatch.pipeline.parse import count_records
 from tests.test_pipeline import SMALL
 
 HEADER = ["id", "name", "kind"]
@@ -67,7 +68,7 @@ def expected_valid(row: list[str]) -> bool:
     )
 
 
-def process(text: str, first_line: int = 2) -> pipeline.ChunkOutput:
+def process(text: str, first_line: int = 2) -> chunk.ChunkOutput:
     return process_chunk(
         (",".join(HEADER) + "\n" + text).encode("utf-8"), schema=SCHEMA, enrichment=None,
         reference=None, first_line=first_line, source="p.csv",
@@ -136,8 +137,8 @@ def plain_text_is_regular(text: str) -> bool:
 @given(plain_text)
 def test_fast_parser_accepts_only_what_the_general_parser_agrees_with(text: str) -> None:
     body = text.encode("utf-8")
-    fast = pipeline._parse_fast(body, HEADER, 2)
-    good, bad = pipeline._parse_general(body, HEADER, 2, "p.csv")
+    fast = parse.parse_fast(body, HEADER, 2)
+    good, bad = parse.parse_general(body, HEADER, 2, "p.csv")
     if plain_text_is_regular(text):
         assert fast is not None  # the fast path is taken whenever it can be
     if fast is not None:
@@ -162,7 +163,7 @@ def test_hostile_input_is_conserved_or_refused_and_split_is_identity(
         whole = None
     try:
         chunks = list(
-            pipeline.split_csv(
+            csvsplit.split_csv(
                 io.BytesIO(data), chunk_rows=chunk_rows, source="p.csv", block_size=block_size
             )
         )
@@ -228,14 +229,14 @@ def test_arbitrary_bytes_never_crash(blob: bytes, with_header: bool, chunk_rows:
     else:
         assert out.rows_in == out.rows_out + out.rows_rejected
     try:
-        chunks = list(pipeline.split_csv(io.BytesIO(data), chunk_rows=chunk_rows, source="p.csv"))
+        chunks = list(csvsplit.split_csv(io.BytesIO(data), chunk_rows=chunk_rows, source="p.csv"))
     except InputError as exc:
         assert str(exc).strip()
     else:
         assert chunks and all(c.data.endswith(c.body) for c in chunks)
 
 
-ENRICH = pipeline.Enrichment(key="id", reference_key="ref", columns={"score": "Score"})
+ENRICH = reference.Enrichment(key="id", reference_key="ref", columns={"score": "Score"})
 ids = st.sampled_from(["001", "002", "123", "999", "12", ""])
 
 
@@ -244,15 +245,15 @@ def ref_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("ref")
 
 
-def reference_table(directory: Path, scores: dict[str, str]) -> pipeline.ReferenceTable:
+def reference_table(directory: Path, scores: dict[str, str]) -> reference.ReferenceTable:
     name = uuid.uuid4().hex
     source = directory / f"{name}.csv"
     source.write_text(
         "ref,score\n" + "".join(f"{k},{v}\n" for k, v in scores.items()), encoding="utf-8"
     )
     cache = directory / f"{name}.parquet"
-    pipeline.prepare_reference(source, cache, ENRICH, source="reference.csv")
-    return pipeline.ReferenceTable(cache)
+    reference.prepare_reference(source, cache, ENRICH, source="reference.csv")
+    return reference.ReferenceTable(cache)
 
 
 @SETTINGS
@@ -310,7 +311,7 @@ def test_split_then_production_merge_is_the_identity(
             data, schema=SCHEMA, enrichment=enrichment, reference=reference, first_line=2,
             source="p.csv",
         )  # fmt: skip
-        chunks = list(pipeline.split_csv(io.BytesIO(data), chunk_rows=chunk_rows, source="p.csv"))
+        chunks = list(csvsplit.split_csv(io.BytesIO(data), chunk_rows=chunk_rows, source="p.csv"))
     except InputError:
         return  # refused as a whole: covered by the hostile-input property above
     run_id = uuid.uuid4().hex[:20]

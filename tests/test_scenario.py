@@ -10,9 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from mrbatch import backends, supervisor
+from mrbatch import backends
 from mrbatch.faults import FaultPoints
-from mrbatch.scenario import KINDS, ScenarioOptions, plan, run_scenario
+from mrbatch.proof.scenario import KINDS, ScenarioOptions, plan, run_scenario
+from mrbatch.runtime import supervisor
 from tests.conftest import Deployment, make_workspace
 
 SEEDS = [2, 4, 5]

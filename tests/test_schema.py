@@ -10,9 +10,9 @@ import polars as pl
 import pytest
 
 from mrbatch.errors import InputError, SchemaError
-from mrbatch.schema import RecordSchema
+from mrbatch.pipeline.schema import RecordSchema
 
-SAMPLES = Path(__file__).resolve().parents[1] / "src" / "mrbatch" / "samples"
+SAMPLES = Path(__file__).resolve().parents[1] / "src" / "mrbatch" / "config" / "samples"
 ORDER_COLUMNS = (
     "uuid", "Country", "Item Type", "Sales Channel", "Order Priority", "Order Date", "Region",
     "Ship Date",

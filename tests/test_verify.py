@@ -15,13 +15,14 @@ from pathlib import Path
 
 import pytest
 
-from mrbatch import backends, views
+from mrbatch import backends
+from mrbatch.config.workspace import Workspace
 from mrbatch.faults import FaultPoints
-from mrbatch.keys import run_id_for, version_input_key
-from mrbatch.loadgen import LoadGenerator, LoadOptions
-from mrbatch.records import ACCEPTED, Accepted, FileRun, RunStatus, accepted_pk, run_pk
-from mrbatch.verify import VerifyReport, verify
-from mrbatch.workspace import Workspace
+from mrbatch.model.keys import run_id_for, version_input_key
+from mrbatch.model.records import ACCEPTED, Accepted, FileRun, RunStatus, accepted_pk, run_pk
+from mrbatch.observe import views
+from mrbatch.proof.loadgen import LoadGenerator, LoadOptions
+from mrbatch.proof.verify import VerifyReport, verify
 from tests.conftest import Deployment, make_workspace
 from tests.helpers import mrbatch
 

@@ -8,8 +8,8 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from mrbatch import backends
+from mrbatch.config.workspace import Workspace
 from mrbatch.ports import ControlPlane, ObjectStore, StateTable
-from mrbatch.workspace import Workspace
 
 OBJECT_STORES = ["local"]
 STATE_TABLES = ["sqlite"]

@@ -8,10 +8,10 @@ import time
 import pytest
 
 from mrbatch import backends
+from mrbatch.config.workspace import Workspace
 from mrbatch.errors import ConflictError, SafetyRuleError, UnavailableError, UsageError
 from mrbatch.faults import FaultPoints
 from mrbatch.ports import ControlPlane, RegionState
-from mrbatch.workspace import Workspace
 
 
 def test_initialized_by_init_and_idempotent(control: ControlPlane, workspace: Workspace) -> None:

@@ -9,10 +9,10 @@ from collections.abc import Callable
 
 import pytest
 
+from mrbatch.config.workspace import Workspace
 from mrbatch.errors import NotFoundError, UnavailableError, UsageError
 from mrbatch.faults import FaultPoints
 from mrbatch.ports import ObjectInfo, ObjectStore
-from mrbatch.workspace import Workspace
 
 
 def test_put_then_get_head_and_stream(store: ObjectStore) -> None:

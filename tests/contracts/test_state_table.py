@@ -8,10 +8,10 @@ from dataclasses import replace
 
 import pytest
 
+from mrbatch.config.workspace import Workspace
 from mrbatch.errors import ConflictError, NotFoundError, UnavailableError
 from mrbatch.faults import FaultPoints
 from mrbatch.ports import StateTable
-from mrbatch.workspace import Workspace
 
 
 def test_insert_get_and_conflict(table: StateTable) -> None:

@@ -1,55 +1,33 @@
-"""The one place that maps a backend name in ``mrbatch.toml`` to its implementation.
+"""The factory: the one place that turns a backend name in ``mrbatch.toml`` into an open port.
 
-The core never imports a backend module: it asks this factory, which imports the module named in
-the registry only when that backend is configured. Adding a backend is one registry line plus its
-module; an unknown name fails when the configuration loads.
+The core never imports a backend module: it calls ``open_*`` here, which looks the configured
+name up in :mod:`mrbatch.backends.registry`, imports that module only then, and wraps the
+object store, state table and control plane in the fault points of
+:mod:`mrbatch.backends.faulty`.
 """
 
 from __future__ import annotations
 
 import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from ..errors import ConfigError
+from ..faults import FaultPoints
+from .faulty import Guarded
+from .registry import REGISTRY
 
 if TYPE_CHECKING:
-    from ..config import BackendsConfig
+    from ..config.workspace import Workspace
     from ..ports import ControlPlane, Executor, Notifier, ObjectStore, StateTable
-    from ..workspace import Workspace
 
 __all__ = [
     "REGISTRY",
-    "check_backend_names",
     "open_control_plane",
     "open_executor",
     "open_notifier",
     "open_object_store",
     "open_state_table",
 ]
-
-# port -> backend name -> "module:factory". Each factory takes (workspace, region) or
-# (workspace) and returns an object satisfying the port's protocol.
-REGISTRY: dict[str, dict[str, str]] = {
-    "object_store": {"local": "mrbatch.backends.localfs:open_store"},
-    "state_table": {"sqlite": "mrbatch.backends.sqlite_state:open_table"},
-    "control_plane": {"sqlite": "mrbatch.backends.sqlite_control:open_control_plane"},
-    "notifier": {
-        "outbox": "mrbatch.backends.mail:open_outbox",
-        "smtp": "mrbatch.backends.mail:open_smtp",
-    },
-    "executor": {
-        "process-pool": "mrbatch.backends.executors:open_process_pool",
-        "inline": "mrbatch.backends.executors:open_inline",
-    },
-}
-
-
-def check_backend_names(backends: BackendsConfig) -> None:
-    for port, names in REGISTRY.items():
-        chosen = getattr(backends, port)
-        if chosen not in names:
-            known = ", ".join(sorted(names))
-            raise ValueError(f"backends.{port}: unknown backend {chosen!r} (known: {known})")
 
 
 def _factory(port: str, name: str) -> Any:
@@ -61,20 +39,24 @@ def _factory(port: str, name: str) -> Any:
     return getattr(importlib.import_module(module_name), attr)
 
 
+def _faults(ws: Workspace) -> FaultPoints:
+    return FaultPoints(ws.faults_path)
+
+
 def open_object_store(ws: Workspace, region: str) -> ObjectStore:
-    store: ObjectStore = _factory("object_store", ws.config.backends.object_store)(ws, region)
-    return store
+    store = _factory("object_store", ws.config.backends.object_store)(ws, region)
+    return cast("ObjectStore", Guarded(store, _faults(ws), "storage", region))
 
 
 def open_state_table(ws: Workspace, region: str) -> StateTable:
-    table: StateTable = _factory("state_table", ws.config.backends.state_table)(ws, region)
-    return table
+    table = _factory("state_table", ws.config.backends.state_table)(ws, region)
+    return cast("StateTable", Guarded(table, _faults(ws), "state", region))
 
 
 def open_control_plane(ws: Workspace, caller: str | None = None) -> ControlPlane:
     """The control plane as seen from ``caller`` (a region, or None for an operator)."""
-    plane: ControlPlane = _factory("control_plane", ws.config.backends.control_plane)(ws, caller)
-    return plane
+    plane = _factory("control_plane", ws.config.backends.control_plane)(ws, caller)
+    return cast("ControlPlane", Guarded(plane, _faults(ws), "control", caller))
 
 
 def open_notifier(ws: Workspace) -> Notifier:

@@ -12,14 +12,14 @@ from concurrent.futures.process import BrokenProcessPool
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from ..workspace import Workspace
+    from ..config.workspace import Workspace
 
 __all__ = ["InlineExecutor", "ProcessPool", "open_inline", "open_process_pool"]
 
 
 def _warm() -> int:
     # Importing the task module loads polars once per worker, before the first real task.
-    from .. import tasks  # noqa: F401
+    from ..engine import tasks  # noqa: F401
 
     return os.getpid()
 

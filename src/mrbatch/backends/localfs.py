@@ -26,13 +26,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
 
 from ..errors import ConflictError, NotFoundError
-from ..faults import FaultPoints
-from ..keys import check_key
+from ..model.keys import check_key
 from ..ports import ObjectInfo
 from .sqlite_util import SqliteFile
 
 if TYPE_CHECKING:
-    from ..workspace import Workspace
+    from ..config.workspace import Workspace
 
 __all__ = ["LocalObjectStore", "open_store"]
 
@@ -59,10 +58,9 @@ def _prefix_end(prefix: str) -> str:
 
 
 class LocalObjectStore:
-    def __init__(self, root: Path, region: str, faults: FaultPoints | None = None) -> None:
+    def __init__(self, root: Path, region: str) -> None:
         self.root = root
         self.region = region
-        self._faults = faults
         self._blobs = root / "blobs"
         self._tmp = root / "tmp"
         self._blobs.mkdir(parents=True, exist_ok=True)
@@ -70,10 +68,6 @@ class LocalObjectStore:
         self._index = SqliteFile(root / "index.sqlite", _SCHEMA)
 
     # ------------------------------------------------------------------ helpers
-    def _check(self) -> None:
-        if self._faults is not None:
-            self._faults.check("storage", self.region)
-
     def _blob_path(self, sha256: str) -> Path:
         return self._blobs / sha256[:2] / sha256
 
@@ -182,13 +176,10 @@ class LocalObjectStore:
         epoch: int = 0,
     ) -> ObjectInfo:
         check_key(key)
-        self._check()
         sha, size = self._write_blob(data)
-        self._check()
         return self._commit(key, sha, size, meta or {}, epoch)
 
     def open(self, key: str, *, version: str | None = None) -> BinaryIO:
-        self._check()
         sha = version
         if sha is None:
             info = self.head(key)
@@ -210,12 +201,10 @@ class LocalObjectStore:
             return stream.read(length)
 
     def head(self, key: str) -> ObjectInfo | None:
-        self._check()
         rows = self._index.query("SELECT * FROM objects WHERE key = ? AND deleted = 0", (key,))
         return self._info(rows[0]) if rows else None
 
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
-        self._check()
         rows = self._index.query(
             "SELECT * FROM objects WHERE key >= ? AND key < ? AND deleted = 0 ORDER BY key",
             (prefix, _prefix_end(prefix)),
@@ -232,7 +221,6 @@ class LocalObjectStore:
         epoch: int = 0,
     ) -> ObjectInfo:
         check_key(dst)
-        self._check()
         if version is None:
             info = self.head(src)
             if info is None:
@@ -248,7 +236,6 @@ class LocalObjectStore:
         return self._commit(dst, version, size, meta or {}, epoch)
 
     def delete(self, key: str) -> bool:
-        self._check()
         with self._index.transaction() as db:
             row = self._row(db, key)
             if row is None or row["deleted"]:
@@ -269,7 +256,6 @@ class LocalObjectStore:
     def changes(
         self, after: int, *, prefix: str = "", limit: int = 1000
     ) -> builtins.list[ObjectInfo]:
-        self._check()
         rows = self._index.query(
             "SELECT * FROM objects WHERE seq > ? AND key >= ? AND key < ? ORDER BY seq LIMIT ?",
             (after, prefix, _prefix_end(prefix), limit),
@@ -277,7 +263,6 @@ class LocalObjectStore:
         return [self._info(row) for row in rows]
 
     def apply_replica(self, info: ObjectInfo, data: BinaryIO | None) -> bool:
-        self._check()
         current = self._index.query("SELECT * FROM objects WHERE key = ?", (info.key,))
         if current and not _newer(info, self._info(current[0])):
             return False
@@ -311,7 +296,6 @@ class LocalObjectStore:
 
     # ------------------------------------------------------------------ extras
     def last_seq(self) -> int:
-        self._check()
         return int(self._index.query("SELECT COALESCE(MAX(seq), 0) FROM objects")[0][0])
 
     def blob_path(self, version: str) -> Path:
@@ -342,4 +326,4 @@ def _blocks(data: bytes | BinaryIO | Iterable[bytes]) -> Iterator[bytes]:
 
 
 def open_store(ws: Workspace, region: str) -> LocalObjectStore:
-    return LocalObjectStore(ws.region_dir(region) / "bucket", region, FaultPoints(ws.faults_path))
+    return LocalObjectStore(ws.region_dir(region) / "bucket", region)

@@ -15,7 +15,7 @@ from ..errors import UnavailableError
 from ..ports import Mail
 
 if TYPE_CHECKING:
-    from ..workspace import Workspace
+    from ..config.workspace import Workspace
 
 __all__ = ["OutboxNotifier", "SmtpNotifier", "open_outbox", "open_smtp", "render"]
 

@@ -2,8 +2,9 @@
 
 It plays Route 53 ARC's part: a routing control (which region is ACTIVE, under which epoch) and
 safety rules evaluated inside the same transaction as the change, so a refused switch changes
-nothing. ``caller`` is the region a process acts for; a ``control`` fault armed for that region
-makes every call fail, as a network partition from the control plane would.
+nothing. ``caller`` is the region a process acts for (the factory's fault wrapper fails its
+calls while a ``control`` fault is armed for that region, as a partition from the control
+plane would).
 """
 
 from __future__ import annotations
@@ -15,14 +16,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import ConflictError, NotFoundError, SafetyRuleError, UsageError
-from ..faults import FaultPoints
 from ..ports import Heartbeat, RegionState, Routing
 from .sqlite_util import SqliteFile
 
 if TYPE_CHECKING:
     import sqlite3
 
-    from ..workspace import Workspace
+    from ..config.workspace import Workspace
 
 __all__ = ["EPOCH_PREFIX", "SqliteControlPlane", "open_control_plane"]
 
@@ -59,14 +59,9 @@ def _log_epoch(
 
 
 class SqliteControlPlane:
-    def __init__(self, path: Path, caller: str | None, faults: FaultPoints | None) -> None:
+    def __init__(self, path: Path, caller: str | None) -> None:
         self.caller = caller
-        self._faults = faults
         self._db = SqliteFile(path, _SCHEMA)
-
-    def _check(self) -> None:
-        if self._faults is not None and self.caller is not None:
-            self._faults.check("control", self.caller)
 
     def _read(self, db: sqlite3.Connection) -> Routing:
         row = db.execute("SELECT * FROM routing WHERE id = 1").fetchone()
@@ -87,7 +82,6 @@ class SqliteControlPlane:
 
     # ------------------------------------------------------------------ the port
     def initialize(self, regions: list[str], active: str) -> Routing:
-        self._check()
         if active not in regions:
             raise UsageError(f"active region {active!r} is not one of {regions}")
         with self._db.transaction() as db:
@@ -107,7 +101,6 @@ class SqliteControlPlane:
             return self._read(db)
 
     def routing(self) -> Routing:
-        self._check()
         return self._read(self._db.connection())
 
     def confirm(self, region: str, epoch: int) -> bool:
@@ -132,7 +125,6 @@ class SqliteControlPlane:
         phase: str = "ACTIVE",
         plan_id: str | None = None,
     ) -> Routing:
-        self._check()
         if phase not in PHASES:
             raise UsageError(f"unknown phase {phase!r} (known: {', '.join(PHASES)})")
         with self._db.transaction() as db:
@@ -175,7 +167,6 @@ class SqliteControlPlane:
             return after
 
     def set_phase(self, phase: str, *, expected_epoch: int) -> Routing:
-        self._check()
         if phase not in PHASES:
             raise UsageError(f"unknown phase {phase!r} (known: {', '.join(PHASES)})")
         with self._db.transaction() as db:
@@ -188,7 +179,6 @@ class SqliteControlPlane:
             return self._read(db)
 
     def set_region_state(self, region: str, state: str, *, expected_epoch: int) -> Routing:
-        self._check()
         if state not in (RegionState.STANDBY, RegionState.FENCED):
             raise SafetyRuleError(
                 f"rule 'one-active': only a switch makes a region {state}",
@@ -211,7 +201,6 @@ class SqliteControlPlane:
             return self._read(db)
 
     def heartbeat(self, region: str, pid: int | None, info: Mapping[str, Any]) -> None:
-        self._check()
         with self._db.transaction() as db:
             db.execute(
                 "INSERT INTO heartbeats (region, pid, at, info) VALUES (?, ?, ?, ?)"
@@ -221,7 +210,6 @@ class SqliteControlPlane:
             )
 
     def heartbeats(self) -> dict[str, Heartbeat]:
-        self._check()
         rows = self._db.query("SELECT * FROM heartbeats")
         return {
             r["region"]: Heartbeat(r["region"], r["pid"], r["at"], json.loads(r["info"]))
@@ -231,7 +219,6 @@ class SqliteControlPlane:
     # ------------------------------------------------------------------ documents
     def put_document(self, name: str, body: Mapping[str, Any]) -> None:
         """Small JSON documents kept with the control plane (plan executions, say)."""
-        self._check()
         with self._db.transaction() as db:
             db.execute(
                 "INSERT INTO documents (name, body) VALUES (?, ?)"
@@ -240,7 +227,6 @@ class SqliteControlPlane:
             )
 
     def documents(self, prefix: str) -> dict[str, dict[str, Any]]:
-        self._check()
         rows = self._db.query(
             "SELECT * FROM documents WHERE name >= ? AND name < ? ORDER BY name",
             (prefix, prefix + "\U0010ffff"),
@@ -249,4 +235,4 @@ class SqliteControlPlane:
 
 
 def open_control_plane(ws: Workspace, caller: str | None = None) -> SqliteControlPlane:
-    return SqliteControlPlane(ws.control_path, caller, FaultPoints(ws.faults_path))
+    return SqliteControlPlane(ws.control_path, caller)

@@ -16,12 +16,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import ConflictError, NotFoundError
-from ..faults import FaultPoints
 from ..ports import Record
 from .sqlite_util import SqliteFile
 
 if TYPE_CHECKING:
-    from ..workspace import Workspace
+    from ..config.workspace import Workspace
 
 __all__ = ["SqliteStateTable", "open_table"]
 
@@ -43,14 +42,9 @@ CREATE TABLE IF NOT EXISTS cursors (name TEXT PRIMARY KEY, value INTEGER NOT NUL
 
 
 class SqliteStateTable:
-    def __init__(self, path: Path, region: str, faults: FaultPoints | None = None) -> None:
+    def __init__(self, path: Path, region: str) -> None:
         self.region = region
-        self._faults = faults
         self._db = SqliteFile(path, _SCHEMA)
-
-    def _check(self) -> None:
-        if self._faults is not None:
-            self._faults.check("state", self.region)
 
     @staticmethod
     def _record(row: sqlite3.Row) -> Record:
@@ -103,12 +97,10 @@ class SqliteStateTable:
 
     # ------------------------------------------------------------------ the port
     def get(self, pk: str) -> Record | None:
-        self._check()
         rows = self._db.query("SELECT * FROM records WHERE pk = ?", (pk,))
         return self._record(rows[0]) if rows else None
 
     def insert(self, pk: str, kind: str, body: Mapping[str, Any], *, epoch: int) -> Record:
-        self._check()
         with self._db.transaction() as db:
             if db.execute("SELECT 1 FROM records WHERE pk = ?", (pk,)).fetchone():
                 raise ConflictError(f"{self.region}: record {pk} exists already")
@@ -126,7 +118,6 @@ class SqliteStateTable:
     def update(
         self, pk: str, body: Mapping[str, Any], *, expected_version: int, epoch: int
     ) -> Record:
-        self._check()
         with self._db.transaction() as db:
             row = db.execute("SELECT * FROM records WHERE pk = ?", (pk,)).fetchone()
             if row is None:
@@ -154,7 +145,6 @@ class SqliteStateTable:
             )
 
     def scan(self, kind: str, *, prefix: str = "") -> Iterator[Record]:
-        self._check()
         rows = self._db.query(
             "SELECT * FROM records WHERE kind = ? AND pk >= ? AND pk < ? ORDER BY pk",
             (kind, prefix, prefix + "\U0010ffff"),
@@ -162,14 +152,12 @@ class SqliteStateTable:
         return iter([self._record(row) for row in rows])
 
     def changes(self, after: int, *, limit: int = 1000) -> list[Record]:
-        self._check()
         rows = self._db.query(
             "SELECT * FROM records WHERE seq > ? ORDER BY seq LIMIT ?", (after, limit)
         )
         return [self._record(row) for row in rows]
 
     def apply_replica(self, record: Record) -> bool:
-        self._check()
         with self._db.transaction() as db:
             row = db.execute("SELECT * FROM records WHERE pk = ?", (record.pk,)).fetchone()
             if row is not None and (record.epoch, record.updated, record.writer) <= (
@@ -191,12 +179,10 @@ class SqliteStateTable:
             return True
 
     def get_cursor(self, name: str) -> int:
-        self._check()
         rows = self._db.query("SELECT value FROM cursors WHERE name = ?", (name,))
         return int(rows[0][0]) if rows else 0
 
     def set_cursor(self, name: str, value: int) -> None:
-        self._check()
         with self._db.transaction() as db:
             db.execute(
                 "INSERT INTO cursors (name, value) VALUES (?, ?)"
@@ -206,7 +192,6 @@ class SqliteStateTable:
 
     # ------------------------------------------------------------------ extras
     def last_seq(self) -> int:
-        self._check()
         return int(self._db.query("SELECT COALESCE(MAX(seq), 0) FROM records")[0][0])
 
     def close(self) -> None:
@@ -214,6 +199,4 @@ class SqliteStateTable:
 
 
 def open_table(ws: Workspace, region: str) -> SqliteStateTable:
-    return SqliteStateTable(
-        ws.region_dir(region) / "state.sqlite", region, FaultPoints(ws.faults_path)
-    )
+    return SqliteStateTable(ws.region_dir(region) / "state.sqlite", region)

@@ -12,7 +12,7 @@ from typing import Any
 import typer
 from rich.console import Console
 
-from ..workspace import Workspace
+from ..config.workspace import Workspace
 
 __all__ = ["State", "app", "console", "err_console", "print_json", "state"]
 

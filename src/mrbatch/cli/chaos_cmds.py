@@ -13,14 +13,14 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 from rich.table import Table
 
-from ..chaos import EXPERIMENTS, ChaosOptions, ChaosReport, run_experiment
-from ..config import parse_duration
+from ..config.settings import parse_duration
 from ..errors import UsageError
 from ..faults import FaultPoints
-from ..loadgen import FileResult, LoadGenerator, LoadOptions
-from ..scenario import ScenarioOptions, run_scenario
-from ..verify import VerifyReport
-from ..verify import verify as verify_invariants
+from ..proof.chaos import EXPERIMENTS, ChaosOptions, ChaosReport, run_experiment
+from ..proof.loadgen import FileResult, LoadGenerator, LoadOptions
+from ..proof.scenario import ScenarioOptions, run_scenario
+from ..proof.verify import VerifyReport
+from ..proof.verify import verify as verify_invariants
 from .app import app, console, err_console, print_json, state
 
 __all__ = ["interruptible"]

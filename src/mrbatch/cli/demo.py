@@ -15,15 +15,18 @@ from pathlib import Path
 
 import typer
 
-from .. import backends, supervisor, views
-from ..accesspoint import AccessPoint
+from .. import backends
+from ..access.accesspoint import AccessPoint
+from ..config.initialize import init_workspace, sample_bytes
+from ..config.workspace import Workspace
 from ..errors import MrbatchError
-from ..initialize import init_workspace, sample_bytes
-from ..keys import output_key_for, run_id_for
+from ..model.keys import output_key_for, run_id_for
+from ..model.records import CHUNK, ChunkRun, ChunkStatus, FileRun, RunStatus
+from ..observe import views
 from ..ports import ObjectInfo
-from ..records import CHUNK, ChunkRun, ChunkStatus, FileRun, RunStatus
-from ..runbook import Execution, Runbook
-from ..workspace import Workspace
+from ..recovery.plan import Execution
+from ..recovery.runbook import Runbook
+from ..runtime import supervisor
 from .app import app, console
 from .deploy import status_table, wait_until_up
 

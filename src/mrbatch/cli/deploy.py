@@ -11,10 +11,12 @@ import typer
 from rich.live import Live
 from rich.table import Table
 
-from .. import backends, supervisor, views
+from .. import backends
+from ..config.initialize import DEFAULT_REGIONS, init_workspace
+from ..config.workspace import Workspace
 from ..errors import MrbatchError, UnavailableError, UsageError
-from ..initialize import DEFAULT_REGIONS, init_workspace
-from ..workspace import Workspace
+from ..observe import views
+from ..runtime import supervisor
 from .app import app, console, print_json, state
 
 __all__ = ["status_table", "wait_until_up"]

@@ -8,9 +8,9 @@ import time
 
 import typer
 
-from .. import supervisor
+from ..config.workspace import Workspace
 from ..errors import UnavailableError, UsageError
-from ..workspace import Workspace
+from ..runtime import supervisor
 from .app import app, console, err_console, state
 
 __all__ = ["gateway_app"]
@@ -77,7 +77,7 @@ def gateway(
         _wait_for(ws)
         console.print(f"gateway running (pid {pid}) at {ws.gateway_url}")
         return
-    from ..gateway import serve
+    from ..gateway.app import serve
 
     err_console.print(f"gateway at {ws.gateway_url} (dashboard at /); Ctrl-C stops it")
     serve(ws)

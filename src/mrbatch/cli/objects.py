@@ -10,13 +10,12 @@ import typer
 from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
 from rich.table import Table
 
-from .. import views
-from ..accesspoint import AccessPoint
+from ..access.accesspoint import AccessPoint
+from ..access.links import presign
 from ..errors import NotFoundError, UsageError
-from ..keys import INPUT, check_key
-from ..links import presign
-from ..pipeline import read_rejected
-from ..tasks import csv_line
+from ..model.keys import INPUT, check_key
+from ..observe import views
+from ..pipeline.formats import csv_line, read_rejected
 from .app import app, console, err_console, print_json, state
 
 

@@ -8,16 +8,17 @@ from typing import Any
 import typer
 from rich.table import Table
 
-from ..config import StepConfig
-from ..recovery import (
-    evaluate_plans,
+from ..config.settings import StepConfig
+from ..recovery.evaluate import evaluate_plans
+from ..recovery.operations import (
     failback_target,
     failover_target,
     reconcile_now,
     redrive,
 )
-from ..runbook import Execution, Runbook, StepLog, history
-from ..watch import Watcher
+from ..recovery.plan import Execution, StepLog, history
+from ..recovery.runbook import Runbook
+from ..recovery.watch import Watcher
 from .app import app, console, err_console, print_json, state
 
 plan_app = typer.Typer(
@@ -131,7 +132,7 @@ def failback(
 def _seconds(value: str | None) -> float | None:
     if value is None:
         return None
-    from ..config import parse_duration
+    from ..config.settings import parse_duration
 
     try:
         return parse_duration(value)

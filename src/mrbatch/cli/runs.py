@@ -9,12 +9,12 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 from rich.table import Table
 
-from .. import views
-from ..accesspoint import AccessPoint
+from ..access.accesspoint import AccessPoint
+from ..access.ledger import read_accepted
 from ..errors import MrbatchError, NotFoundError
-from ..keys import run_id_for
-from ..ledger import read_accepted
-from ..records import FileRun, RunStatus
+from ..model.keys import run_id_for
+from ..model.records import FileRun, RunStatus
+from ..observe import views
 from .app import app, console, err_console, print_json, state
 
 

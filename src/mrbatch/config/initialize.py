@@ -1,0 +1,154 @@
+"""``mrbatch init``: a new workspace with the sample pipeline, ready for ``mrbatch up``."""
+
+from __future__ import annotations
+
+import json
+from importlib import resources
+from pathlib import Path
+
+from .. import backends
+from ..errors import UsageError
+from .settings import CONFIG_NAME, REGION_NAME
+from .workspace import Workspace
+
+__all__ = ["DEFAULT_REGIONS", "SAMPLE_ENRICHMENT", "init_workspace", "sample_bytes"]
+
+DEFAULT_REGIONS = ["us-east-1", "us-west-2"]
+SAMPLE_ENRICHMENT = {
+    "unitsSold": "Units Sold",
+    "unitPrice": "Unit Price",
+    "unitCost": "Unit Cost",
+    "totalRevenue": "Total Revenue",
+    "totalCost": "Total Cost",
+    "totalProfit": "Total Profit",
+}
+
+_TEMPLATE = """\
+# mrbatch workspace. Every command finds this file from the current directory (or --config).
+# Durations accept seconds (60) or text ("500ms", "60s", "15m", "1h").
+
+# The regions; the first listed started ACTIVE, the others STANDBY.
+regions = {regions}
+# Buckets, state replicas, control plane, outbox, logs and pid files live here.
+data_dir = ".mrbatch"
+
+[backends]
+object_store = "local"        # one directory per region
+state_table = "sqlite"        # one SQLite replica per region
+control_plane = "sqlite"      # the routing control, shared by all regions
+notifier = "outbox"           # "outbox" writes .eml files; "smtp" needs notify.smtp_host
+executor = "process-pool"     # "inline" runs chunk tasks in the region process
+
+[pipeline]
+schema = "pipeline/orders.schema.json"   # JSON Schema (draft-07) every row is checked against
+chunk_rows = {chunk_rows}                # rows per chunk task
+max_rejected_fraction = 0.1              # above this share of rejected rows a run FAILS
+chunk_attempts = 4                       # tries per chunk before the run fails
+retry_backoff = "500ms"                  # first retry delay; doubles each time
+workers = 0                              # chunk workers per region; 0 = one per CPU core
+
+[pipeline.enrichment]
+reference = "reference/financial.csv"    # reference data, an object in the bucket
+key = "uuid"                             # input column to join on
+reference_key = "uuid"                   # reference column to join on
+# reference column = output column, in output order
+columns = {{ {columns} }}
+
+[gateway]
+host = "127.0.0.1"
+port = {port}
+link_expiry = "60m"          # presigned links expire after this
+
+[notify]
+from = "mrbatch@localhost"
+to = ["batch-owners@localhost"]
+# smtp_host = "127.0.0.1"    # with backends.notifier = "smtp"
+# smtp_port = 25
+attempts = 10                # a run FAILS (output kept) when its mail cannot be sent
+
+[replication]
+interval = "100ms"
+
+[timing]
+poll_interval = "50ms"
+heartbeat_interval = "500ms"
+rescan_interval = "30s"
+
+[failover]
+desired_rto = "60s"
+max_wait = "60s"
+min_switch_interval = "60s"
+
+[watch]
+heartbeat_timeout = "5s"
+max_error_rate = 0.5
+interval = "1s"
+unhealthy_checks = 2
+
+# Recovery plans: ordered steps; a bare name is a built-in step. Custom steps:
+#   {{ name = "page", run = "notify-oncall $MRBATCH_TARGET", timeout = "10s" }}
+#   {{ name = "dns", call = "mypkg.hooks:switch_dns", timeout = "30s" }}
+#   {{ name = "both", parallel = [ {{ name = "a", run = "..." }}, {{ name = "b", run = "..." }} ] }}
+# Or put [failover] and [failback] in a file named here: file = "plans.toml"
+[plans.failover]
+steps = ["readiness", "approval", "fence", "wait-replication", "activate", "reconcile"]
+
+[plans.failback]
+steps = ["readiness", "catch-up", "approval", "fence", "wait-replication", "activate",
+         "reconcile", "standby-previous"]
+"""
+
+
+def sample_bytes(name: str) -> bytes:
+    return resources.files("mrbatch.config.samples").joinpath(name).read_bytes()
+
+
+def init_workspace(
+    directory: Path,
+    *,
+    regions: list[str] | None = None,
+    port: int = 8740,
+    chunk_rows: int = 100_000,
+    force: bool = False,
+) -> Workspace:
+    regions = regions or list(DEFAULT_REGIONS)
+    for name in regions:
+        if not REGION_NAME.match(name):
+            raise UsageError(
+                f"{name!r} is not a region name",
+                hint="use lowercase letters, digits and '-', e.g. us-east-1,us-west-2",
+            )
+    if len(set(regions)) != len(regions) or len(regions) < 2:
+        raise UsageError("give at least two different regions, e.g. --regions us-east-1,us-west-2")
+    directory.mkdir(parents=True, exist_ok=True)
+    config_path = directory / CONFIG_NAME
+    if config_path.exists() and not force:
+        raise UsageError(
+            f"{config_path} exists already", hint="use that workspace, or pass --force to rewrite"
+        )
+    columns = ", ".join(f'{k} = "{v}"' for k, v in SAMPLE_ENRICHMENT.items())
+    config_path.write_text(
+        _TEMPLATE.format(
+            regions=json.dumps(regions), columns=columns, port=port, chunk_rows=chunk_rows
+        ),
+        encoding="utf-8",
+    )
+    pipeline_dir = directory / "pipeline"
+    pipeline_dir.mkdir(exist_ok=True)
+    (pipeline_dir / "orders.schema.json").write_bytes(sample_bytes("orders.schema.json"))
+    (pipeline_dir / "financial.csv").write_bytes(sample_bytes("financial.csv"))
+    (pipeline_dir / "orders-sample.csv").write_bytes(sample_bytes("orders.csv"))
+
+    ws = Workspace.load(config_path)
+    ws.data_dir.mkdir(parents=True, exist_ok=True)
+    ws.token  # noqa: B018 - created now, mode 0600
+    ws.signing_key  # noqa: B018
+    backends.open_control_plane(ws).initialize(regions, regions[0])
+    reference = ws.config.pipeline.enrichment
+    for region in regions:
+        backends.open_state_table(ws, region)
+        store = backends.open_object_store(ws, region)
+        if reference is not None:
+            # Seeded in every region, as a deployment would; later versions replicate.
+            store.put(reference.reference, sample_bytes("financial.csv"))
+    return ws

@@ -1,0 +1,408 @@
+"""The one typed configuration model, loaded from ``mrbatch.toml``.
+
+Every error names the file and the dotted key (``mrbatch.toml: pipeline.chunk_rows: ...``).
+Unknown keys are refused rather than ignored, so a typo never silently falls back to a default.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from ..backends.registry import check_backend_names
+from ..errors import ConfigError, SchemaError
+
+__all__ = [
+    "CONFIG_NAME",
+    "BackendsConfig",
+    "Config",
+    "EnrichmentConfig",
+    "FailoverConfig",
+    "GatewayConfig",
+    "NotifyConfig",
+    "PipelineConfig",
+    "ReplicationConfig",
+    "TimingConfig",
+    "WatchConfig",
+    "load_config",
+    "parse_duration",
+]
+
+CONFIG_NAME = "mrbatch.toml"
+# Column names mrbatch uses inside its own files (the reference cache's key column, say).
+RESERVED_COLUMN_PREFIX = "__mrbatch"
+_M = TypeVar("_M", bound=BaseModel)
+REGION_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
+
+
+def parse_duration(value: Any) -> float:
+    """Seconds from a number or a text such as ``"500ms"``, ``"60s"``, ``"15m"``, ``"1h"``."""
+    if isinstance(value, bool):
+        raise ValueError("expected a duration such as 60, '60s', '15m' or '500ms'")
+    if isinstance(value, int | float):
+        if value < 0:
+            raise ValueError("a duration cannot be negative")
+        return float(value)
+    if isinstance(value, str):
+        match = _DURATION.match(value)
+        if match:
+            return float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+    raise ValueError(f"{value!r} is not a duration; use e.g. 60, '60s', '15m' or '500ms'")
+
+
+Duration = Annotated[float, BeforeValidator(parse_duration)]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class BackendsConfig(_Section):
+    """Which backend serves each port; names are looked up in ``mrbatch.backends.registry``."""
+
+    object_store: str = "local"
+    state_table: str = "sqlite"
+    control_plane: str = "sqlite"
+    notifier: str = "outbox"
+    executor: str = "process-pool"
+
+
+class EnrichmentConfig(_Section):
+    """Join each valid row with reference data held in the bucket."""
+
+    reference: str = "reference/financial.csv"
+    key: str = Field(default="uuid", min_length=1)
+    reference_key: str = Field(default="uuid", min_length=1)
+    # reference column -> output column, in output order (TOML tables keep their order).
+    columns: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("columns")
+    @classmethod
+    def _output_names(cls, columns: dict[str, str]) -> dict[str, str]:
+        outputs = list(columns.values())
+        if "" in columns or "" in outputs:
+            raise ValueError("column names must not be empty")
+        doubled = sorted({name for name in outputs if outputs.count(name) > 1})
+        if doubled:
+            raise ValueError(f"output column {doubled[0]!r} is named twice")
+        reserved = [name for name in outputs if name.startswith(RESERVED_COLUMN_PREFIX)]
+        if reserved:
+            raise ValueError(
+                f"output column {reserved[0]!r}: names starting with"
+                f" {RESERVED_COLUMN_PREFIX!r} are reserved"
+            )
+        return columns
+
+    @field_validator("reference")
+    @classmethod
+    def _reference_is_a_key(cls, value: str) -> str:
+        if not value or value.startswith("/") or ".." in value.split("/"):
+            raise ValueError(f"{value!r} is not an object key such as 'reference/financial.csv'")
+        return value
+
+
+class PipelineConfig(_Section):
+    schema_path: str = Field(default="pipeline/orders.schema.json", alias="schema")
+    chunk_rows: int = Field(default=100_000, ge=1)
+    # Fraction of rows a file may have rejected and still complete; above it the run FAILS.
+    max_rejected_fraction: float = Field(default=0.1, ge=0.0, le=1.0)
+    chunk_attempts: int = Field(default=4, ge=1, le=100)
+    retry_backoff: Duration = 0.5
+    # 0 means one worker per CPU core.
+    workers: int = Field(default=0, ge=0, le=256)
+    enrichment: EnrichmentConfig | None = None
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+class GatewayConfig(_Section):
+    host: str = Field(default="127.0.0.1", min_length=1)
+    port: int = Field(default=8740, ge=0, le=65535)
+    link_expiry: Duration = 3600.0
+    # The URL put in mails and printed by `mrbatch url`; defaults to http://host:port.
+    public_url: str | None = None
+
+    @field_validator("public_url")
+    @classmethod
+    def _url(cls, value: str | None) -> str | None:
+        if value is not None and not re.match(r"^https?://[^/\s]+", value):
+            raise ValueError(f"{value!r} is not an http:// or https:// URL")
+        return value
+
+
+class NotifyConfig(_Section):
+    sender: str = Field(default="mrbatch@localhost", alias="from")
+    to: list[str] = Field(default_factory=lambda: ["batch-owners@localhost"], min_length=1)
+    smtp_host: str | None = None
+    smtp_port: int = Field(default=25, ge=1, le=65535)
+    smtp_timeout: Duration = 10.0
+    attempts: int = Field(default=5, ge=1, le=1000)
+    retry_backoff: Duration = 1.0
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    @field_validator("sender")
+    @classmethod
+    def _sender(cls, value: str) -> str:
+        return _address(value)
+
+    @field_validator("to")
+    @classmethod
+    def _recipients(cls, values: list[str]) -> list[str]:
+        return [_address(v) for v in values]
+
+
+def _address(value: str) -> str:
+    # A mail address (local@domain, no spaces or line breaks that would forge headers).
+    if not re.fullmatch(r"[^@\s<>,]+@[^@\s<>,]+", value):
+        raise ValueError(f"{value!r} is not a mail address such as ops@example.com")
+    return value
+
+
+class ReplicationConfig(_Section):
+    interval: Duration = 0.1
+    batch: int = Field(default=500, ge=1)
+    # Replication is background work: on a machine shared with the chunk workers it yields
+    # the CPU to them (Unix nice value of the replicator processes, 0 = same priority).
+    nice: int = Field(default=10, ge=0, le=19)
+
+
+class TimingConfig(_Section):
+    poll_interval: Duration = 0.05
+    heartbeat_interval: Duration = 0.5
+    # A full re-scan of input/ catches anything the incremental feed could have missed.
+    rescan_interval: Duration = 30.0
+
+
+class FailoverConfig(_Section):
+    desired_rto: Duration = 60.0
+    max_wait: Duration = 60.0
+    min_switch_interval: Duration = 60.0
+
+
+BUILTIN_STEPS = (
+    "readiness",
+    "approval",
+    "fence",
+    "wait-replication",
+    "activate",
+    "reconcile",
+    "catch-up",
+    "standby-previous",
+)
+_CALLABLE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+
+
+class StepConfig(_Section):
+    """One step of a recovery plan: a built-in ``action``, a shell command (``run``), a Python
+    ``module:function`` (``call``), or a group of steps run in ``parallel``."""
+
+    name: str = Field(min_length=1)
+    action: str | None = None
+    run: str | None = None
+    call: str | None = None
+    parallel: list[StepConfig] | None = None
+    timeout: Duration | None = None
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> StepConfig:
+        kinds = [k for k in ("action", "run", "call", "parallel") if getattr(self, k) is not None]
+        if len(kinds) != 1:
+            raise ValueError(
+                f"step {self.name!r} needs exactly one of action, run, call, parallel"
+                f" (has {', '.join(kinds) or 'none'})"
+            )
+        if self.action is not None and self.action not in BUILTIN_STEPS:
+            raise ValueError(
+                f"step {self.name!r}: unknown action {self.action!r}"
+                f" (built-in: {', '.join(BUILTIN_STEPS)})"
+            )
+        if self.call is not None and not _CALLABLE.match(self.call):
+            raise ValueError(f"step {self.name!r}: call {self.call!r} is not 'module:function'")
+        return self
+
+
+def _step(value: Any) -> Any:
+    # A bare string is a built-in step named after its action.
+    return {"name": value, "action": value} if isinstance(value, str) else value
+
+
+class PlanConfig(_Section):
+    steps: list[Annotated[StepConfig, BeforeValidator(_step)]] = Field(min_length=1)
+
+
+DEFAULT_PLANS: dict[str, list[str]] = {
+    "failover": ["readiness", "approval", "fence", "wait-replication", "activate", "reconcile"],
+    "failback": [
+        "readiness",
+        "catch-up",
+        "approval",
+        "fence",
+        "wait-replication",
+        "activate",
+        "reconcile",
+        "standby-previous",
+    ],
+}
+
+
+class PlansConfig(_Section):
+    """Recovery plans as data: inline here, or in a TOML ``file`` with [failover]/[failback]."""
+
+    file: str | None = None
+    failover: PlanConfig = Field(
+        default_factory=lambda: PlanConfig.model_validate({"steps": DEFAULT_PLANS["failover"]})
+    )
+    failback: PlanConfig = Field(
+        default_factory=lambda: PlanConfig.model_validate({"steps": DEFAULT_PLANS["failback"]})
+    )
+
+
+class WatchConfig(_Section):
+    heartbeat_timeout: Duration = 5.0
+    max_error_rate: float = Field(default=0.5, ge=0.0, le=1.0)
+    interval: Duration = 1.0
+    # Consecutive unhealthy checks before --auto-failover acts (one missed beat is not a failure).
+    unhealthy_checks: int = Field(default=2, ge=1)
+
+
+class Config(BaseModel):
+    """The whole ``mrbatch.toml``; paths are relative to the file's directory."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    regions: list[str] = Field(min_length=1)
+    data_dir: str = ".mrbatch"
+    backends: BackendsConfig = Field(default_factory=BackendsConfig)
+    pipeline: PipelineConfig = Field(default_factory=PipelineConfig)
+    gateway: GatewayConfig = Field(default_factory=GatewayConfig)
+    notify: NotifyConfig = Field(default_factory=NotifyConfig)
+    replication: ReplicationConfig = Field(default_factory=ReplicationConfig)
+    timing: TimingConfig = Field(default_factory=TimingConfig)
+    failover: FailoverConfig = Field(default_factory=FailoverConfig)
+    plans: PlansConfig = Field(default_factory=PlansConfig)
+    watch: WatchConfig = Field(default_factory=WatchConfig)
+
+    @field_validator("regions")
+    @classmethod
+    def _region_names(cls, names: list[str]) -> list[str]:
+        for name in names:
+            if not REGION_NAME.match(name):
+                raise ValueError(
+                    f"{name!r} is not a region name (lowercase letters, digits and '-')"
+                )
+        if len(set(names)) != len(names):
+            raise ValueError("a region is listed twice")
+        return names
+
+    @model_validator(mode="after")
+    def _backends_known(self) -> Config:
+        check_backend_names(self.backends.model_dump())
+        smtp_chosen = self.backends.notifier == "smtp"
+        if smtp_chosen and not self.notify.smtp_host:
+            raise ValueError("backends.notifier is 'smtp' but notify.smtp_host is not set")
+        if not smtp_chosen and self.notify.smtp_host:
+            raise ValueError(
+                f"notify.smtp_host is set but backends.notifier is {self.backends.notifier!r};"
+                ' set backends.notifier = "smtp" to send mail over SMTP'
+            )
+        return self
+
+
+def _dotted(loc: tuple[Any, ...]) -> str:
+    parts: list[str] = []
+    for item in loc:
+        if isinstance(item, int):
+            parts[-1:] = [f"{parts[-1]}[{item}]"] if parts else [f"[{item}]"]
+        else:
+            parts.append(str(item))
+    return ".".join(parts)
+
+
+def load_config(path: Path) -> Config:
+    """Read and validate ``path``; raise ConfigError naming the file and the key at fault."""
+    raw = _read_toml(path)
+    config = _validate(Config, raw, path)
+    inline = set(raw.get("plans", {})) & {"failover", "failback"}
+    if config.plans.file and inline:
+        raise ConfigError(
+            f"{path}: plans.{sorted(inline)[0]}: defined here although plans.file names"
+            f" {config.plans.file}",
+            hint="keep the plans in one place: remove the inline tables or plans.file",
+        )
+    if config.plans.file:
+        plan_path = (path.parent / config.plans.file).resolve()
+        plan_raw = _read_toml(plan_path)
+        plans = _validate(PlansConfig, {**plan_raw, "file": config.plans.file}, plan_path)
+        config = config.model_copy(update={"plans": plans})
+    _check_pipeline(config, path)
+    return config
+
+
+def _check_pipeline(config: Config, path: Path) -> None:
+    """The pipeline's schema file compiles, and no enrichment output column shadows one of its
+    properties: mistakes that would otherwise fail every run inside a worker."""
+    from ..pipeline.schema import RecordSchema  # polars, only once the TOML itself is valid
+
+    pipeline = config.pipeline
+    schema_path = (path.parent / pipeline.schema_path).resolve()
+    try:
+        schema = RecordSchema.from_file(schema_path)
+    except SchemaError as exc:
+        raise ConfigError(f"{path}: pipeline.schema: {exc.message}", hint=exc.hint) from exc
+    if pipeline.enrichment is not None:
+        clash = [n for n in pipeline.enrichment.columns.values() if n in schema.properties]
+        if clash:
+            raise ConfigError(
+                f"{path}: pipeline.enrichment.columns: output column {clash[0]!r} is also a"
+                f" property of the schema {schema_path.name}",
+                hint="give the enrichment output another name",
+            )
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError as exc:
+        raise ConfigError(
+            f"{path}: no such configuration file",
+            hint="run `mrbatch init` to create a workspace, or pass --config PATH",
+        ) from exc
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read: {exc}") from exc
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
+
+
+def _validate(model: type[_M], raw: dict[str, Any], path: Path) -> _M:
+    try:
+        return model.model_validate(raw)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        key = _dotted(tuple(first["loc"])) or "(top level)"
+        message = first["msg"].removeprefix("Value error, ")
+        if first["type"] == "extra_forbidden":
+            message = "unknown key"
+        elif first["type"] == "missing":
+            message = "required key is missing"
+        more = f" (and {exc.error_count() - 1} more problem(s))" if exc.error_count() > 1 else ""
+        raise ConfigError(
+            f"{path}: {key}: {message}{more}",
+            hint="fix the key in the file; `mrbatch init` writes a commented example",
+        ) from exc

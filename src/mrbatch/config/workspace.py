@@ -1,0 +1,140 @@
+"""A workspace: the directory holding ``mrbatch.toml`` and, under its data dir, everything the
+embedded default keeps on disk (one folder per region, the control plane, outbox, logs, pids).
+
+Layout of ``<data_dir>``::
+
+    regions/<region>/bucket/      the region's bucket (blobs + index)
+    regions/<region>/state.sqlite the region's state-table replica
+    regions/<region>/cache/       derived data (columnar reference copies); never replicated
+    control.sqlite                the control plane (routing control, heartbeats, plan log)
+    outbox/                       one .eml per completed run (no SMTP configured)
+    logs/  run/                   process logs and pid files
+    faults.json                   faults armed by chaos experiments
+    token  signing.key            secrets, mode 0600
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import ConfigError, UsageError
+from .settings import CONFIG_NAME, Config, load_config
+
+__all__ = ["Workspace", "find_config"]
+
+
+def find_config(start: Path | None = None) -> Path:
+    """The nearest ``mrbatch.toml`` in ``start`` or a parent directory."""
+    here = (start or Path.cwd()).resolve()
+    for directory in (here, *here.parents):
+        candidate = directory / CONFIG_NAME
+        if candidate.is_file():
+            return candidate
+    raise ConfigError(
+        f"no {CONFIG_NAME} in {here} or any parent directory",
+        hint="run `mrbatch init` here, change into a workspace, or pass --config PATH",
+    )
+
+
+@dataclass(frozen=True)
+class Workspace:
+    config_path: Path
+    config: Config
+
+    @classmethod
+    def load(cls, config_path: Path | None = None) -> Workspace:
+        path = (config_path or find_config()).resolve()
+        return cls(config_path=path, config=load_config(path))
+
+    # ------------------------------------------------------------------ paths
+    @property
+    def root(self) -> Path:
+        return self.config_path.parent
+
+    @property
+    def data_dir(self) -> Path:
+        return (self.root / self.config.data_dir).resolve()
+
+    def region_dir(self, region: str) -> Path:
+        self.check_region(region)
+        return self.data_dir / "regions" / region
+
+    @property
+    def control_path(self) -> Path:
+        return self.data_dir / "control.sqlite"
+
+    @property
+    def outbox_dir(self) -> Path:
+        return self.data_dir / "outbox"
+
+    @property
+    def log_dir(self) -> Path:
+        return self.data_dir / "logs"
+
+    @property
+    def run_dir(self) -> Path:
+        return self.data_dir / "run"
+
+    @property
+    def faults_path(self) -> Path:
+        return self.data_dir / "faults.json"
+
+    def resolve(self, relative: str) -> Path:
+        """A path from the config, relative to the workspace root."""
+        return (self.root / relative).resolve()
+
+    # ------------------------------------------------------------------ regions
+    @property
+    def regions(self) -> list[str]:
+        return list(self.config.regions)
+
+    def check_region(self, region: str) -> str:
+        if region not in self.config.regions:
+            known = ", ".join(self.config.regions)
+            raise UsageError(
+                f"unknown region {region!r}",
+                hint=f"regions of this workspace ({self.config_path}): {known}",
+            )
+        return region
+
+    # ------------------------------------------------------------------ secrets
+    def secret(self, name: str) -> str:
+        """A workspace secret (``token``, ``signing.key``), created on first use, mode 0600."""
+        path = self.data_dir / name
+        try:
+            return path.read_text(encoding="ascii").strip()
+        except FileNotFoundError:
+            pass
+        path.parent.mkdir(parents=True, exist_ok=True)
+        value = secrets.token_urlsafe(32)
+        # Written complete under a temporary name, then linked into place: if two processes
+        # race, one link wins and the other reads the winner's value, never a half-written file.
+        tmp = path.with_name(f".{name}.{os.getpid()}.{secrets.token_hex(4)}")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w", encoding="ascii") as handle:
+            handle.write(value + "\n")
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            value = path.read_text(encoding="ascii").strip()
+        finally:
+            tmp.unlink()
+        return value
+
+    @property
+    def token(self) -> str:
+        return self.secret("token")
+
+    @property
+    def signing_key(self) -> bytes:
+        return self.secret("signing.key").encode("ascii")
+
+    @property
+    def gateway_url(self) -> str:
+        gateway = self.config.gateway
+        if gateway.public_url:
+            return gateway.public_url.rstrip("/")
+        return f"http://{gateway.host}:{gateway.port}"

@@ -1,0 +1,180 @@
+"""The base every stage of the orchestrator builds on: what one region process knows about each
+run it drives (``Progress``), and the few primitives every stage uses — the conditional write of
+the run's record, failing a run with a reason, backing off, and the fencing check made before
+every publish and every mail.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections import Counter
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..config.workspace import Workspace
+from ..errors import (
+    ConflictError,
+    InputError,
+    NotFoundError,
+    ReferenceDataError,
+)
+from ..faults import FaultPoints
+from ..model.records import (
+    ChunkRun,
+    FileRun,
+    RunStatus,
+    run_pk,
+)
+from ..ports import (
+    ControlPlane,
+    Executor,
+    Notifier,
+    ObjectStore,
+    StateTable,
+)
+from ..retry import Backoff
+from .merge import StreamingMerge
+
+__all__ = ["MAX_WORKER_LOSSES", "OUTAGE_POLL", "PERMANENT", "Progress", "RunDriver"]
+
+log = logging.getLogger("mrbatch.orchestrator")
+
+
+# A worker killed under a task is the machine's fault, not the chunk's: allow more of those.
+MAX_WORKER_LOSSES = 10
+# Longest wait between two tries of a chunk whose dependency (bucket, state) is unavailable.
+OUTAGE_POLL = 2.0
+# Errors that are facts about the input or the rules: retrying cannot help.
+PERMANENT = (InputError, ReferenceDataError)
+
+
+@dataclass
+class Progress:
+    """What this process knows about one run it drives (the record is the truth)."""
+
+    run: FileRun
+    version: int
+    future: Future[Any] | None = None
+    ref_future: Future[Any] | None = None
+    chunks: dict[int, ChunkRun] = field(default_factory=dict)
+    chunk_versions: dict[int, int] = field(default_factory=dict)
+    chunk_futures: dict[int, Future[Any]] = field(default_factory=dict)
+    chunk_retry_at: dict[int, float] = field(default_factory=dict)
+    worker_losses: int = 0
+    outages: dict[int, int] = field(default_factory=dict)  # chunk -> unavailable failures
+    # The pool break last counted: one killed worker fails every queued future of the pool
+    # with the same exception, and that is one loss, not one per chunk.
+    last_pool_break: BaseException | None = None
+    attempts: int = 0
+    retry_at: float = 0.0
+    merger: StreamingMerge | None = None
+
+
+class RunDriver:
+    """State and primitives shared by the stages (see :class:`~.orchestrator.Orchestrator`)."""
+
+    def __init__(
+        self,
+        ws: Workspace,
+        region: str,
+        *,
+        store: ObjectStore,
+        table: StateTable,
+        control: ControlPlane,
+        notifier: Notifier,
+        executor: Executor,
+        clock: Callable[[], float] = time.time,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.ws = ws
+        self.region = region
+        self.store = store
+        self.table = table
+        self.control = control
+        self.notifier = notifier
+        self.executor = executor
+        self.clock = clock
+        self.config_path = str(ws.config_path)
+        self.pipeline = ws.config.pipeline
+        rng = rng or random.Random()
+        pause = self.pipeline.retry_backoff
+        # A run's step that failed, a chunk that failed, a chunk whose bucket or state is down
+        # (polled briefly: the run resumes soon after the dependency), a mail not sent.
+        self.run_backoff = Backoff(base=2 * pause, cap=30.0, rng=rng)
+        self.chunk_backoff = Backoff(base=pause, cap=30.0, rng=rng)
+        self.outage_backoff = Backoff(base=pause, cap=OUTAGE_POLL, rng=rng)
+        self.mail_backoff = Backoff(base=2 * ws.config.notify.retry_backoff, cap=60.0, rng=rng)
+        self.runs: dict[str, Progress] = {}
+        self.epoch: int | None = None
+        self.stats: Counter[str] = Counter()
+        self._mailer = ThreadPoolExecutor(max_workers=2, thread_name_prefix="notify")
+        # Named crash points (armed by tests) sit in the windows between an effect and its record.
+        self.faults = FaultPoints(ws.faults_path)
+
+    @staticmethod
+    def _cancel(progress: Progress) -> None:
+        for future in (progress.future, progress.ref_future, *progress.chunk_futures.values()):
+            if future is not None:
+                future.cancel()
+        if progress.merger is not None:
+            progress.merger.abort("the run stopped here")
+            progress.merger = None
+
+    def _backoff(self, progress: Progress, why: str) -> None:
+        progress.attempts += 1
+        progress.retry_at = self.run_backoff.next_at(progress.attempts, self.clock())
+        delay = progress.retry_at - self.clock()
+        log.warning("run %s: %s; retrying in %.1fs", progress.run.run_id, why, delay)
+
+    def _save(self, progress: Progress) -> bool:
+        try:
+            record = self.table.update(
+                run_pk(progress.run.run_id),
+                progress.run.to_body(),
+                expected_version=progress.version,
+                epoch=progress.run.epoch,
+            )
+        except (ConflictError, NotFoundError) as exc:
+            # Someone else (a takeover after failover, a redrive) owns the run now.
+            log.warning(
+                "run %s: record changed under us (%s); letting go", progress.run.run_id, exc
+            )
+            self._cancel(progress)
+            self.runs.pop(progress.run.run_id, None)
+            return False
+        progress.version = record.version
+        progress.attempts = 0
+        return True
+
+    def _transition(self, progress: Progress, status: RunStatus, note: str = "") -> bool:
+        run = progress.run
+        run.advance(status, region=self.region, epoch=run.epoch, note=note)
+        return self._save(progress)
+
+    def _fail(self, progress: Progress, reason: str) -> None:
+        progress.run.reason = reason
+        if self._transition(progress, RunStatus.FAILED, note=reason):
+            self.stats["executions_failed"] += 1
+            log.error("run %s (%s) FAILED: %s", progress.run.run_id, progress.run.input_key, reason)
+        self._cancel(progress)
+        self.runs.pop(progress.run.run_id, None)
+
+    def _confirm(self, progress: Progress, what: str) -> bool:
+        run = progress.run
+        if self.control.confirm(self.region, run.epoch):
+            return True
+        log.warning(
+            "run %s: %s refused: %s cannot confirm it is ACTIVE in epoch %d; publishing nothing",
+            run.run_id,
+            what,
+            self.region,
+            run.epoch,
+        )
+        self.stats["fenced_refusals"] += 1
+        self._cancel(progress)
+        self.runs.pop(run.run_id, None)
+        return False

@@ -1,0 +1,152 @@
+"""The gateway: mrbatch's HTTP face (FastAPI, served by uvicorn).
+
+- ``GET``/``HEAD /objects/{key}`` with a presigned link (or the bearer token), from any region
+  that holds the object, with byte ranges: a link mailed before a failover works after it;
+- ``PUT /objects/{key}`` with the bearer token: an upload through the access point;
+- ``/api/status``, ``/api/runs``, ``/api/runs/{id}``, ``/api/plans``, ``/healthz``;
+- ``/metrics`` in Prometheus format, and the dashboard at ``/``.
+
+``mrbatch up`` starts it as a process; ``mrbatch gateway`` runs it alone. It binds to
+``gateway.host`` (127.0.0.1 unless configured otherwise). Every error is a JSON body
+``{"error": ..., "hint"?: ...}`` with a fitting status code; no traceback leaves the process.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from fastapi.staticfiles import StaticFiles
+from prometheus_client import CollectorRegistry
+from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from ..access.accesspoint import AccessPoint
+from ..config.workspace import Workspace
+from ..errors import (
+    ConflictError,
+    FencedError,
+    MrbatchError,
+    NotFoundError,
+    UnavailableError,
+    UsageError,
+)
+from ..observe.metrics import DeploymentCollector, Sampler
+from .api import DASHBOARD_DIR, api_router
+from .objects import ObjectMetrics, objects_router
+
+__all__ = ["create_app", "serve", "status_for"]
+
+log = logging.getLogger("mrbatch.gateway")
+
+_STATUS: tuple[tuple[type[MrbatchError], int], ...] = (
+    (UsageError, 400),
+    (NotFoundError, 404),
+    (ConflictError, 409),
+    (FencedError, 409),
+    (UnavailableError, 503),
+)
+
+
+def status_for(exc: MrbatchError) -> int:
+    """The HTTP status that reports ``exc``."""
+    for kind, code in _STATUS:
+        if isinstance(exc, kind):
+            return code
+    return 500
+
+
+class _SecurityHeaders:
+    """Adds headers every answer should carry: no MIME sniffing, and no Referer (a presigned
+    link's query must not leak to another site through it)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers", []))
+                headers += [
+                    (b"x-content-type-options", b"nosniff"),
+                    (b"referrer-policy", b"no-referrer"),
+                ]
+                message = {**message, "headers": headers}
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+
+def create_app(ws: Workspace, *, sampler: Sampler | None = None) -> FastAPI:
+    """The gateway application for ``ws``. While it runs (its lifespan), ``sampler`` (one is
+    made when None) samples the deployment every second for the dashboard's history."""
+    sampler = sampler or Sampler(ws)
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(DeploymentCollector(ws, sampler))
+    object_metrics = ObjectMetrics(registry)
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        sampler.start()
+        try:
+            yield
+        finally:
+            sampler.stop()
+
+    app = FastAPI(title="mrbatch gateway", docs_url=None, redoc_url=None, lifespan=lifespan)
+    app.state.sampler = sampler
+    app.state.registry = registry
+    app.include_router(objects_router(ws, AccessPoint(ws), object_metrics))
+    app.include_router(api_router(ws, sampler, registry))
+    app.mount("/static", StaticFiles(directory=DASHBOARD_DIR), name="static")
+    app.add_middleware(_SecurityHeaders)
+
+    @app.exception_handler(HTTPException)
+    def _http_error(_request: Request, exc: HTTPException) -> JSONResponse:
+        return JSONResponse({"error": exc.detail}, status_code=exc.status_code, headers=exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    def _bad_request(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg')}" for e in exc.errors()
+        )
+        return JSONResponse({"error": f"bad request: {problems}"}, status_code=400)
+
+    @app.exception_handler(MrbatchError)
+    def _mrbatch_error(_request: Request, exc: MrbatchError) -> JSONResponse:
+        body: dict[str, Any] = {"error": exc.message, "code": exc.code}
+        if exc.hint:
+            body["hint"] = exc.hint
+        return JSONResponse(body, status_code=status_for(exc))
+
+    @app.exception_handler(Exception)
+    def _unexpected(_request: Request, exc: Exception) -> JSONResponse:
+        log.error("unexpected error", exc_info=exc)
+        return JSONResponse({"error": "internal error; see the gateway's log"}, status_code=500)
+
+    return app
+
+
+def serve(ws: Workspace, *, host: str | None = None, port: int | None = None) -> None:
+    """Run the gateway until SIGINT/SIGTERM, on ``gateway.host``/``gateway.port`` from the
+    config unless ``host``/``port`` say otherwise."""
+    import uvicorn
+
+    gateway = ws.config.gateway
+    uvicorn.run(
+        create_app(ws),
+        host=host or gateway.host,
+        port=gateway.port if port is None else port,
+        log_level="warning",
+        access_log=False,
+        server_header=False,
+    )

@@ -1,0 +1,271 @@
+"""The records kept in the state table: Accepted, FileRun and ChunkRun, stored as versioned JSON.
+
+Accepted: one acknowledged input version (key + content hash), written once by the region
+whose bucket took the bytes; replicated like every record, so the ledger of what must be
+processed survives losing any one machine.
+FileRun: ``CLAIMED -> SPLIT -> PROCESSING -> MERGED -> PUBLISHED -> COMPLETED`` or ``FAILED``.
+ChunkRun: ``PENDING -> DONE | FAILED``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+from ..ports import Record
+
+__all__ = [
+    "ACCEPTED",
+    "CHUNK",
+    "RUN",
+    "Accepted",
+    "ChunkRun",
+    "ChunkSpec",
+    "ChunkStatus",
+    "FileRun",
+    "RunStatus",
+    "accepted_pk",
+    "chunk_pk",
+    "run_pk",
+]
+
+RUN, CHUNK, ACCEPTED = "run", "chunk", "accepted"
+FORMAT = 1  # the "v" field of every stored body
+
+
+class RunStatus(StrEnum):
+    CLAIMED = "CLAIMED"
+    SPLIT = "SPLIT"
+    PROCESSING = "PROCESSING"
+    MERGED = "MERGED"
+    PUBLISHED = "PUBLISHED"
+    COMPLETED = "COMPLETED"
+    FAILED = "FAILED"
+
+    @property
+    def terminal(self) -> bool:
+        return self in (RunStatus.COMPLETED, RunStatus.FAILED)
+
+
+class ChunkStatus(StrEnum):
+    PENDING = "PENDING"
+    DONE = "DONE"
+    FAILED = "FAILED"
+
+
+def run_pk(run_id: str) -> str:
+    return f"run/{run_id}"
+
+
+def chunk_pk(run_id: str, index: int) -> str:
+    return f"chunk/{run_id}/{index:05d}"
+
+
+def accepted_pk(run_id: str) -> str:
+    return f"accepted/{run_id}"
+
+
+@dataclass(frozen=True)
+class Accepted:
+    """One acknowledged upload of an input version. ``object_key`` holds its bytes for good
+    (``versions/<run-id>/input/<path>``); ``at`` (the accepting region's clock) then ``region``
+    order the versions of one key: that is the acceptance order runs follow."""
+
+    run_id: str
+    key: str
+    sha256: str
+    size: int
+    region: str
+    at: float
+    source: str
+    object_key: str
+
+    @property
+    def order(self) -> tuple[float, str, str]:
+        return (self.at, self.region, self.run_id)
+
+    def to_body(self) -> dict[str, Any]:
+        return {**dataclasses.asdict(self), "v": FORMAT}
+
+    @classmethod
+    def from_record(cls, record: Record) -> Accepted:
+        body = record.body
+        return cls(**{f: body[f] for f in _ACCEPTED_FIELDS})
+
+
+@dataclass
+class ChunkSpec:
+    """One chunk as SPLIT found it: a byte range of the (immutable) input version and what
+    those bytes hash to. Chunk tasks read the range itself, so SPLIT copies nothing and a
+    region that holds the input can run any chunk of it."""
+
+    index: int
+    start: int
+    end: int
+    sha256: str
+    first_line: int
+    lines: int
+
+
+@dataclass
+class FileRun:
+    run_id: str
+    input_key: str
+    input_sha256: str
+    input_version: str
+    input_size: int
+    status: RunStatus
+    region: str
+    epoch: int
+    claimed_at: float
+    updated_at: float
+    # Where the accepted bytes are kept (versions/<run-id>/input/<path>); None in records
+    # written before versions had keys of their own (they read input_key at input_version).
+    source_key: str | None = None
+    # The acceptance order of this version among the versions of its key (see Accepted).
+    accepted_at: float = 0.0
+    accepted_region: str = ""
+    reference_key: str | None = None
+    reference_sha256: str | None = None
+    reference_version: str | None = None
+    chunk_rows: int = 0
+    header: str | None = None  # the input's header line, as the chunk tasks prepend it
+    chunks: list[ChunkSpec] = field(default_factory=list)
+    rows_in: int | None = None
+    rows_out: int | None = None
+    rows_rejected: int | None = None
+    output_header: list[str] = field(default_factory=list)
+    rejected_header: list[str] = field(default_factory=list)
+    merged_key: str | None = None
+    merged_sha256: str | None = None
+    merged_rejected_key: str | None = None
+    merged_rejected_sha256: str | None = None
+    output_key: str | None = None
+    output_sha256: str | None = None
+    rejected_key: str | None = None
+    # This version's own results (versions/<run-id>/output|rejected/<path>), kept whichever
+    # version output/<path> shows.
+    result_key: str | None = None
+    result_rejected_key: str | None = None
+    reason: str | None = None
+    mail_id: str | None = None
+    mail_sent_at: float | None = None
+    mail_attempts: int = 0
+    mail_error: str | None = None
+    link: str | None = None
+    # How many times the run was taken over or re-driven; each time is a new "round".
+    redriven: int = 0
+    # Chunks the current round must run again: the driver resets each whose record belongs to
+    # an earlier round (ChunkRun.round), so a takeover needs only its one write of this record.
+    redo_chunks: list[int] = field(default_factory=list)
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def order(self) -> tuple[float, str, str]:
+        """Acceptance order among the versions of one key (see Accepted.order)."""
+        return (self.accepted_at, self.accepted_region, self.run_id)
+
+    def source(self) -> tuple[str, str | None]:
+        """The object (and version, where it is not immutable) holding the input's bytes."""
+        if self.source_key:
+            return self.source_key, None
+        return self.input_key, self.input_version
+
+    # ------------------------------------------------------------------ transitions
+    def advance(self, status: RunStatus, *, region: str, epoch: int, note: str = "") -> None:
+        now = time.time()
+        self.status = status
+        self.region = region
+        self.epoch = epoch
+        self.updated_at = now
+        entry: dict[str, Any] = {"status": str(status), "at": now, "region": region, "epoch": epoch}
+        if note:
+            entry["note"] = note
+        self.history.append(entry)
+
+    # ------------------------------------------------------------------ storage
+    def to_body(self) -> dict[str, Any]:
+        body = dataclasses.asdict(self)
+        body["status"] = str(self.status)
+        body["v"] = FORMAT
+        return body
+
+    @classmethod
+    def from_body(cls, body: dict[str, Any]) -> FileRun:
+        data = {k: v for k, v in body.items() if k in _RUN_FIELDS}
+        data["status"] = RunStatus(data["status"])
+        data["chunks"] = [ChunkSpec(**c) for c in data.get("chunks", [])]
+        return cls(**data)
+
+    @classmethod
+    def from_record(cls, record: Record) -> FileRun:
+        return cls.from_body(dict(record.body))
+
+    def summary(self) -> dict[str, Any]:
+        """The ``mrbatch runs --json`` contract (more keys may be added)."""
+        return {
+            "run_id": self.run_id,
+            "input_key": self.input_key,
+            "status": str(self.status),
+            "region": self.region,
+            "epoch": self.epoch,
+            "rows_in": self.rows_in,
+            "rows_out": self.rows_out,
+            "rows_rejected": self.rows_rejected,
+            "output_key": self.output_key,
+            "reason": self.reason,
+            "input_sha256": self.input_sha256,
+            "rejected_key": self.rejected_key,
+            "claimed_at": self.claimed_at,
+            "updated_at": self.updated_at,
+            "chunks": len(self.chunks),
+            "mail_sent_at": self.mail_sent_at,
+            "mail_error": self.mail_error,
+            "redriven": self.redriven,
+            "result_key": self.result_key,
+            "result_rejected_key": self.result_rejected_key,
+            "accepted_at": self.accepted_at,
+            "accepted_region": self.accepted_region,
+        }
+
+
+@dataclass
+class ChunkRun:
+    run_id: str
+    index: int
+    status: ChunkStatus = ChunkStatus.PENDING
+    attempts: int = 0
+    rows_in: int | None = None
+    rows_out: int | None = None
+    rows_rejected: int | None = None
+    output_key: str | None = None
+    output_sha256: str | None = None
+    output_size: int | None = None
+    rejected_key: str | None = None
+    rejected_sha256: str | None = None
+    output_header: list[str] = field(default_factory=list)
+    rejected_header: list[str] = field(default_factory=list)
+    reason: str | None = None
+    region: str | None = None
+    last_error: str | None = None
+    round: int = 0  # the run's ``redriven`` count when this record was created or reset
+
+    def to_body(self) -> dict[str, Any]:
+        body = dataclasses.asdict(self)
+        body["status"] = str(self.status)
+        body["v"] = FORMAT
+        return body
+
+    @classmethod
+    def from_record(cls, record: Record) -> ChunkRun:
+        data = {k: v for k, v in record.body.items() if k in _CHUNK_FIELDS}
+        data["status"] = ChunkStatus(data["status"])
+        return cls(**data)
+
+
+_ACCEPTED_FIELDS = [f.name for f in dataclasses.fields(Accepted)]
+_RUN_FIELDS = {f.name for f in dataclasses.fields(FileRun)}
+_CHUNK_FIELDS = {f.name for f in dataclasses.fields(ChunkRun)}

@@ -1,0 +1,134 @@
+"""Read-only views over a deployment, shared by the CLI's ``--json`` output and the gateway's
+``/api`` endpoints: status of the regions, the runs, one run."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from .. import backends
+from ..config.workspace import Workspace
+from ..errors import MrbatchError, NotFoundError, UsageError
+from ..model.keys import INPUT, run_id_for
+from ..model.records import RUN, FileRun, run_pk
+from ..runtime import supervisor
+from ..runtime.replication import region_backlog
+
+__all__ = ["all_runs", "find_run", "input_key", "status"]
+
+
+def input_key(key: str) -> str:
+    """Accept ``input/x.csv`` or plain ``x.csv`` for the input ``input/x.csv``."""
+    return key if key.startswith(INPUT) else INPUT + key
+
+
+def status(ws: Workspace) -> dict[str, Any]:
+    """The ``mrbatch status --json`` contract."""
+    now = time.time()
+    procs = supervisor.running(ws)
+    result: dict[str, Any] = {"active_region": None, "epoch": None, "phase": None, "regions": {}}
+    heartbeats: dict[str, Any] = {}
+    try:
+        control = backends.open_control_plane(ws)
+        routing = control.routing()
+        heartbeats = control.heartbeats()
+        result.update(active_region=routing.active_region, epoch=routing.epoch, phase=routing.phase)
+        states = dict(routing.regions)
+    except MrbatchError as exc:
+        states = {}
+        result["control_plane_error"] = str(exc)
+    for region in ws.regions:
+        pid = procs.get(supervisor.Proc("region", region))
+        replicator = procs.get(supervisor.Proc("replicator", region))
+        entry: dict[str, Any] = {
+            "state": states.get(region),
+            "pid": pid,
+            "alive": pid is not None,
+            "backlog": None,
+            "lag_seconds": None,
+            "replicator_pid": replicator,
+            "replicator_alive": replicator is not None,
+        }
+        try:
+            backlog = region_backlog(ws, region)
+            entry.update(
+                backlog=backlog.total,
+                backlog_objects=backlog.objects,
+                backlog_records=backlog.records,
+                lag_seconds=round(backlog.lag(now), 3),
+            )
+        except MrbatchError as exc:
+            entry["error"] = str(exc)
+        beat = heartbeats.get(region)
+        if beat is not None:
+            entry["heartbeat_age"] = round(now - beat.at, 3)
+            entry["process_state"] = beat.info.get("state")
+            entry["runs_in_flight"] = beat.info.get("runs_in_flight")
+            entry["workers"] = beat.info.get("workers")
+            entry["stats"] = beat.info.get("stats", {})
+            entry["last_error"] = beat.info.get("last_error")
+            entry["mail_retrying"] = beat.info.get("mail_retrying", [])
+            entry["waiting"] = beat.info.get("waiting", [])
+        result["regions"][region] = entry
+    gateway_pid = procs.get(supervisor.Proc("gateway", "gateway"))
+    result["gateway"] = {
+        "pid": gateway_pid,
+        "alive": gateway_pid is not None,
+        "url": ws.gateway_url,
+    }
+    return result
+
+
+def all_runs(ws: Workspace, *, status_filter: str | None = None) -> list[FileRun]:
+    """Every run known to any reachable region; where regions disagree, the record with the
+    higher epoch (then the later write) is the one shown, as replication will converge to it."""
+    best: dict[str, tuple[tuple[int, float, str], FileRun]] = {}
+    reachable = 0
+    for region in ws.regions:
+        try:
+            records = list(backends.open_state_table(ws, region).scan(RUN))
+        except MrbatchError:
+            continue
+        reachable += 1
+        for record in records:
+            rank = (record.epoch, record.updated, record.writer)
+            current = best.get(record.pk)
+            if current is None or rank > current[0]:
+                best[record.pk] = (rank, FileRun.from_record(record))
+    if not reachable:
+        raise MrbatchError("no region's state table can be read", hint="check `mrbatch status`")
+    runs = sorted((run for _, run in best.values()), key=lambda r: (r.claimed_at, r.run_id))
+    if status_filter:
+        wanted = status_filter.upper()
+        runs = [r for r in runs if str(r.status) == wanted]
+    return runs
+
+
+def find_run(ws: Workspace, key_or_id: str) -> FileRun:
+    """The run of the current version of an input key, or the run with that id."""
+    runs = all_runs(ws)
+    by_id = [r for r in runs if r.run_id == key_or_id]
+    if by_id:
+        return by_id[0]
+    key = input_key(key_or_id)
+    from ..access.accesspoint import AccessPoint
+
+    try:
+        located = AccessPoint(ws).locate(key)
+    except NotFoundError:
+        located = None
+    if located is not None:
+        wanted = run_pk(run_id_for(key, located.info.sha256))
+        for run in runs:
+            if run_pk(run.run_id) == wanted:
+                return run
+        raise NotFoundError(
+            f"{key} (sha256 {located.info.sha256[:12]}) has no run yet",
+            hint="the active region claims it within moments when it is up (`mrbatch up`)",
+        )
+    for run in reversed(runs):  # the input is gone: its latest run is still the answer
+        if run.input_key == key:
+            return run
+    raise UsageError(
+        f"no input {key} and no run with id {key_or_id}", hint="`mrbatch runs` lists the runs"
+    )

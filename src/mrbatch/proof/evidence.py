@@ -1,0 +1,124 @@
+"""The history ``mrbatch verify`` checks, gathered from everything the system left behind:
+a snapshot of every region (live objects and state records, the ledger of accepted uploads
+among them), the epoch log of the control plane and the outbox's message ids. Read-only."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from email.parser import BytesHeaderParser
+
+from .. import backends
+from ..config.workspace import Workspace
+from ..errors import MrbatchError
+from ..model.keys import INPUT, VERSIONS, run_id_for
+from ..model.records import ACCEPTED, CHUNK, RUN, Accepted, FileRun
+from ..ports import ObjectInfo, ObjectStore, Record
+
+__all__ = [
+    "RegionSnapshot",
+    "accepted_versions",
+    "epoch_owners",
+    "merged_runs",
+    "outbox_message_ids",
+    "read_region",
+]
+
+
+@dataclass
+class RegionSnapshot:
+    name: str
+    store: ObjectStore | None = None
+    objects: dict[str, ObjectInfo] = field(default_factory=dict)
+    records: dict[str, Record] = field(default_factory=dict)
+    error: str | None = None
+
+
+def read_region(ws: Workspace, name: str) -> RegionSnapshot:
+    """Every live object and every accepted/run/chunk record of one region, or why it cannot
+    be read."""
+    region = RegionSnapshot(name)
+    try:
+        store = backends.open_object_store(ws, name)
+        table = backends.open_state_table(ws, name)
+        region.objects = {info.key: info for info in store.list("")}
+        region.records = {r.pk: r for kind in (ACCEPTED, RUN, CHUNK) for r in table.scan(kind)}
+        region.store = store
+    except MrbatchError as exc:
+        region.error = str(exc)
+    return region
+
+
+def epoch_owners(ws: Workspace) -> tuple[dict[int, str], list[str]]:
+    """Which region was ACTIVE in each epoch: the control plane's epoch log, completed from
+    the recovery-plan history for control planes written before the log existed."""
+    from ..recovery.plan import history
+
+    notes: list[str] = []
+    owners: dict[int, str] = {}
+    try:
+        control = backends.open_control_plane(ws)
+        for doc in control.documents("epoch/").values():
+            owners[int(doc["epoch"])] = str(doc["region"])
+        routing = control.routing()
+        owners.setdefault(routing.epoch, routing.active_region)
+        for execution in history(ws):
+            before, after = execution.epoch_before, execution.epoch_after
+            if before is not None and after is not None and after > before:
+                owners.setdefault(after, execution.target)
+                if execution.source:
+                    owners.setdefault(before, execution.source)
+    except MrbatchError as exc:
+        notes.append(f"fencing not checked: the control plane cannot be read ({exc})")
+    return owners, notes
+
+
+def outbox_message_ids(ws: Workspace) -> tuple[Counter[str], str | None]:
+    """Message ids of the outbox's messages (count per id); None when mail is not checkable."""
+    if ws.config.backends.notifier != "outbox":
+        return Counter(), f"mails not checked: notifier is {ws.config.backends.notifier!r}"
+    ids: Counter[str] = Counter()
+    parser = BytesHeaderParser()
+    if ws.outbox_dir.exists():
+        for path in sorted(ws.outbox_dir.glob("*.eml")):
+            with open(path, "rb") as handle:
+                ids[str(parser.parse(handle).get("Message-ID", "")).strip()] += 1
+    return ids, None
+
+
+def merged_runs(regions: list[RegionSnapshot]) -> dict[str, FileRun]:
+    """The run records as replication will converge them: higher epoch, then later write."""
+    best: dict[str, tuple[tuple[int, float, str], FileRun]] = {}
+    for region in regions:
+        for record in region.records.values():
+            if record.kind != RUN:
+                continue
+            rank = (record.epoch, record.updated, record.writer)
+            if record.pk not in best or rank > best[record.pk][0]:
+                best[record.pk] = (rank, FileRun.from_record(record))
+    return {run.run_id: run for _, run in best.values()}
+
+
+def accepted_versions(
+    regions: list[RegionSnapshot], runs: dict[str, FileRun]
+) -> dict[str, tuple[str, str]]:
+    """run id -> (key, sha256) of every input version anyone accepted: the ledger of
+    acknowledged uploads in every region, every input object and every kept version a
+    region holds, every input a run names."""
+    versions: dict[str, tuple[str, str]] = {}
+    for region in regions:
+        for record in region.records.values():
+            if record.kind == ACCEPTED:
+                entry = Accepted.from_record(record)
+                versions[entry.run_id] = (entry.key, entry.sha256)
+        for info in region.objects.values():
+            if info.key.startswith(INPUT):
+                versions[run_id_for(info.key, info.sha256)] = (info.key, info.sha256)
+            elif info.key.startswith(VERSIONS) and f"/{INPUT}" in info.key:
+                # versions/<run-id>/input/<path>: the bytes of one accepted version
+                run_id, rest = info.key[len(VERSIONS) :].split("/", 1)
+                if rest.startswith(INPUT):
+                    versions[run_id] = (rest, info.sha256)
+    for run in runs.values():
+        versions[run.run_id] = (run.input_key, run.input_sha256)
+    return versions

@@ -1,0 +1,253 @@
+"""Recovery operations built on run takeover: reconcile (every unfinished run re-driven in the
+active region, the missing inputs watched and named), redrive of a FAILED run, and the choice of
+a failover or failback target."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+from .. import backends
+from ..access.ledger import accepted_in
+from ..config.workspace import Workspace
+from ..engine.takeover import Missing, Takeover, present, readable, take_over
+from ..errors import MrbatchError, UnavailableError, UsageError
+from ..model.keys import run_key
+from ..model.records import CHUNK, RUN, ChunkRun, ChunkStatus, FileRun, RunStatus, chunk_pk, run_pk
+from ..observe import views
+from ..ports import RegionState, Routing
+
+__all__ = [
+    "failback_target",
+    "failover_target",
+    "reconcile_now",
+    "redrive",
+]
+
+
+def _active_routing(ws: Workspace, region: str | None = None) -> Routing:
+    routing = backends.open_control_plane(ws, caller=region).routing()
+    if region is not None and routing.active_region != region:
+        raise UsageError(
+            f"{region} is not the active region ({routing.active_region} is)",
+            hint="reconcile and redrive run in the active region",
+        )
+    if routing.phase != "ACTIVE":
+        raise UsageError(
+            f"a recovery plan is in progress (phase {routing.phase}, epoch {routing.epoch})",
+            hint="let it finish; `mrbatch plan history` shows it",
+        )
+    return routing
+
+
+def _taken_over_now(run: FileRun, epoch: int) -> bool:
+    return any(
+        h.get("epoch") == epoch and str(h.get("note", "")).startswith("taken over")
+        for h in run.history
+    )
+
+
+def reconcile_now(
+    ws: Workspace,
+    region: str | None = None,
+    *,
+    max_wait: float | None = None,
+    echo: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Re-drive every unfinished run in the active region; wait (bounded) for the inputs that
+    have not arrived, and report each run by name: re-driven, still running here, or at risk."""
+    echo = echo or (lambda _line: None)
+    routing = _active_routing(ws, region)
+    region = routing.active_region
+    bound = ws.config.failover.max_wait if max_wait is None else max_wait
+    store = backends.open_object_store(ws, region)
+    table = backends.open_state_table(ws, region)
+    started = time.monotonic()
+    pending: dict[str, Missing] = {}
+    redriven: dict[str, dict[str, Any]] = {}
+    in_progress: list[dict[str, Any]] = []
+
+    def settle(record: Any) -> None:
+        outcome = take_over(
+            record, region=region, routing=routing, store=store, table=table, config=ws.config
+        )
+        run = FileRun.from_record(table.get(record.pk) or record)
+        if isinstance(outcome, Missing):
+            pending[run.run_id] = outcome
+            return
+        pending.pop(run.run_id, None)
+        if isinstance(outcome, Takeover):
+            redriven[run.run_id] = {**outcome.to_dict(), "status": str(run.status)}
+        elif _taken_over_now(run, routing.epoch):
+            # the region process took it over first (and may have finished it since)
+            redriven[run.run_id] = {
+                "run_id": run.run_id,
+                "input_key": run.input_key,
+                "status": str(run.status),
+                "by": "region process",
+            }
+        elif run.region == region and run.epoch == routing.epoch and not run.status.terminal:
+            in_progress.append(
+                {"run_id": run.run_id, "input_key": run.input_key, "status": str(run.status)}
+            )
+
+    for record in table.scan(RUN):
+        run = FileRun.from_record(record)
+        if not run.status.terminal or _taken_over_now(run, routing.epoch):
+            settle(record)
+    # Accepted versions nobody claimed yet: the region claims each once its bytes are here.
+    unclaimed = {
+        entry.run_id: entry
+        for entry in accepted_in(table)
+        if table.get(run_pk(entry.run_id)) is None and not present(store, entry.object_key)
+    }
+    for entry in unclaimed.values():
+        pending[entry.run_id] = Missing(
+            entry.run_id, entry.key, entry.region, "input", entry.object_key,
+            {"sha256": entry.sha256, "accepted_at": entry.at},
+        )  # fmt: skip
+    missing = [m.to_dict() for m in pending.values()]
+    for item in missing:
+        echo(
+            f"    waiting for {item['what']} {item['key']} of run {item['run_id']}"
+            f" (held by {item['region']})"
+        )
+    while pending and time.monotonic() - started < bound:
+        time.sleep(0.2)
+        for run_id in list(pending):
+            latest = table.get(run_pk(run_id))
+            if latest is not None:
+                settle(latest)
+            elif run_id in unclaimed and present(store, unclaimed[run_id].object_key):
+                pending.pop(run_id)  # arrived: the region process claims it
+    arrived = [m for m in missing if m["run_id"] not in pending]
+    at_risk = [m.to_dict() for m in pending.values()]
+    for item in at_risk:
+        echo(
+            f"    AT RISK: {item['input_key']} (run {item['run_id']}): its {item['what']}"
+            f" {item['key']} is only in {item['region']}"
+        )
+    return {
+        "active_region": region,
+        "epoch": routing.epoch,
+        "redriven": list(redriven.values()),
+        "in_progress": in_progress,
+        "missing": missing,
+        "arrived": arrived,
+        "at_risk": at_risk,
+        "seconds": round(time.monotonic() - started, 3),
+    }
+
+
+def redrive(ws: Workspace, key_or_id: str) -> dict[str, Any]:
+    """Run a FAILED run again in the active region from its last good step, re-running only the
+    chunks that failed or rejected rows (all of them if the reference data changed since)."""
+    routing = _active_routing(ws)
+    region = routing.active_region
+    store = backends.open_object_store(ws, region)
+    table = backends.open_state_table(ws, region)
+    found = views.find_run(ws, key_or_id)
+    record = table.get(run_pk(found.run_id))
+    if record is None:
+        raise MrbatchError(
+            f"run {found.run_id} has not replicated to the active region {region} yet",
+            hint="wait for replication (`mrbatch status` shows the backlog), then try again",
+        )
+    run = FileRun.from_record(record)
+    if run.status is not RunStatus.FAILED:
+        raise UsageError(
+            f"run {run.run_id} ({run.input_key}) is {run.status}; redrive takes FAILED runs",
+            hint="a COMPLETED run is never run twice; upload new bytes to process again",
+        )
+    epoch = routing.epoch
+    enrichment = ws.config.pipeline.enrichment
+    changed_reference = False
+    if enrichment is not None and run.reference_version is not None:
+        current = store.head(enrichment.reference)
+        if current is not None and current.version != run.reference_version:
+            # A key of its own for this version: nothing the run still uses is overwritten
+            # before the run's record is ours.
+            snapshot = store.copy(
+                enrichment.reference,
+                run_key(run.run_id, f"reference-{current.sha256[:16]}.csv"),
+                version=current.version,
+                epoch=epoch,
+            )
+            run.reference_key, run.reference_sha256 = snapshot.key, snapshot.sha256
+            run.reference_version = snapshot.version
+            changed_reference = True
+    redo: list[tuple[ChunkRun, int | None]] = []
+    kept = 0
+    published = (
+        run.output_key is not None
+        and run.mail_sent_at is None
+        and run.rows_out is not None
+        and readable(store, run.output_key, run.output_sha256)
+    )
+    if published and not changed_reference:
+        status = RunStatus.PUBLISHED  # only the mail failed: send it
+    elif run.chunks:
+        status = RunStatus.PROCESSING
+        records = {r.pk: r for r in table.scan(CHUNK, prefix=f"chunk/{run.run_id}/")}
+        for spec in run.chunks:
+            rec = records.get(chunk_pk(run.run_id, spec.index))
+            chunk = ChunkRun.from_record(rec) if rec else ChunkRun(run.run_id, spec.index)
+            good = (
+                rec is not None
+                and chunk.status is ChunkStatus.DONE
+                and not changed_reference
+                and not chunk.rows_rejected
+                and readable(store, chunk.output_key, chunk.output_sha256)
+            )
+            if good:
+                kept += 1
+            else:
+                redo.append((chunk, rec.version if rec else None))
+    else:
+        status = RunStatus.CLAIMED
+        run.reference_key = run.reference_sha256 = run.reference_version = None
+    previous = run.reason
+    run.redo_chunks = sorted(chunk.index for chunk, _version in redo)
+    run.reason = None
+    run.mail_attempts, run.mail_error = 0, None
+    run.redriven += 1
+    note = f"redriven by the operator at {status}" + (
+        f": {len(redo)} chunk(s) to run, {kept} kept"
+        if run.chunks and status is RunStatus.PROCESSING
+        else ""
+    )
+    if changed_reference:
+        note += "; reference data changed, so every chunk runs again"
+    run.advance(status, region=region, epoch=epoch, note=note)
+    table.update(run_pk(run.run_id), run.to_body(), expected_version=record.version, epoch=epoch)
+    return {
+        "run_id": run.run_id,
+        "input_key": run.input_key,
+        "region": region,
+        "epoch": epoch,
+        "resumes_at": str(status),
+        "chunks_to_run": len(redo),
+        "chunks_kept": kept,
+        "reference_changed": changed_reference,
+        "previous_reason": previous,
+    }
+
+
+def failover_target(ws: Workspace, requested: str | None) -> str:
+    if requested:
+        return ws.check_region(requested)
+    try:
+        routing = backends.open_control_plane(ws).routing()
+    except UnavailableError:
+        routing = None
+    active = routing.active_region if routing else ws.regions[0]
+    for name in ws.regions:
+        if name != active and (routing is None or routing.regions.get(name) != RegionState.ACTIVE):
+            return name
+    raise UsageError("no standby region to fail over to", hint="list one more region in regions")
+
+
+def failback_target(ws: Workspace, requested: str | None) -> str:
+    """The home region (the first listed), unless another is asked for."""
+    return ws.check_region(requested) if requested else ws.regions[0]

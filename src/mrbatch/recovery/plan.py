@@ -1,0 +1,125 @@
+"""What a recovery plan execution is made of: the context a step sees, the log of each step and
+of the whole execution (kept in the control plane as ``plan/<id>`` documents), and the error a
+step raises when it cannot do its job. The steps are in :mod:`.steps`, the engine that runs
+them in :mod:`.runbook`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from .. import backends
+from ..config.workspace import Workspace
+from ..errors import MrbatchError
+from ..ports import Routing
+
+__all__ = [
+    "PLAN_PREFIX",
+    "Execution",
+    "PlanContext",
+    "Result",
+    "StepFailed",
+    "StepLog",
+    "history",
+]
+
+PLAN_PREFIX = "plan/"
+
+
+class StepFailed(MrbatchError):
+    """A plan step could not do its job; the message says why."""
+
+    code = "step_failed"
+
+
+@dataclass
+class StepLog:
+    name: str
+    kind: str
+    started: float
+    ended: float | None = None
+    outcome: str = "running"  # ok | warning | failed | skipped | running
+    message: str = ""
+    evidence: dict[str, Any] = field(default_factory=dict)
+    children: list[StepLog] = field(default_factory=list)
+
+    @property
+    def seconds(self) -> float | None:
+        return None if self.ended is None else round(self.ended - self.started, 3)
+
+
+@dataclass
+class Execution:
+    id: str
+    plan: str
+    target: str
+    source: str | None
+    started: float
+    desired_rto: float
+    ended: float | None = None
+    outcome: str = "running"  # succeeded | failed | aborted | running
+    reason: str | None = None
+    epoch_before: int | None = None
+    epoch_after: int | None = None
+    rto_seconds: float | None = None
+    at_risk: list[dict[str, Any]] = field(default_factory=list)
+    steps: list[StepLog] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["v"] = 1
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Execution:
+        def step(raw: dict[str, Any]) -> StepLog:
+            raw = dict(raw)
+            raw["children"] = [step(c) for c in raw.get("children", [])]
+            return StepLog(**raw)
+
+        fields = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
+        fields["steps"] = [step(s) for s in data.get("steps", [])]
+        return cls(**fields)
+
+
+@dataclass
+class PlanContext:
+    """What a step sees (custom Python steps get this object)."""
+
+    ws: Workspace
+    plan: str
+    target: str
+    source: str | None
+    execution: Execution
+    yes: bool
+    force: bool
+    max_wait: float
+    confirm: Callable[[str], bool]
+    echo: Callable[[str], None]
+    routing: Routing | None = None
+    fenced: bool = False
+    epoch: int | None = None
+
+    @property
+    def control(self) -> Any:
+        return backends.open_control_plane(self.ws, caller=self.target)
+
+    def env(self) -> dict[str, str]:
+        return {
+            "MRBATCH_PLAN": self.plan,
+            "MRBATCH_TARGET": self.target,
+            "MRBATCH_SOURCE": self.source or "",
+            "MRBATCH_EPOCH": str(self.epoch or ""),
+            "MRBATCH_CONFIG": str(self.ws.config_path),
+            "MRBATCH_EXECUTION": self.execution.id,
+        }
+
+
+Result = tuple[str, str, dict[str, Any]]  # outcome, message, evidence
+
+
+def history(ws: Workspace) -> list[Execution]:
+    docs = backends.open_control_plane(ws).documents(PLAN_PREFIX)
+    return sorted((Execution.from_dict(d) for d in docs.values()), key=lambda e: e.started)

@@ -1,0 +1,64 @@
+"""Entry point of the long-running processes ``mrbatch up`` starts:
+
+python -m mrbatch.runtime.daemon region|replicator|gateway NAME --config PATH
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import threading
+from pathlib import Path
+
+from ..config.workspace import Workspace
+from ..errors import MrbatchError
+
+__all__ = ["main"]
+
+
+def _logging(label: str) -> None:
+    logging.basicConfig(
+        level=logging.INFO,
+        stream=sys.stderr,
+        format=f"%(asctime)s %(levelname)s {label} %(name)s: %(message)s",
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="mrbatch.runtime.daemon")
+    parser.add_argument("kind", choices=["region", "replicator", "gateway"])
+    parser.add_argument("name")
+    parser.add_argument("--config", required=True, type=Path)
+    args = parser.parse_args(argv)
+    _logging(f"{args.kind}:{args.name}")
+    try:
+        ws = Workspace.load(args.config)
+        if args.kind == "region":
+            from ..engine.region import RegionProcess
+
+            RegionProcess(ws, args.name).run()
+        elif args.kind == "replicator":
+            from .replication import Replicator
+
+            ws.check_region(args.name)
+            os.nice(ws.config.replication.nice)
+            stop = threading.Event()
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                signal.signal(sig, lambda *_: stop.set())
+            logging.getLogger("mrbatch.replication").info("replicating into %s", args.name)
+            Replicator(ws, args.name).run_forever(stop)
+        else:
+            from ..gateway.app import serve
+
+            serve(ws)
+    except MrbatchError as exc:
+        logging.getLogger("mrbatch").error("%s%s", exc, f" (hint: {exc.hint})" if exc.hint else "")
+        return exc.exit_code
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

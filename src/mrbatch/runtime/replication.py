@@ -1,0 +1,227 @@
+"""Built-in replicators: objects and state records flow between regions asynchronously.
+
+One replicator per destination region pulls from every other region: it follows the source's
+change feed from a cursor kept in the destination's state table, applies each change with the
+convergence rule (higher epoch wins, then the later write), and moves the cursor only after the
+change is applied, so a crash repeats at most one batch and applying twice is harmless.
+Changes that came from the destination itself are skipped, so nothing ping-pongs.
+
+Backlog and lag are measured from the same cursors: the backlog of region R is the number of
+changes in R not yet applied in some other region, and its lag the age of the oldest of them.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass
+
+from .. import backends
+from ..config.workspace import Workspace
+from ..errors import MrbatchError, UnavailableError
+from ..faults import FaultPoints
+from ..ports import ObjectStore, StateTable
+from ..retry import Backoff
+
+__all__ = ["Backlog", "Replicator", "backlog", "cursor_name", "region_backlog"]
+
+log = logging.getLogger("mrbatch.replication")
+_COUNT_CAP = 100_000
+
+
+def cursor_name(kind: str, source: str) -> str:
+    return f"replication:{kind}<-{source}"
+
+
+@dataclass(frozen=True)
+class Backlog:
+    objects: int
+    records: int
+    oldest: float | None  # the writer's clock of the oldest unreplicated change
+
+    @property
+    def total(self) -> int:
+        return self.objects + self.records
+
+    def lag(self, now: float) -> float:
+        return 0.0 if self.oldest is None else max(0.0, now - self.oldest)
+
+
+class Replicator:
+    """Pulls changes from every other region into ``dest``."""
+
+    def __init__(self, ws: Workspace, dest: str) -> None:
+        self.ws = ws
+        self.dest = dest
+        self.sources = [r for r in ws.regions if r != dest]
+        self.faults = FaultPoints(ws.faults_path)
+        self.dest_store = backends.open_object_store(ws, dest)
+        self.dest_table = backends.open_state_table(ws, dest)
+        self.src_stores = {r: backends.open_object_store(ws, r) for r in self.sources}
+        self.src_tables = {r: backends.open_state_table(ws, r) for r in self.sources}
+        self.batch = ws.config.replication.batch
+        self.control = backends.open_control_plane(ws, caller=dest)
+        self.applied = {"objects": 0, "records": 0}
+        self.errors: dict[str, str] = {}
+
+    def blocked(self, source: str, kind: str | None = None) -> str | None:
+        """Why replication (of ``kind``: objects or records) from ``source`` cannot run now
+        (a chaos fault), or None."""
+        points = ["replication"] + ([f"replication:{kind}"] if kind else [])
+        for region in (source, self.dest):
+            for point in points:
+                if self.faults.active(point, region):
+                    return f"{point} stalled in {region}"
+        if self.faults.active("partition", source, self.dest):
+            return f"{source} and {self.dest} are partitioned"
+        return None
+
+    def run_once(self) -> int:
+        """One pass over every source; returns how many changes were applied."""
+        applied = 0
+        for source in self.sources:
+            if self.blocked(source):
+                continue
+            try:
+                if not self.blocked(source, "objects"):
+                    applied += self._objects(source)
+                if not self.blocked(source, "records"):
+                    applied += self._records(source)
+            except UnavailableError as exc:
+                self.errors[source] = str(exc)
+                log.warning("replication %s -> %s: %s", source, self.dest, exc)
+            else:
+                self.errors.pop(source, None)
+        return applied
+
+    def _objects(self, source: str) -> int:
+        src: ObjectStore = self.src_stores[source]
+        name = cursor_name("objects", source)
+        cursor = self.dest_table.get_cursor(name)
+        changes = src.changes(cursor, limit=self.batch)
+        applied = 0
+        for info in changes:
+            if info.origin != self.dest:
+                if info.deleted:
+                    done = self.dest_store.apply_replica(info, None)
+                else:
+                    with src.open(info.key, version=info.version) as stream:
+                        done = self.dest_store.apply_replica(info, stream)
+                applied += int(done)
+            cursor = info.seq
+        if changes:
+            self.dest_table.set_cursor(name, cursor)
+        self.applied["objects"] += applied
+        return applied
+
+    def _records(self, source: str) -> int:
+        src: StateTable = self.src_tables[source]
+        name = cursor_name("records", source)
+        cursor = self.dest_table.get_cursor(name)
+        changes = src.changes(cursor, limit=self.batch)
+        applied = 0
+        for record in changes:
+            if record.writer != self.dest:
+                applied += int(self.dest_table.apply_replica(record))
+            cursor = record.seq
+        if changes:
+            self.dest_table.set_cursor(name, cursor)
+        self.applied["records"] += applied
+        return applied
+
+    def heartbeat(self, last_error: str | None) -> None:
+        """Tell the control plane this replicator is alive (readiness checks look for it)."""
+        try:
+            self.control.heartbeat(
+                f"replicator:{self.dest}",
+                os.getpid(),
+                {
+                    "applied": dict(self.applied),
+                    "blocked": {s: why for s in self.sources if (why := self.blocked(s))},
+                    "errors": dict(self.errors),
+                    "last_error": last_error,
+                },
+            )
+        except MrbatchError as exc:
+            log.warning("replicator %s: heartbeat failed: %s", self.dest, exc)
+
+    def run_forever(self, stop: object) -> None:
+        """Replicate until ``stop.is_set()``; errors are logged and retried with backoff."""
+        interval = self.ws.config.replication.interval
+        beat_every = self.ws.config.timing.heartbeat_interval
+        failures = 0
+        backoff = Backoff(base=2 * interval, cap=5.0)
+        last_beat = 0.0
+        last_error: str | None = None
+        while not stop.is_set():  # type: ignore[attr-defined]
+            if time.monotonic() - last_beat >= beat_every:
+                self.heartbeat(last_error)
+                last_beat = time.monotonic()
+            try:
+                busy = self.run_once()
+                failures = 0
+                last_error = None
+            except MrbatchError as exc:
+                failures += 1
+                busy = 0
+                last_error = str(exc)
+                log.warning("replication into %s: %s", self.dest, exc)
+            except Exception as exc:
+                failures += 1
+                busy = 0
+                last_error = repr(exc)
+                log.exception("replication into %s failed", self.dest)
+            if busy and not failures:
+                continue  # more may be waiting: go again at once
+            stop.wait(backoff.delay(failures) if failures else interval)  # type: ignore[attr-defined]
+
+
+def _count_pending(items: list[tuple[int, str, float]], dest: str) -> tuple[int, float | None]:
+    count, oldest = 0, None
+    for _seq, origin, when in items:
+        if origin == dest:
+            continue
+        count += 1
+        oldest = when if oldest is None else min(oldest, when)
+    return count, oldest
+
+
+def backlog(ws: Workspace, source: str, dest: str) -> Backlog:
+    """Changes in ``source`` that ``dest`` has not applied yet.
+
+    Raises UnavailableError when either side cannot be read (then the backlog is unknown)."""
+    dest_table = backends.open_state_table(ws, dest)
+    store = backends.open_object_store(ws, source)
+    table = backends.open_state_table(ws, source)
+    obj_items = [
+        (i.seq, i.origin, i.modified)
+        for i in store.changes(
+            dest_table.get_cursor(cursor_name("objects", source)), limit=_COUNT_CAP
+        )
+    ]
+    rec_items = [
+        (r.seq, r.writer, r.updated)
+        for r in table.changes(
+            dest_table.get_cursor(cursor_name("records", source)), limit=_COUNT_CAP
+        )
+    ]
+    objects, oldest_obj = _count_pending(obj_items, dest)
+    records, oldest_rec = _count_pending(rec_items, dest)
+    oldest = min((t for t in (oldest_obj, oldest_rec) if t is not None), default=None)
+    return Backlog(objects=objects, records=records, oldest=oldest)
+
+
+def region_backlog(ws: Workspace, region: str) -> Backlog:
+    """Everything ``region`` holds that some other region has not applied yet."""
+    objects = records = 0
+    oldest: float | None = None
+    for dest in ws.regions:
+        if dest == region:
+            continue
+        part = backlog(ws, region, dest)
+        objects += part.objects
+        records += part.records
+        if part.oldest is not None:
+            oldest = part.oldest if oldest is None else min(oldest, part.oldest)
+    return Backlog(objects=objects, records=records, oldest=oldest)

@@ -5,8 +5,13 @@ fails loudly if a region, replicator or gateway process outlives its test."""
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
 import socket
+import sys
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -119,3 +124,46 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "soak" in item.keywords:
             item.add_marker(skip)
+
+
+# --------------------------------------------------------------------------- nothing left behind
+# Every process the session starts (regions, replicators, gateways, pool workers, servers)
+# inherits this marker; whatever still carries it when the session ends outlived its test.
+SESSION_MARKER = f"MRBATCH_TEST_SESSION={uuid.uuid4().hex}"
+os.environ["MRBATCH_TEST_SESSION"] = SESSION_MARKER.split("=", 1)[1]
+
+
+def _marked_processes() -> dict[int, str]:
+    found: dict[int, str] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            environ = (entry / "environ").read_bytes().split(b"\0")
+            stat = (entry / "stat").read_text()
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2 :].split()
+        if SESSION_MARKER.encode() not in environ or fields[0] == "Z":
+            continue
+        if int(fields[1]) == os.getpid() and "multiprocessing.resource_tracker" in cmdline:
+            continue  # this process's own tracker (pool tests): it ends when pytest does
+        found[int(entry.name)] = cmdline.strip()[:160]
+    return found
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    deadline = time.monotonic() + 10  # processes being stopped right now get time to go
+    leftovers = _marked_processes()
+    while leftovers and time.monotonic() < deadline:
+        time.sleep(0.2)
+        leftovers = _marked_processes()
+    if not leftovers:
+        return
+    for pid in leftovers:  # ours by the marker: end them so they do not outlive the run
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    lines = "\n".join(f"  pid {pid}: {cmd}" for pid, cmd in sorted(leftovers.items()))
+    sys.stderr.write(f"\nprocesses started by the tests outlived them:\n{lines}\n")
+    session.exitstatus = pytest.ExitCode.TESTS_FAILED

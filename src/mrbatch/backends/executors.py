@@ -3,8 +3,11 @@ task at once in the caller's process (deterministic tests)."""
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import multiprocessing
 import os
+import signal
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -15,6 +18,22 @@ if TYPE_CHECKING:
     from ..config.workspace import Workspace
 
 __all__ = ["InlineExecutor", "ProcessPool", "open_inline", "open_process_pool"]
+
+
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def _die_with_parent(parent: int) -> None:
+    """Worker initializer: the kernel kills this worker when the process that started it dies,
+    however it dies (SIGKILL of its pid alone, as the OOM killer sends, included), so no worker
+    outlives its region process holding memory."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):
+        pass  # not Linux: the pool's own pipes still end an idle worker
+    if os.getppid() != parent:
+        os._exit(0)  # the parent died before the request took effect
 
 
 def _warm() -> int:
@@ -47,7 +66,10 @@ class ProcessPool:
 
     def _fresh(self) -> ProcessPoolExecutor:
         pool = ProcessPoolExecutor(
-            max_workers=self.workers, mp_context=multiprocessing.get_context("spawn")
+            max_workers=self.workers,
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=_die_with_parent,
+            initargs=(os.getpid(),),
         )
         for _ in range(self.workers):
             pool.submit(_warm)

@@ -38,10 +38,19 @@ class SmtpServer:
         self.handler = RecordingHandler()
         self.port = _free_port()  # aiosmtpd cannot bind port 0 itself
         self.controller = Controller(self.handler, hostname="127.0.0.1", port=self.port)
+        self.running = False
 
     def __enter__(self) -> SmtpServer:
         self.controller.start()
+        self.running = True
         return self
 
+    def stop(self) -> None:
+        """Stop listening: connections to the port are then refused, like a server that is
+        down. Idempotent, so a test may stop it early and leave the rest to ``__exit__``."""
+        if self.running:
+            self.running = False
+            self.controller.stop()
+
     def __exit__(self, *exc: object) -> None:
-        self.controller.stop()
+        self.stop()

@@ -1,4 +1,5 @@
-"""The control plane contract (routing control + safety rules), run against every backend."""
+"""The control plane contract (routing control + safety rules), run against every control plane
+in :mod:`tests.contracts.backends`."""
 
 from __future__ import annotations
 
@@ -14,8 +15,10 @@ from mrbatch.faults import FaultPoints
 from mrbatch.ports import ControlPlane, RegionState
 
 
-def test_initialized_by_init_and_idempotent(control: ControlPlane, workspace: Workspace) -> None:
-    first, second = workspace.regions
+def test_initialized_by_init_and_idempotent(
+    control: ControlPlane, control_workspace: Workspace
+) -> None:
+    first, second = control_workspace.regions
     routing = control.routing()
     assert routing.epoch == 1 and routing.active_region == first and routing.phase == "ACTIVE"
     assert routing.regions == {first: RegionState.ACTIVE, second: RegionState.STANDBY}
@@ -23,17 +26,17 @@ def test_initialized_by_init_and_idempotent(control: ControlPlane, workspace: Wo
     assert again.active_region == first and again.epoch == 1
 
 
-def test_confirm(control: ControlPlane, workspace: Workspace) -> None:
-    first, second = workspace.regions
+def test_confirm(control: ControlPlane, control_workspace: Workspace) -> None:
+    first, second = control_workspace.regions
     assert control.confirm(first, 1)
     assert not control.confirm(first, 2)
     assert not control.confirm(second, 1)
 
 
 def test_switch_fences_the_old_region_and_bumps_the_epoch(
-    control: ControlPlane, workspace: Workspace
+    control: ControlPlane, control_workspace: Workspace
 ) -> None:
-    first, second = workspace.regions
+    first, second = control_workspace.regions
     routing = control.switch(second, expected_epoch=1, min_interval=0)
     assert routing.epoch == 2 and routing.active_region == second
     assert routing.regions == {first: RegionState.FENCED, second: RegionState.ACTIVE}
@@ -41,9 +44,9 @@ def test_switch_fences_the_old_region_and_bumps_the_epoch(
 
 
 def test_switch_rules_refuse_and_change_nothing(
-    control: ControlPlane, workspace: Workspace
+    control: ControlPlane, control_workspace: Workspace
 ) -> None:
-    first, second = workspace.regions
+    first, second = control_workspace.regions
     with pytest.raises(SafetyRuleError, match="one-active"):
         control.switch(first, expected_epoch=1, min_interval=0)
     with pytest.raises(ConflictError):
@@ -61,13 +64,13 @@ def test_switch_rules_refuse_and_change_nothing(
     assert forced.epoch == 3
 
 
-def test_two_concurrent_switches_one_wins(workspace: Workspace) -> None:
-    second = workspace.regions[1]
+def test_two_concurrent_switches_one_wins(control_workspace: Workspace) -> None:
+    second = control_workspace.regions[1]
     outcomes: list[str] = []
     barrier = threading.Barrier(4)
 
     def switch() -> None:
-        plane = backends.open_control_plane(workspace)
+        plane = backends.open_control_plane(control_workspace)
         barrier.wait()
         try:
             plane.switch(second, expected_epoch=1, min_interval=0)
@@ -81,11 +84,11 @@ def test_two_concurrent_switches_one_wins(workspace: Workspace) -> None:
     for t in threads:
         t.join()
     assert outcomes.count("won") == 1
-    assert backends.open_control_plane(workspace).routing().epoch == 2
+    assert backends.open_control_plane(control_workspace).routing().epoch == 2
 
 
-def test_phase_and_region_state(control: ControlPlane, workspace: Workspace) -> None:
-    first, second = workspace.regions
+def test_phase_and_region_state(control: ControlPlane, control_workspace: Workspace) -> None:
+    first, second = control_workspace.regions
     routing = control.switch(second, expected_epoch=1, min_interval=0, phase="FAILOVER")
     assert routing.phase == "FAILOVER" and not control.confirm(second, 2)
     assert control.set_phase("ACTIVE", expected_epoch=2).phase == "ACTIVE"
@@ -102,8 +105,8 @@ def test_phase_and_region_state(control: ControlPlane, workspace: Workspace) -> 
         control.set_region_state(first, RegionState.ACTIVE, expected_epoch=2)
 
 
-def test_heartbeats_and_documents(control: ControlPlane, workspace: Workspace) -> None:
-    first = workspace.regions[0]
+def test_heartbeats_and_documents(control: ControlPlane, control_workspace: Workspace) -> None:
+    first = control_workspace.regions[0]
     before = time.time()
     control.heartbeat(first, 123, {"state": "active"})
     beat = control.heartbeats()[first]
@@ -114,11 +117,11 @@ def test_heartbeats_and_documents(control: ControlPlane, workspace: Workspace) -
     assert control.documents("plan/") == {"plan/1": {"steps": [1, 2]}}
 
 
-def test_control_fault_isolates_one_caller(workspace: Workspace) -> None:
-    first, second = workspace.regions
-    cut = backends.open_control_plane(workspace, caller=first)
-    fine = backends.open_control_plane(workspace, caller=second)
-    with FaultPoints(workspace.faults_path).armed("control", region=first):
+def test_control_fault_isolates_one_caller(control_workspace: Workspace) -> None:
+    first, second = control_workspace.regions
+    cut = backends.open_control_plane(control_workspace, caller=first)
+    fine = backends.open_control_plane(control_workspace, caller=second)
+    with FaultPoints(control_workspace.faults_path).armed("control", region=first):
         with pytest.raises(UnavailableError):
             cut.routing()
         with pytest.raises(UnavailableError):
@@ -127,9 +130,9 @@ def test_control_fault_isolates_one_caller(workspace: Workspace) -> None:
 
 
 def test_every_epoch_is_logged_with_its_active_region(
-    control: ControlPlane, workspace: Workspace
+    control: ControlPlane, control_workspace: Workspace
 ) -> None:
-    first, second = workspace.regions
+    first, second = control_workspace.regions
     control.switch(second, expected_epoch=1, min_interval=0, plan_id="p-1")
     control.switch(first, expected_epoch=2, min_interval=0, force=True)
     with pytest.raises(ConflictError):

@@ -1,14 +1,26 @@
-"""The executor contract: the process pool and the inline executor."""
+"""The executor contract, run against every executor in :mod:`tests.contracts.backends`."""
 
 from __future__ import annotations
 
 import os
 import signal
 from concurrent.futures.process import BrokenProcessPool
+from pathlib import Path
+from typing import Protocol, runtime_checkable
 
 import pytest
 
-from mrbatch.backends.executors import InlineExecutor, ProcessPool
+from mrbatch import backends
+from mrbatch.ports import Executor
+from tests.contracts.backends import EXECUTORS, ExecutorSetup
+
+
+@runtime_checkable
+class ExecutorWithWorkers(Executor, Protocol):
+    """What an executor with worker processes offers beyond the port: the heartbeat reports
+    these pids and chaos experiments kill them."""
+
+    def pids(self) -> list[int]: ...
 
 
 def _square(x: int) -> int:
@@ -27,28 +39,61 @@ def _die() -> None:
     os.kill(os.getpid(), signal.SIGKILL)  # the worker running this task is killed under it
 
 
-@pytest.fixture(params=["process-pool", "inline"])
-def executor(request: pytest.FixtureRequest):  # type: ignore[no-untyped-def]
-    ex = ProcessPool(2) if request.param == "process-pool" else InlineExecutor()
-    yield ex
-    ex.shutdown(cancel=True)
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)  # signal 0 only checks that the process exists
+    except ProcessLookupError:
+        return False
+    return True
 
 
-def test_results_and_errors(executor) -> None:  # type: ignore[no-untyped-def]
+def _skip_unless_worker_processes(setup: ExecutorSetup) -> type[BaseException]:
+    if setup.killed_worker_error is None:
+        name = setup.workspace.config.backends.executor
+        pytest.skip(f"{name} lacks capability killed_worker_error: no killable worker processes")
+    return setup.killed_worker_error
+
+
+def test_results_and_errors(executor: Executor) -> None:
     assert [executor.submit(_square, i).result(timeout=60) for i in range(5)] == [0, 1, 4, 9, 16]
     with pytest.raises(ValueError, match="bad chunk"):
         executor.submit(_boom, "bad chunk").result(timeout=60)
 
 
-def test_a_killed_worker_fails_its_future_and_the_pool_recovers() -> None:
-    pool = ProcessPool(2)
-    try:
-        assert pool.submit(_pid).result(timeout=60) in pool.pids()
-        future = pool.submit(_die)
-        with pytest.raises(BrokenProcessPool):
-            future.result(timeout=60)
-        assert pool.submit(_square, 7).result(timeout=60) == 49
-        assert pool.restarts == 1
-    finally:
-        pool.shutdown(cancel=True)
-    assert pool.pids() == []
+def test_shutdown_is_idempotent(executor: Executor) -> None:
+    assert executor.submit(_square, 3).result(timeout=60) == 9
+    executor.shutdown(cancel=True)
+    executor.shutdown(cancel=True)
+    executor.shutdown(cancel=False)
+
+
+def test_a_killed_worker_fails_its_future_and_the_executor_recovers(
+    executor: Executor, executor_setup: ExecutorSetup
+) -> None:
+    killed_worker_error = _skip_unless_worker_processes(executor_setup)
+    assert isinstance(executor, ExecutorWithWorkers)
+    assert executor.submit(_pid).result(timeout=60) in executor.pids()
+    future = executor.submit(_die)
+    with pytest.raises(killed_worker_error):
+        future.result(timeout=60)
+    assert executor.submit(_square, 7).result(timeout=60) == 49
+    replacements = executor.pids()
+    assert replacements and all(_alive(pid) for pid in replacements)
+    executor.shutdown(cancel=True)
+    assert executor.pids() == []  # the replacement workers are stopped too
+
+
+def test_process_pool_counts_each_replaced_pool(tmp_path: Path) -> None:
+    # Backend-specific: ``restarts`` is not part of the port; the heartbeat reports it as
+    # pool_restarts, so an operator sees workers being lost.
+    with EXECUTORS["process-pool"](tmp_path) as setup:
+        pool = backends.open_executor(setup.workspace)
+        try:
+            assert pool.submit(_square, 2).result(timeout=60) == 4
+            assert pool.restarts == 0  # type: ignore[attr-defined]
+            with pytest.raises(BrokenProcessPool):
+                pool.submit(_die).result(timeout=60)
+            assert pool.submit(_square, 7).result(timeout=60) == 49
+            assert pool.restarts == 1  # type: ignore[attr-defined]
+        finally:
+            pool.shutdown(cancel=True)

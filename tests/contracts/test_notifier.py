@@ -1,4 +1,5 @@
-"""The notifier contract: the outbox and a real SMTP server (aiosmtpd)."""
+"""The notifier contract, run against every notifier in :mod:`tests.contracts.backends` (the
+outbox and a real SMTP server, aiosmtpd), then a few checks specific to one backend."""
 
 from __future__ import annotations
 
@@ -7,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from mrbatch.backends.mail import OutboxNotifier, SmtpNotifier
+from mrbatch import backends
 from mrbatch.errors import UnavailableError
-from mrbatch.ports import Mail
-from tests.conftest import free_port
+from mrbatch.ports import Mail, Notifier
+from tests.contracts.backends import NOTIFIERS, NotifierSetup, smtp_workspace
 from tests.smtp_server import SmtpServer
 
 MAIL = Mail(
@@ -22,31 +23,73 @@ MAIL = Mail(
 )
 
 
-def test_outbox_writes_one_rfc5322_file_per_message_id(tmp_path: Path) -> None:
-    outbox = OutboxNotifier(tmp_path / "outbox")
-    first = outbox.send(MAIL)
-    second = outbox.send(MAIL)
-    assert first == second
-    files = list((tmp_path / "outbox").iterdir())
-    assert len(files) == 1
-    message = message_from_bytes(files[0].read_bytes())
+def _name(setup: NotifierSetup) -> str:
+    return setup.workspace.config.backends.notifier
+
+
+def test_delivers_one_rfc5322_message(notifier: Notifier, notifier_setup: NotifierSetup) -> None:
+    assert notifier.send(MAIL)  # where it went
+    delivered = notifier_setup.delivered()
+    assert len(delivered) == 1
+    message = delivered[0]
     assert message["Message-ID"] == MAIL.message_id
+    assert message["From"] == MAIL.sender
     assert message["To"] == "a@example.com, b@example.com"
+    assert message["Subject"] == MAIL.subject
     assert "signature=abc" in message.get_payload()  # readable, not quoted-printable
 
 
-def test_smtp_delivers_to_a_real_server() -> None:
-    with SmtpServer() as server:
-        SmtpNotifier("127.0.0.1", server.port, timeout=5).send(MAIL)
-        assert len(server.handler.messages) == 1
-        assert server.handler.messages[0]["Subject"] == MAIL.subject
+def test_a_resend_is_idempotent_where_the_backend_can_tell(
+    notifier: Notifier, notifier_setup: NotifierSetup
+) -> None:
+    first = notifier.send(MAIL)
+    again = notifier.send(MAIL)
+    delivered = notifier_setup.delivered()
+    # Every copy carries the one Message-ID, so a receiver can drop a repeat the backend sent.
+    assert {m["Message-ID"] for m in delivered} == {MAIL.message_id}
+    if notifier_setup.deduplicates:
+        assert again == first
+        assert len(delivered) == 1
+    else:  # declared honestly: a backend that cannot tell delivers both copies
+        assert len(delivered) == 2
 
 
-def test_smtp_failures_are_unavailable_not_swallowed() -> None:
-    with SmtpServer() as server:
-        server.handler.failing = True
-        with pytest.raises(UnavailableError, match="did not accept"):
-            SmtpNotifier("127.0.0.1", server.port, timeout=5).send(MAIL)
-        assert server.handler.refused == 1
+def test_a_refusing_destination_raises_unavailable(
+    notifier: Notifier, notifier_setup: NotifierSetup
+) -> None:
+    if notifier_setup.refuse_from_now_on is None:
+        pytest.skip(f"{_name(notifier_setup)} lacks capability refuse_from_now_on: no server")
+    notifier_setup.refuse_from_now_on()
     with pytest.raises(UnavailableError):
-        SmtpNotifier("127.0.0.1", free_port(), timeout=2).send(MAIL)  # nothing listens
+        notifier.send(MAIL)
+    assert notifier_setup.delivered() == []
+
+
+def test_an_unreachable_destination_raises_unavailable(
+    notifier: Notifier, notifier_setup: NotifierSetup
+) -> None:
+    if notifier_setup.make_unreachable is None:
+        pytest.skip(f"{_name(notifier_setup)} lacks capability make_unreachable: no server")
+    notifier_setup.make_unreachable()
+    with pytest.raises(UnavailableError):
+        notifier.send(MAIL)
+
+
+# --------------------------------------------------------------------------- one backend each
+
+
+def test_outbox_returns_the_one_file_named_after_the_message_id(tmp_path: Path) -> None:
+    with NOTIFIERS["outbox"](tmp_path) as setup:
+        where = backends.open_notifier(setup.workspace).send(MAIL)
+        assert [str(p) for p in setup.workspace.outbox_dir.iterdir()] == [where]
+        assert Path(where).name == "run-1_mrbatch.eml"
+        assert message_from_bytes(Path(where).read_bytes())["Message-ID"] == MAIL.message_id
+
+
+def test_smtp_names_the_server_that_did_not_accept(tmp_path: Path) -> None:
+    with SmtpServer() as server:
+        notifier = backends.open_notifier(smtp_workspace(tmp_path, server.port))
+        server.handler.failing = True
+        with pytest.raises(UnavailableError, match=f"127.0.0.1:{server.port} did not accept"):
+            notifier.send(MAIL)
+        assert server.handler.refused == 1  # the server saw the message and refused it

@@ -1,4 +1,4 @@
-"""The object store contract, run against every backend."""
+"""The object store contract, run against every object store in :mod:`tests.contracts.backends`."""
 
 from __future__ import annotations
 
@@ -113,10 +113,10 @@ def test_unsafe_keys_are_refused(store: ObjectStore, key: str) -> None:
 
 
 def test_replica_merge_rule(
-    store_factory: Callable[[str], ObjectStore], workspace: Workspace
+    store_factory: Callable[[str], ObjectStore], store_workspace: Workspace
 ) -> None:
-    a = store_factory(workspace.regions[0])
-    b = store_factory(workspace.regions[1])
+    a = store_factory(store_workspace.regions[0])
+    b = store_factory(store_workspace.regions[1])
     info = a.put("k", b"from a", epoch=1)
     assert b.apply_replica(info, a.open("k")) is True
     assert b.get("k") == b"from a"
@@ -131,10 +131,10 @@ def test_replica_merge_rule(
 
 
 def test_replica_deletion_and_corruption(
-    store_factory: Callable[[str], ObjectStore], workspace: Workspace
+    store_factory: Callable[[str], ObjectStore], store_workspace: Workspace
 ) -> None:
-    a = store_factory(workspace.regions[0])
-    b = store_factory(workspace.regions[1])
+    a = store_factory(store_workspace.regions[0])
+    b = store_factory(store_workspace.regions[1])
     info = a.put("k", b"bytes")
     b.apply_replica(info, a.open("k"))
     a.delete("k")
@@ -168,10 +168,10 @@ def test_concurrent_writers_never_tear(store: ObjectStore) -> None:
 
 
 def test_storage_fault_makes_every_call_unavailable(
-    store: ObjectStore, workspace: Workspace
+    store: ObjectStore, store_workspace: Workspace
 ) -> None:
     store.put("k", b"x")
-    faults = FaultPoints(workspace.faults_path)
+    faults = FaultPoints(store_workspace.faults_path)
     with faults.armed("storage", region=store.region):
         for call in (
             lambda: store.get("k"),
@@ -188,3 +188,13 @@ def test_info_is_a_value(store: ObjectStore) -> None:
     info = store.put("v", b"1")
     assert isinstance(info, ObjectInfo)
     assert info.version and info.modified > 0 and info.origin == store.region
+
+
+def test_get_range_reads_a_slice_of_a_version(store: ObjectStore) -> None:
+    old = store.put("r", b"0123456789")
+    store.put("r", b"abcdefghij")
+    assert store.get_range("r", 2, 3) == b"cde"
+    assert store.get_range("r", 8, 100) == b"ij"  # fewer bytes at the end of the object
+    assert store.get_range("r", 2, 3, version=old.version) == b"234"
+    with pytest.raises(NotFoundError):
+        store.get_range("nope", 0, 1)

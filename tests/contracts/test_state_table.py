@@ -1,4 +1,4 @@
-"""The state table contract, run against every backend."""
+"""The state table contract, run against every state table in :mod:`tests.contracts.backends`."""
 
 from __future__ import annotations
 
@@ -42,13 +42,13 @@ def test_a_write_from_an_older_epoch_is_stale(table: StateTable) -> None:
 
 
 def test_only_one_of_many_concurrent_claims_wins(
-    table_factory: Callable[[str], StateTable], workspace: Workspace
+    table_factory: Callable[[str], StateTable], table_workspace: Workspace
 ) -> None:
     wins: list[int] = []
     barrier = threading.Barrier(8)
 
     def claim(i: int) -> None:
-        mine = table_factory(workspace.regions[0])
+        mine = table_factory(table_workspace.regions[0])
         barrier.wait()
         try:
             mine.insert("run/contended", "run", {"by": i}, epoch=1)
@@ -87,9 +87,9 @@ def test_change_feed(table: StateTable) -> None:
 
 
 def test_replica_merge_rule(
-    table_factory: Callable[[str], StateTable], workspace: Workspace
+    table_factory: Callable[[str], StateTable], table_workspace: Workspace
 ) -> None:
-    a, b = table_factory(workspace.regions[0]), table_factory(workspace.regions[1])
+    a, b = table_factory(table_workspace.regions[0]), table_factory(table_workspace.regions[1])
     rec = a.insert("run/1", "run", {"n": 1}, epoch=1)
     assert b.apply_replica(rec) is True
     assert b.apply_replica(rec) is False  # idempotent
@@ -113,8 +113,8 @@ def test_cursors_are_local(table: StateTable) -> None:
     assert table.changes(start) == []  # cursors never enter the change feed
 
 
-def test_state_fault(table: StateTable, workspace: Workspace) -> None:
-    with FaultPoints(workspace.faults_path).armed("state", region=table.region):
+def test_state_fault(table: StateTable, table_workspace: Workspace) -> None:
+    with FaultPoints(table_workspace.faults_path).armed("state", region=table.region):
         with pytest.raises(UnavailableError):
             table.get("x")
         with pytest.raises(UnavailableError):

@@ -190,6 +190,10 @@ class StateTable(Protocol):
         """Store a named position. Idempotent."""
         ...
 
+    def last_seq(self) -> int:
+        """The newest position of the change feed (0 for an empty table)."""
+        ...
+
 
 # --------------------------------------------------------------------------- control plane
 
@@ -325,4 +329,9 @@ class Executor(Protocol):
 
     def shutdown(self, *, cancel: bool = True) -> None:
         """Stop the workers; pending tasks are cancelled when ``cancel``. Idempotent."""
+        ...
+
+    def pids(self) -> list[int]:
+        """The pids of the worker processes on this machine (chaos experiments signal them;
+        empty when tasks run in this process or on other machines)."""
         ...

@@ -20,6 +20,7 @@ Every contract test then runs once more, with the backend's name in its test id,
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Callable, Iterator
 from concurrent.futures.process import BrokenProcessPool
 from contextlib import AbstractContextManager, contextmanager
@@ -83,7 +84,7 @@ class NotifierSetup:
 
 def _read_outbox(directory: Path) -> list[Message]:
     # Every file, not only *.eml: a leftover temporary file would count as a second delivery.
-    if not directory.exists():
+    if not directory.is_dir():
         return []
     return [message_from_bytes(path.read_bytes()) for path in sorted(directory.iterdir())]
 
@@ -91,12 +92,19 @@ def _read_outbox(directory: Path) -> list[Message]:
 @contextmanager
 def _outbox(root: Path) -> Iterator[NotifierSetup]:
     ws = make_workspace(root / "ws", backends={"notifier": "outbox"})
+
+    def block_the_directory() -> None:
+        # A file where the outbox directory should be: nothing can be written there.
+        shutil.rmtree(ws.outbox_dir, ignore_errors=True)
+        ws.outbox_dir.parent.mkdir(parents=True, exist_ok=True)
+        ws.outbox_dir.write_text("not a directory\n")
+
     yield NotifierSetup(
         workspace=ws,
         delivered=lambda: _read_outbox(ws.outbox_dir),
         deduplicates=True,  # one file per message id, linked exclusively
-        refuse_from_now_on=None,  # a local directory, no server
-        make_unreachable=None,
+        refuse_from_now_on=None,  # a local directory, no server to refuse
+        make_unreachable=block_the_directory,
     )
 
 

@@ -6,21 +6,12 @@ import os
 import signal
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
-from typing import Protocol, runtime_checkable
 
 import pytest
 
 from mrbatch import backends
 from mrbatch.ports import Executor
 from tests.contracts.backends import EXECUTORS, ExecutorSetup
-
-
-@runtime_checkable
-class ExecutorWithWorkers(Executor, Protocol):
-    """What an executor with worker processes offers beyond the port: the heartbeat reports
-    these pids and chaos experiments kill them."""
-
-    def pids(self) -> list[int]: ...
 
 
 def _square(x: int) -> int:
@@ -71,7 +62,6 @@ def test_a_killed_worker_fails_its_future_and_the_executor_recovers(
     executor: Executor, executor_setup: ExecutorSetup
 ) -> None:
     killed_worker_error = _skip_unless_worker_processes(executor_setup)
-    assert isinstance(executor, ExecutorWithWorkers)
     assert executor.submit(_pid).result(timeout=60) in executor.pids()
     future = executor.submit(_die)
     with pytest.raises(killed_worker_error):

@@ -77,7 +77,7 @@ def test_scan_by_kind_and_prefix(table: StateTable) -> None:
 
 
 def test_change_feed(table: StateTable) -> None:
-    start = table.last_seq()  # type: ignore[attr-defined]
+    start = table.last_seq()
     table.insert("a", "run", {}, epoch=1)
     table.insert("b", "run", {}, epoch=1)
     table.update("a", {"x": 1}, expected_version=1, epoch=1)
@@ -106,7 +106,7 @@ def test_replica_merge_rule(
 
 def test_cursors_are_local(table: StateTable) -> None:
     assert table.get_cursor("x") == 0
-    start = table.last_seq()  # type: ignore[attr-defined]
+    start = table.last_seq()
     table.set_cursor("x", 42)
     table.set_cursor("x", 43)
     assert table.get_cursor("x") == 43

@@ -45,6 +45,17 @@ class OutboxNotifier:
         return self.directory / (_UNSAFE.sub("_", message_id.strip("<>")) + ".eml")
 
     def send(self, mail: Mail) -> str:
+        try:
+            return self._write(mail)
+        except OSError as exc:
+            # A full disk or a directory that cannot be written: the send is retried, like a
+            # mail server that does not answer.
+            raise UnavailableError(
+                f"the outbox {self.directory} cannot be written: {exc}",
+                hint="check the data directory's disk space and permissions",
+            ) from exc
+
+    def _write(self, mail: Mail) -> str:
         self.directory.mkdir(parents=True, exist_ok=True)
         target = self.path_for(mail.message_id)
         if target.exists():

@@ -294,7 +294,7 @@ class RegionProcess:
             return
         self._last_heartbeat = now
         self._last_reported = (self.state, self.orch.epoch)
-        pids: list[int] = getattr(self.executor, "pids", lambda: [])()
+        pids = self.executor.pids()
         try:
             self.control.heartbeat(
                 self.region,

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 from dataclasses import dataclass
 
@@ -146,7 +147,7 @@ class Replicator:
         except MrbatchError as exc:
             log.warning("replicator %s: heartbeat failed: %s", self.dest, exc)
 
-    def run_forever(self, stop: object) -> None:
+    def run_forever(self, stop: threading.Event) -> None:
         """Replicate until ``stop.is_set()``; errors are logged and retried with backoff."""
         interval = self.ws.config.replication.interval
         beat_every = self.ws.config.timing.heartbeat_interval
@@ -154,7 +155,7 @@ class Replicator:
         backoff = Backoff(base=2 * interval, cap=5.0)
         last_beat = 0.0
         last_error: str | None = None
-        while not stop.is_set():  # type: ignore[attr-defined]
+        while not stop.is_set():
             if time.monotonic() - last_beat >= beat_every:
                 self.heartbeat(last_error)
                 last_beat = time.monotonic()
@@ -174,7 +175,7 @@ class Replicator:
                 log.exception("replication into %s failed", self.dest)
             if busy and not failures:
                 continue  # more may be waiting: go again at once
-            stop.wait(backoff.delay(failures) if failures else interval)  # type: ignore[attr-defined]
+            stop.wait(backoff.delay(failures) if failures else interval)
 
 
 def _count_pending(items: list[tuple[int, str, float]], dest: str) -> tuple[int, float | None]:

@@ -30,8 +30,14 @@ def free_port() -> int:
 
 def make_workspace(root: Path, **overrides: object) -> Workspace:
     """A fresh workspace; ``overrides`` are TOML lines appended per section, e.g.
-    ``pipeline={"chunk_rows": 500}``."""
-    ws = init_workspace(root, port=free_port(), chunk_rows=int(overrides.pop("chunk_rows", 2_500)))  # type: ignore[call-overload]
+    ``pipeline={"chunk_rows": 500}`` (``init={...}``: arguments of ``init_workspace``)."""
+    init: dict[str, str] = overrides.pop("init", None) or {}  # type: ignore[assignment]
+    ws = init_workspace(
+        root,
+        port=free_port(),
+        chunk_rows=int(overrides.pop("chunk_rows", 2_500)),  # type: ignore[call-overload]
+        **init,  # type: ignore[arg-type]
+    )
     if overrides:
         text = ws.config_path.read_text()
         for section, values in overrides.items():
@@ -109,6 +115,16 @@ class Deployment:
 def deployment(workspace: Workspace) -> Iterator[Deployment]:
     with Deployment(workspace) as dep:
         yield dep
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _stop_moto_server() -> Iterator[None]:
+    """The S3/DynamoDB test server (tests/moto_server.py) starts on first use; it stops here,
+    before the session checks that nothing it started outlived it."""
+    yield
+    from tests.moto_server import stop_shared
+
+    stop_shared()
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

@@ -27,6 +27,7 @@ __all__ = [
     "open_notifier",
     "open_object_store",
     "open_state_table",
+    "provision",
 ]
 
 
@@ -67,3 +68,16 @@ def open_notifier(ws: Workspace) -> Notifier:
 def open_executor(ws: Workspace) -> Executor:
     executor: Executor = _factory("executor", ws.config.backends.executor)(ws)
     return executor
+
+
+def provision(ws: Workspace) -> list[str]:
+    """Create what the configured object store and state table need in every region when it
+    is missing (a bucket with versioning, a table); idempotent. Embedded backends need
+    nothing. Returns one line per thing checked or made."""
+    done: list[str] = []
+    for port in ("object_store", "state_table"):
+        target = REGISTRY[port][getattr(ws.config.backends, port)]
+        hook = getattr(importlib.import_module(target.partition(":")[0]), "provision", None)
+        if hook is not None:
+            done.extend(f"{region}: {hook(ws, region)}" for region in ws.regions)
+    return done

@@ -3,15 +3,22 @@
 from __future__ import annotations
 
 import json
+import secrets
 from importlib import resources
 from pathlib import Path
 
 from .. import backends
-from ..errors import UsageError
+from ..errors import UnavailableError, UsageError
 from .settings import CONFIG_NAME, REGION_NAME
 from .workspace import Workspace
 
-__all__ = ["DEFAULT_REGIONS", "SAMPLE_ENRICHMENT", "init_workspace", "sample_bytes"]
+__all__ = [
+    "DEFAULT_REGIONS",
+    "SAMPLE_ENRICHMENT",
+    "init_workspace",
+    "sample_bytes",
+    "seed_reference",
+]
 
 DEFAULT_REGIONS = ["us-east-1", "us-west-2"]
 SAMPLE_ENRICHMENT = {
@@ -33,11 +40,12 @@ regions = {regions}
 data_dir = ".mrbatch"
 
 [backends]
-object_store = "local"        # one directory per region
-state_table = "sqlite"        # one SQLite replica per region
+object_store = "{object_store}"{store_note}
+state_table = "{state_table}"{table_note}
 control_plane = "sqlite"      # the routing control, shared by all regions
 notifier = "outbox"           # "outbox" writes .eml files; "smtp" needs notify.smtp_host
 executor = "process-pool"     # "inline" runs chunk tasks in the region process
+replication = "builtin"       # "native": S3 CRR and DynamoDB global tables copy, mrbatch watches
 
 [pipeline]
 schema = "pipeline/orders.schema.json"   # JSON Schema (draft-07) every row is checked against
@@ -98,6 +106,35 @@ steps = ["readiness", "catch-up", "approval", "fence", "wait-replication", "acti
          "reconcile", "standby-previous"]
 """
 
+_NOTES = {
+    "local": "        # one directory per region",
+    "sqlite": "        # one SQLite replica per region",
+    "s3": "           # one versioned bucket per region, see [s3]",
+    "dynamodb": "  # one table per region, see [dynamodb]",
+}
+
+# Credentials are never written here: boto3's standard chain finds them.
+_S3 = """
+[s3]
+# One versioned bucket per region ({region}: the region's name), created by `mrbatch up`.
+bucket = "mrbatch-SUFFIX-{region}"
+ENDPOINTmultipart_threshold = 67108864    # larger objects are uploaded in parts of part_size
+part_size = 16777216
+presign_mail = false                # true: the mail also carries S3's own presigned URL
+# Per region: another bucket, endpoint (an S3-compatible store), signing region or profile.
+# [s3.regions.us-west-2]
+# endpoint_url = "https://minio.example.com:9000"
+# aws_region = "us-west-2"
+# profile = "west"
+"""
+
+_DYNAMODB = """
+[dynamodb]
+# One table per region ({region}: the region's name), created by `mrbatch up`.
+table = "mrbatch-SUFFIX-{region}"
+ENDPOINT# [dynamodb.regions.us-west-2]     # per region: table, endpoint_url, aws_region, profile
+"""
+
 
 def sample_bytes(name: str) -> bytes:
     return resources.files("mrbatch.config.samples").joinpath(name).read_bytes()
@@ -110,6 +147,9 @@ def init_workspace(
     port: int = 8740,
     chunk_rows: int = 100_000,
     force: bool = False,
+    object_store: str = "local",
+    state_table: str = "sqlite",
+    endpoint_url: str | None = None,
 ) -> Workspace:
     regions = regions or list(DEFAULT_REGIONS)
     for name in regions:
@@ -127,12 +167,24 @@ def init_workspace(
             f"{config_path} exists already", hint="use that workspace, or pass --force to rewrite"
         )
     columns = ", ".join(f'{k} = "{v}"' for k, v in SAMPLE_ENRICHMENT.items())
-    config_path.write_text(
-        _TEMPLATE.format(
-            regions=json.dumps(regions), columns=columns, port=port, chunk_rows=chunk_rows
-        ),
-        encoding="utf-8",
+    text = _TEMPLATE.format(
+        regions=json.dumps(regions),
+        columns=columns,
+        port=port,
+        chunk_rows=chunk_rows,
+        object_store=object_store,
+        state_table=state_table,
+        store_note=_NOTES.get(object_store, ""),
+        table_note=_NOTES.get(state_table, ""),
     )
+    # Bucket names are global: a random part keeps two workspaces' buckets apart.
+    suffix = secrets.token_hex(4)
+    endpoint = f'endpoint_url = "{endpoint_url}"   # every region on this endpoint\n'
+    for chosen, section in ((object_store == "s3", _S3), (state_table == "dynamodb", _DYNAMODB)):
+        if chosen:
+            section = section.replace("SUFFIX", suffix)
+            text += section.replace("ENDPOINT", endpoint if endpoint_url else "")
+    config_path.write_text(text, encoding="utf-8")
     pipeline_dir = directory / "pipeline"
     pipeline_dir.mkdir(exist_ok=True)
     (pipeline_dir / "orders.schema.json").write_bytes(sample_bytes("orders.schema.json"))
@@ -144,11 +196,27 @@ def init_workspace(
     ws.token  # noqa: B018 - created now, mode 0600
     ws.signing_key  # noqa: B018
     backends.open_control_plane(ws).initialize(regions, regions[0])
+    try:
+        backends.provision(ws)
+        seed_reference(ws)
+    except UnavailableError as exc:
+        raise UnavailableError(
+            f"{exc.message} (the workspace is written: {config_path})",
+            hint="`mrbatch up` creates the buckets and tables and seeds the reference data"
+            " once the endpoint answers",
+        ) from exc
+    return ws
+
+
+def seed_reference(ws: Workspace) -> list[str]:
+    """Put the sample reference data in every region that has none (as a deployment would;
+    later versions replicate). Returns the regions seeded."""
     reference = ws.config.pipeline.enrichment
-    for region in regions:
+    seeded: list[str] = []
+    for region in ws.regions:
         backends.open_state_table(ws, region)
         store = backends.open_object_store(ws, region)
-        if reference is not None:
-            # Seeded in every region, as a deployment would; later versions replicate.
+        if reference is not None and store.head(reference.reference) is None:
             store.put(reference.reference, sample_bytes("financial.csv"))
-    return ws
+            seeded.append(region)
+    return seeded

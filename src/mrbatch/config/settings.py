@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 import tomllib
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import (
     BaseModel,
@@ -23,6 +23,7 @@ from pydantic import (
 
 from ..backends.registry import check_backend_names
 from ..errors import ConfigError, SchemaError
+from .aws import DynamoDBConfig, S3Config, check_names
 
 __all__ = [
     "CONFIG_NAME",
@@ -79,6 +80,10 @@ class BackendsConfig(_Section):
     control_plane: str = "sqlite"
     notifier: str = "outbox"
     executor: str = "process-pool"
+    # Who copies objects and records between regions: mrbatch's replicators ("builtin"), or
+    # the provider (S3 Cross-Region Replication, DynamoDB global tables: "native"), which
+    # mrbatch then only watches to measure backlog and lag.
+    replication: Literal["builtin", "native"] = "builtin"
 
 
 class EnrichmentConfig(_Section):
@@ -296,6 +301,8 @@ class Config(BaseModel):
     failover: FailoverConfig = Field(default_factory=FailoverConfig)
     plans: PlansConfig = Field(default_factory=PlansConfig)
     watch: WatchConfig = Field(default_factory=WatchConfig)
+    s3: S3Config = Field(default_factory=S3Config)
+    dynamodb: DynamoDBConfig = Field(default_factory=DynamoDBConfig)
 
     @field_validator("regions")
     @classmethod
@@ -311,7 +318,8 @@ class Config(BaseModel):
 
     @model_validator(mode="after")
     def _backends_known(self) -> Config:
-        check_backend_names(self.backends.model_dump())
+        check_backend_names(self.backends.model_dump(exclude={"replication"}))
+        check_names(self)
         smtp_chosen = self.backends.notifier == "smtp"
         if smtp_chosen and not self.notify.smtp_host:
             raise ValueError("backends.notifier is 'smtp' but notify.smtp_host is not set")
@@ -395,7 +403,7 @@ def _validate(model: type[_M], raw: dict[str, Any], path: Path) -> _M:
         return model.model_validate(raw)
     except ValidationError as exc:
         first = exc.errors()[0]
-        key = _dotted(tuple(first["loc"])) or "(top level)"
+        key = _dotted(tuple(first["loc"]))
         message = first["msg"].removeprefix("Value error, ")
         if first["type"] == "extra_forbidden":
             message = "unknown key"
@@ -403,6 +411,6 @@ def _validate(model: type[_M], raw: dict[str, Any], path: Path) -> _M:
             message = "required key is missing"
         more = f" (and {exc.error_count() - 1} more problem(s))" if exc.error_count() > 1 else ""
         raise ConfigError(
-            f"{path}: {key}: {message}{more}",
+            f"{path}: {key}: {message}{more}" if key else f"{path}: {message}{more}",
             hint="fix the key in the file; `mrbatch init` writes a commented example",
         ) from exc

@@ -12,14 +12,24 @@ table for every TransactWriteItems (so its transactions slow down as a table gro
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
+from mrbatch import backends
+from mrbatch.config.workspace import Workspace
+from mrbatch.errors import MrbatchError
+from mrbatch.model.keys import run_id_for
+from mrbatch.model.records import CHUNK, ChunkRun, ChunkStatus, FileRun, run_pk
+from mrbatch.ports import ObjectInfo
+from mrbatch.proof.verify import verify
 from tests.conftest import free_port, make_workspace
 
 # Fake credentials for the standard chain; every process the tests start inherits them.
@@ -90,8 +100,62 @@ def stop_shared() -> None:
         _shared = None
 
 
-def aws_workspace(root: Path, url: str, **overrides: object) -> object:
+def aws_workspace(root: Path, url: str, **overrides: object) -> Workspace:
     """A workspace on S3 + DynamoDB at ``url`` (every region on that one endpoint)."""
     init = {"object_store": "s3", "state_table": "dynamodb", "endpoint_url": url}
-    init.update(overrides.pop("init", {}))  # type: ignore[arg-type]
+    init.update(overrides.pop("init", {}))  # type: ignore[call-overload]
     return make_workspace(root, init=init, **overrides)
+
+
+# ------------------------------------------------------------------ deployments on the server
+# Every idle loop pass costs requests on S3 and DynamoDB: poll less often than on disk.
+QUIET = {
+    "timing": {"poll_interval": "300ms"},
+    "replication": {"interval": "300ms"},
+    "failover": {"min_switch_interval": "1s", "max_wait": "20s"},
+}
+
+
+def fresh_workspace(root: Path, **overrides: Any) -> Workspace:
+    """An S3 + DynamoDB workspace on the session's server, emptied first."""
+    server = shared()
+    server.reset()
+    ws = aws_workspace(root, server.url, **{**QUIET, **overrides})
+    assert isinstance(ws, Workspace)
+    return ws
+
+
+def eventually(check: Callable[[], object], timeout: float, what: str) -> None:
+    """Like tests.helpers.eventually, polling four times a second (each poll is requests)."""
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+        time.sleep(0.25)
+
+
+def finished(ws: Workspace, info: ObjectInfo, timeout: float = 120.0) -> FileRun:
+    """The run of ``info`` once terminal, read from each region's table twice a second (the
+    shared helper's scans twenty times a second would load the server more than the
+    deployment does)."""
+    pk = run_pk(run_id_for(info.key, info.sha256))
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for region in ws.regions:
+            with contextlib.suppress(MrbatchError):
+                record = backends.open_state_table(ws, region).get(pk)
+                if record is not None and FileRun.from_record(record).status.terminal:
+                    return FileRun.from_record(record)
+        time.sleep(0.5)
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for the run of {info.key}")
+
+
+def clean(ws: Workspace) -> None:
+    """``verify`` finds nothing lost, doubled, pending or diverged."""
+    report = verify(ws, wait=60)
+    assert report.ok and report.counts["pending"] == 0, report.to_dict()["violations"]
+
+
+def done_chunks(ws: Workspace, region: str) -> int:
+    table = backends.open_state_table(ws, region)
+    return sum(ChunkRun.from_record(r).status is ChunkStatus.DONE for r in table.scan(CHUNK))

@@ -144,3 +144,19 @@ def test_a_large_record_round_trips(
     assert b.get("run/big").body == smaller  # type: ignore[union-attr]
     small = a.update("run/big", {"n": 3}, expected_version=2, epoch=1)
     assert a.get("run/big").body == {"n": 3} and small.version == 3  # type: ignore[union-attr]
+
+
+def test_another_handle_replicates_over_a_local_record(
+    table_factory: Callable[[str], StateTable], table_workspace: Workspace
+) -> None:
+    """The replicator is another process than the region that wrote a record: its write over
+    that record, and its updates after, keep the change feed in order."""
+    a, b = table_factory(table_workspace.regions[0]), table_factory(table_workspace.regions[1])
+    b.insert("run/1", "run", {"n": "b"}, epoch=1)
+    newer = a.insert("run/1", "run", {"n": "a"}, epoch=2)
+    start = b.last_seq()
+    replicator = table_factory(table_workspace.regions[1])  # knows nothing of b's positions
+    assert replicator.apply_replica(newer) is True
+    assert b.get("run/1").body == {"n": "a"}  # type: ignore[union-attr]
+    fed = b.changes(start)
+    assert [r.pk for r in fed] == ["run/1"] and fed[0].seq > start

@@ -12,7 +12,10 @@ accept.
 from __future__ import annotations
 
 import contextlib
+import os
+import sys
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -25,6 +28,9 @@ from ..errors import ConfigError, NotFoundError, UnavailableError
 
 __all__ = ["client", "code", "create_bucket", "create_table", "guard", "status"]
 
+# When set, every process appends one line per request to this file: time, pid, service,
+# operation, milliseconds (the benchmark counts requests per file with it).
+TRACE_ENV = "MRBATCH_AWS_TRACE"
 _CLIENTS: dict[tuple[str, str | None, str, str | None], Any] = {}
 _LOCK = threading.Lock()
 
@@ -82,8 +88,30 @@ def client(service: str, target: AwsTarget) -> Any:
                 s3={"addressing_style": "path" if target.endpoint_url else "auto"},
             )
             made = session.client(service, endpoint_url=target.endpoint_url, config=config)
+            if os.environ.get(TRACE_ENV):
+                _trace(made, os.environ[TRACE_ENV])
             _CLIENTS[ident] = made
         return made
+
+
+def _trace(made: Any, path: str) -> None:
+    role = "/".join(a.rsplit("/", 1)[-1] for a in sys.argv[:3]).replace(" ", "_")
+
+    def before(context: dict[str, Any], **_: Any) -> None:
+        context["mrbatch_started"] = time.perf_counter()
+
+    def after(model: Any, context: dict[str, Any], **_: Any) -> None:
+        took = (time.perf_counter() - context.get("mrbatch_started", time.perf_counter())) * 1000
+        line = f"{time.time():.3f} {os.getpid()} {model.service_model.service_name}"
+        line += f" {model.name} {took:.1f} {role}\n"
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, line.encode())
+        finally:
+            os.close(fd)
+
+    made.meta.events.register("before-call.*.*", before)
+    made.meta.events.register("after-call.*.*", after)
 
 
 def code(exc: BaseException) -> str:

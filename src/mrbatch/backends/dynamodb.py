@@ -178,7 +178,9 @@ class DynamoStateTable:
         if before is not None and before.feed is not None:
             old_feed = {"p": _s(f"f#{before.feed[0]}"), "s": _s(_seq_key(before.feed[1]))}
             extra.append({"Delete": {"TableName": self.table, "Key": old_feed}})
-        seq = self._tail + 1
+        # After every position this process knows of, and after the record's own (a
+        # transaction cannot both remove and create one item).
+        seq = max(self._tail, before.record.seq if before is not None else 0) + 1
         put: dict[str, Any] = {"TableName": self.table, "Item": item}
         put["ConditionExpression"] = condition
         put["ReturnValuesOnConditionCheckFailure"] = "ALL_OLD"

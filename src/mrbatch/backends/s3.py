@@ -24,6 +24,7 @@ from __future__ import annotations
 import builtins
 import contextlib
 import hashlib
+import threading
 import time
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Mapping
@@ -47,8 +48,17 @@ __all__ = ["S3ObjectStore", "open_store", "provision"]
 
 RESERVED = "_mrbatch/"
 _ATTEMPTS = 50
-_CACHE = 4096
+_CACHE = 20_000
+_LOCK = threading.Lock()
 _EMPTY = hashlib.sha256(b"").hexdigest()
+
+
+def _put(cache: OrderedDict[Any, Any], key: Any, value: Any) -> None:
+    with _LOCK:
+        cache[key] = value
+        cache.move_to_end(key)
+        while len(cache) > _CACHE:
+            cache.popitem(last=False)
 
 
 @dataclass(frozen=True)
@@ -62,6 +72,12 @@ class _Version:
 def _order(info: ObjectInfo) -> tuple[int, float, str]:
     """The convergence rule: higher epoch wins, then the later write, then the origin name."""
     return (info.epoch, info.modified, info.origin)
+
+
+# What this process knows, shared by every store opened on a bucket: (bucket, key, sha256) ->
+# the VersionId holding those bytes, and (bucket, key, VersionId) -> its description.
+_IDS: OrderedDict[tuple[str, str, str], str] = OrderedDict()
+_VERSIONS: OrderedDict[tuple[str, str, str], _Version] = OrderedDict()
 
 
 def _holds(found: _Version | None, sha: str) -> bool:
@@ -79,15 +95,10 @@ class S3ObjectStore:
         self._spool_dir = spool_dir
         self.b = s3io.Bucket(self._s3, self.bucket, self._where, threshold, part_size, spool_dir)
         self._feed = Feed(self._s3, self.bucket, self._where)
-        self._ids: OrderedDict[tuple[str, str], str] = OrderedDict()  # (key, sha) -> VersionId
-        self._described: OrderedDict[tuple[str, str], ObjectInfo] = OrderedDict()
 
     # ------------------------------------------------------------------ describing versions
     def _remember(self, key: str, sha: str, version_id: str) -> None:
-        self._ids[(key, sha)] = version_id
-        self._ids.move_to_end((key, sha))
-        while len(self._ids) > _CACHE:
-            self._ids.popitem(last=False)
+        _put(_IDS, (self.bucket, key, sha), version_id)
 
     def _version(self, key: str, head: Mapping[str, Any]) -> _Version:
         version_id = str(head.get("VersionId") or "null")
@@ -97,7 +108,9 @@ class S3ObjectStore:
         if not info.deleted:
             self._remember(key, info.sha256, version_id)
         tagged = int(head.get("TagCount", 0)) > 0
-        return _Version(info, version_id, str(head.get("ETag", "")), tagged)
+        found = _Version(info, version_id, str(head.get("ETag", "")), tagged)
+        _put(_VERSIONS, (self.bucket, key, version_id), found)
+        return found
 
     def _hash(self, key: str, version_id: str, size: int) -> str:
         with s3io.Reader(self.b, key, version_id, size) as stream:
@@ -105,6 +118,10 @@ class S3ObjectStore:
                 return spool.sha256
 
     def _head(self, key: str, version_id: str | None = None) -> _Version | None:
+        """The version of ``key`` (the current one unless ``version_id``; a version already
+        described in this process is not asked for again: versions never change)."""
+        if version_id and (known := _VERSIONS.get((self.bucket, key, version_id))):
+            return known
         args = {"VersionId": version_id} if version_id else {}
         try:
             with guard(self._where, f"object {key!r}"):
@@ -119,7 +136,7 @@ class S3ObjectStore:
 
     def _resolve(self, key: str, version: str | None) -> _Version:
         """The live version of ``key`` holding ``version`` (a SHA-256; None: the current one)."""
-        cached = self._ids.get((key, version)) if version is not None else None
+        cached = _IDS.get((self.bucket, key, version)) if version is not None else None
         found = self._head(key, cached)
         if version is not None and not _holds(found, version):
             if cached is not None:
@@ -255,29 +272,32 @@ class S3ObjectStore:
         return None if found is None or found.info.deleted else found.info
 
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
-        return iter(builtins.list(self._list(prefix)))
+        return self._list(prefix)
 
     def _list(self, prefix: str) -> Iterator[ObjectInfo]:
-        pages = self._s3.get_paginator("list_objects_v2").paginate(
-            Bucket=self.bucket, Prefix=prefix
-        )
+        """Live objects under ``prefix`` from versioned listings (the latest version of each
+        key; only versions never described in this process cost a HEAD). Listing everything
+        starts with the top-level prefixes, so the change feed is never listed."""
+        found: builtins.list[ObjectInfo] = []
+        prefixes = [prefix]
         with guard(self._where, f"objects under {prefix!r}"):
-            for page in pages:
-                for obj in page.get("Contents", []):
-                    if obj["Key"].startswith(RESERVED):
-                        continue
-                    ident = (obj["Key"], f"{obj['ETag']}@{obj['LastModified'].timestamp()}")
-                    info = self._described.get(ident)
-                    if info is None:
-                        found = self._head(obj["Key"])
-                        if found is None:
-                            continue
-                        info = found.info
-                        self._described[ident] = info
-                        while len(self._described) > _CACHE:
-                            self._described.popitem(last=False)
-                    if not info.deleted:
-                        yield info
+            if not prefix:
+                top = self._s3.list_objects_v2(Bucket=self.bucket, Delimiter="/")
+                prefixes = [p["Prefix"] for p in top.get("CommonPrefixes", [])]
+                prefixes = [p for p in prefixes if p != RESERVED]
+                roots = [o["Key"] for o in top.get("Contents", [])]
+                found += [v.info for k in roots if (v := self._head(k)) is not None]
+            for under in prefixes:
+                pages = self._s3.get_paginator("list_object_versions").paginate(
+                    Bucket=self.bucket, Prefix=under
+                )
+                for page in pages:
+                    for entry in page.get("Versions", []):
+                        if entry["IsLatest"] and not entry["Key"].startswith(RESERVED):
+                            version = self._head(entry["Key"], entry["VersionId"])
+                            if version is not None:
+                                found.append(version.info)
+        return iter(sorted((i for i in found if not i.deleted), key=lambda i: i.key))
 
     def copy(
         self,

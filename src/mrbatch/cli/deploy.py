@@ -12,7 +12,7 @@ from rich.live import Live
 from rich.table import Table
 
 from .. import backends
-from ..config.initialize import DEFAULT_REGIONS, init_workspace
+from ..config.initialize import DEFAULT_REGIONS, init_workspace, seed_reference
 from ..config.workspace import Workspace
 from ..errors import MrbatchError, UnavailableError, UsageError
 from ..observe import views
@@ -31,13 +31,39 @@ def init(
     port: int = typer.Option(8740, "--port", help="Port of the access point's gateway."),
     chunk_rows: int = typer.Option(100_000, "--chunk-rows", help="Rows per chunk task."),
     force: bool = typer.Option(False, "--force", help="Rewrite an existing mrbatch.toml."),
+    object_store: str = typer.Option(
+        "local", "--object-store", help="local (a directory per region) or s3 (a bucket each)."
+    ),
+    state_table: str = typer.Option(
+        "sqlite", "--state-table", help="sqlite (a file per region) or dynamodb (a table each)."
+    ),
+    endpoint_url: str | None = typer.Option(
+        None,
+        "--endpoint-url",
+        help="S3/DynamoDB endpoint for every region (an S3-compatible store, a test server);"
+        " credentials come from the standard AWS chain, never from mrbatch.toml.",
+    ),
 ) -> None:
     """Create a workspace: mrbatch.toml, the sample pipeline and the data dir."""
     names = [r.strip() for r in regions.split(",") if r.strip()]
-    ws = init_workspace(directory, regions=names, port=port, chunk_rows=chunk_rows, force=force)
+    if endpoint_url is not None and "s3" not in object_store and "dynamodb" not in state_table:
+        raise UsageError("--endpoint-url is for --object-store s3 or --state-table dynamodb")
+    ws = init_workspace(
+        directory,
+        regions=names,
+        port=port,
+        chunk_rows=chunk_rows,
+        force=force,
+        object_store=object_store,
+        state_table=state_table,
+        endpoint_url=endpoint_url,
+    )
     console.print(f"Workspace ready: [bold]{ws.config_path}[/]")
     console.print(f"  regions: {', '.join(names)} ({names[0]} ACTIVE)")
     console.print(f"  data:    {ws.data_dir}")
+    chosen = ws.config.backends
+    if (chosen.object_store, chosen.state_table) != ("local", "sqlite"):
+        console.print(f"  storage: {chosen.object_store} + {chosen.state_table} (see mrbatch.toml)")
     console.print("  sample:  pipeline/orders.schema.json, reference/financial.csv uploaded")
     console.print(
         "Next: [bold]mrbatch up --detach[/], then [bold]mrbatch put pipeline/orders-sample.csv[/]"
@@ -91,6 +117,9 @@ def up(
         control.routing()
     except MrbatchError:
         control.initialize(ws.regions, ws.regions[0])
+    for line in backends.provision(ws):  # buckets and tables, created when missing
+        console.print(line)
+    seed_reference(ws)
     running = supervisor.running(ws)
     if all(pid is not None for pid in running.values()):
         pids = ", ".join(f"{p.label}={pid}" for p, pid in running.items())

@@ -65,6 +65,18 @@ class Replicator:
         self.control = backends.open_control_plane(ws, caller=dest)
         self.applied = {"objects": 0, "records": 0}
         self.errors: dict[str, str] = {}
+        # This process is the only writer of its cursors: read each once, not on every pass
+        # (on S3 and DynamoDB every read is a request).
+        self._cursors: dict[str, int] = {}
+
+    def _cursor(self, name: str) -> int:
+        if name not in self._cursors:
+            self._cursors[name] = self.dest_table.get_cursor(name)
+        return self._cursors[name]
+
+    def _move(self, name: str, value: int) -> None:
+        self.dest_table.set_cursor(name, value)
+        self._cursors[name] = value
 
     def blocked(self, source: str, kind: str | None = None) -> str | None:
         """Why replication (of ``kind``: objects or records) from ``source`` cannot run now
@@ -99,7 +111,7 @@ class Replicator:
     def _objects(self, source: str) -> int:
         src: ObjectStore = self.src_stores[source]
         name = cursor_name("objects", source)
-        cursor = self.dest_table.get_cursor(name)
+        cursor = self._cursor(name)
         changes = src.changes(cursor, limit=self.batch)
         applied = 0
         for info in changes:
@@ -112,14 +124,14 @@ class Replicator:
                 applied += int(done)
             cursor = info.seq
         if changes:
-            self.dest_table.set_cursor(name, cursor)
+            self._move(name, cursor)
         self.applied["objects"] += applied
         return applied
 
     def _records(self, source: str) -> int:
         src: StateTable = self.src_tables[source]
         name = cursor_name("records", source)
-        cursor = self.dest_table.get_cursor(name)
+        cursor = self._cursor(name)
         changes = src.changes(cursor, limit=self.batch)
         applied = 0
         for record in changes:
@@ -127,7 +139,7 @@ class Replicator:
                 applied += int(self.dest_table.apply_replica(record))
             cursor = record.seq
         if changes:
-            self.dest_table.set_cursor(name, cursor)
+            self._move(name, cursor)
         self.applied["records"] += applied
         return applied
 

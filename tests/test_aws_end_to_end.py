@@ -27,7 +27,9 @@ SAMPLE = sample_bytes("orders.csv")
 
 @pytest.fixture(scope="module")
 def dep(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
-    ws = fresh_workspace(tmp_path_factory.mktemp("aws") / "ws", chunk_rows=2000)
+    ws = fresh_workspace(
+        tmp_path_factory.mktemp("aws") / "ws", chunk_rows=2000, s3={"presign_mail": True}
+    )
     with Deployment(ws) as deployment:
         yield deployment
 
@@ -62,6 +64,12 @@ def test_sample_file_end_to_end(dep: Deployment) -> None:
     [message] = mails(ws)
     with urllib.request.urlopen(mail_link(message), timeout=10) as response:
         assert response.read() == expected_output()  # the gateway serves the S3 object
+    # s3.presign_mail: the mail also carries S3's own presigned URL of that version
+    body = message.get_payload(decode=True).decode()  # type: ignore[union-attr]
+    [direct] = [line for line in body.splitlines() if line.startswith(shared().url)]
+    assert "X-Amz-Signature=" in direct and "versionId=" in direct
+    with urllib.request.urlopen(direct, timeout=10) as response:
+        assert response.read() == expected_output()
     replica = backends.open_object_store(ws, standby)
     eventually(lambda: replica.head("output/orders.csv"), 30, "the output to replicate")
     assert replica.get("output/orders.csv") == expected_output()

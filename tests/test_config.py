@@ -82,6 +82,43 @@ ENRICH = 'regions = ["a-1"]\n[pipeline.enrichment]\n'
         ('regions = ["a-1"]\n[gateway]\npublic_url = "ftp://x"\n', "gateway.public_url", "http"),
         ('regions = ["a-1"]\n[notify]\nto = ["ops"]\n', "notify.to", "not a mail address"),
         ('regions = ["a-1"]\n[notify]\nto = []\n', "notify.to", "at least 1"),
+        # The AWS backends' settings: the key, and never a credential.
+        ('regions = ["a-1"]\n[s3]\nendpoint_url = "localhost:9000"\n', "s3.endpoint_url", "URL"),
+        (
+            'regions = ["a-1"]\n[s3.regions.a-1]\nendpoint_url = "ftp://x"\n',
+            "s3.regions.a-1.endpoint_url",
+            "not an endpoint URL",
+        ),
+        (
+            'regions = ["a-1"]\n[dynamodb]\nendpoint_url = "http://h:1/path"\n',
+            "dynamodb.endpoint_url",
+            "scheme, host and port only",
+        ),
+        (
+            'regions = ["a-1"]\n[s3]\naws_secret_access_key = "x"\n',
+            "s3",
+            "credentials are never read from mrbatch.toml",
+        ),
+        (
+            'regions = ["a-1"]\n[dynamodb.regions.a-1]\naws_access_key_id = "x"\n',
+            "dynamodb.regions.a-1",
+            "standard AWS chain",
+        ),
+        ('regions = ["a-1"]\n[s3]\nbucket = "Bad_Name-{region}"\n', "s3.bucket", "bucket name"),
+        (
+            'regions = ["a-1"]\n[s3.regions.a-1]\nbucket = "x"\n',
+            "s3.regions.a-1.bucket",
+            "bucket name",
+        ),
+        ('regions = ["a-1"]\n[dynamodb]\ntable = "t"\n', "dynamodb.table", "table name"),
+        ('regions = ["a-1"]\n[s3.regions.b-2]\nbucket = "bbb"\n', "s3.regions.b-2", "not one"),
+        ('regions = ["a-1"]\n[s3]\nprofile = "a b"\n', "s3.profile", "not a profile name"),
+        (
+            'regions = ["a-1"]\n[backends]\nreplication = "native"\n',
+            "backends.replication",
+            "object_store = 's3'",
+        ),
+        ('regions = ["a-1"]\n[backends]\nreplication = "crr"\n', "backends.replication", "'"),
     ],
 )
 def test_errors_name_the_file_and_the_key(tmp_path: Path, text: str, key: str, words: str) -> None:

@@ -37,7 +37,19 @@ def _factory(port: str, name: str) -> Any:
     except KeyError as exc:
         raise ConfigError(f"backends.{port}: unknown backend {name!r}") from exc
     module_name, _, attr = target.partition(":")
-    return getattr(importlib.import_module(module_name), attr)
+    return getattr(_module(port, name, module_name), attr)
+
+
+def _module(port: str, name: str, module_name: str) -> Any:
+    try:
+        return importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name is None or exc.name.startswith("mrbatch"):
+            raise
+        raise ConfigError(
+            f"backends.{port}: {name!r} needs the package {exc.name!r}, which is not installed",
+            hint="pip install 'mrbatch[aws]'" if exc.name in ("boto3", "botocore") else None,
+        ) from exc
 
 
 def _faults(ws: Workspace) -> FaultPoints:
@@ -76,8 +88,9 @@ def provision(ws: Workspace) -> list[str]:
     nothing. Returns one line per thing checked or made."""
     done: list[str] = []
     for port in ("object_store", "state_table"):
-        target = REGISTRY[port][getattr(ws.config.backends, port)]
-        hook = getattr(importlib.import_module(target.partition(":")[0]), "provision", None)
+        name = getattr(ws.config.backends, port)
+        module = _module(port, name, REGISTRY[port][name].partition(":")[0])
+        hook = getattr(module, "provision", None)
         if hook is not None:
             done.extend(f"{region}: {hook(ws, region)}" for region in ws.regions)
     return done

@@ -86,6 +86,8 @@ def client(service: str, target: AwsTarget) -> Any:
                 request_checksum_calculation="when_required",
                 response_checksum_validation="when_required",
                 s3={"addressing_style": "path" if target.endpoint_url else "auto"},
+                # SigV4 everywhere, presigned URLs included (SigV2 is refused by newer regions).
+                signature_version="s3v4" if service == "s3" else None,
             )
             made = session.client(service, endpoint_url=target.endpoint_url, config=config)
             if os.environ.get(TRACE_ENV):

@@ -377,21 +377,15 @@ class DynamoStateTable:
         raise UnavailableError(f"{self._where}: record {record.pk} kept changing under a replica")
 
     def get_cursor(self, name: str) -> int:
+        key = {"p": _s(f"c#{self.region}"), "s": _s(name)}
         with guard(self._where, f"cursor {name}"):
-            answer = self._db.get_item(
-                TableName=self.table,
-                Key={"p": _s(f"c#{self.region}"), "s": _s(name)},
-                ConsistentRead=True,
-            )
-        item = answer.get("Item")
-        return int(item["val"]["N"]) if item else 0
+            item = self._db.get_item(TableName=self.table, Key=key, ConsistentRead=True)
+        return int(item["Item"]["val"]["N"]) if "Item" in item else 0
 
     def set_cursor(self, name: str, value: int) -> None:
+        item = {"p": _s(f"c#{self.region}"), "s": _s(name), "val": _n(int(value))}
         with guard(self._where, f"cursor {name}"):
-            self._db.put_item(
-                TableName=self.table,
-                Item={"p": _s(f"c#{self.region}"), "s": _s(name), "val": _n(int(value))},
-            )
+            self._db.put_item(TableName=self.table, Item=item)
 
     def last_seq(self) -> int:
         with guard(self._where, "the change feed"):

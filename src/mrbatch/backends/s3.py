@@ -86,7 +86,7 @@ def _holds(found: _Version | None, sha: str) -> bool:
 
 class S3ObjectStore:
     def __init__(
-        self, target: AwsTarget, region: str, *, threshold: int, part_size: int, spool_dir: str
+        self, target: AwsTarget, region: str, threshold: int, part_size: int, spool_dir: str
     ) -> None:
         self.region = region
         self.bucket = target.name
@@ -275,29 +275,15 @@ class S3ObjectStore:
         return self._list(prefix)
 
     def _list(self, prefix: str) -> Iterator[ObjectInfo]:
-        """Live objects under ``prefix`` from versioned listings (the latest version of each
-        key; only versions never described in this process cost a HEAD). Listing everything
-        starts with the top-level prefixes, so the change feed is never listed."""
-        found: builtins.list[ObjectInfo] = []
-        prefixes = [prefix]
+        """Live objects under ``prefix``: the latest version of each key, described from what
+        this process knows (only versions it never saw cost a HEAD)."""
+        found = []
         with guard(self._where, f"objects under {prefix!r}"):
-            if not prefix:
-                top = self._s3.list_objects_v2(Bucket=self.bucket, Delimiter="/")
-                prefixes = [p["Prefix"] for p in top.get("CommonPrefixes", [])]
-                prefixes = [p for p in prefixes if p != RESERVED]
-                roots = [o["Key"] for o in top.get("Contents", [])]
-                found += [v.info for k in roots if (v := self._head(k)) is not None]
-            for under in prefixes:
-                pages = self._s3.get_paginator("list_object_versions").paginate(
-                    Bucket=self.bucket, Prefix=under
-                )
-                for page in pages:
-                    for entry in page.get("Versions", []):
-                        if entry["IsLatest"] and not entry["Key"].startswith(RESERVED):
-                            version = self._head(entry["Key"], entry["VersionId"])
-                            if version is not None:
-                                found.append(version.info)
-        return iter(sorted((i for i in found if not i.deleted), key=lambda i: i.key))
+            for key, version_id in s3io.latest(self.b, prefix, skip=RESERVED):
+                version = self._head(key, version_id)
+                if version is not None and not version.info.deleted:
+                    found.append(version.info)
+        return iter(found)
 
     def copy(
         self,
@@ -375,16 +361,13 @@ class S3ObjectStore:
 
         def attempt(current: _Version | None) -> ObjectInfo:
             nonlocal applied
-            if current is not None and _order(info) <= _order(current.info):
-                applied = False
-                # A replica written before a crash that kept it out of the feed: feed it now.
-                same = (info.sha256, info.deleted) == (current.info.sha256, current.info.deleted)
-                return (
-                    self._fed(current)
-                    if same and _order(info) == _order(current.info)
-                    else current.info
-                )
-            applied = True
+            applied = current is None or _order(info) > _order(current.info)
+            if current is not None and not applied:
+                # The same replica, written before a crash kept it out of the feed: feed it.
+                same = (info.sha256, info.deleted, *_order(info))
+                if same == (current.info.sha256, current.info.deleted, *_order(current.info)):
+                    return self._fed(current)
+                return current.info
             return self._write(info.key, replace(info, seq=0), spool, None, current)
 
         try:
@@ -418,16 +401,10 @@ def _kept(spool: s3io.Spool) -> Iterator[s3io.Spool]:
 
 
 def open_store(ws: Workspace, region: str) -> S3ObjectStore:
-    s3 = ws.config.s3
-    spool = ws.data_dir / "spool"
+    s3, spool = ws.config.s3, ws.data_dir / "spool"
     spool.mkdir(parents=True, exist_ok=True)
-    return S3ObjectStore(
-        s3.for_region(region),
-        region,
-        threshold=s3.multipart_threshold,
-        part_size=s3.part_size,
-        spool_dir=str(spool),
-    )
+    target = s3.for_region(region)
+    return S3ObjectStore(target, region, s3.multipart_threshold, s3.part_size, str(spool))
 
 
 def provision(ws: Workspace, region: str) -> str:

@@ -17,7 +17,7 @@ from typing import Any, BinaryIO
 from ..ports import ObjectInfo
 from .aws import guard
 
-__all__ = ["Bucket", "Reader", "Spool", "copy_object", "describe", "encode", "upload"]
+__all__ = ["Bucket", "Reader", "Spool", "copy_object", "describe", "encode", "latest", "upload"]
 
 META = "mrbatch"  # the one user-metadata field holding mrbatch's description of a version
 
@@ -81,6 +81,25 @@ def describe(
             meta=fields.get("meta", {}),
         )
     return replace(info, version=info.sha256)  # a version is named by its bytes
+
+
+def latest(b: Bucket, prefix: str, skip: str) -> list[tuple[str, str | None]]:
+    """(key, VersionId) of the latest version of every key under ``prefix``, in key order,
+    from versioned listings. Listing everything starts with the top-level prefixes, so
+    nothing under ``skip`` (mrbatch's own change feed) is listed."""
+    found: list[tuple[str, str | None]] = []
+    prefixes = [prefix]
+    if not prefix:
+        top = b.client.list_objects_v2(Bucket=b.name, Delimiter="/")
+        prefixes = [p["Prefix"] for p in top.get("CommonPrefixes", []) if p["Prefix"] != skip]
+        found += [(o["Key"], None) for o in top.get("Contents", [])]
+    for under in prefixes:
+        pages = b.client.get_paginator("list_object_versions").paginate(Bucket=b.name, Prefix=under)
+        for page in pages:
+            for entry in page.get("Versions", []):
+                if entry["IsLatest"] and not entry["Key"].startswith(skip):
+                    found.append((entry["Key"], entry["VersionId"]))
+    return sorted(found)
 
 
 def _b64(digest: bytes) -> str:

@@ -9,6 +9,7 @@ import logging
 from typing import Any
 
 from ..access.links import presign
+from ..errors import MrbatchError
 from ..model.keys import (
     output_key_for,
     rejected_key_for,
@@ -158,6 +159,9 @@ class PublishStage(RunDriver):
             f" (`mrbatch errors {run.run_id}`)\n"
             f"Run {run.run_id}, processed in {run.region} (epoch {run.epoch}).\n"
         )
+        direct = self._bucket_link(result_key)
+        if direct:
+            body += f"\nOr straight from the bucket in {self.region}:\n{direct}\n"
         return Mail(
             message_id=f"<{run.run_id}@mrbatch>",
             sender=notify.sender,
@@ -166,6 +170,18 @@ class PublishStage(RunDriver):
             f" {run.rows_rejected} rejected)",
             body=body,
         )
+
+    def _bucket_link(self, key: str) -> str | None:
+        """The object store's own presigned URL of ``key`` (S3's), when ``s3.presign_mail``
+        asks for it and the store can make one; None otherwise, or when it cannot now."""
+        make = getattr(self.store, "presigned_url", None)
+        if not self.ws.config.s3.presign_mail or make is None:
+            return None
+        try:
+            return str(make(key, self.ws.config.gateway.link_expiry))
+        except MrbatchError as exc:
+            log.warning("no bucket link for %s: %s", key, exc)
+            return None
 
     def _notify(self, progress: Progress, routing: Routing) -> None:
         run = progress.run

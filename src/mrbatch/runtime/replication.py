@@ -8,6 +8,11 @@ Changes that came from the destination itself are skipped, so nothing ping-pongs
 
 Backlog and lag are measured from the same cursors: the backlog of region R is the number of
 changes in R not yet applied in some other region, and its lag the age of the oldest of them.
+
+With ``backends.replication = "native"`` the provider copies (S3 Cross-Region Replication,
+DynamoDB global tables) and the replicators copy nothing: they follow the same feeds and move
+each cursor past a change only once they see it arrived in the destination (the object or
+record there is the same version or a later one), so backlog and lag mean the same thing.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ from .. import backends
 from ..config.workspace import Workspace
 from ..errors import MrbatchError, UnavailableError
 from ..faults import FaultPoints
-from ..ports import ObjectStore, StateTable
+from ..ports import ObjectInfo, ObjectStore, Record, StateTable
 from ..retry import Backoff
 
 __all__ = ["Backlog", "Replicator", "backlog", "cursor_name", "region_backlog"]
@@ -65,6 +70,7 @@ class Replicator:
         self.control = backends.open_control_plane(ws, caller=dest)
         self.applied = {"objects": 0, "records": 0}
         self.errors: dict[str, str] = {}
+        self.native = ws.config.backends.replication == "native"
         # This process is the only writer of its cursors: read each once, not on every pass
         # (on S3 and DynamoDB every read is a request).
         self._cursors: dict[str, int] = {}
@@ -115,7 +121,10 @@ class Replicator:
         changes = src.changes(cursor, limit=self.batch)
         applied = 0
         for info in changes:
-            if info.origin != self.dest:
+            if info.origin != self.dest and self.native:
+                if not self._object_arrived(info):
+                    break  # the provider has not copied it yet: look again next pass
+            elif info.origin != self.dest:
                 if info.deleted:
                     done = self.dest_store.apply_replica(info, None)
                 else:
@@ -123,7 +132,7 @@ class Replicator:
                         done = self.dest_store.apply_replica(info, stream)
                 applied += int(done)
             cursor = info.seq
-        if changes:
+        if cursor != self._cursors[name]:
             self._move(name, cursor)
         self.applied["objects"] += applied
         return applied
@@ -135,13 +144,31 @@ class Replicator:
         changes = src.changes(cursor, limit=self.batch)
         applied = 0
         for record in changes:
-            if record.writer != self.dest:
+            if record.writer != self.dest and self.native:
+                if not self._record_arrived(record):
+                    break
+            elif record.writer != self.dest:
                 applied += int(self.dest_table.apply_replica(record))
             cursor = record.seq
-        if changes:
+        if cursor != self._cursors[name]:
             self._move(name, cursor)
         self.applied["records"] += applied
         return applied
+
+    def _object_arrived(self, info: ObjectInfo) -> bool:
+        """The destination holds ``info``'s version of its key, or a later one."""
+        held = self.dest_store.head(info.key)
+        if held is None:
+            return info.deleted
+        return (held.epoch, held.modified, held.origin) >= (info.epoch, info.modified, info.origin)
+
+    def _record_arrived(self, record: Record) -> bool:
+        held = self.dest_table.get(record.pk)
+        return held is not None and (held.epoch, held.updated, held.writer) >= (
+            record.epoch,
+            record.updated,
+            record.writer,
+        )
 
     def heartbeat(self, last_error: str | None) -> None:
         """Tell the control plane this replicator is alive (readiness checks look for it)."""

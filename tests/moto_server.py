@@ -6,8 +6,10 @@ What moto does not do, and the tests therefore do not rely on: it never replicat
 Cross-Region Replication, no global-table replicas), does not check presigned URLs' signatures
 or expiry (link security is tested on the gateway), keeps everything in memory (lost when it
 restarts), ignores If-Match / If-None-Match on CopyObject and If-Match on
-CompleteMultipartUpload (the conditional PutObject paths are exercised), and copies a whole
-table for every TransactWriteItems (so its transactions slow down as a table grows).
+CompleteMultipartUpload (the conditional PutObject paths are exercised), copies a whole table
+for every TransactWriteItems (so its transactions slow down as a table grows), and does not make
+a conditional write atomic against concurrent requests (so the server answers one request at a
+time: tests/moto_serial.py).
 """
 
 from __future__ import annotations
@@ -47,8 +49,14 @@ class MotoServer:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         sink = open(log, "ab") if log is not None else subprocess.DEVNULL  # noqa: SIM115
+        # moto's server mode, one request at a time (tests/moto_serial.py says why).
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
+            [
+                sys.executable,
+                str(Path(__file__).with_name("moto_serial.py")),
+                "127.0.0.1",
+                str(self.port),
+            ],
             stdout=sink,
             stderr=sink,
             start_new_session=True,

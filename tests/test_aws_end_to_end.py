@@ -81,7 +81,10 @@ def _chaos(ws: Workspace, experiment: str) -> dict[str, Any]:
         ws, "chaos", experiment, "--json", "--duration", "2s", "--files", "2", "--rows", "1500"
     )
     report: dict[str, Any] = json.loads(result.stdout)
-    assert result.returncode == 0, json.dumps(report, indent=1)[-3000:] + result.stderr[-2000:]
+    why = json.dumps(report.get("verify", {}).get("violations"), indent=1)[:3000]
+    assert result.returncode == 0, (
+        why + json.dumps(report, indent=1)[-3000:] + result.stderr[-2000:]
+    )
     return report
 
 

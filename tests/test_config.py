@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from mrbatch.config.initialize import sample_bytes
-from mrbatch.config.settings import load_config, parse_duration
+from mrbatch.config.settings import load_config
+from mrbatch.config.values import parse_duration
 from mrbatch.config.workspace import Workspace, find_config
 from mrbatch.errors import ConfigError
 

@@ -406,10 +406,13 @@ def _with_plans(tmp_path: Path, plans_toml: str) -> Deployment:
 
 
 def test_a_step_that_overruns_its_timeout_aborts_before_the_fence(tmp_path: Path) -> None:
+    started = tmp_path / "started.pid"
+    # The command starts a child of its own and waits for it: the timeout must end both.
+    slow = f"sleep 30 & echo $! > {started}; wait"
     dep = _with_plans(
         tmp_path,
-        '[failover]\nsteps = ["readiness", { name = "slow", run = "sleep 5", timeout = "300ms" },'
-        ' "fence", "activate"]\n'
+        f'[failover]\nsteps = ["readiness", {{ name = "slow", run = "{slow}",'
+        ' timeout = "300ms" }, "fence", "activate"]\n'
         '[failback]\nsteps = ["readiness", "fence", "activate"]\n',
     )
     try:
@@ -422,6 +425,8 @@ def test_a_step_that_overruns_its_timeout_aborts_before_the_fence(tmp_path: Path
         assert slow["ended"] - slow["started"] < 3
         assert execution["outcome"] == "aborted"
         assert backends.open_control_plane(dep.ws).routing().epoch == 1
+        child = int(started.read_text())
+        eventually(lambda: not Path(f"/proc/{child}").exists(), 10, "the step's child to end")
     finally:
         dep.down()
 

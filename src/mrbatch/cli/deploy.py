@@ -17,7 +17,7 @@ from ..config.workspace import Workspace
 from ..errors import MrbatchError, UnavailableError, UsageError
 from ..observe import views
 from ..runtime import supervisor
-from .app import app, console, print_json, state
+from .app import app, console, print_json, state, styled
 
 __all__ = ["status_table", "wait_until_up"]
 
@@ -35,12 +35,17 @@ def init(
     """Create a workspace: mrbatch.toml, the sample pipeline and the data dir."""
     names = [r.strip() for r in regions.split(",") if r.strip()]
     ws = init_workspace(directory, regions=names, port=port, chunk_rows=chunk_rows, force=force)
-    console.print(f"Workspace ready: [bold]{ws.config_path}[/]")
+    console.print(styled("Workspace ready: ", (str(ws.config_path), "bold")))
     console.print(f"  regions: {', '.join(names)} ({names[0]} ACTIVE)")
     console.print(f"  data:    {ws.data_dir}")
     console.print("  sample:  pipeline/orders.schema.json, reference/financial.csv uploaded")
     console.print(
-        "Next: [bold]mrbatch up --detach[/], then [bold]mrbatch put pipeline/orders-sample.csv[/]"
+        styled(
+            "Next: ",
+            ("mrbatch up --detach", "bold"),
+            ", then ",
+            ("mrbatch put pipeline/orders-sample.csv", "bold"),
+        )
     )
 
 
@@ -138,7 +143,7 @@ def down() -> None:
 
 def status_table(data: dict[str, Any]) -> Table:
     title = (
-        f"active region [bold]{data.get('active_region')}[/]  epoch {data.get('epoch')}"
+        f"active region {data.get('active_region')}  epoch {data.get('epoch')}"
         f"  phase {data.get('phase')}"
     )
     table = Table(title=title, title_justify="left")

@@ -8,7 +8,7 @@ from typing import Any
 import typer
 from rich.table import Table
 
-from ..config.settings import StepConfig
+from ..config.plans import StepConfig
 from ..recovery.evaluate import evaluate_plans
 from ..recovery.operations import (
     failback_target,
@@ -19,7 +19,7 @@ from ..recovery.operations import (
 from ..recovery.plan import Execution, StepLog, history
 from ..recovery.runbook import Runbook
 from ..recovery.watch import Watcher
-from .app import app, console, err_console, print_json, state
+from .app import app, console, err_console, print_json, state, styled
 
 plan_app = typer.Typer(
     help="Recovery plans as code: show, evaluate, history.", no_args_is_help=True
@@ -63,8 +63,12 @@ def _run_plan(
 def _print_execution(execution: Execution) -> None:
     colour = {"succeeded": "green", "aborted": "yellow"}.get(execution.outcome, "red")
     console.print(
-        f"[bold]{execution.plan}[/] to {execution.target}: [{colour}]{execution.outcome}[/]"
-        + (f" — {execution.reason}" if execution.reason else ""),
+        styled(
+            (execution.plan, "bold"),
+            f" to {execution.target}: ",
+            (execution.outcome, colour),
+            f" — {execution.reason}" if execution.reason else "",
+        ),
         soft_wrap=True,
     )
     if execution.rto_seconds is not None:
@@ -132,7 +136,7 @@ def failback(
 def _seconds(value: str | None) -> float | None:
     if value is None:
         return None
-    from ..config.settings import parse_duration
+    from ..config.values import parse_duration
 
     try:
         return parse_duration(value)
@@ -172,8 +176,12 @@ def _print_report(report: dict[str, Any]) -> None:
         )
     for item in report["at_risk"]:
         console.print(
-            f"  [red]AT RISK[/]    {item['input_key']} (run {item['run_id']}): its"
-            f" {item['what']} is only in {item['region']}",
+            styled(
+                "  ",
+                ("AT RISK", "red"),
+                f"    {item['input_key']} (run {item['run_id']}): its"
+                f" {item['what']} is only in {item['region']}",
+            ),
             soft_wrap=True,
         )
 
@@ -231,7 +239,7 @@ def plan_show(json_output: bool = typer.Option(False, "--json")) -> None:
         )
         return
     for name in ("failover", "failback"):
-        console.print(f"[bold]{name}[/]" + (f" (from {plans.file})" if plans.file else ""))
+        console.print(styled((name, "bold"), f" (from {plans.file})" if plans.file else ""))
         for n, step in enumerate(getattr(plans, name).steps, 1):
             console.print(f"  {n}. {_describe(step)}", markup=False, highlight=False)
 
@@ -260,7 +268,7 @@ def plan_evaluate(json_output: bool = typer.Option(False, "--json")) -> None:
             table.add_column(column)
         for c in checks:
             colour = {"ok": "green", "warning": "yellow"}.get(c["status"], "red")
-            table.add_row(c["plan"], c["check"], f"[{colour}]{c['status']}[/]", c["detail"])
+            table.add_row(c["plan"], c["check"], styled((c["status"], colour)), c["detail"])
         console.print(table)
     if any(c["status"] == "failed" for c in checks):
         raise typer.Exit(1)

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
 from importlib import resources
 from pathlib import Path
 
 from .. import backends
 from ..errors import UsageError
 from .settings import CONFIG_NAME, REGION_NAME
-from .workspace import Workspace
+from .workspace import PRIVATE_UMASK, Workspace
 
 __all__ = ["DEFAULT_REGIONS", "SAMPLE_ENRICHMENT", "init_workspace", "sample_bytes"]
 
@@ -140,15 +141,22 @@ def init_workspace(
     (pipeline_dir / "orders-sample.csv").write_bytes(sample_bytes("orders.csv"))
 
     ws = Workspace.load(config_path)
-    ws.data_dir.mkdir(parents=True, exist_ok=True)
-    ws.token  # noqa: B018 - created now, mode 0600
-    ws.signing_key  # noqa: B018
-    backends.open_control_plane(ws).initialize(regions, regions[0])
-    reference = ws.config.pipeline.enrichment
-    for region in regions:
-        backends.open_state_table(ws, region)
-        store = backends.open_object_store(ws, region)
-        if reference is not None:
-            # Seeded in every region, as a deployment would; later versions replicate.
-            store.put(reference.reference, sample_bytes("financial.csv"))
+    # The data directory and everything init puts in it are its owner's alone, whoever calls
+    # (the CLI and the daemons run with this umask throughout; a library caller may not).
+    previous = os.umask(PRIVATE_UMASK)
+    try:
+        ws.data_dir.mkdir(parents=True, exist_ok=True)
+        ws.make_private()
+        ws.token  # noqa: B018 - created now, mode 0600
+        ws.signing_key  # noqa: B018
+        backends.open_control_plane(ws).initialize(regions, regions[0])
+        reference = ws.config.pipeline.enrichment
+        for region in regions:
+            backends.open_state_table(ws, region)
+            store = backends.open_object_store(ws, region)
+            if reference is not None:
+                # Seeded in every region, as a deployment would; later versions replicate.
+                store.put(reference.reference, sample_bytes("financial.csv"))
+    finally:
+        os.umask(previous)
     return ws

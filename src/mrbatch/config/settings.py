@@ -9,11 +9,10 @@ from __future__ import annotations
 import re
 import tomllib
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Any, TypeVar
 
 from pydantic import (
     BaseModel,
-    BeforeValidator,
     ConfigDict,
     Field,
     ValidationError,
@@ -23,6 +22,8 @@ from pydantic import (
 
 from ..backends.registry import check_backend_names
 from ..errors import ConfigError, SchemaError
+from .plans import PlansConfig
+from .values import ByteSize, Duration, Section
 
 __all__ = [
     "CONFIG_NAME",
@@ -32,12 +33,12 @@ __all__ = [
     "FailoverConfig",
     "GatewayConfig",
     "NotifyConfig",
+    "OutputConfig",
     "PipelineConfig",
     "ReplicationConfig",
     "TimingConfig",
     "WatchConfig",
     "load_config",
-    "parse_duration",
 ]
 
 CONFIG_NAME = "mrbatch.toml"
@@ -45,33 +46,9 @@ CONFIG_NAME = "mrbatch.toml"
 RESERVED_COLUMN_PREFIX = "__mrbatch"
 _M = TypeVar("_M", bound=BaseModel)
 REGION_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
-_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
 
 
-def parse_duration(value: Any) -> float:
-    """Seconds from a number or a text such as ``"500ms"``, ``"60s"``, ``"15m"``, ``"1h"``."""
-    if isinstance(value, bool):
-        raise ValueError("expected a duration such as 60, '60s', '15m' or '500ms'")
-    if isinstance(value, int | float):
-        if value < 0:
-            raise ValueError("a duration cannot be negative")
-        return float(value)
-    if isinstance(value, str):
-        match = _DURATION.match(value)
-        if match:
-            return float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
-    raise ValueError(f"{value!r} is not a duration; use e.g. 60, '60s', '15m' or '500ms'")
-
-
-Duration = Annotated[float, BeforeValidator(parse_duration)]
-
-
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class BackendsConfig(_Section):
+class BackendsConfig(Section):
     """Which backend serves each port; names are looked up in ``mrbatch.backends.registry``."""
 
     object_store: str = "local"
@@ -81,7 +58,7 @@ class BackendsConfig(_Section):
     executor: str = "process-pool"
 
 
-class EnrichmentConfig(_Section):
+class EnrichmentConfig(Section):
     """Join each valid row with reference data held in the bucket."""
 
     reference: str = "reference/financial.csv"
@@ -115,7 +92,7 @@ class EnrichmentConfig(_Section):
         return value
 
 
-class PipelineConfig(_Section):
+class PipelineConfig(Section):
     schema_path: str = Field(default="pipeline/orders.schema.json", alias="schema")
     chunk_rows: int = Field(default=100_000, ge=1)
     # Fraction of rows a file may have rejected and still complete; above it the run FAILS.
@@ -129,12 +106,37 @@ class PipelineConfig(_Section):
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
 
-class GatewayConfig(_Section):
+class OutputConfig(Section):
+    # Prefix spreadsheet formula cells (=, +, -, @, tab, CR first) with ' in the output and the
+    # rejected rows. Off by default: it changes values, and mrbatch otherwise never does.
+    escape_formulas: bool = False
+
+
+class GatewayConfig(Section):
     host: str = Field(default="127.0.0.1", min_length=1)
     port: int = Field(default=8740, ge=0, le=65535)
     link_expiry: Duration = 3600.0
+    # No link is signed for longer, and none whose expiry lies further ahead is honoured.
+    max_link_lifetime: Duration = 7 * 86400.0
     # The URL put in mails and printed by `mrbatch url`; defaults to http://host:port.
     public_url: str | None = None
+    # Host names requests may carry besides localhost, the bound host and public_url's host
+    # (anything else is refused: a page elsewhere cannot reach the API by DNS rebinding).
+    allowed_hosts: list[str] = Field(default_factory=list)
+    # One upload may not exceed this; all uploads being spooled at once may not exceed the quota.
+    max_upload_bytes: ByteSize = 10 * 2**30
+    spool_quota_bytes: ByteSize = 20 * 2**30
+
+    @model_validator(mode="after")
+    def _link_lifetime(self) -> GatewayConfig:
+        if self.link_expiry > self.max_link_lifetime:
+            raise ValueError(
+                f"gateway.link_expiry ({self.link_expiry:.0f}s) is longer than"
+                f" gateway.max_link_lifetime ({self.max_link_lifetime:.0f}s)"
+            )
+        if self.max_upload_bytes > self.spool_quota_bytes:
+            raise ValueError("gateway.max_upload_bytes is larger than gateway.spool_quota_bytes")
+        return self
 
     @field_validator("public_url")
     @classmethod
@@ -144,7 +146,7 @@ class GatewayConfig(_Section):
         return value
 
 
-class NotifyConfig(_Section):
+class NotifyConfig(Section):
     sender: str = Field(default="mrbatch@localhost", alias="from")
     to: list[str] = Field(default_factory=lambda: ["batch-owners@localhost"], min_length=1)
     smtp_host: str | None = None
@@ -173,7 +175,7 @@ def _address(value: str) -> str:
     return value
 
 
-class ReplicationConfig(_Section):
+class ReplicationConfig(Section):
     interval: Duration = 0.1
     batch: int = Field(default=500, ge=1)
     # Replication is background work: on a machine shared with the chunk workers it yields
@@ -181,98 +183,20 @@ class ReplicationConfig(_Section):
     nice: int = Field(default=10, ge=0, le=19)
 
 
-class TimingConfig(_Section):
+class TimingConfig(Section):
     poll_interval: Duration = 0.05
     heartbeat_interval: Duration = 0.5
     # A full re-scan of input/ catches anything the incremental feed could have missed.
     rescan_interval: Duration = 30.0
 
 
-class FailoverConfig(_Section):
+class FailoverConfig(Section):
     desired_rto: Duration = 60.0
     max_wait: Duration = 60.0
     min_switch_interval: Duration = 60.0
 
 
-BUILTIN_STEPS = (
-    "readiness",
-    "approval",
-    "fence",
-    "wait-replication",
-    "activate",
-    "reconcile",
-    "catch-up",
-    "standby-previous",
-)
-_CALLABLE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
-
-
-class StepConfig(_Section):
-    """One step of a recovery plan: a built-in ``action``, a shell command (``run``), a Python
-    ``module:function`` (``call``), or a group of steps run in ``parallel``."""
-
-    name: str = Field(min_length=1)
-    action: str | None = None
-    run: str | None = None
-    call: str | None = None
-    parallel: list[StepConfig] | None = None
-    timeout: Duration | None = None
-
-    @model_validator(mode="after")
-    def _one_kind(self) -> StepConfig:
-        kinds = [k for k in ("action", "run", "call", "parallel") if getattr(self, k) is not None]
-        if len(kinds) != 1:
-            raise ValueError(
-                f"step {self.name!r} needs exactly one of action, run, call, parallel"
-                f" (has {', '.join(kinds) or 'none'})"
-            )
-        if self.action is not None and self.action not in BUILTIN_STEPS:
-            raise ValueError(
-                f"step {self.name!r}: unknown action {self.action!r}"
-                f" (built-in: {', '.join(BUILTIN_STEPS)})"
-            )
-        if self.call is not None and not _CALLABLE.match(self.call):
-            raise ValueError(f"step {self.name!r}: call {self.call!r} is not 'module:function'")
-        return self
-
-
-def _step(value: Any) -> Any:
-    # A bare string is a built-in step named after its action.
-    return {"name": value, "action": value} if isinstance(value, str) else value
-
-
-class PlanConfig(_Section):
-    steps: list[Annotated[StepConfig, BeforeValidator(_step)]] = Field(min_length=1)
-
-
-DEFAULT_PLANS: dict[str, list[str]] = {
-    "failover": ["readiness", "approval", "fence", "wait-replication", "activate", "reconcile"],
-    "failback": [
-        "readiness",
-        "catch-up",
-        "approval",
-        "fence",
-        "wait-replication",
-        "activate",
-        "reconcile",
-        "standby-previous",
-    ],
-}
-
-
-class PlansConfig(_Section):
-    """Recovery plans as data: inline here, or in a TOML ``file`` with [failover]/[failback]."""
-
-    file: str | None = None
-    failover: PlanConfig = Field(
-        default_factory=lambda: PlanConfig.model_validate({"steps": DEFAULT_PLANS["failover"]})
-    )
-    failback: PlanConfig = Field(
-        default_factory=lambda: PlanConfig.model_validate({"steps": DEFAULT_PLANS["failback"]})
-    )
-
-
-class WatchConfig(_Section):
+class WatchConfig(Section):
     heartbeat_timeout: Duration = 5.0
     max_error_rate: float = Field(default=0.5, ge=0.0, le=1.0)
     interval: Duration = 1.0
@@ -289,6 +213,7 @@ class Config(BaseModel):
     data_dir: str = ".mrbatch"
     backends: BackendsConfig = Field(default_factory=BackendsConfig)
     pipeline: PipelineConfig = Field(default_factory=PipelineConfig)
+    output: OutputConfig = Field(default_factory=OutputConfig)
     gateway: GatewayConfig = Field(default_factory=GatewayConfig)
     notify: NotifyConfig = Field(default_factory=NotifyConfig)
     replication: ReplicationConfig = Field(default_factory=ReplicationConfig)

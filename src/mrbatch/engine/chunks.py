@@ -295,6 +295,9 @@ class ChunkStage(RunDriver):
             else:
                 self._redo_chunks(progress, str(exc))
             return
+        except UnavailableError as exc:
+            self._backoff(progress, f"MERGE waits for {exc}", outage=True)
+            return
         except Exception as exc:
             if progress.attempts + 1 >= self.pipeline.chunk_attempts:
                 self._fail(progress, f"MERGE failed {progress.attempts + 1} times: {exc}")

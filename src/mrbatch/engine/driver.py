@@ -70,6 +70,7 @@ class Progress:
     # with the same exception, and that is one loss, not one per chunk.
     last_pool_break: BaseException | None = None
     attempts: int = 0
+    waits: int = 0  # retries because a dependency was unavailable (not the step's fault)
     retry_at: float = 0.0
     merger: StreamingMerge | None = None
 
@@ -124,9 +125,16 @@ class RunDriver:
             progress.merger.abort("the run stopped here")
             progress.merger = None
 
-    def _backoff(self, progress: Progress, why: str) -> None:
-        progress.attempts += 1
-        progress.retry_at = self.run_backoff.next_at(progress.attempts, self.clock())
+    def _backoff(self, progress: Progress, why: str, *, outage: bool = False) -> None:
+        """Try the run's step again later. An ``outage`` (a bucket, state table or worker that
+        is gone for a while) is not the step's fault: it does not use up the step's attempts,
+        and is polled briefly so the run resumes soon after the dependency comes back."""
+        if outage:
+            progress.waits += 1
+            progress.retry_at = self.outage_backoff.next_at(progress.waits, self.clock())
+        else:
+            progress.attempts += 1
+            progress.retry_at = self.run_backoff.next_at(progress.attempts, self.clock())
         delay = progress.retry_at - self.clock()
         log.warning("run %s: %s; retrying in %.1fs", progress.run.run_id, why, delay)
 
@@ -147,7 +155,7 @@ class RunDriver:
             self.runs.pop(progress.run.run_id, None)
             return False
         progress.version = record.version
-        progress.attempts = 0
+        progress.attempts = progress.waits = 0
         return True
 
     def _transition(self, progress: Progress, status: RunStatus, note: str = "") -> bool:

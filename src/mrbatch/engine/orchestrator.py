@@ -151,7 +151,7 @@ class Orchestrator(ChunkStage, PublishStage):
             try:
                 self._advance(progress, routing)
             except UnavailableError as exc:
-                self._backoff(progress, f"dependency unavailable: {exc}")
+                self._backoff(progress, f"dependency unavailable: {exc}", outage=True)
             except MrbatchError as exc:
                 self._backoff(progress, str(exc))
             except Exception as exc:  # a bug must not kill the loop; the run is retried
@@ -219,7 +219,10 @@ class Orchestrator(ChunkStage, PublishStage):
             )
             return
         except BrokenProcessPool:
-            self._backoff(progress, "a worker died during SPLIT")
+            self._backoff(progress, "a worker died during SPLIT", outage=True)
+            return
+        except UnavailableError as exc:
+            self._backoff(progress, f"SPLIT waits for {exc}", outage=True)
             return
         except Exception as exc:
             if progress.attempts + 1 >= self.pipeline.chunk_attempts:

@@ -237,6 +237,7 @@ def chunk_task(
         reference=reference,
         first_line=spec.first_line,
         source=input_key,
+        escape_formulas=ctx.ws.config.output.escape_formulas,
     )
     output = ctx.store.put(chunk_output_key(run_id, spec.index), out.output, epoch=epoch)
     rejected = ctx.store.put(chunk_rejected_key(run_id, spec.index), out.rejected, epoch=epoch)

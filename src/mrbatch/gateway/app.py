@@ -7,8 +7,10 @@
 - ``/metrics`` in Prometheus format, and the dashboard at ``/``.
 
 ``mrbatch up`` starts it as a process; ``mrbatch gateway`` runs it alone. It binds to
-``gateway.host`` (127.0.0.1 unless configured otherwise). Every error is a JSON body
-``{"error": ..., "hint"?: ...}`` with a fitting status code; no traceback leaves the process.
+``gateway.host`` (127.0.0.1 unless configured otherwise). Every request passes the guard of
+:mod:`.guard` first (valid UTF-8 path, an allowed Host, the token for reads off loopback).
+Every error is a JSON body ``{"error": ..., "hint"?: ...}`` with a fitting status code; no
+traceback leaves the process.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from ..errors import (
 )
 from ..observe.metrics import DeploymentCollector, Sampler
 from .api import DASHBOARD_DIR, api_router
+from .guard import RequestGuard
 from .objects import ObjectMetrics, objects_router
 
 __all__ = ["create_app", "serve", "status_for"]
@@ -108,6 +111,7 @@ def create_app(ws: Workspace, *, sampler: Sampler | None = None) -> FastAPI:
     app.include_router(objects_router(ws, AccessPoint(ws), object_metrics))
     app.include_router(api_router(ws, sampler, registry))
     app.mount("/static", StaticFiles(directory=DASHBOARD_DIR), name="static")
+    app.add_middleware(RequestGuard, ws=ws)  # inside the headers: refusals carry them too
     app.add_middleware(_SecurityHeaders)
 
     @app.exception_handler(HTTPException)

@@ -64,6 +64,7 @@ def process_chunk(
     reference: ReferenceTable | None,
     first_line: int,
     source: str,
+    escape_formulas: bool = False,
 ) -> ChunkOutput:
     """Validate and enrich one chunk (header line + records) into output and rejected rows.
 
@@ -74,6 +75,11 @@ def process_chunk(
     header's, when it breaks a schema rule, or when enrichment finds no reference row for it.
     Raises InputError only for problems of the whole file (binary, not UTF-8, header, an
     unterminated quote); every record problem becomes a rejected row with a reason.
+
+    ``escape_formulas`` (opt-in, ``output.escape_formulas``): a value that a spreadsheet would
+    run as a formula (first character ``=``, ``+``, ``-``, ``@``, tab or carriage return) is
+    written with a ``'`` in front, in the output and the rejected rows. It changes the values
+    (``-5`` becomes ``'-5``), which is why it is off unless asked for.
     """
     if enrichment is not None and reference is None:
         raise ValueError("an enrichment needs a reference table")
@@ -112,6 +118,8 @@ def process_chunk(
         out_cols += [pl.col(c) for c in enrichment.columns.values()]
     output = good.select(out_cols)
     rejected = _rejected_frame(bad, header)
+    if escape_formulas:
+        output, rejected = _escape_formulas(output), _escape_formulas(rejected)
     rejected_header = ["row", "line", "reason", *header, "_extra"]
     return ChunkOutput(
         output=_write_csv(output),
@@ -179,6 +187,20 @@ def _rejected_frame(parts: list[pl.DataFrame], header: list[str]) -> pl.DataFram
         text = dict.fromkeys([REASON, *header, EXTRA], pl.String)
         return pl.DataFrame(schema={ROW: pl.Int64, LINE: pl.Int64, **text})
     return pl.concat(frames).sort(ROW)
+
+
+_FORMULA_START = r"^[=+\-@\t\r]"
+
+
+def _escape_formulas(df: pl.DataFrame) -> pl.DataFrame:
+    text = [name for name, dtype in df.schema.items() if dtype == pl.String]
+    return df.with_columns(
+        pl.when(pl.col(name).str.contains(_FORMULA_START))
+        .then(pl.lit("'") + pl.col(name))
+        .otherwise(pl.col(name))
+        .alias(name)
+        for name in text
+    )
 
 
 def _write_csv(df: pl.DataFrame) -> bytes:

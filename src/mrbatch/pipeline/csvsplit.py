@@ -14,6 +14,7 @@ CSV dialect (RFC 4180, made precise)
 
 from __future__ import annotations
 
+import csv
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import BinaryIO
@@ -29,6 +30,10 @@ BOM = b"\xef\xbb\xbf"
 # A single record longer than this is refused: it is what an unterminated quote or a file
 # without line breaks looks like, and the splitter would otherwise hold it all in memory.
 MAX_RECORD_BYTES = 64 << 20
+# The stdlib csv module refuses fields over 128 KiB by default; every reader of mrbatch's CSV
+# (quoted records, rejected rows shown by `mrbatch errors`, verify's recount) takes what the
+# pipeline takes. Process-wide, set once here, where every such reader imports from.
+csv.field_size_limit(max(csv.field_size_limit(), MAX_RECORD_BYTES))
 
 
 @dataclass(frozen=True)

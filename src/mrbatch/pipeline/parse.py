@@ -65,6 +65,13 @@ def header_end(data: bytes, source: str) -> int:
 
 def parse_header(raw: bytes, source: str) -> list[str]:
     text = raw.decode("utf-8").removesuffix("\n").removesuffix("\r")
+    if "\r" in text and '"' not in text:
+        # Lines ended by CR alone (classic Mac OS): the whole file reads as one header line.
+        raise InputError(
+            f"{source}: line 1 holds a carriage return (\\r) inside it: the file's lines end"
+            " with CR alone; mrbatch reads lines ended by LF or CRLF",
+            hint="save the file with LF (Unix) or CRLF (Windows) line endings",
+        )
     if '"' not in text:
         return text.split(",")
     try:

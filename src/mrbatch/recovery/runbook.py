@@ -19,7 +19,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 from .. import backends
-from ..config.settings import StepConfig
+from ..config.plans import StepConfig
 from ..config.workspace import Workspace
 from ..errors import ConflictError, MrbatchError, SafetyRuleError, UnavailableError, UsageError
 from .plan import PLAN_PREFIX, Execution, PlanContext, Result, StepFailed, StepLog

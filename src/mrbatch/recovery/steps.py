@@ -6,8 +6,10 @@ declares (a shell command or a Python callable, each with a timeout). Every step
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import os
+import signal
 import subprocess
 import threading
 import time
@@ -15,7 +17,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .. import backends
-from ..config.settings import StepConfig
+from ..config.plans import StepConfig
 from ..errors import UnavailableError
 from ..ports import RegionState
 from ..runtime.replication import backlog
@@ -33,26 +35,41 @@ def _seconds(value: float) -> str:
 
 
 def shell_step(ctx: PlanContext, step: StepConfig) -> Result:
+    """Run the step's command with ``sh`` in a process group of its own, so that a timeout
+    ends everything the command started, not only the shell."""
     timeout = step.timeout or 60.0
+    proc = subprocess.Popen(
+        step.run or "",
+        shell=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, **ctx.env()},
+        cwd=ctx.ws.root,
+        start_new_session=True,
+    )
     try:
-        done = subprocess.run(
-            step.run or "",
-            shell=True,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            env={**os.environ, **ctx.env()},
-            cwd=ctx.ws.root,
-        )
+        stdout, stderr = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired as exc:
-        raise StepFailed(f"`{step.run}` did not finish within {_seconds(timeout)}") from exc
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.communicate(timeout=5)  # a descendant that left the group may hold the pipes
+        raise StepFailed(
+            f"`{step.run}` did not finish within {_seconds(timeout)}; it was stopped, with"
+            " everything it started"
+        ) from exc
+    finally:
+        # A command that exited but left children in its group behind: end them too.
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)
     evidence = {
-        "exit_code": done.returncode,
-        "stdout": done.stdout[-2000:],
-        "stderr": done.stderr[-2000:],
+        "exit_code": proc.returncode,
+        "stdout": stdout[-2000:],
+        "stderr": stderr[-2000:],
     }
-    if done.returncode != 0:
-        return "failed", f"`{step.run}` exited with {done.returncode}", evidence
+    if proc.returncode != 0:
+        return "failed", f"`{step.run}` exited with {proc.returncode}", evidence
     return "ok", f"`{step.run}` succeeded", evidence
 
 

@@ -13,7 +13,7 @@ import sys
 import threading
 from pathlib import Path
 
-from ..config.workspace import Workspace
+from ..config.workspace import PRIVATE_UMASK, Workspace
 from ..errors import MrbatchError
 
 __all__ = ["main"]
@@ -34,8 +34,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", required=True, type=Path)
     args = parser.parse_args(argv)
     _logging(f"{args.kind}:{args.name}")
+    os.umask(PRIVATE_UMASK)
     try:
         ws = Workspace.load(args.config)
+        ws.make_private()
         if args.kind == "region":
             from ..engine.region import RegionProcess
 

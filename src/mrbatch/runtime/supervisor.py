@@ -81,9 +81,14 @@ def running(ws: Workspace) -> dict[Proc, int | None]:
     return {proc: pid_of(ws, proc) for proc in expected(ws)}
 
 
+def _private_file(path: Path, flags: int) -> int:
+    """Open ``path`` 0600 whatever the caller's umask (logs and pid files are private too)."""
+    return os.open(path, flags | os.O_CREAT, 0o600)
+
+
 def _spawn(ws: Workspace, proc: Proc) -> int:
-    ws.log_dir.mkdir(parents=True, exist_ok=True)
-    ws.run_dir.mkdir(parents=True, exist_ok=True)
+    ws.log_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    ws.run_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     cmd = [
         sys.executable,
         "-m",
@@ -93,7 +98,7 @@ def _spawn(ws: Workspace, proc: Proc) -> int:
         "--config",
         str(ws.config_path),
     ]
-    with open(log_file(ws, proc), "ab") as log:
+    with os.fdopen(_private_file(log_file(ws, proc), os.O_WRONLY | os.O_APPEND), "ab") as log:
         child = subprocess.Popen(
             cmd,
             stdin=subprocess.DEVNULL,
@@ -110,7 +115,8 @@ def _spawn(ws: Workspace, proc: Proc) -> int:
         "started_at": time.time(),
     }
     tmp = _pid_file(ws, proc).with_suffix(".tmp")
-    tmp.write_text(json.dumps(record))
+    with os.fdopen(_private_file(tmp, os.O_WRONLY | os.O_TRUNC), "w") as handle:
+        handle.write(json.dumps(record))
     os.replace(tmp, _pid_file(ws, proc))
     return child.pid
 

@@ -14,6 +14,7 @@ import sys
 # executable -> Debian package providing it
 DEBIAN: dict[str, str] = {
     "chromium": "chromium",  # the dashboard's browser test (driven by playwright, headless)
+    "strace": "strace",  # the durable-acknowledgement test traces the syscalls of an upload
 }
 
 

@@ -33,7 +33,7 @@ from .sqlite_util import SqliteFile
 if TYPE_CHECKING:
     from ..config.workspace import Workspace
 
-__all__ = ["LocalObjectStore", "open_store"]
+__all__ = ["LocalObjectStore", "fsync_dir", "open_store"]
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS objects (
@@ -82,13 +82,19 @@ class LocalObjectStore:
                     digest.update(block)
                     out.write(block)
                     size += len(block)
+                # On stable storage before the index may point at it (power loss included).
+                out.flush()
+                os.fsync(out.fileno())
             sha = digest.hexdigest()
             target = self._blob_path(sha)
             if target.exists():
                 tmp.unlink()
             else:
-                target.parent.mkdir(exist_ok=True)
+                if not target.parent.exists():
+                    target.parent.mkdir(exist_ok=True)
+                    fsync_dir(self._blobs)
                 os.replace(tmp, target)
+                fsync_dir(target.parent)  # the rename itself, durable
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
@@ -304,6 +310,15 @@ class LocalObjectStore:
         if not path.exists():
             raise NotFoundError(f"{self.region}: no blob {version[:12]}")
         return path
+
+
+def fsync_dir(path: Path) -> None:
+    """Make the entries of directory ``path`` (a rename, a new file) durable."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _newer(incoming: ObjectInfo, stored: ObjectInfo) -> bool:

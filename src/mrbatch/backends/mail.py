@@ -61,13 +61,21 @@ class OutboxNotifier:
         if target.exists():
             return str(target)
         tmp = self.directory / f".{uuid.uuid4().hex}.tmp"
-        tmp.write_bytes(bytes(render(mail)))
+        with open(tmp, "wb") as out:
+            out.write(bytes(render(mail)))
+            out.flush()
+            os.fsync(out.fileno())  # the send is recorded (COMPLETED) only after this
         try:
             os.link(tmp, target)  # atomic and exclusive: a racing sender cannot write twice
         except FileExistsError:
             pass
         finally:
             tmp.unlink()
+        directory = os.open(self.directory, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(directory)
+        finally:
+            os.close(directory)
         return str(target)
 
 

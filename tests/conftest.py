@@ -57,6 +57,8 @@ def _set(text: str, section: str, key: str, value: object) -> str:
     """Set ``key`` in ``[section]`` of the TOML text written by init (replace or add)."""
     lines = text.splitlines()
     header = f"[{section}]"
+    if header not in lines:  # a section init does not write: add it
+        lines += ["", header]
     start = lines.index(header)
     end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("[")), len(lines))
     for i in range(start + 1, end):

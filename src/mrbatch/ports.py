@@ -20,6 +20,7 @@ __all__ = [
     "Notifier",
     "ObjectInfo",
     "ObjectStore",
+    "Purged",
     "Record",
     "RegionState",
     "Routing",
@@ -50,6 +51,15 @@ class ObjectInfo:
     seq: int = 0
     deleted: bool = False
     meta: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Purged:
+    """What ``ObjectStore.purge`` freed."""
+
+    tombstones: int = 0
+    versions: int = 0
+    bytes: int = 0
 
 
 @runtime_checkable
@@ -127,6 +137,12 @@ class ObjectStore(Protocol):
         keeps ``info.origin`` so it is not replicated back. Idempotent; True when applied."""
         ...
 
+    def purge(self, older_than: float) -> Purged:
+        """Free what no live key needs any more: deletion tombstones written before
+        ``older_than``, and the bytes of versions superseded before it. Local to this
+        bucket. Idempotent."""
+        ...
+
 
 # --------------------------------------------------------------------------- state table
 
@@ -145,6 +161,7 @@ class Record:
     writer: str
     updated: float
     seq: int = 0
+    deleted: bool = False  # a tombstone: replicates like a write, hidden from get and scan
 
 
 @runtime_checkable
@@ -178,8 +195,21 @@ class StateTable(Protocol):
         ...
 
     def apply_replica(self, record: Record) -> bool:
-        """Merge a record from another region: it wins when its (epoch, updated, writer) is
-        greater than the stored one's. Idempotent. True when it was applied."""
+        """Merge a record from another region (a tombstone included): it wins when its
+        (epoch, updated, writer) is greater than the stored one's. Idempotent. True when it
+        was applied."""
+        ...
+
+    def delete(self, pk: str, *, epoch: int) -> bool:
+        """Delete the record: a tombstone that ``get`` and ``scan`` no longer show and that the
+        change feed carries, so the deletion replicates (it wins the merge like a write).
+        ``insert`` may create the pk again. True when something was deleted, False when there
+        was no record. Idempotent."""
+        ...
+
+    def purge(self, older_than: float) -> int:
+        """Forget tombstones written before ``older_than`` (their deletion has replicated by
+        then); returns how many. Local to this replica. Idempotent."""
         ...
 
     def get_cursor(self, name: str) -> int:
@@ -314,6 +344,12 @@ class Notifier(Protocol):
         """Deliver ``mail``; returns where it went. Idempotent per ``message_id`` where the
         backend can tell (the outbox writes one file per id); raises UnavailableError when the
         mail server cannot be reached, so the caller retries."""
+        ...
+
+    def forget(self, message_id: str) -> bool:
+        """Drop what this notifier keeps of a delivered message (the outbox's file), once its
+        run is collected; True when something was dropped, False when it keeps nothing.
+        Idempotent."""
         ...
 
 

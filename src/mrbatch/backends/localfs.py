@@ -15,6 +15,8 @@ replicate too.
 from __future__ import annotations
 
 import builtins
+import contextlib
+import fcntl
 import hashlib
 import json
 import os
@@ -27,7 +29,7 @@ from typing import TYPE_CHECKING, BinaryIO
 
 from ..errors import ConflictError, NotFoundError
 from ..model.keys import check_key
-from ..ports import ObjectInfo
+from ..ports import ObjectInfo, Purged
 from .sqlite_util import SqliteFile
 
 if TYPE_CHECKING:
@@ -89,6 +91,7 @@ class LocalObjectStore:
             target = self._blob_path(sha)
             if target.exists():
                 tmp.unlink()
+                os.utime(target)  # in use again: not a superseded version for purge
             else:
                 if not target.parent.exists():
                     target.parent.mkdir(exist_ok=True)
@@ -134,6 +137,11 @@ class LocalObjectStore:
         deleted: bool,
         meta: Mapping[str, str],
     ) -> ObjectInfo:
+        previous = db.execute("SELECT sha256 FROM objects WHERE key = ?", (key,)).fetchone()
+        if previous is not None and previous[0] != sha:
+            # The superseded version's retention window starts now, not when it was written.
+            with contextlib.suppress(FileNotFoundError):
+                os.utime(self._blob_path(previous[0]))
         seq = db.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM objects").fetchone()[0]
         db.execute(
             "INSERT INTO objects (key, sha256, size, modified, origin, epoch, deleted, meta, seq)"
@@ -182,8 +190,9 @@ class LocalObjectStore:
         epoch: int = 0,
     ) -> ObjectInfo:
         check_key(key)
-        sha, size = self._write_blob(data)
-        return self._commit(key, sha, size, meta or {}, epoch)
+        with self._blob_lock(fcntl.LOCK_SH):
+            sha, size = self._write_blob(data)
+            return self._commit(key, sha, size, meta or {}, epoch)
 
     def open(self, key: str, *, version: str | None = None) -> BinaryIO:
         sha = version
@@ -227,19 +236,20 @@ class LocalObjectStore:
         epoch: int = 0,
     ) -> ObjectInfo:
         check_key(dst)
-        if version is None:
-            info = self.head(src)
-            if info is None:
-                raise NotFoundError(f"{self.region}: no object {src!r} to copy")
-            version, size = info.sha256, info.size
-        else:
-            try:
-                size = self._blob_path(version).stat().st_size
-            except FileNotFoundError:
-                raise NotFoundError(
-                    f"{self.region}: no object {src!r} version {version[:12]} to copy"
-                ) from None
-        return self._commit(dst, version, size, meta or {}, epoch)
+        with self._blob_lock(fcntl.LOCK_SH):
+            if version is None:
+                info = self.head(src)
+                if info is None:
+                    raise NotFoundError(f"{self.region}: no object {src!r} to copy")
+                version, size = info.sha256, info.size
+            else:
+                try:
+                    size = self._blob_path(version).stat().st_size
+                except FileNotFoundError:
+                    raise NotFoundError(
+                        f"{self.region}: no object {src!r} version {version[:12]} to copy"
+                    ) from None
+            return self._commit(dst, version, size, meta or {}, epoch)
 
     def delete(self, key: str) -> bool:
         with self._index.transaction() as db:
@@ -269,6 +279,10 @@ class LocalObjectStore:
         return [self._info(row) for row in rows]
 
     def apply_replica(self, info: ObjectInfo, data: BinaryIO | None) -> bool:
+        with self._blob_lock(fcntl.LOCK_SH):
+            return self._apply_replica(info, data)
+
+    def _apply_replica(self, info: ObjectInfo, data: BinaryIO | None) -> bool:
         current = self._index.query("SELECT * FROM objects WHERE key = ?", (info.key,))
         if current and not _newer(info, self._info(current[0])):
             return False
@@ -299,6 +313,37 @@ class LocalObjectStore:
                 meta=info.meta,
             )
             return True
+
+    def purge(self, older_than: float) -> Purged:
+        """Tombstones older than ``older_than`` leave the index; then every blob no index row
+        points at and written before ``older_than`` is deleted (younger ones may belong to a
+        write whose row is not committed yet), and so are abandoned temporary files."""
+        with self._index.transaction() as db:
+            tombstones = db.execute(
+                "DELETE FROM objects WHERE deleted = 1 AND modified < ?", (older_than,)
+            ).rowcount
+        versions = freed = 0
+        # Exclusive: no put, copy or replica may point a row at a blob while it goes.
+        with self._blob_lock(fcntl.LOCK_EX):
+            used = {row[0] for row in self._index.query("SELECT DISTINCT sha256 FROM objects")}
+            for blob in self._blobs.glob("*/*"):
+                if blob.name in used:
+                    continue
+                stat = blob.stat()
+                if stat.st_mtime < older_than:
+                    blob.unlink()
+                    versions, freed = versions + 1, freed + stat.st_size
+        for part in self._tmp.glob("*.part"):
+            with contextlib.suppress(FileNotFoundError):
+                if part.stat().st_mtime < older_than:
+                    part.unlink()
+        return Purged(tombstones=int(tombstones), versions=versions, bytes=freed)
+
+    @contextlib.contextmanager
+    def _blob_lock(self, mode: int) -> Iterator[None]:
+        with open(self.root / "blobs.lock", "a") as lock:
+            fcntl.flock(lock, mode)
+            yield
 
     # ------------------------------------------------------------------ extras
     def last_seq(self) -> int:

@@ -55,6 +55,13 @@ class OutboxNotifier:
                 hint="check the data directory's disk space and permissions",
             ) from exc
 
+    def forget(self, message_id: str) -> bool:
+        try:
+            self.path_for(message_id).unlink()
+        except FileNotFoundError:
+            return False
+        return True
+
     def _write(self, mail: Mail) -> str:
         self.directory.mkdir(parents=True, exist_ok=True)
         target = self.path_for(mail.message_id)
@@ -99,6 +106,9 @@ class SmtpNotifier:
         if refused:
             raise UnavailableError(f"mail server refused recipients: {sorted(refused)}")
         return f"smtp://{self.host}:{self.port}"
+
+    def forget(self, message_id: str) -> bool:
+        return False  # what a mail server delivered is the recipients' to keep
 
 
 def open_outbox(ws: Workspace) -> OutboxNotifier:

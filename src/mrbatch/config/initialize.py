@@ -26,7 +26,8 @@ SAMPLE_ENRICHMENT = {
 
 _TEMPLATE = """\
 # mrbatch workspace. Every command finds this file from the current directory (or --config).
-# Durations accept seconds (60) or text ("500ms", "60s", "15m", "1h").
+# Durations accept seconds (60) or text ("500ms", "60s", "15m", "1h", "7d"); sizes bytes or
+# text ("500MB", "10GiB").
 
 # The regions; the first listed started ACTIVE, the others STANDBY.
 regions = {regions}
@@ -55,10 +56,17 @@ reference_key = "uuid"                   # reference column to join on
 # reference column = output column, in output order
 columns = {{ {columns} }}
 
+[output]
+escape_formulas = false      # true: prefix spreadsheet formula cells (=, +, -, @) with '
+
 [gateway]
-host = "127.0.0.1"
+host = "127.0.0.1"           # off loopback, reads (dashboard, API, metrics) need the token
 port = {port}
 link_expiry = "60m"          # presigned links expire after this
+max_link_lifetime = "7d"     # no link is signed, or honoured, for longer
+# allowed_hosts = ["batch.example.com"]   # Host names besides localhost and the bound host
+max_upload_bytes = "10GiB"   # one upload; larger ones are refused (413)
+spool_quota_bytes = "20GiB"  # all uploads being received at once
 
 [notify]
 from = "mrbatch@localhost"
@@ -79,6 +87,12 @@ rescan_interval = "30s"
 desired_rto = "60s"
 max_wait = "60s"
 min_switch_interval = "60s"
+
+[retention]
+enabled = true               # the region loop collects garbage every interval (`mrbatch gc`)
+age = "7d"                   # finished runs' versions and records, superseded bytes, tombstones
+versions = 1                 # the newest N finished versions of each input are kept anyway
+interval = "10m"
 
 [watch]
 heartbeat_timeout = "5s"

@@ -36,6 +36,7 @@ __all__ = [
     "OutputConfig",
     "PipelineConfig",
     "ReplicationConfig",
+    "RetentionConfig",
     "TimingConfig",
     "WatchConfig",
     "load_config",
@@ -196,6 +197,20 @@ class FailoverConfig(Section):
     min_switch_interval: Duration = 60.0
 
 
+class RetentionConfig(Section):
+    """How long what a finished run leaves behind is kept (see ``mrbatch gc``)."""
+
+    # Collect continuously, from the region loop (``mrbatch gc`` works either way).
+    enabled: bool = True
+    # A finished run's version objects and records, superseded object versions and deletion
+    # tombstones are kept this long (and never less than gateway.max_link_lifetime, so a link
+    # still valid never points at nothing).
+    age: Duration = 7 * 86400.0
+    # The newest N finished versions of each input key are kept whatever their age.
+    versions: int = Field(default=1, ge=0)
+    interval: Duration = 600.0
+
+
 class WatchConfig(Section):
     heartbeat_timeout: Duration = 5.0
     max_error_rate: float = Field(default=0.5, ge=0.0, le=1.0)
@@ -221,6 +236,7 @@ class Config(BaseModel):
     failover: FailoverConfig = Field(default_factory=FailoverConfig)
     plans: PlansConfig = Field(default_factory=PlansConfig)
     watch: WatchConfig = Field(default_factory=WatchConfig)
+    retention: RetentionConfig = Field(default_factory=RetentionConfig)
 
     @field_validator("regions")
     @classmethod

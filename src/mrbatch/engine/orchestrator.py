@@ -102,6 +102,7 @@ class Orchestrator(ChunkStage, PublishStage):
             input_version=source.version,
             input_size=source.size,
             source_key=source.key,
+            cleanup=[run_key(accepted.run_id, "")],
             accepted_at=accepted.at,
             accepted_region=accepted.region,
             status=RunStatus.CLAIMED,

@@ -23,6 +23,7 @@ from .. import backends
 from ..access.ledger import accept, accepted_in
 from ..config.workspace import Workspace
 from ..errors import MrbatchError, UnavailableError
+from ..maintain.gc import collect_garbage, purge_region, retention_window
 from ..model.keys import INPUT, VERSIONS, run_id_for
 from ..model.records import ACCEPTED, RUN, Accepted, FileRun, accepted_pk, run_pk
 from ..ports import Executor, ObjectInfo, Record, RegionState, Routing
@@ -87,6 +88,8 @@ class RegionProcess:
         self._retry_now = False
         self.reconciled = 0
         self.ticks = 0
+        self._last_gc = time.monotonic()  # the first pass one interval after the start
+        self._gc_thread: threading.Thread | None = None
 
     # ------------------------------------------------------------------ one pass
     def tick(self) -> None:
@@ -113,6 +116,7 @@ class RegionProcess:
             self.waiting_inputs.clear()
             self.showing.clear()
         self._heartbeat(routing)
+        self._maybe_collect(active)
         try:
             self._watch_bucket()
         except UnavailableError as exc:
@@ -228,6 +232,8 @@ class RegionProcess:
         while True:
             changes = self.table.changes(self._state_cursor, limit=500)
             for record in changes:
+                if record.deleted:
+                    continue  # collected after its retention window: nothing to drive
                 if record.kind == RUN:
                     self._consider(record, routing)
                 elif record.kind == ACCEPTED:
@@ -329,6 +335,30 @@ class RegionProcess:
             )
         except MrbatchError as exc:
             self.last_error = str(exc)
+
+    def _maybe_collect(self, active: bool) -> None:
+        """Every retention.interval, in a thread of its own so the loop never waits on it:
+        the active region collects for the deployment, the others purge their own bucket."""
+        retention = self.ws.config.retention
+        now = time.monotonic()
+        busy = self._gc_thread is not None and self._gc_thread.is_alive()
+        if not retention.enabled or busy or now - self._last_gc < retention.interval:
+            return
+        self._last_gc = now
+
+        def collect() -> None:
+            try:
+                if active:
+                    collect_garbage(self.ws)
+                else:
+                    purge_region(
+                        self.ws, self.region, time.time() - retention_window(self.ws), False
+                    )
+            except Exception:  # the next interval tries again; the loop must not die
+                log.exception("region %s: garbage collection failed", self.region)
+
+        self._gc_thread = threading.Thread(target=collect, name="gc", daemon=True)
+        self._gc_thread.start()
 
     # ------------------------------------------------------------------ the loop
     def run(self) -> None:

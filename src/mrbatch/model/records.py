@@ -125,6 +125,9 @@ class FileRun:
     # Where the accepted bytes are kept (versions/<run-id>/input/<path>); None in records
     # written before versions had keys of their own (they read input_key at input_version).
     source_key: str | None = None
+    # Prefixes of the run's intermediates, registered when the run is claimed (before any is
+    # written): garbage collection deletes them once the run is terminal everywhere.
+    cleanup: list[str] = field(default_factory=list)
     # The acceptance order of this version among the versions of its key (see Accepted).
     accepted_at: float = 0.0
     accepted_region: str = ""

@@ -17,6 +17,7 @@ from .evidence import accepted_versions, epoch_owners, merged_runs, outbox_messa
 from .recount import recount
 
 __all__ = ["Checker"]
+from ..maintain.gc import retention_window
 from .verdicts import DIVERGED, DUPLICATED, LOST, MAX_DIVERGED, Verdict, VerifyReport, Violation
 
 
@@ -180,6 +181,11 @@ class Checker:
         has_output = self._has(output_key, run.output_sha256)
         has_rejected = self._has(rejected_key, run.merged_rejected_sha256)
         if not (has_output and has_rejected):
+            if time.time() - run.updated_at > retention_window(self.ws):
+                # Past the retention window garbage collection removes a run's objects (then
+                # its records): what is left of it is not a loss.
+                verdict.notes.append("past the retention window: being collected")
+                return
             what = "output" if not has_output else "rejected rows"
             self.violate(
                 verdict,

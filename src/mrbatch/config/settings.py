@@ -17,6 +17,7 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -34,6 +35,7 @@ __all__ = [
     "NotifyConfig",
     "PipelineConfig",
     "ReplicationConfig",
+    "SupervisorConfig",
     "TimingConfig",
     "WatchConfig",
     "load_config",
@@ -188,6 +190,25 @@ class TimingConfig(_Section):
     rescan_interval: Duration = 30.0
 
 
+class SupervisorConfig(_Section):
+    """Restarting a region, replicator or gateway process that died (``mrbatch up``): the pause
+    before a restart doubles with each death in a row up to restart_max_backoff, and is
+    restart_backoff again once the process has stayed up for stable_after."""
+
+    restart: bool = True
+    restart_backoff: Duration = 1.0
+    restart_max_backoff: Duration = 30.0
+    stable_after: Duration = 60.0
+    poll_interval: Duration = Field(default=0.5, gt=0)
+
+    @field_validator("restart_max_backoff")
+    @classmethod
+    def _cap_above_base(cls, value: float, info: ValidationInfo) -> float:
+        if value < info.data.get("restart_backoff", 0.0):
+            raise ValueError("shorter than restart_backoff")
+        return value
+
+
 class FailoverConfig(_Section):
     desired_rto: Duration = 60.0
     max_wait: Duration = 60.0
@@ -296,6 +317,7 @@ class Config(BaseModel):
     failover: FailoverConfig = Field(default_factory=FailoverConfig)
     plans: PlansConfig = Field(default_factory=PlansConfig)
     watch: WatchConfig = Field(default_factory=WatchConfig)
+    supervisor: SupervisorConfig = Field(default_factory=SupervisorConfig)
 
     @field_validator("regions")
     @classmethod

@@ -145,8 +145,8 @@ def _report(
 
 def _up_detached(ws: Workspace, before: dict[supervisor.Proc, int | None], since: float) -> None:
     """Start the supervisor daemon; it starts every missing process, then keeps them up."""
-    keeper, _ = supervisor.start(ws, only=[supervisor.SUPERVISOR])[supervisor.SUPERVISOR]
-    console.print(f"started supervisor (pid {keeper})")
+    keeper, new = supervisor.start(ws, only=[supervisor.SUPERVISOR])[supervisor.SUPERVISOR]
+    console.print(f"{'started' if new else 'running'} supervisor (pid {keeper})")
     _report(before, _await_processes(ws, before))
     wait_until_up(ws, since)
     console.print(f"gateway: {ws.gateway_url}")

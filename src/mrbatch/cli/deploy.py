@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import signal
 import socket
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -17,6 +19,7 @@ from ..config.workspace import Workspace
 from ..errors import MrbatchError, UnavailableError, UsageError
 from ..observe import views
 from ..runtime import supervisor
+from ..runtime.restarter import Restarter
 from .app import app, console, print_json, state, styled
 
 __all__ = ["status_table", "wait_until_up"]
@@ -59,12 +62,15 @@ def _port_free(host: str, port: int) -> bool:
     return True
 
 
-def wait_until_up(ws: Workspace, since: float, timeout: float = 60.0) -> None:
-    """Return when every region has sent a heartbeat after ``since`` and the gateway answers."""
+def wait_until_up(
+    ws: Workspace, since: float, timeout: float = 60.0, stop: threading.Event | None = None
+) -> None:
+    """Return when every region has sent a heartbeat after ``since`` and the gateway answers
+    (or at once when ``stop`` is set)."""
     deadline = time.monotonic() + timeout
     control = backends.open_control_plane(ws)
     gateway = ws.config.gateway
-    while time.monotonic() < deadline:
+    while time.monotonic() < deadline and not (stop and stop.is_set()):
         beats = control.heartbeats()
         regions_up = all(r in beats and beats[r].at >= since for r in ws.regions)
         gateway_up = not _port_free(gateway.host, gateway.port)
@@ -89,7 +95,8 @@ def wait_until_up(ws: Workspace, since: float, timeout: float = 60.0) -> None:
 def up(
     detach: bool = typer.Option(False, "--detach", "-d", help="Run in the background."),
 ) -> None:
-    """Start one process per region, the replicators and the gateway."""
+    """Start one process per region, the replicators and the gateway, and keep them running:
+    a process that dies is started again (see [supervisor] in mrbatch.toml)."""
     ws = state.workspace()
     control = backends.open_control_plane(ws)
     try:
@@ -97,10 +104,32 @@ def up(
     except MrbatchError:
         control.initialize(ws.regions, ws.regions[0])
     running = supervisor.running(ws)
-    if all(pid is not None for pid in running.values()):
-        pids = ", ".join(f"{p.label}={pid}" for p, pid in running.items())
-        console.print(f"mrbatch is already running ({pids}); `mrbatch down` stops it")
+    everything = all(pid is not None for pid in running.values())
+    keeper = supervisor.pid_of(ws, supervisor.SUPERVISOR)
+    pids = ", ".join(f"{p.label}={pid}" for p, pid in running.items())
+    if everything and keeper is not None:
+        console.print(
+            f"mrbatch is already running ({pids}, supervisor={keeper}); `mrbatch down` stops it"
+        )
         return
+    _check_gateway_port(ws, running)
+    since = time.time()
+    if keeper is not None:
+        # Someone supervises already (a daemon, an `up` in another terminal): start only what
+        # is missing now, under the start lock, rather than waiting for its backoff.
+        console.print(f"mrbatch is already running (supervisor pid {keeper})")
+        _report(running, supervisor.start(ws))
+        wait_until_up(ws, since)
+        return
+    if everything:
+        console.print(f"mrbatch is already running ({pids}); supervising it")
+    if detach:
+        _up_detached(ws, running, since)
+    else:
+        _up_here(ws, running, since)
+
+
+def _check_gateway_port(ws: Workspace, running: dict[supervisor.Proc, int | None]) -> None:
     gateway = ws.config.gateway
     if running[supervisor.Proc("gateway", "gateway")] is None and not _port_free(
         gateway.host, gateway.port
@@ -109,36 +138,99 @@ def up(
             f"gateway port {gateway.host}:{gateway.port} is in use by another program",
             hint=f"set gateway.port in {ws.config_path}",
         )
-    since = time.time()
-    started = supervisor.start(ws)
-    for proc, (pid, new) in started.items():
-        console.print(f"{'started' if new else 'running'} {proc.label} (pid {pid})")
+
+
+def _report(
+    before: dict[supervisor.Proc, int | None], now: dict[supervisor.Proc, tuple[int, bool]]
+) -> None:
+    for proc, (pid, _) in now.items():
+        started = before.get(proc) != pid
+        console.print(f"{'started' if started else 'running'} {proc.label} (pid {pid})")
+
+
+def _up_detached(ws: Workspace, before: dict[supervisor.Proc, int | None], since: float) -> None:
+    """Start the supervisor daemon; it starts every missing process, then keeps them up."""
+    keeper, new = supervisor.start(ws, only=[supervisor.SUPERVISOR])[supervisor.SUPERVISOR]
+    console.print(f"{'started' if new else 'running'} supervisor (pid {keeper})")
+    _report(before, _await_processes(ws, before))
     wait_until_up(ws, since)
     console.print(f"gateway: {ws.gateway_url}")
-    if detach:
-        console.print("Up. `mrbatch status` shows it, `mrbatch down` stops it.")
+    console.print("Up. `mrbatch status` shows it, `mrbatch down` stops it.")
+
+
+def _await_processes(
+    ws: Workspace, before: dict[supervisor.Proc, int | None], timeout: float = 30.0
+) -> dict[supervisor.Proc, tuple[int, bool]]:
+    """Each process's pid once the supervisor daemon has started it (or found it running)."""
+    seen: dict[supervisor.Proc, tuple[int, bool]] = {}
+    deadline = time.monotonic() + timeout
+    while True:
+        for proc, pid in supervisor.running(ws).items():
+            if pid is not None and proc not in seen:
+                seen[proc] = (pid, before[proc] is None)
+        if len(seen) == len(before):
+            return {proc: seen[proc] for proc in before}
+        if supervisor.pid_of(ws, supervisor.SUPERVISOR) is None or time.monotonic() > deadline:
+            missing = ", ".join(p.label for p in before if p not in seen)
+            raise MrbatchError(
+                f"the supervisor did not start {missing}",
+                hint=f"see {supervisor.log_file(ws, supervisor.SUPERVISOR)} and {ws.log_dir}",
+            )
+        time.sleep(0.05)
+
+
+def _up_here(ws: Workspace, before: dict[supervisor.Proc, int | None], since: float) -> None:
+    """Supervise from this process, with a live status table; Ctrl-C (or `mrbatch down`
+    elsewhere, by SIGTERM) stops everything."""
+    other = supervisor.claim_supervisor(ws)
+    if other is not None:  # another `up` won the race to supervise
+        console.print(f"mrbatch is already running (supervisor pid {other})")
         return
+    stop = threading.Event()
+    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in _STOP_SIGNALS}
     try:
+        restarter = Restarter(ws, stop)
+        _report(before, restarter.start_missing())
+        wait_until_up(ws, since, stop=stop)
+        console.print(f"gateway: {ws.gateway_url}")
         with Live(status_table(views.status(ws)), console=console, refresh_per_second=2) as live:
-            while True:
-                time.sleep(1.0)
-                live.update(status_table(views.status(ws)))
-    except KeyboardInterrupt:
-        pass
+            next_draw = time.monotonic() + 1.0
+            while not stop.is_set():
+                stop.wait(restarter.step())
+                if time.monotonic() >= next_draw:
+                    live.update(status_table(views.status(ws)))
+                    next_draw = time.monotonic() + 1.0
     finally:
+        supervisor.release_supervisor(ws)
         stopped = supervisor.stop(ws)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
         console.print(f"stopped {len(stopped)} process(es)")
+
+
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 @app.command()
 def down() -> None:
-    """Stop every process `mrbatch up` started."""
+    """Stop the supervisor, then every process `mrbatch up` started."""
     ws = state.workspace()
     stopped = supervisor.stop(ws)
     if stopped:
         console.print("stopped " + ", ".join(p.label for p in stopped))
     else:
         console.print("nothing was running")
+
+
+def _restarts(count: Any, record: dict[str, Any] | None) -> str:
+    """A process's restarts, and when the next one is due if it is down and waiting."""
+    text = str(count or 0)
+    due = (record or {}).get("next_due")
+    if due is not None:
+        text += f" (next in {max(0.0, due - time.time()):.1f}s)"
+    elif record and record.get("pid") is None and record.get("died_at"):
+        text += " (stays down)"
+    return text
 
 
 def status_table(data: dict[str, Any]) -> Table:
@@ -152,6 +244,7 @@ def status_table(data: dict[str, Any]) -> Table:
         "state",
         "process",
         "pid",
+        "restarts",
         "in flight",
         "backlog",
         "lag",
@@ -159,21 +252,35 @@ def status_table(data: dict[str, Any]) -> Table:
         "heartbeat",
     ):
         table.add_column(column)
+    keeper = data.get("supervisor", {})
+    records = keeper.get("processes", {})
     for name, info in data["regions"].items():
         age = info.get("heartbeat_age")
+        replicator = "alive" if info.get("replicator_alive") else "down"
+        if info.get("replicator_restarts"):
+            replicator += f", {info['replicator_restarts']} restart(s)"
         table.add_row(
             name,
             str(info.get("state")),
             str(info.get("process_state") or "-"),
             str(info.get("pid") or "-"),
+            _restarts(info.get("restarts"), records.get(f"region:{name}")),
             str(info.get("runs_in_flight") if info.get("runs_in_flight") is not None else "-"),
             str(info.get("backlog") if info.get("backlog") is not None else "?"),
             f"{info['lag_seconds']:.1f}s" if info.get("lag_seconds") is not None else "?",
-            "alive" if info.get("replicator_alive") else "down",
+            replicator,
             f"{age:.1f}s ago" if age is not None else "never",
         )
     gateway = data.get("gateway", {})
-    table.caption = f"gateway {gateway.get('url')} {'alive' if gateway.get('alive') else 'down'}"
+    restarts = _restarts(gateway.get("restarts"), records.get("gateway"))
+    supervised = (
+        f"supervisor pid {keeper.get('pid')}" if keeper.get("alive") else "no supervisor running"
+    )
+    table.caption = (
+        f"gateway {gateway.get('url')} {'alive' if gateway.get('alive') else 'down'}"
+        f" (restarts {restarts}); {supervised}"
+        + ("" if keeper.get("restart", True) else ", restart off")
+    )
     return table
 
 

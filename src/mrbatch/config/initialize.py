@@ -100,6 +100,12 @@ max_error_rate = 0.5
 interval = "1s"
 unhealthy_checks = 2
 
+[supervisor]
+restart = true               # start a region, replicator or gateway process again when it dies
+restart_backoff = "1s"       # pause before the first restart; doubles with each death in a row
+restart_max_backoff = "30s"  # up to this
+stable_after = "60s"         # up this long: the next death pauses restart_backoff again
+
 # Recovery plans: ordered steps; a bare name is a built-in step. Custom steps:
 #   {{ name = "page", run = "notify-oncall $MRBATCH_TARGET", timeout = "10s" }}
 #   {{ name = "dns", call = "mypkg.hooks:switch_dns", timeout = "30s" }}

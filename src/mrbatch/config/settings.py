@@ -16,6 +16,7 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -37,6 +38,7 @@ __all__ = [
     "PipelineConfig",
     "ReplicationConfig",
     "RetentionConfig",
+    "SupervisorConfig",
     "TimingConfig",
     "WatchConfig",
     "load_config",
@@ -191,6 +193,25 @@ class TimingConfig(Section):
     rescan_interval: Duration = 30.0
 
 
+class SupervisorConfig(Section):
+    """Restarting a region, replicator or gateway process that died (``mrbatch up``): the pause
+    before a restart doubles with each death in a row up to restart_max_backoff, and is
+    restart_backoff again once the process has stayed up for stable_after."""
+
+    restart: bool = True
+    restart_backoff: Duration = 1.0
+    restart_max_backoff: Duration = 30.0
+    stable_after: Duration = 60.0
+    poll_interval: Duration = Field(default=0.5, gt=0)
+
+    @field_validator("restart_max_backoff")
+    @classmethod
+    def _cap_above_base(cls, value: float, info: ValidationInfo) -> float:
+        if value < info.data.get("restart_backoff", 0.0):
+            raise ValueError("shorter than restart_backoff")
+        return value
+
+
 class FailoverConfig(Section):
     desired_rto: Duration = 60.0
     max_wait: Duration = 60.0
@@ -237,6 +258,7 @@ class Config(BaseModel):
     plans: PlansConfig = Field(default_factory=PlansConfig)
     watch: WatchConfig = Field(default_factory=WatchConfig)
     retention: RetentionConfig = Field(default_factory=RetentionConfig)
+    supervisor: SupervisorConfig = Field(default_factory=SupervisorConfig)
 
     @field_validator("regions")
     @classmethod

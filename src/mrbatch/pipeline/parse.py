@@ -141,6 +141,10 @@ def parse_general(
         bad_rows.append(_structural(row, line, text.split(","), ncols))
 
     quoted = records.filter(pl.col(QUOTES) > 0)
+    fast = _parse_quoted_fast(quoted, header)
+    if fast is not None:
+        parts.append(fast)
+        quoted = quoted.filter(~pl.col(ROW).is_in(fast.get_column(ROW).implode()))
     parsed = _parse_quoted(quoted.get_column(TEXT).to_list())
     keep = [i for i, values in enumerate(parsed) if type(values) is list and len(values) == ncols]
     if len(keep) < len(parsed):
@@ -172,6 +176,43 @@ def parse_general(
     bad_types = {**types, EXTRA: pl.String, REASON: pl.String}
     bad = pl.DataFrame(bad_rows, schema=bad_types, orient="row").sort(ROW)
     return good.select(names), bad
+
+
+# A field the csv module (strict) reads exactly as polars' reader does: unquoted without any
+# quote, or quoted from its first character to its last with inner quotes doubled. Carriage
+# returns are left to the csv module.
+_FIELD = r'(?:[^",\r]*|"(?:[^"\r]|"")*")'
+
+
+def _parse_quoted_fast(quoted: pl.DataFrame, header: list[str]) -> pl.DataFrame | None:
+    """The quoted records that are well formed and have the header's field count, parsed by
+    polars' reader in one pass (``ROW``, ``LINE``, the header's columns); None when there is
+    none, or the reader does not give one row per record (the csv module then reads them all).
+
+    Spreadsheet and database exports quote every field: without this, every one of their
+    records would go through the csv module, several times slower than the rest."""
+    if quoted.is_empty():
+        return None
+    # Well formed with exactly the header's field count, in one linear pass of the regex.
+    exact = f"^{_FIELD}(?:,{_FIELD}){{{len(header) - 1}}}$"
+    good = quoted.filter(pl.col(TEXT).str.contains(exact))
+    if good.is_empty():
+        return None
+    text = "\n".join(good.get_column(TEXT).to_list()) + "\n"
+    try:
+        frame = pl.read_csv(
+            text.encode("utf-8"),
+            has_header=False,
+            schema=dict.fromkeys(header, pl.String),
+            quote_char='"',
+            truncate_ragged_lines=False,
+            raise_if_empty=False,
+        )
+    except pl.exceptions.PolarsError:
+        return None
+    if frame.height != good.height:
+        return None
+    return pl.concat([good.select(ROW, LINE), frame], how="horizontal")
 
 
 def _parse_quoted(texts: list[str]) -> list[list[str] | str]:

@@ -76,9 +76,13 @@ class ObjectStore(Protocol):
         *,
         meta: Mapping[str, str] | None = None,
         epoch: int = 0,
+        durable: bool = False,
     ) -> ObjectInfo:
         """Store ``data`` under ``key``. Idempotent: writing the same bytes and meta again
-        changes nothing (no new version, no change-feed entry)."""
+        changes nothing (no new version, no change-feed entry). With ``durable`` the object is
+        on stable storage when this returns (an acknowledgement or a publish depends on it);
+        otherwise it survives a crash of the process, and what a power loss takes is
+        recomputed (intermediates)."""
         ...
 
     def open(self, key: str, *, version: str | None = None) -> BinaryIO:
@@ -111,9 +115,10 @@ class ObjectStore(Protocol):
         version: str | None = None,
         meta: Mapping[str, str] | None = None,
         epoch: int = 0,
+        durable: bool = False,
     ) -> ObjectInfo:
-        """Copy ``src`` (of ``version``) to ``dst``. Idempotent like ``put``.
-        Raises NotFoundError when the source does not exist."""
+        """Copy ``src`` (of ``version``) to ``dst``. Idempotent like ``put``, ``durable``
+        as for ``put``. Raises NotFoundError when the source does not exist."""
         ...
 
     def delete(self, key: str) -> bool:
@@ -174,9 +179,13 @@ class StateTable(Protocol):
         """The record, or None when it does not exist."""
         ...
 
-    def insert(self, pk: str, kind: str, body: Mapping[str, Any], *, epoch: int) -> Record:
+    def insert(
+        self, pk: str, kind: str, body: Mapping[str, Any], *, epoch: int, durable: bool = False
+    ) -> Record:
         """Create a record that must not exist yet (version 1).
-        Raises ConflictError when ``pk`` exists: this is how a file is claimed once."""
+        Raises ConflictError when ``pk`` exists: this is how a file is claimed once. With
+        ``durable`` the record is on stable storage when this returns (a ledger entry: an
+        acknowledgement depends on it); every write survives a crash of the process."""
         ...
 
     def update(

@@ -73,8 +73,11 @@ class LocalObjectStore:
     def _blob_path(self, sha256: str) -> Path:
         return self._blobs / sha256[:2] / sha256
 
-    def _write_blob(self, data: bytes | BinaryIO | Iterable[bytes]) -> tuple[str, int]:
-        """Store bytes as a blob; returns (sha256, size). Idempotent by content."""
+    def _write_blob(
+        self, data: bytes | BinaryIO | Iterable[bytes], *, durable: bool = True
+    ) -> tuple[str, int]:
+        """Store bytes as a blob; returns (sha256, size). Idempotent by content. ``durable``:
+        fsynced (file, then its directory) before the index may point at it."""
         digest = hashlib.sha256()
         size = 0
         tmp = self._tmp / f"{uuid.uuid4().hex}.part"
@@ -84,20 +87,24 @@ class LocalObjectStore:
                     digest.update(block)
                     out.write(block)
                     size += len(block)
-                # On stable storage before the index may point at it (power loss included).
-                out.flush()
-                os.fsync(out.fileno())
+                if durable:  # on stable storage before the index points at it
+                    out.flush()
+                    os.fsync(out.fileno())
             sha = digest.hexdigest()
             target = self._blob_path(sha)
             if target.exists():
                 tmp.unlink()
                 os.utime(target)  # in use again: not a superseded version for purge
+                if durable:
+                    _fsync_file(target)  # written before, perhaps not synced then
             else:
                 if not target.parent.exists():
                     target.parent.mkdir(exist_ok=True)
-                    fsync_dir(self._blobs)
+                    if durable:
+                        fsync_dir(self._blobs)
                 os.replace(tmp, target)
-                fsync_dir(target.parent)  # the rename itself, durable
+                if durable:
+                    fsync_dir(target.parent)  # the rename itself
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
@@ -156,9 +163,15 @@ class LocalObjectStore:
         return self._info(row)
 
     def _commit(
-        self, key: str, sha: str, size: int, meta: Mapping[str, str], epoch: int
+        self,
+        key: str,
+        sha: str,
+        size: int,
+        meta: Mapping[str, str],
+        epoch: int,
+        durable: bool = False,
     ) -> ObjectInfo:
-        with self._index.transaction() as db:
+        with self._index.transaction(durable=durable) as db:
             row = self._row(db, key)
             if (
                 row is not None
@@ -188,11 +201,12 @@ class LocalObjectStore:
         *,
         meta: Mapping[str, str] | None = None,
         epoch: int = 0,
+        durable: bool = False,
     ) -> ObjectInfo:
         check_key(key)
         with self._blob_lock(fcntl.LOCK_SH):
-            sha, size = self._write_blob(data)
-            return self._commit(key, sha, size, meta or {}, epoch)
+            sha, size = self._write_blob(data, durable=durable)
+            return self._commit(key, sha, size, meta or {}, epoch, durable)
 
     def open(self, key: str, *, version: str | None = None) -> BinaryIO:
         sha = version
@@ -234,6 +248,7 @@ class LocalObjectStore:
         version: str | None = None,
         meta: Mapping[str, str] | None = None,
         epoch: int = 0,
+        durable: bool = False,
     ) -> ObjectInfo:
         check_key(dst)
         with self._blob_lock(fcntl.LOCK_SH):
@@ -249,7 +264,9 @@ class LocalObjectStore:
                     raise NotFoundError(
                         f"{self.region}: no object {src!r} version {version[:12]} to copy"
                     ) from None
-            return self._commit(dst, version, size, meta or {}, epoch)
+            if durable:
+                _fsync_file(self._blob_path(version))  # an intermediate's bytes, now kept
+            return self._commit(dst, version, size, meta or {}, epoch, durable)
 
     def delete(self, key: str) -> bool:
         with self._index.transaction() as db:
@@ -355,6 +372,14 @@ class LocalObjectStore:
         if not path.exists():
             raise NotFoundError(f"{self.region}: no blob {version[:12]}")
         return path
+
+
+def _fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def fsync_dir(path: Path) -> None:

@@ -108,8 +108,10 @@ class SqliteStateTable:
         rows = self._db.query("SELECT * FROM records WHERE pk = ? AND deleted = 0", (pk,))
         return self._record(rows[0]) if rows else None
 
-    def insert(self, pk: str, kind: str, body: Mapping[str, Any], *, epoch: int) -> Record:
-        with self._db.transaction() as db:
+    def insert(
+        self, pk: str, kind: str, body: Mapping[str, Any], *, epoch: int, durable: bool = False
+    ) -> Record:
+        with self._db.transaction(durable=durable) as db:
             row = db.execute("SELECT version, deleted FROM records WHERE pk = ?", (pk,)).fetchone()
             if row is not None and not row["deleted"]:
                 raise ConflictError(f"{self.region}: record {pk} exists already")

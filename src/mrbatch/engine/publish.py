@@ -47,6 +47,7 @@ class PublishStage(RunDriver):
             version=run.merged_sha256,
             meta=meta,
             epoch=run.epoch,
+            durable=True,
         )
         result_rejected = self.store.copy(
             run.merged_rejected_key,
@@ -54,6 +55,7 @@ class PublishStage(RunDriver):
             version=run.merged_rejected_sha256,
             meta=meta,
             epoch=run.epoch,
+            durable=True,
         )
         newer = _newer_shown(self.store.head(output_key_for(run.input_key)), run)
         if newer is None:
@@ -82,6 +84,7 @@ class PublishStage(RunDriver):
             version=run.merged_sha256,
             meta=meta,
             epoch=epoch,
+            durable=True,
         )
         self.store.copy(
             run.merged_rejected_key or "",
@@ -89,6 +92,7 @@ class PublishStage(RunDriver):
             version=run.merged_rejected_sha256,
             meta=meta,
             epoch=epoch,
+            durable=True,
         )
 
     def show_newest(self, run: FileRun, routing: Routing) -> bool:
@@ -119,6 +123,7 @@ class PublishStage(RunDriver):
             version=result.version,
             meta=meta,
             epoch=routing.epoch,
+            durable=True,
         )
         self.store.copy(
             rejected.key,
@@ -126,6 +131,7 @@ class PublishStage(RunDriver):
             version=rejected.version,
             meta=meta,
             epoch=routing.epoch,
+            durable=True,
         )
         log.info(
             "%s shows run %s's result again (the newest accepted version)",

@@ -12,7 +12,16 @@ from ..errors import MrbatchError
 from .app import app, err_console, state, styled
 
 # Each module registers its commands when imported; this order is the order `--help` lists them.
-COMMAND_MODULES = ("deploy", "objects", "runs", "recovery", "gateway_cmd", "chaos_cmds", "demo")
+COMMAND_MODULES = (
+    "deploy",
+    "objects",
+    "runs",
+    "recovery",
+    "backup_cmds",
+    "gateway_cmd",
+    "chaos_cmds",
+    "demo",
+)
 for _module in COMMAND_MODULES:
     importlib.import_module(f"{__package__}.{_module}")
 

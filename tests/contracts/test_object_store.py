@@ -206,6 +206,7 @@ def test_purge_frees_superseded_versions_and_old_tombstones(store: ObjectStore) 
     new = store.put("k", b"new bytes")
     gone = store.put("gone", b"deleted bytes")
     store.delete("gone")
+    store.put("last", b"a later change")  # the tombstone is not the newest position
     young_cutoff = time.time() - 60  # everything above is younger: nothing may go yet
     assert store.purge(older_than=young_cutoff) == Purged()
     assert store.get("k", version=old.version) == b"old bytes"
@@ -222,3 +223,11 @@ def test_purge_frees_superseded_versions_and_old_tombstones(store: ObjectStore) 
     assert store.purge(older_than=cutoff) == Purged()  # idempotent
     again = store.put("other", b"old bytes")  # bytes seen before, written again: readable
     assert store.get("other", version=again.version) == b"old bytes"
+
+
+def test_purge_never_gives_a_feed_position_out_twice(store: ObjectStore) -> None:
+    store.put("gone", b"x")
+    store.delete("gone")  # the newest change is this tombstone
+    newest = store.last_seq()
+    store.purge(older_than=time.time() + 1)
+    assert store.put("fresh", b"y").seq > newest

@@ -147,11 +147,20 @@ def test_delete_leaves_a_tombstone_that_replicates(
 
 def test_purge_forgets_old_tombstones_only(table: StateTable) -> None:
     table.insert("run/old", "run", {}, epoch=1)
-    table.insert("run/live", "run", {}, epoch=1)
     table.delete("run/old", epoch=1)
+    table.insert("run/live", "run", {}, epoch=1)  # newer than the tombstone
     cutoff = time.time() + 1  # every tombstone so far is older than this
     assert table.purge(older_than=cutoff - 60) == 0  # too young
     assert table.purge(older_than=cutoff) == 1
     assert table.purge(older_than=cutoff) == 0  # idempotent
     assert [r.pk for r in table.changes(0)] == ["run/live"]
     assert table.get("run/live") is not None
+
+
+def test_purge_never_gives_a_feed_position_out_twice(table: StateTable) -> None:
+    table.insert("run/a", "run", {}, epoch=1)
+    table.delete("run/a", epoch=1)  # the newest change is this tombstone
+    newest = table.last_seq()
+    table.purge(older_than=time.time() + 1)
+    fresh = table.insert("run/b", "run", {}, epoch=1)
+    assert fresh.seq > newest  # a replicator whose cursor is at `newest` must see it

@@ -336,8 +336,12 @@ class LocalObjectStore:
         points at and written before ``older_than`` is deleted (younger ones may belong to a
         write whose row is not committed yet), and so are abandoned temporary files."""
         with self._index.transaction() as db:
+            # Never the row holding the newest position: the next write takes MAX(seq) + 1,
+            # and a position the replicators have passed must never be given out again.
             tombstones = db.execute(
-                "DELETE FROM objects WHERE deleted = 1 AND modified < ?", (older_than,)
+                "DELETE FROM objects WHERE deleted = 1 AND modified < ?"
+                " AND seq < (SELECT MAX(seq) FROM objects)",
+                (older_than,),
             ).rowcount
         versions = freed = 0
         # Exclusive: no put, copy or replica may point a row at a blob while it goes.

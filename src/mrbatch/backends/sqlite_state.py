@@ -212,8 +212,11 @@ class SqliteStateTable:
 
     def purge(self, older_than: float) -> int:
         with self._db.transaction() as db:
+            # Never the row holding the newest position (see LocalObjectStore.purge).
             cursor = db.execute(
-                "DELETE FROM records WHERE deleted = 1 AND updated < ?", (older_than,)
+                "DELETE FROM records WHERE deleted = 1 AND updated < ?"
+                " AND seq < (SELECT MAX(seq) FROM records)",
+                (older_than,),
             )
             return int(cursor.rowcount)
 

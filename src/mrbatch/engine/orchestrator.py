@@ -45,7 +45,15 @@ from .publish import PublishStage
 
 __all__ = ["Orchestrator"]
 
+# Passes over the runs in one step at most: enough for CLAIMED -> ... -> PUBLISHED when no step
+# waits for a task, few enough that a step never runs away.
+_PASSES = 6
+
 __all__ = ["Orchestrator"]
+
+# Passes over the runs in one step at most: enough for CLAIMED -> ... -> PUBLISHED when no step
+# waits for a task, few enough that a step never runs away.
+_PASSES = 6
 
 log = logging.getLogger("mrbatch.orchestrator")
 
@@ -132,7 +140,15 @@ class Orchestrator(ChunkStage, PublishStage):
         return run
 
     def step(self, routing: Routing) -> None:
-        """Advance every run as far as it can go without waiting."""
+        """Advance every run as far as it can go without waiting: a run whose step needs no
+        task (chunk records after SPLIT, the publish after MERGED, the mail after it) moves on
+        in the same pass, not one poll interval later."""
+        for _ in range(_PASSES):
+            if not self._pass(routing):
+                return
+
+    def _pass(self, routing: Routing) -> bool:
+        """One pass over the runs; True when any of them changed status."""
         # The versions of one key are processed in acceptance order: the earliest unfinished
         # version of each key goes first, the later ones wait at CLAIMED.
         first: dict[str, tuple[float, str, str]] = {}
@@ -140,6 +156,7 @@ class Orchestrator(ChunkStage, PublishStage):
             key, order = held.run.input_key, held.run.order
             if key not in first or order < first[key]:
                 first[key] = order
+        moved = False
         for run_id in list(self.runs):
             progress = self.runs.get(run_id)
             if progress is None:
@@ -149,6 +166,7 @@ class Orchestrator(ChunkStage, PublishStage):
             run = progress.run
             if run.status is RunStatus.CLAIMED and first[run.input_key] < run.order:
                 continue
+            before = run.status
             try:
                 self._advance(progress, routing)
             except UnavailableError as exc:
@@ -158,6 +176,8 @@ class Orchestrator(ChunkStage, PublishStage):
             except Exception as exc:  # a bug must not kill the loop; the run is retried
                 log.exception("run %s: unexpected error", run_id)
                 self._backoff(progress, f"unexpected error: {exc!r}")
+            moved |= progress.run.status is not before and not progress.run.status.terminal
+        return moved
 
     def _advance(self, progress: Progress, routing: Routing) -> None:
         status = progress.run.status

@@ -23,12 +23,16 @@ from pydantic import (
 
 from ..backends.registry import check_backend_names
 from ..errors import ConfigError, SchemaError
+from .clusters import DaskConfig, EtcdConfig
+from .fields import Duration, Section, parse_duration
 
 __all__ = [
     "CONFIG_NAME",
     "BackendsConfig",
     "Config",
+    "DaskConfig",
     "EnrichmentConfig",
+    "EtcdConfig",
     "FailoverConfig",
     "GatewayConfig",
     "NotifyConfig",
@@ -45,33 +49,9 @@ CONFIG_NAME = "mrbatch.toml"
 RESERVED_COLUMN_PREFIX = "__mrbatch"
 _M = TypeVar("_M", bound=BaseModel)
 REGION_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
-_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
 
 
-def parse_duration(value: Any) -> float:
-    """Seconds from a number or a text such as ``"500ms"``, ``"60s"``, ``"15m"``, ``"1h"``."""
-    if isinstance(value, bool):
-        raise ValueError("expected a duration such as 60, '60s', '15m' or '500ms'")
-    if isinstance(value, int | float):
-        if value < 0:
-            raise ValueError("a duration cannot be negative")
-        return float(value)
-    if isinstance(value, str):
-        match = _DURATION.match(value)
-        if match:
-            return float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
-    raise ValueError(f"{value!r} is not a duration; use e.g. 60, '60s', '15m' or '500ms'")
-
-
-Duration = Annotated[float, BeforeValidator(parse_duration)]
-
-
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class BackendsConfig(_Section):
+class BackendsConfig(Section):
     """Which backend serves each port; names are looked up in ``mrbatch.backends.registry``."""
 
     object_store: str = "local"
@@ -81,7 +61,7 @@ class BackendsConfig(_Section):
     executor: str = "process-pool"
 
 
-class EnrichmentConfig(_Section):
+class EnrichmentConfig(Section):
     """Join each valid row with reference data held in the bucket."""
 
     reference: str = "reference/financial.csv"
@@ -115,7 +95,7 @@ class EnrichmentConfig(_Section):
         return value
 
 
-class PipelineConfig(_Section):
+class PipelineConfig(Section):
     schema_path: str = Field(default="pipeline/orders.schema.json", alias="schema")
     chunk_rows: int = Field(default=100_000, ge=1)
     # Fraction of rows a file may have rejected and still complete; above it the run FAILS.
@@ -129,7 +109,7 @@ class PipelineConfig(_Section):
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
 
-class GatewayConfig(_Section):
+class GatewayConfig(Section):
     host: str = Field(default="127.0.0.1", min_length=1)
     port: int = Field(default=8740, ge=0, le=65535)
     link_expiry: Duration = 3600.0
@@ -144,7 +124,7 @@ class GatewayConfig(_Section):
         return value
 
 
-class NotifyConfig(_Section):
+class NotifyConfig(Section):
     sender: str = Field(default="mrbatch@localhost", alias="from")
     to: list[str] = Field(default_factory=lambda: ["batch-owners@localhost"], min_length=1)
     smtp_host: str | None = None
@@ -173,7 +153,7 @@ def _address(value: str) -> str:
     return value
 
 
-class ReplicationConfig(_Section):
+class ReplicationConfig(Section):
     interval: Duration = 0.1
     batch: int = Field(default=500, ge=1)
     # Replication is background work: on a machine shared with the chunk workers it yields
@@ -181,14 +161,14 @@ class ReplicationConfig(_Section):
     nice: int = Field(default=10, ge=0, le=19)
 
 
-class TimingConfig(_Section):
+class TimingConfig(Section):
     poll_interval: Duration = 0.05
     heartbeat_interval: Duration = 0.5
     # A full re-scan of input/ catches anything the incremental feed could have missed.
     rescan_interval: Duration = 30.0
 
 
-class FailoverConfig(_Section):
+class FailoverConfig(Section):
     desired_rto: Duration = 60.0
     max_wait: Duration = 60.0
     min_switch_interval: Duration = 60.0
@@ -207,7 +187,7 @@ BUILTIN_STEPS = (
 _CALLABLE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 
 
-class StepConfig(_Section):
+class StepConfig(Section):
     """One step of a recovery plan: a built-in ``action``, a shell command (``run``), a Python
     ``module:function`` (``call``), or a group of steps run in ``parallel``."""
 
@@ -241,7 +221,7 @@ def _step(value: Any) -> Any:
     return {"name": value, "action": value} if isinstance(value, str) else value
 
 
-class PlanConfig(_Section):
+class PlanConfig(Section):
     steps: list[Annotated[StepConfig, BeforeValidator(_step)]] = Field(min_length=1)
 
 
@@ -260,7 +240,7 @@ DEFAULT_PLANS: dict[str, list[str]] = {
 }
 
 
-class PlansConfig(_Section):
+class PlansConfig(Section):
     """Recovery plans as data: inline here, or in a TOML ``file`` with [failover]/[failback]."""
 
     file: str | None = None
@@ -272,7 +252,7 @@ class PlansConfig(_Section):
     )
 
 
-class WatchConfig(_Section):
+class WatchConfig(Section):
     heartbeat_timeout: Duration = 5.0
     max_error_rate: float = Field(default=0.5, ge=0.0, le=1.0)
     interval: Duration = 1.0
@@ -296,6 +276,8 @@ class Config(BaseModel):
     failover: FailoverConfig = Field(default_factory=FailoverConfig)
     plans: PlansConfig = Field(default_factory=PlansConfig)
     watch: WatchConfig = Field(default_factory=WatchConfig)
+    etcd: EtcdConfig = Field(default_factory=EtcdConfig)
+    dask: DaskConfig = Field(default_factory=DaskConfig)
 
     @field_validator("regions")
     @classmethod
@@ -319,6 +301,11 @@ class Config(BaseModel):
             raise ValueError(
                 f"notify.smtp_host is set but backends.notifier is {self.backends.notifier!r};"
                 ' set backends.notifier = "smtp" to send mail over SMTP'
+            )
+        if self.backends.control_plane == "etcd" and not self.etcd.endpoints:
+            raise ValueError(
+                "backends.control_plane is 'etcd' but etcd.endpoints is empty; list the"
+                ' client URLs of the members, e.g. ["http://127.0.0.1:2379"]'
             )
         return self
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import logging
 from concurrent.futures import Future
-from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
 from ..errors import (
@@ -42,8 +41,6 @@ from . import tasks
 from .chunks import ChunkStage
 from .driver import PERMANENT, Progress
 from .publish import PublishStage
-
-__all__ = ["Orchestrator"]
 
 __all__ = ["Orchestrator"]
 
@@ -218,10 +215,10 @@ class Orchestrator(ChunkStage, PublishStage):
                 f" {self.region}'s bucket any more",
             )
             return
-        except BrokenProcessPool:
-            self._backoff(progress, "a worker died during SPLIT")
-            return
         except Exception as exc:
+            if isinstance(exc, self.executor.lost_worker_errors):
+                self._backoff(progress, "a worker died during SPLIT")
+                return
             if progress.attempts + 1 >= self.pipeline.chunk_attempts:
                 self._fail(progress, f"SPLIT failed {progress.attempts + 1} times: {exc}")
             else:

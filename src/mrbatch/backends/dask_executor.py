@@ -70,7 +70,10 @@ class DaskExecutor:
         self._client: Client | None = None
         self._cluster: LocalCluster | None = None
         self._pending: dict[int, tuple[Future[Any], DaskFuture]] = {}
-        self.restarts = 0  # tasks that failed because their worker died
+        # Workers lost and replaced (seen alive by ``pids()``, then gone): the heartbeat
+        # reports it as pool_restarts, like the process pool's.
+        self.restarts = 0
+        self._seen: set[int] = set()
 
     # ------------------------------------------------------------------ the cluster
     def _current(self) -> Client:
@@ -126,8 +129,6 @@ class DaskExecutor:
             try:
                 value = done.result()
             except BaseException as exc:
-                if isinstance(exc, KilledWorker):
-                    self.restarts += 1
                 _settle(outer, exception=exc)
             else:
                 _settle(outer, value=value)
@@ -151,6 +152,10 @@ class DaskExecutor:
             pid = getattr(process, "pid", None)
             if process is not None and pid is not None and process.is_alive():
                 found.append(int(pid))
+        if cluster is self._cluster:
+            # A worker seen before and gone now was lost (and its nanny starts another).
+            self.restarts += len(self._seen - set(found))
+            self._seen = set(found)
         return sorted(found)
 
     def shutdown(self, *, cancel: bool = True) -> None:
@@ -192,6 +197,7 @@ class DaskExecutor:
             return self.pids()
         finally:
             self._cluster = saved
+            self._seen = set()
 
 
 def _settle(

@@ -98,6 +98,9 @@ class DaskExecutor:
                 )
             client.register_plugin(_Prepare(None))
             return client
+        # distributed reports every worker start and stop at INFO; the region's log keeps its
+        # warnings (a worker killed, restarted) and errors.
+        logging.getLogger("distributed").setLevel(logging.WARNING)
         cores = os.cpu_count() or 1
         os.environ.setdefault("POLARS_MAX_THREADS", str(max(1, cores // self.workers)))
         os.environ.setdefault("_RJEM_MALLOC_CONF", "dirty_decay_ms:1000,muzzy_decay_ms:0")
@@ -108,6 +111,7 @@ class DaskExecutor:
             host="127.0.0.1",
             scheduler_port=0,
             dashboard_address=None,
+            scheduler_kwargs={"dashboard": False},  # no web server beside the region
             memory_limit=0,  # as the process pool: no nanny memory monitor killing workers
             silence_logs=logging.ERROR,
         )
@@ -122,6 +126,9 @@ class DaskExecutor:
         outer: Future[Any] = Future()
         inner = client.submit(fn, *args, pure=False)
         token = id(outer)
+        # Only this table refers to the Dask future: once it is settled the scheduler may
+        # forget the task and its result (a result kept on a worker that dies later would be
+        # recomputed by Dask, silently).
         self._pending[token] = (outer, inner)
 
         def finished(done: DaskFuture) -> None:
@@ -134,9 +141,9 @@ class DaskExecutor:
                 _settle(outer, value=value)
 
         def cancelled(future: Future[Any]) -> None:
-            if future.cancelled():
-                self._pending.pop(token, None)
-                inner.cancel()
+            held = self._pending.pop(token, None)
+            if future.cancelled() and held is not None:
+                held[1].cancel()
 
         outer.add_done_callback(cancelled)
         inner.add_done_callback(finished)

@@ -27,8 +27,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
-import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping
@@ -36,7 +34,8 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import ConflictError, NotFoundError, SafetyRuleError, UnavailableError, UsageError
 from ..ports import Heartbeat, RegionState, Routing
-from .etcd_client import AmbiguousWrite, EtcdClient, KeyValue, b64, prefix_end
+from .etcd_client import AmbiguousWrite, EtcdClient, b64
+from .etcd_lease import Promises, kvs, may_hold, prefix_range, put_request, routing_of
 
 if TYPE_CHECKING:
     from ..config.workspace import Workspace
@@ -46,28 +45,6 @@ __all__ = ["EtcdControlPlane", "open_control_plane"]
 log = logging.getLogger("mrbatch.control")
 PHASES = ("ACTIVE", "FAILOVER")
 EPOCH_PREFIX = "epoch/"
-
-
-def _routing(data: Mapping[str, Any]) -> Routing:
-    return Routing(
-        epoch=int(data["epoch"]),
-        active_region=str(data["active_region"]),
-        regions=dict(sorted(data["regions"].items())),
-        phase=str(data["phase"]),
-        switched_at=float(data["switched_at"]),
-        plan_id=data.get("plan_id"),
-    )
-
-
-def _put(key: str, body: Mapping[str, Any], lease: int = 0) -> dict[str, Any]:
-    request: dict[str, Any] = {"key": b64(key), "value": b64(json.dumps(dict(body)))}
-    if lease:
-        request["lease"] = str(lease)
-    return {"request_put": request}
-
-
-def _kvs(response: dict[str, Any]) -> list[KeyValue]:
-    return [KeyValue.parse(kv) for kv in response.get("response_range", {}).get("kvs", [])]
 
 
 class EtcdControlPlane:
@@ -83,16 +60,12 @@ class EtcdControlPlane:
         self.caller = caller
         self.client = EtcdClient(endpoints, timeout=timeout)
         self.prefix = prefix.rstrip("/") + "/"
-        self.lease_ttl = max(1, math.ceil(lease_ttl))
-        # A confirmation holds this long; the lease must have at least this long to run.
-        self.promise = self.lease_ttl / 2
-        self._lock = threading.RLock()
-        self._lease: int | None = None
-        self._valid_until = 0.0  # monotonic: the lease cannot expire on etcd before this
-        self._renewed = 0.0
-        self._holding: int | None = None  # the epoch this process holds the holder key for
-        self._promised_until = 0.0  # monotonic: the end of the last promise made
-        self._fenced_logged = False
+        self.promises = Promises(self.client, self._key, caller, max(1, math.ceil(lease_ttl)))
+
+    @property
+    def promise(self) -> float:
+        """How long one of this region process's confirmations holds (half its lease)."""
+        return self.promises.promise
 
     def _key(self, *parts: str) -> str:
         return self.prefix + "/".join(parts)
@@ -109,147 +82,23 @@ class EtcdControlPlane:
 
     def routing(self) -> Routing:
         data, _ = self._read()
-        routing = _routing(data)
-        self._maintain(routing)
+        routing = routing_of(data)
+        self.promises.maintain(routing)
         return routing
-
-    # ------------------------------------------------------------------ the lease
-    def _ensure_lease(self) -> int:
-        """This process's lease, granted or renewed when due. Raises UnavailableError."""
-        with self._lock:
-            now = time.monotonic()
-            if self._lease is not None and now - self._renewed < self.lease_ttl / 4:
-                return self._lease
-            sent = time.monotonic()
-            if self._lease is not None:
-                try:
-                    ttl = self.client.keepalive(self._lease)
-                except UnavailableError as exc:
-                    if now >= self._valid_until - self.promise and not self._fenced_logged:
-                        self._fenced_logged = True
-                        log.warning(
-                            "%s: self-fenced: the lease could not be renewed for %.1fs (%s);"
-                            " publishing and mailing stop until the control plane answers",
-                            self.caller,
-                            now - self._renewed,
-                            exc.message,
-                        )
-                    raise
-                if ttl > 0:
-                    self._valid_until, self._renewed = sent + ttl, sent
-                    if self._fenced_logged:
-                        log.warning("%s: the control plane answers again", self.caller)
-                        self._fenced_logged = False
-                    return self._lease
-                self._lost("it expired")
-            lease, ttl = self.client.grant(self.lease_ttl)
-            self._lease, self._valid_until, self._renewed = lease, sent + ttl, sent
-            self.lease_ttl, self.promise = ttl, ttl / 2
-            if self._fenced_logged:
-                log.warning("%s: the control plane answers again (new lease)", self.caller)
-                self._fenced_logged = False
-            return lease
-
-    def _lost(self, why: str) -> None:
-        if self._holding is not None or not self._fenced_logged:
-            log.warning(
-                "%s: lease lost (%s): this process cannot confirm it is ACTIVE, so it"
-                " publishes and mails nothing until the control plane answers",
-                self.caller,
-                why,
-            )
-        self._lease, self._holding, self._fenced_logged = None, None, True
-
-    def _maintain(self, routing: Routing) -> None:
-        """Renew the lease when due, and give up the holder key once this region is no longer
-        active and its last promise has run out. Errors here are not the caller's."""
-        if self._lease is None:
-            return
-        try:
-            self._ensure_lease()
-            holding = self._holding
-            done = time.monotonic() >= self._promised_until
-            if holding is not None and done and not _may_hold(routing, self.caller, holding):
-                self._release()
-        except UnavailableError as exc:
-            log.debug("%s: lease upkeep failed: %s", self.caller, exc)
-
-    def _release(self) -> None:
-        assert self.caller is not None and self._lease is not None
-        key = self._key("holder", self.caller)
-        self.client.txn(
-            [{"key": b64(key), "target": "LEASE", "lease": str(self._lease), "result": "EQUAL"}],
-            [{"request_delete_range": {"key": b64(key)}}],
-        )
-        log.info("%s: released the holder key of epoch %s", self.caller, self._holding)
-        self._holding = None
 
     # ------------------------------------------------------------------ confirm
     def confirm(self, region: str, epoch: int) -> bool:
         if region != self.caller:
             # An observer's question (the operator, a test): what the routing says now.
             try:
-                return _may_hold(self.routing(), region, epoch)
+                return may_hold(self.routing(), region, epoch)
             except NotFoundError:
                 return False
-        with self._lock:
-            for _ in range(3):
-                answer = self._confirm_self(region, epoch)
-                if answer is not None:
-                    return answer
+        for _ in range(3):
+            answer = self.promises.confirm(region, epoch)
+            if answer is not None:
+                return answer
         raise UnavailableError(f"{region}: the routing kept changing while confirming")
-
-    def _confirm_self(self, region: str, epoch: int) -> bool | None:
-        """True: a promise for ``self.promise`` seconds; False: not active in ``epoch``;
-        None: the routing changed between the read and becoming holder (ask again)."""
-        lease = self._ensure_lease()
-        _, responses = self.client.txn(
-            [],
-            [
-                {"request_range": {"key": b64(self._key("routing"))}},
-                {"request_range": _prefix_range(self._key("holder", ""))},
-            ],
-            write=False,
-        )
-        routing_kvs, holders = _kvs(responses[0]), _kvs(responses[1])
-        if not routing_kvs:
-            return False
-        routing, revision = _routing(json.loads(routing_kvs[0].value)), routing_kvs[0].mod_revision
-        if not _may_hold(routing, region, epoch):
-            self._maintain(routing)
-            return False
-        mine = self._key("holder", region)
-        others = [kv for kv in holders if kv.key != mine]
-        if others:
-            other = others[0].key.rsplit("/", 1)[-1]
-            raise UnavailableError(
-                f"{region} cannot confirm epoch {epoch} yet: {other} may still act on a"
-                f" confirmation it was given, until it lets go or its lease runs out"
-                f" (at most {self.lease_ttl}s)",
-                hint="this clears by itself; publishing resumes then",
-            )
-        held = next((kv for kv in holders if kv.key == mine), None)
-        if held is None or held.lease != lease or json.loads(held.value).get("epoch") != epoch:
-            body = {"epoch": epoch, "lease": lease, "pid": os.getpid(), "at": time.time()}
-            unchanged = {
-                "key": b64(self._key("routing")),
-                "target": "MOD",
-                "mod_revision": str(revision),
-                "result": "EQUAL",
-            }
-            won, _ = self.client.txn([unchanged], [_put(mine, body, lease)])
-            if not won:
-                return None
-            log.info("%s: holds the right to publish in epoch %d", region, epoch)
-        self._holding = epoch
-        now = time.monotonic()
-        if self._valid_until - now < self.promise:
-            raise UnavailableError(
-                f"{region}: its lease runs out in {self._valid_until - now:.2f}s, sooner than a"
-                " confirmation lasts; not confirming until it is renewed"
-            )
-        self._promised_until = max(self._promised_until, now + self.promise)
-        return True
 
     # ------------------------------------------------------------------ changes
     def _change(
@@ -261,11 +110,11 @@ class EtcdControlPlane:
             current, revision = self._read()
             new = mutate(dict(current))
             if new is None:
-                return _routing(current)
+                return routing_of(current)
             token = new["change"] = uuid.uuid4().hex
-            puts = [_put(self._key("routing"), new)]
+            puts = [put_request(self._key("routing"), new)]
             if log_epoch:
-                puts.append(_put(self._epoch_key(new["epoch"]), self._epoch_doc(new)))
+                puts.append(put_request(self._epoch_key(new["epoch"]), self._epoch_doc(new)))
             compare = {
                 "key": b64(self._key("routing")),
                 "target": "MOD",
@@ -277,13 +126,13 @@ class EtcdControlPlane:
             except AmbiguousWrite as exc:
                 after, _ = self._read()
                 if after.get("change") == token:
-                    return _routing(after)
+                    return routing_of(after)
                 raise UnavailableError(
                     f"{exc.message}; the routing shows it was not applied",
                     hint="nothing was changed; retry when etcd answers",
                 ) from exc
             if won:
-                return _routing(new)
+                return routing_of(new)
             # Something changed the routing between the read and the write: check again.
 
     def _epoch_key(self, epoch: int) -> str:
@@ -315,7 +164,9 @@ class EtcdControlPlane:
         created = {"key": b64(key), "target": "CREATE", "create_revision": "0", "result": "EQUAL"}
         log_doc = {**self._epoch_doc(first), "at": time.time()}
         try:
-            self.client.txn([created], [_put(key, first), _put(self._epoch_key(1), log_doc)])
+            self.client.txn(
+                [created], [put_request(key, first), put_request(self._epoch_key(1), log_doc)]
+            )
         except AmbiguousWrite:
             pass  # read below: either way the routing exists now or the read fails
 
@@ -342,7 +193,7 @@ class EtcdControlPlane:
             raise UsageError(f"unknown phase {phase!r} (known: {', '.join(PHASES)})")
 
         def apply(data: dict[str, Any]) -> dict[str, Any]:
-            current = _routing(data)
+            current = routing_of(data)
             if target not in current.regions:
                 raise UsageError(f"unknown region {target!r}")
             if current.epoch != expected_epoch:
@@ -410,14 +261,14 @@ class EtcdControlPlane:
 
     # ------------------------------------------------------------------ heartbeats
     def heartbeat(self, region: str, pid: int | None, info: Mapping[str, Any]) -> None:
-        lease = self._ensure_lease()
+        lease = self.promises.ensure()
         beat = {"pid": pid, "at": time.time(), "info": dict(info)}
         alive = {"pid": pid, "lease": lease}
         self.client.txn(
             [],
             [
-                _put(self._key("heartbeat", region), beat),
-                _put(self._key("alive", region), alive, lease),
+                put_request(self._key("heartbeat", region), beat),
+                put_request(self._key("alive", region), alive, lease),
             ],
         )
 
@@ -425,14 +276,14 @@ class EtcdControlPlane:
         _, responses = self.client.txn(
             [],
             [
-                {"request_range": _prefix_range(self._key("heartbeat", ""))},
-                {"request_range": _prefix_range(self._key("alive", ""))},
+                {"request_range": prefix_range(self._key("heartbeat", ""))},
+                {"request_range": prefix_range(self._key("alive", ""))},
             ],
             write=False,
         )
-        alive = {kv.key.rsplit("/", 1)[-1] for kv in _kvs(responses[1])}
+        alive = {kv.key.rsplit("/", 1)[-1] for kv in kvs(responses[1])}
         beats: dict[str, Heartbeat] = {}
-        for kv in _kvs(responses[0]):
+        for kv in kvs(responses[0]):
             name = kv.key[len(self._key("heartbeat", "")) :]
             body = json.loads(kv.value)
             beats[name] = Heartbeat(
@@ -443,28 +294,14 @@ class EtcdControlPlane:
     # ------------------------------------------------------------------ documents
     def put_document(self, name: str, body: Mapping[str, Any]) -> None:
         try:
-            self.client.txn([], [_put(self._key("doc", name), body)])
+            self.client.txn([], [put_request(self._key("doc", name), body)])
         except AmbiguousWrite:
-            self.client.txn([], [_put(self._key("doc", name), body)])  # idempotent by name
+            self.client.txn([], [put_request(self._key("doc", name), body)])  # idempotent by name
 
     def documents(self, prefix: str) -> dict[str, dict[str, Any]]:
         base = self._key("doc", "")
         found = sorted(self.client.range(base + prefix, prefix=True), key=lambda kv: kv.key)
         return {kv.key[len(base) :]: json.loads(kv.value) for kv in found}
-
-
-def _may_hold(routing: Routing, region: str | None, epoch: int) -> bool:
-    """Is ``region`` the active region of ``epoch``, in phase ACTIVE (the fencing check)?"""
-    return (
-        routing.epoch == epoch
-        and routing.active_region == region
-        and routing.regions.get(region or "") == RegionState.ACTIVE
-        and routing.phase == "ACTIVE"
-    )
-
-
-def _prefix_range(prefix: str) -> dict[str, str]:
-    return {"key": b64(prefix), "range_end": prefix_end(prefix)}
 
 
 def _same_epoch(data: Mapping[str, Any], expected: int) -> None:

@@ -1,12 +1,15 @@
 """End to end against the bare baseline, in one run on this machine.
 
     python benchmarks/bench_end_to_end.py [ROWS ...] [--reference-rows N] [--work DIR] [--json]
+                                          [--executor process-pool|dask] [--workers 2]
 
 For each size: generate an orders file (uuids from a reference of --reference-rows), run the bare
 polars script on it (benchmarks/bare_polars.py) and time it, then run it through a real
 two-region deployment (put through the access point -> published output) and time that. Prints
 both times, their ratio and the peak RSS (VmHWM) of every mrbatch process, and checks that
-mrbatch's output is byte-identical to the baseline's.
+mrbatch's output is byte-identical to the baseline's. --executor dask runs the chunk tasks on a
+Dask LocalCluster of --workers worker processes in each region process (the process pool's
+default is one worker per core).
 """
 
 from __future__ import annotations
@@ -132,13 +135,22 @@ def main() -> int:
     parser.add_argument("--work", type=Path, default=Path("bench-work"))
     parser.add_argument("--repeat", type=int, default=3, help="runs per size (medians shown)")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
+    parser.add_argument("--executor", choices=["process-pool", "dask"], default="process-pool")
+    parser.add_argument("--workers", type=int, default=0, help="chunk workers (0: one per core)")
     args = parser.parse_args()
 
     work = args.work.resolve()
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     reference = write_reference(work / "financial.csv", args.reference_rows)
-    ws = init_workspace(work / "ws", port=_free_port(), chunk_rows=args.chunk_rows)
+    ws = init_workspace(
+        work / "ws", port=_free_port(), chunk_rows=args.chunk_rows, executor=args.executor
+    )
+    if args.workers:
+        text = ws.config_path.read_text()
+        text = text.replace("\nworkers = 0 ", f"\nworkers = {args.workers} ")
+        ws.config_path.write_text(text)
+        ws = Workspace.load(ws.config_path)
     for region in ws.regions:
         backends.open_object_store(ws, region).put(
             "reference/financial.csv", reference.read_bytes()
@@ -170,6 +182,7 @@ def main() -> int:
         results.append(
             {
                 "rows": rows,
+                "executor": args.executor,
                 "repeat": args.repeat,
                 "bare_s": round(bare_s, 3),
                 "bare_runs_s": [round(t, 3) for t, _ in bare_runs],

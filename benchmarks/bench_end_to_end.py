@@ -69,11 +69,19 @@ def _peak_rss(pid: int) -> int:
 
 
 def _children(pid: int) -> list[int]:
+    """Children started by any thread of ``pid`` (a Dask nanny starts its worker from a thread
+    of its own)."""
+    found: list[int] = []
     try:
-        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+        tasks = list(Path(f"/proc/{pid}/task").iterdir())
     except OSError:
         return []
-    return [int(p) for p in text.split()]
+    for task in tasks:
+        try:
+            found.extend(int(p) for p in (task / "children").read_text().split())
+        except OSError:
+            continue
+    return sorted(set(found))
 
 
 def process_peaks(ws: Workspace) -> dict[str, int]:

@@ -110,8 +110,9 @@ class DaskExecutor:
             processes=True,
             host="127.0.0.1",
             scheduler_port=0,
-            dashboard_address=None,
-            scheduler_kwargs={"dashboard": False},  # no web server beside the region
+            # No dashboard; the scheduler's small HTTP endpoint stays on loopback, any port.
+            dashboard_address="127.0.0.1:0",
+            scheduler_kwargs={"dashboard": False},
             memory_limit=0,  # as the process pool: no nanny memory monitor killing workers
             silence_logs=logging.ERROR,
         )

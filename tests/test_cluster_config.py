@@ -29,7 +29,7 @@ def _config(tmp_path: Path, text: str) -> Path:
         ('[etcd]\nendpoints = ["127.0.0.1:2379"]\n', "etcd.endpoints: '127.0.0.1:2379' is not"),
         ('[etcd]\nprefix = "mrbatch"\n', "etcd.prefix"),
         ('[etcd]\nlease_ttl = "500ms"\n', "etcd.lease_ttl: the lease lasts between"),
-        ('[etcd]\nendpoint = []\n', "etcd.endpoint: unknown key"),
+        ("[etcd]\nendpoint = []\n", "etcd.endpoint: unknown key"),
         ('[dask]\nscheduler = "somewhere:8786"\n', "dask.scheduler: 'somewhere:8786' is neither"),
         ("[dask]\nworkers = -1\n", "dask.workers"),
     ],

@@ -105,4 +105,4 @@ def test_chaos_kill_worker_on_dask(dep: Deployment) -> None:
         (c.run_id, c.index, c.attempts, c.last_error) for c in chunks if c.attempts
     ]
     assert supervisor.pid_of(ws, supervisor.Proc("region", active)) == region_pid
-    eventually(lambda: len(_workers(dep, active)) == 2, 30, "the nannies to replace the workers")
+    eventually(lambda: len(_workers(dep, active)) == 2, 60, "the workers to be replaced")

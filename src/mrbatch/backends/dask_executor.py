@@ -21,6 +21,7 @@ import logging
 import os
 import signal
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import Future, InvalidStateError
 from typing import TYPE_CHECKING, Any
@@ -38,6 +39,7 @@ if TYPE_CHECKING:
 __all__ = ["DaskExecutor", "open_dask"]
 
 log = logging.getLogger("mrbatch.dask")
+HEAL_EVERY = 5.0  # seconds between two checks for nannies that gave up
 
 
 class _Prepare(WorkerPlugin):
@@ -59,6 +61,14 @@ def _allowed_failures(dask_scheduler: Any) -> int:
     return int(dask_scheduler.allowed_failures)
 
 
+async def _replace(cluster: LocalCluster, names: list[Any]) -> None:
+    """In the cluster's event loop: forget the given nannies and let the cluster start new
+    ones to match its spec."""
+    for name in names:
+        cluster.workers.pop(name, None)
+    await cluster._correct_state()
+
+
 class DaskExecutor:
     lost_worker_errors: tuple[type[BaseException], ...] = (KilledWorker,)
 
@@ -74,6 +84,7 @@ class DaskExecutor:
         # reports it as pool_restarts, like the process pool's.
         self.restarts = 0
         self._seen: set[int] = set()
+        self._healed = 0.0
 
     # ------------------------------------------------------------------ the cluster
     def _current(self) -> Client:
@@ -164,7 +175,29 @@ class DaskExecutor:
             # A worker seen before and gone now was lost (and its nanny starts another).
             self.restarts += len(self._seen - set(found))
             self._seen = set(found)
+            self._heal(cluster)
         return sorted(found)
+
+    def _heal(self, cluster: LocalCluster) -> None:
+        """A nanny restarts its worker when it dies; if a nanny itself gave up (its worker kept
+        dying while starting), put a new one in its place, so the cluster keeps its size.
+        Checked at most every few seconds (the region's heartbeat calls ``pids()``)."""
+        now = time.monotonic()
+        if now - self._healed < HEAL_EVERY:
+            return
+        self._healed = now
+        gone = [
+            name
+            for name, nanny in list(cluster.workers.items())
+            if str(getattr(nanny, "status", "")) in ("Status.closed", "Status.failed")
+        ]
+        if not gone:
+            return
+        log.warning("Dask worker(s) %s stopped for good; starting replacements", gone)
+        try:
+            cluster.sync(_replace, cluster, gone)
+        except Exception as exc:
+            log.warning("replacing Dask workers %s failed: %s", gone, exc)
 
     def shutdown(self, *, cancel: bool = True) -> None:
         with self._lock:

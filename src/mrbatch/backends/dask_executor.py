@@ -10,7 +10,8 @@ process pool, without using up an attempt (``lost_worker_errors``).
 ``dask.scheduler = "local"`` starts a LocalCluster in the region process on its first task:
 worker processes (each under a nanny that restarts it when it dies) on 127.0.0.1, children of
 this process, ended with it (distributed's workers exit when the pipe to the process that
-started them closes; they also ask the kernel for SIGKILL when it dies). ``pids()`` lists them,
+started them closes; they also ask the kernel for SIGKILL when the thread that started them
+ends, which it does when this process dies). ``pids()`` lists them,
 so `mrbatch chaos kill-worker` works as with the process pool. With a scheduler's address the
 workers are elsewhere: ``pids()`` is empty, and they must reach this workspace's object store.
 """

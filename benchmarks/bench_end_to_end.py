@@ -2,6 +2,7 @@
 
     python benchmarks/bench_end_to_end.py [ROWS ...] [--reference-rows N] [--chunk-rows N]
         [--repeat 3] [--quoted] [--without-standby-replicator] [--work DIR] [--json]
+        [--executor process-pool|dask] [--workers N]
 
 For each size: generate an orders file (uuids from a reference of --reference-rows; with
 --quoted every field is quoted, as spreadsheet and database exports write them) and, in
@@ -17,7 +18,8 @@ Prints the user path first (medians, ratio, byte-identical output), then where t
 from the run's own history: the upload (the put command), claim, split, chunks, merge, publish,
 mail, and how long `wait` took to notice; then the peak RSS (VmHWM) of every mrbatch process.
 --without-standby-replicator stops the standby's replicator, to show what replication costs
-the active region.
+the active region. --executor dask runs the chunk tasks on a Dask LocalCluster of --workers
+worker processes in each region process (the process pool's default is one worker per core).
 """
 
 from __future__ import annotations
@@ -77,10 +79,19 @@ def _peak_rss(pid: int) -> int:
 
 
 def _children(pid: int) -> list[int]:
+    """Children started by any thread of ``pid`` (a Dask nanny starts its worker from a thread
+    of its own)."""
+    found: list[int] = []
     try:
-        return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+        tasks = list(Path(f"/proc/{pid}/task").iterdir())
     except OSError:
         return []
+    for task in tasks:
+        try:
+            found.extend(int(p) for p in (task / "children").read_text().split())
+        except OSError:
+            continue
+    return sorted(set(found))
 
 
 def process_peaks(ws: Workspace) -> dict[str, int]:
@@ -150,7 +161,13 @@ def run_size(args: argparse.Namespace, work: Path, reference: Path, rows: int) -
     orders = write_orders(work / f"orders-{rows}.csv", rows, reference_rows=args.reference_rows)
     if args.quoted:
         orders = _quote_all(orders, work / f"orders-{rows}-quoted.csv")
-    ws = init_workspace(work / f"ws-{rows}", port=_free_port(), chunk_rows=args.chunk_rows)
+    ws = init_workspace(
+        work / f"ws-{rows}", port=_free_port(), chunk_rows=args.chunk_rows, executor=args.executor
+    )
+    if args.workers:
+        text = ws.config_path.read_text().replace("\nworkers = 0 ", f"\nworkers = {args.workers} ")
+        ws.config_path.write_text(text)
+        ws = Workspace.load(ws.config_path)
     for region in ws.regions:
         backends.open_object_store(ws, region).put(
             "reference/financial.csv", reference.read_bytes()
@@ -180,6 +197,7 @@ def run_size(args: argparse.Namespace, work: Path, reference: Path, rows: int) -
     shares = {p: median(o["phases"][p] for o in ours) for p in PHASES}
     return {
         "rows": rows,
+        "executor": args.executor,
         "quoted": args.quoted,
         "standby_replicator": not args.without_standby_replicator,
         "repeat": args.repeat,
@@ -209,6 +227,8 @@ def main() -> int:
     parser.add_argument("--quoted", action="store_true", help="every field quoted")
     parser.add_argument("--without-standby-replicator", action="store_true")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
+    parser.add_argument("--executor", choices=["process-pool", "dask"], default="process-pool")
+    parser.add_argument("--workers", type=int, default=0, help="chunk workers (0: one per core)")
     args = parser.parse_args()
     work = args.work.resolve()
     shutil.rmtree(work, ignore_errors=True)

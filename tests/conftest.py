@@ -14,6 +14,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -28,10 +29,14 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def make_workspace(root: Path, **overrides: object) -> Workspace:
-    """A fresh workspace; ``overrides`` are TOML lines appended per section, e.g.
+def make_workspace(
+    root: Path, *, init: dict[str, Any] | None = None, **overrides: object
+) -> Workspace:
+    """A fresh workspace; ``init`` are options of ``mrbatch init`` (``control_plane``,
+    ``etcd_endpoints``...); ``overrides`` are TOML lines appended per section, e.g.
     ``pipeline={"chunk_rows": 500}``."""
-    ws = init_workspace(root, port=free_port(), chunk_rows=int(overrides.pop("chunk_rows", 2_500)))  # type: ignore[call-overload]
+    chunk_rows = int(overrides.pop("chunk_rows", 2_500))  # type: ignore[call-overload]
+    ws = init_workspace(root, port=free_port(), chunk_rows=chunk_rows, **(init or {}))
     if overrides:
         text = ws.config_path.read_text()
         for section, values in overrides.items():
@@ -68,6 +73,15 @@ def _set(text: str, section: str, key: str, value: object) -> str:
             return "\n".join(lines) + "\n"
     lines.insert(start + 1, f"{key} = {_toml(value)}")
     return "\n".join(lines) + "\n"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _shared_servers() -> Iterator[None]:
+    """Servers several tests share (the contract suites' etcd cluster) stop with the session."""
+    yield
+    from tests.etcd_cluster import stop_shared_cluster
+
+    stop_shared_cluster()
 
 
 @pytest.fixture

@@ -15,6 +15,7 @@ import sys
 DEBIAN: dict[str, str] = {
     "chromium": "chromium",  # the dashboard's browser test (driven by playwright, headless)
     "strace": "strace",  # the durable-acknowledgement test traces the syscalls of an upload
+    "etcd": "etcd-server",  # the etcd control plane's tests: a three-member cluster (3.4)
 }
 
 

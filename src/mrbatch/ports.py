@@ -262,10 +262,15 @@ class Routing:
 
 @dataclass(frozen=True)
 class Heartbeat:
+    """The latest heartbeat of a region (or replicator). ``lease_held``: whether the lease the
+    sender keeps with the control plane is still alive (False once it expired: the sender
+    stopped, or cannot reach the control plane); None for control planes without leases."""
+
     region: str
     pid: int | None
     at: float
     info: Mapping[str, Any] = field(default_factory=dict)
+    lease_held: bool | None = None
 
 
 @runtime_checkable
@@ -287,7 +292,10 @@ class ControlPlane(Protocol):
 
     def confirm(self, region: str, epoch: int) -> bool:
         """True iff ``region`` is ACTIVE, the current epoch is ``epoch`` and no failover is in
-        progress. The fencing check made before every publish and notify."""
+        progress. The fencing check made before every publish and notify. Asked by the
+        region's own process, a control plane with leases may also raise UnavailableError
+        when it cannot promise that yet (unreachable, or the previous active region may still
+        be acting on its last confirmation): the caller waits and asks again."""
         ...
 
     def switch(
@@ -367,6 +375,11 @@ class Notifier(Protocol):
 
 @runtime_checkable
 class Executor(Protocol):
+    # The exceptions a task's future fails with when the worker process running it died (a
+    # killed worker, not a failing task): the orchestrator retries those tasks without using
+    # up an attempt. Empty when tasks do not run in worker processes.
+    lost_worker_errors: tuple[type[BaseException], ...]
+
     def submit(self, fn: Callable[..., Any], /, *args: Any) -> Future[Any]:
         """Run ``fn(*args)`` (a module-level function of picklable arguments) somewhere.
         A worker that dies makes the future fail; the executor replaces the worker."""

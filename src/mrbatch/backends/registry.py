@@ -14,7 +14,10 @@ __all__ = ["REGISTRY", "check_backend_names"]
 REGISTRY: dict[str, dict[str, str]] = {
     "object_store": {"local": "mrbatch.backends.localfs:open_store"},
     "state_table": {"sqlite": "mrbatch.backends.sqlite_state:open_table"},
-    "control_plane": {"sqlite": "mrbatch.backends.sqlite_control:open_control_plane"},
+    "control_plane": {
+        "sqlite": "mrbatch.backends.sqlite_control:open_control_plane",
+        "etcd": "mrbatch.backends.etcd_control:open_control_plane",
+    },
     "notifier": {
         "outbox": "mrbatch.backends.mail:open_outbox",
         "smtp": "mrbatch.backends.mail:open_smtp",
@@ -22,6 +25,7 @@ REGISTRY: dict[str, dict[str, str]] = {
     "executor": {
         "process-pool": "mrbatch.backends.executors:open_process_pool",
         "inline": "mrbatch.backends.executors:open_inline",
+        "dask": "mrbatch.backends.dask_executor:open_dask",
     },
 }
 

@@ -34,13 +34,38 @@ def init(
     port: int = typer.Option(8740, "--port", help="Port of the access point's gateway."),
     chunk_rows: int = typer.Option(100_000, "--chunk-rows", help="Rows per chunk task."),
     force: bool = typer.Option(False, "--force", help="Rewrite an existing mrbatch.toml."),
+    control_plane: str = typer.Option(
+        "sqlite", "--control-plane", help="sqlite (one file) or etcd (--etcd-endpoints)."
+    ),
+    etcd_endpoints: str = typer.Option(
+        "", "--etcd-endpoints", help="The etcd members' client URLs, comma-separated."
+    ),
+    executor: str = typer.Option(
+        "process-pool", "--executor", help="process-pool, inline or dask (--dask-scheduler)."
+    ),
+    dask_scheduler: str = typer.Option(
+        "", "--dask-scheduler", help="A Dask scheduler's address; default: a LocalCluster."
+    ),
 ) -> None:
     """Create a workspace: mrbatch.toml, the sample pipeline and the data dir."""
     names = [r.strip() for r in regions.split(",") if r.strip()]
-    ws = init_workspace(directory, regions=names, port=port, chunk_rows=chunk_rows, force=force)
+    ws = init_workspace(
+        directory,
+        regions=names,
+        port=port,
+        chunk_rows=chunk_rows,
+        force=force,
+        control_plane=control_plane,
+        etcd_endpoints=[u.strip() for u in etcd_endpoints.split(",") if u.strip()],
+        executor=executor,
+        dask_scheduler=dask_scheduler or None,
+    )
     console.print(styled("Workspace ready: ", (str(ws.config_path), "bold")))
     console.print(f"  regions: {', '.join(names)} ({names[0]} ACTIVE)")
     console.print(f"  data:    {ws.data_dir}")
+    chosen = ws.config.backends
+    if chosen.control_plane != "sqlite" or chosen.executor != "process-pool":
+        console.print(f"  control: {chosen.control_plane}, executor: {chosen.executor}")
     console.print("  sample:  pipeline/orders.schema.json, reference/financial.csv uploaded")
     console.print(
         styled(

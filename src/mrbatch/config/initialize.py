@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import json
 import os
+import uuid
 from importlib import resources
 from pathlib import Path
 
 from .. import backends
-from ..errors import UsageError
+from ..errors import UnavailableError, UsageError
 from .settings import CONFIG_NAME, REGION_NAME
 from .workspace import PRIVATE_UMASK, Workspace
 
@@ -37,9 +38,9 @@ data_dir = ".mrbatch"
 [backends]
 object_store = "local"        # one directory per region
 state_table = "sqlite"        # one SQLite replica per region
-control_plane = "sqlite"      # the routing control, shared by all regions
+control_plane = "{control_plane}"{control_pad}# the routing control: "sqlite" (a file) or "etcd"
 notifier = "outbox"           # "outbox" writes .eml files; "smtp" needs notify.smtp_host
-executor = "process-pool"     # "inline" runs chunk tasks in the region process
+executor = "{executor}"{executor_pad}# or "inline" (in the region process) or "dask"
 
 [pipeline]
 schema = "pipeline/orders.schema.json"   # JSON Schema (draft-07) every row is checked against
@@ -94,6 +95,18 @@ age = "7d"                   # finished runs' versions and records, superseded b
 versions = 1                 # the newest N finished versions of each input are kept anyway
 interval = "10m"
 
+# The etcd cluster, with backends.control_plane = "etcd" (every region lists every member).
+[etcd]
+endpoints = {etcd_endpoints}
+prefix = "{etcd_prefix}"   # this workspace's keys; one cluster can serve several
+lease_ttl = "2s"              # a region that cannot renew its lease stops publishing
+timeout = "1s"                # longest wait for the cluster's answer
+
+# The Dask cluster, with backends.executor = "dask".
+[dask]
+scheduler = "{dask_scheduler}"{dask_pad}# "local": a LocalCluster per region process; or tcp://HOST:8786
+workers = 0                   # LocalCluster worker processes; 0 = pipeline.workers or one per core
+
 [watch]
 heartbeat_timeout = "5s"
 max_error_rate = 0.5
@@ -124,6 +137,10 @@ def sample_bytes(name: str) -> bytes:
     return resources.files("mrbatch.config.samples").joinpath(name).read_bytes()
 
 
+def _pad(value: str, width: int) -> str:
+    return " " * max(1, width - len(value))
+
+
 def init_workspace(
     directory: Path,
     *,
@@ -131,8 +148,23 @@ def init_workspace(
     port: int = 8740,
     chunk_rows: int = 100_000,
     force: bool = False,
+    control_plane: str = "sqlite",
+    etcd_endpoints: list[str] | None = None,
+    executor: str = "process-pool",
+    dask_scheduler: str | None = None,
 ) -> Workspace:
     regions = regions or list(DEFAULT_REGIONS)
+    if control_plane == "etcd" and not etcd_endpoints:
+        raise UsageError(
+            "--control-plane etcd needs the cluster's client URLs",
+            hint="pass --etcd-endpoints http://HOST:2379,http://HOST2:2379,...",
+        )
+    for kind, name in (("control_plane", control_plane), ("executor", executor)):
+        if name not in backends.REGISTRY[kind]:
+            known = ", ".join(sorted(backends.REGISTRY[kind]))
+            raise UsageError(f"unknown {kind.replace('_', ' ')} {name!r} (known: {known})")
+    if dask_scheduler and executor != "dask":
+        raise UsageError("--dask-scheduler goes with --executor dask")
     for name in regions:
         if not REGION_NAME.match(name):
             raise UsageError(
@@ -148,9 +180,21 @@ def init_workspace(
             f"{config_path} exists already", hint="use that workspace, or pass --force to rewrite"
         )
     columns = ", ".join(f'{k} = "{v}"' for k, v in SAMPLE_ENRICHMENT.items())
+    scheduler = dask_scheduler or "local"
     config_path.write_text(
         _TEMPLATE.format(
-            regions=json.dumps(regions), columns=columns, port=port, chunk_rows=chunk_rows
+            regions=json.dumps(regions),
+            columns=columns,
+            port=port,
+            chunk_rows=chunk_rows,
+            control_plane=control_plane,
+            control_pad=_pad(control_plane, 12),
+            executor=executor,
+            executor_pad=_pad(executor, 17),
+            etcd_endpoints=json.dumps(list(etcd_endpoints or [])),
+            etcd_prefix=f"/mrbatch/{uuid.uuid4().hex[:12]}",
+            dask_scheduler=scheduler,
+            dask_pad=_pad(scheduler, 16),
         ),
         encoding="utf-8",
     )
@@ -169,7 +213,14 @@ def init_workspace(
         ws.make_private()
         ws.token  # noqa: B018 - created now, mode 0600
         ws.signing_key  # noqa: B018
-        backends.open_control_plane(ws).initialize(regions, regions[0])
+        try:
+            backends.open_control_plane(ws).initialize(regions, regions[0])
+        except UnavailableError as exc:
+            raise UnavailableError(
+                f"{config_path} is written, but the routing control could not be created:"
+                f" {exc.message}",
+                hint="`mrbatch up` creates it once the control plane answers",
+            ) from exc
         reference = ws.config.pipeline.enrichment
         for region in regions:
             backends.open_state_table(ws, region)

@@ -23,6 +23,7 @@ from pydantic import (
 
 from ..backends.registry import check_backend_names
 from ..errors import ConfigError, SchemaError
+from .clusters import DaskConfig, EtcdConfig
 from .plans import PlansConfig
 from .values import ByteSize, Duration, Section
 
@@ -30,7 +31,9 @@ __all__ = [
     "CONFIG_NAME",
     "BackendsConfig",
     "Config",
+    "DaskConfig",
     "EnrichmentConfig",
+    "EtcdConfig",
     "FailoverConfig",
     "GatewayConfig",
     "NotifyConfig",
@@ -259,6 +262,8 @@ class Config(BaseModel):
     watch: WatchConfig = Field(default_factory=WatchConfig)
     retention: RetentionConfig = Field(default_factory=RetentionConfig)
     supervisor: SupervisorConfig = Field(default_factory=SupervisorConfig)
+    etcd: EtcdConfig = Field(default_factory=EtcdConfig)
+    dask: DaskConfig = Field(default_factory=DaskConfig)
 
     @field_validator("regions")
     @classmethod
@@ -275,6 +280,11 @@ class Config(BaseModel):
     @model_validator(mode="after")
     def _backends_known(self) -> Config:
         check_backend_names(self.backends.model_dump())
+        if self.backends.control_plane == "etcd" and not self.etcd.endpoints:
+            raise ValueError(
+                "backends.control_plane is 'etcd' but etcd.endpoints is empty; list the"
+                ' client URLs of the members, e.g. ["http://127.0.0.1:2379"]'
+            )
         smtp_chosen = self.backends.notifier == "smtp"
         if smtp_chosen and not self.notify.smtp_host:
             raise ValueError("backends.notifier is 'smtp' but notify.smtp_host is not set")

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import logging
 from concurrent.futures import Future
-from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
 from ..errors import (
@@ -195,7 +194,9 @@ class ChunkStage(RunDriver):
             return True
         except BaseException as exc:
             self.stats["chunk_executions_failed"] += 1
-            lost_worker = isinstance(exc, BrokenProcessPool)
+            # A worker killed under the task (the executor names what that looks like: a
+            # broken process pool, a Dask KilledWorker) is the machine's fault, not the chunk's.
+            lost_worker = isinstance(exc, self.executor.lost_worker_errors)
             if lost_worker:
                 if exc is not progress.last_pool_break:
                     progress.last_pool_break = exc

@@ -21,6 +21,7 @@ from ..errors import (
     InputError,
     NotFoundError,
     ReferenceDataError,
+    UnavailableError,
 )
 from ..faults import FaultPoints
 from ..model.records import (
@@ -48,6 +49,8 @@ log = logging.getLogger("mrbatch.orchestrator")
 MAX_WORKER_LOSSES = 10
 # Longest wait between two tries of a chunk whose dependency (bucket, state) is unavailable.
 OUTAGE_POLL = 2.0
+# How soon a run asks again when the control plane could not confirm yet (not a refusal).
+CONFIRM_POLL = 0.2
 # Errors that are facts about the input or the rules: retrying cannot help.
 PERMANENT = (InputError, ReferenceDataError)
 
@@ -73,6 +76,7 @@ class Progress:
     waits: int = 0  # retries because a dependency was unavailable (not the step's fault)
     retry_at: float = 0.0
     merger: StreamingMerge | None = None
+    confirm_waiting: bool = False  # the control plane could not confirm yet (logged once)
 
 
 class RunDriver:
@@ -173,7 +177,19 @@ class RunDriver:
 
     def _confirm(self, progress: Progress, what: str) -> bool:
         run = progress.run
-        if self.control.confirm(self.region, run.epoch):
+        try:
+            confirmed = self.control.confirm(self.region, run.epoch)
+        except UnavailableError as exc:
+            # Not a "no": the control plane cannot promise it now (it is unreachable, or the
+            # region active before may still act on its last confirmation). Nothing is
+            # published; the run keeps its place and asks again shortly.
+            if not progress.confirm_waiting:
+                log.warning("run %s: %s waits: %s", run.run_id, what, exc)
+            progress.confirm_waiting = True
+            progress.retry_at = self.clock() + CONFIRM_POLL
+            return False
+        progress.confirm_waiting = False
+        if confirmed:
             return True
         log.warning(
             "run %s: %s refused: %s cannot confirm it is ACTIVE in epoch %d; publishing nothing",

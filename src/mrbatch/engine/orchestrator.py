@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import logging
 from concurrent.futures import Future
-from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
 from ..errors import (
@@ -42,12 +41,6 @@ from . import tasks
 from .chunks import ChunkStage
 from .driver import PERMANENT, Progress
 from .publish import PublishStage
-
-__all__ = ["Orchestrator"]
-
-# Passes over the runs in one step at most: enough for CLAIMED -> ... -> PUBLISHED when no step
-# waits for a task, few enough that a step never runs away.
-_PASSES = 6
 
 __all__ = ["Orchestrator"]
 
@@ -239,13 +232,13 @@ class Orchestrator(ChunkStage, PublishStage):
                 f" {self.region}'s bucket any more",
             )
             return
-        except BrokenProcessPool:
-            self._backoff(progress, "a worker died during SPLIT", outage=True)
-            return
         except UnavailableError as exc:
             self._backoff(progress, f"SPLIT waits for {exc}", outage=True)
             return
         except Exception as exc:
+            if isinstance(exc, self.executor.lost_worker_errors):
+                self._backoff(progress, "a worker died during SPLIT", outage=True)
+                return
             if progress.attempts + 1 >= self.pipeline.chunk_attempts:
                 self._fail(progress, f"SPLIT failed {progress.attempts + 1} times: {exc}")
             else:

@@ -35,6 +35,7 @@ __all__ = ["RegionProcess", "is_active"]
 
 log = logging.getLogger("mrbatch.region")
 TRIGGER_CURSOR = "trigger"
+UNREACHABLE = "control-plane-unreachable"
 
 
 def is_active(routing: Routing, region: str) -> bool:
@@ -98,9 +99,18 @@ class RegionProcess:
             routing = self.control.routing()
         except UnavailableError as exc:
             # Without the control plane we cannot confirm anything: pause, keep what we have.
-            self.state = "control-plane-unreachable"
+            if self.state != UNREACHABLE:
+                log.warning(
+                    "region %s: the control plane cannot be reached (%s): no claim, publish or"
+                    " mail until it answers (self-fenced)",
+                    self.region,
+                    exc,
+                )
+            self.state = UNREACHABLE
             self.last_error = str(exc)
             return
+        if self.state == UNREACHABLE:
+            log.warning("region %s: the control plane answers again", self.region)
         active = is_active(routing, self.region)
         if active:
             self.state = "active"

@@ -79,6 +79,12 @@ def status(ws: Workspace) -> dict[str, Any]:
             entry["last_error"] = beat.info.get("last_error")
             entry["mail_retrying"] = beat.info.get("mail_retrying", [])
             entry["waiting"] = beat.info.get("waiting", [])
+            if beat.lease_held is not None:  # a control plane with leases (etcd)
+                entry["lease_held"] = beat.lease_held
+                if not beat.lease_held:
+                    # Stopped, or cut off from the control plane: it publishes nothing.
+                    fenced = entry["state"] == "ACTIVE"
+                    entry["process_state"] = "self-fenced (no lease)" if fenced else "no lease"
         result["regions"][region] = entry
     gateway = supervisor.Proc("gateway", "gateway")
     gateway_pid = procs.get(gateway)

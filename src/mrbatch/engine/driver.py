@@ -15,12 +15,14 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..config.pipelines import PipelineSpec
 from ..config.workspace import Workspace
 from ..errors import (
     ConflictError,
     InputError,
     NotFoundError,
     ReferenceDataError,
+    UserCodeError,
 )
 from ..faults import FaultPoints
 from ..model.records import (
@@ -49,7 +51,7 @@ MAX_WORKER_LOSSES = 10
 # Longest wait between two tries of a chunk whose dependency (bucket, state) is unavailable.
 OUTAGE_POLL = 2.0
 # Errors that are facts about the input or the rules: retrying cannot help.
-PERMANENT = (InputError, ReferenceDataError)
+PERMANENT = (InputError, ReferenceDataError, UserCodeError)
 
 
 @dataclass
@@ -115,6 +117,10 @@ class RunDriver:
         self._mailer = ThreadPoolExecutor(max_workers=2, thread_name_prefix="notify")
         # Named crash points (armed by tests) sit in the windows between an effect and its record.
         self.faults = FaultPoints(ws.faults_path)
+
+    def _spec(self, run: FileRun) -> PipelineSpec | None:
+        """The pipeline ``run`` pinned (None when the configuration no longer declares it)."""
+        return self.ws.config.spec_for_run(run.pipeline, run.input_key)
 
     @staticmethod
     def _cancel(progress: Progress) -> None:

@@ -34,14 +34,32 @@ def init(
     port: int = typer.Option(8740, "--port", help="Port of the access point's gateway."),
     chunk_rows: int = typer.Option(100_000, "--chunk-rows", help="Rows per chunk task."),
     force: bool = typer.Option(False, "--force", help="Rewrite an existing mrbatch.toml."),
+    example: str | None = typer.Option(
+        None, "--example", help="Also set up a worked example: events (JSONL, API, transform)."
+    ),
+    api_port: int = typer.Option(8741, "--api-port", help="Port of the example's API."),
 ) -> None:
     """Create a workspace: mrbatch.toml, the sample pipeline and the data dir."""
     names = [r.strip() for r in regions.split(",") if r.strip()]
-    ws = init_workspace(directory, regions=names, port=port, chunk_rows=chunk_rows, force=force)
+    ws = init_workspace(
+        directory,
+        regions=names,
+        port=port,
+        chunk_rows=chunk_rows,
+        force=force,
+        example=example,
+        api_port=api_port,
+    )
     console.print(styled("Workspace ready: ", (str(ws.config_path), "bold")))
     console.print(f"  regions: {', '.join(names)} ({names[0]} ACTIVE)")
     console.print(f"  data:    {ws.data_dir}")
     console.print("  sample:  pipeline/orders.schema.json, reference/financial.csv uploaded")
+    if example:
+        console.print(
+            f"  example: {example}: start its API with `python pipeline/rates_service.py"
+            f" {api_port}`, then `mrbatch put pipeline/events-sample.jsonl --key"
+            " input/events/sample.jsonl`"
+        )
     console.print(
         styled(
             "Next: ",

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from .. import backends
 from ..errors import UsageError
+from .examples import example_config, write_example
 from .settings import CONFIG_NAME, REGION_NAME
 from .workspace import PRIVATE_UMASK, Workspace
 
@@ -131,6 +132,8 @@ def init_workspace(
     port: int = 8740,
     chunk_rows: int = 100_000,
     force: bool = False,
+    example: str | None = None,
+    api_port: int = 8741,
 ) -> Workspace:
     regions = regions or list(DEFAULT_REGIONS)
     for name in regions:
@@ -148,14 +151,16 @@ def init_workspace(
             f"{config_path} exists already", hint="use that workspace, or pass --force to rewrite"
         )
     columns = ", ".join(f'{k} = "{v}"' for k, v in SAMPLE_ENRICHMENT.items())
-    config_path.write_text(
-        _TEMPLATE.format(
-            regions=json.dumps(regions), columns=columns, port=port, chunk_rows=chunk_rows
-        ),
-        encoding="utf-8",
+    text = _TEMPLATE.format(
+        regions=json.dumps(regions), columns=columns, port=port, chunk_rows=chunk_rows
     )
+    if example is not None:
+        text += example_config(example, api_port=api_port)
     pipeline_dir = directory / "pipeline"
     pipeline_dir.mkdir(exist_ok=True)
+    if example is not None:
+        write_example(directory, example)
+    config_path.write_text(text, encoding="utf-8")
     (pipeline_dir / "orders.schema.json").write_bytes(sample_bytes("orders.schema.json"))
     (pipeline_dir / "financial.csv").write_bytes(sample_bytes("financial.csv"))
     (pipeline_dir / "orders-sample.csv").write_bytes(sample_bytes("orders.csv"))

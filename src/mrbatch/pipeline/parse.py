@@ -342,17 +342,19 @@ def _records(text: str, first_line: int, source: str, quote: str = '"') -> pl.Da
     )
 
 
-def count_records(data: bytes) -> int:
+def count_records(data: bytes, quote: str = '"') -> int:
     """Number of records in a CSV body without header (quote-aware; blank lines not counted).
+    ``quote`` "" or NUL: nothing is quoted (JSON Lines: one record per non-blank line).
 
     Raises InputError for a quoted field that is never closed.
     """
     if not data:
         return 0
-    if b'"' not in data and not _may_have_blank_line(data):
+    quote = quote or "\0"
+    if quote.encode() not in data and not _may_have_blank_line(data):
         return data.count(b"\n") + (not data.endswith(b"\n"))  # C-level: ~8 ms for 30 MB
     text = data.decode("utf-8", errors="replace")
-    return _records(text, 1, "data").height
+    return _records(text, 1, "data", quote).height
 
 
 def _may_have_blank_line(data: bytes) -> bool:

@@ -46,9 +46,11 @@ def _workspace(root: Path, hook_url: str) -> tuple[Workspace, int]:
     )
     text += (
         '\nretry_backoff = "100ms"\n'
-        '\n[pipelines.metrics]\nprefix = "input/metrics/"\nschema = "pipeline/metrics.schema.json"\n'
+        '\n[pipelines.metrics]\nprefix = "input/metrics/"\n'
+        'schema = "pipeline/metrics.schema.json"\n'
         "chunk_rows = 30\n"
-        '\n[pipelines.broken]\nprefix = "input/broken/"\nschema = "pipeline/metrics.schema.json"\n'
+        '\n[pipelines.broken]\nprefix = "input/broken/"\n'
+        'schema = "pipeline/metrics.schema.json"\n'
         'python_path = ["pipeline"]\ntransforms = ["broken_rules:explode"]\n'
     )
     ws.config_path.write_text(text)

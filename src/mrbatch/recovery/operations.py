@@ -25,6 +25,7 @@ __all__ = [
     "failover_target",
     "reconcile_now",
     "redrive",
+    "redrive_matching",
 ]
 
 
@@ -258,6 +259,33 @@ def redrive(ws: Workspace, key_or_id: str) -> dict[str, Any]:
         "pipeline_changed": changed_config or changed_code,
         "previous_reason": previous,
     }
+
+
+def redrive_matching(
+    ws: Workspace, *, status: str, since: float | None = None, prefix: str | None = None
+) -> list[dict[str, Any]]:
+    """Re-drive every run with ``status`` (FAILED) updated at or after ``since`` whose input
+    key starts with ``prefix``; one entry per run: what redrive did, or why it did not."""
+    if status != str(RunStatus.FAILED):
+        raise UsageError(
+            f"redrive takes FAILED runs, not {status}",
+            hint="a COMPLETED run is never run twice; upload new bytes to process again",
+        )
+    results: list[dict[str, Any]] = []
+    for run in views.all_runs(ws):
+        if run.status is not RunStatus.FAILED:
+            continue
+        if since is not None and run.updated_at < since:
+            continue
+        if prefix is not None and not run.input_key.startswith(prefix):
+            continue
+        try:
+            results.append({"ok": True, **redrive(ws, run.run_id)})
+        except MrbatchError as exc:
+            results.append(
+                {"ok": False, "run_id": run.run_id, "input_key": run.input_key, "error": str(exc)}
+            )
+    return results
 
 
 def failover_target(ws: Workspace, requested: str | None) -> str:

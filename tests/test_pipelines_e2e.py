@@ -134,4 +134,19 @@ def _parquet_and_a_failing_transform(ws: Workspace) -> None:
     assert "transform broken_rules:explode raised ValueError: the ledger service is closed" in (
         failed.reason or ""
     )
-    eventually(lambda: True, 1)
+    # the code is fixed: a bulk redrive reruns every chunk with the new code, and says so
+    (ws.root / "pipeline" / "broken_rules.py").write_text(BROKEN.replace(
+        'raise ValueError("the ledger service is closed on Sundays")', "return frame"
+    ))  # fmt: skip
+    done = mrbatch(ws, "redrive", "--status", "FAILED", "--prefix", "input/broken/", "--json")
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert [(r["input_key"], r["pipeline_changed"]) for r in report] == [
+        ("input/broken/x.csv", True)
+    ]
+    fixed = eventually(
+        lambda: (r := finished(ws, broken)) and r.status is RunStatus.COMPLETED and r,
+        60,
+        "the re-driven run",
+    )
+    assert fixed.rows_out == 1 and fixed.code_version != failed.code_version

@@ -59,19 +59,34 @@ def compile_expr(text: str) -> pl.Expr:
     return value
 
 
+# The SHA-256 of each user module's source as it was when this process imported it: the code
+# in memory, which the file on disk may no longer be.
+_IMPORTED: dict[str, str] = {}
+
+
 def _load(ref: str, *, reload: bool = False) -> tuple[Callable[..., Any], str]:
     """The function ``module:function`` and the SHA-256 of its module's source as loaded."""
     module_name, _, attr = ref.partition(":")
-    module = sys.modules.get(module_name) if not reload else None
-    if module is None:
-        if reload and module_name in sys.modules:
-            module = importlib.reload(sys.modules[module_name])
-        else:
+    module = sys.modules.get(module_name)
+    if module is None or reload or module_name not in _IMPORTED:
+        digest = _source_hash(_origin(module_name), module_name)  # before: never newer code
+        if module is not None and (reload or module_name not in _IMPORTED):
+            module = importlib.reload(module)
+        elif module is None:
             module = importlib.import_module(module_name)
+        _IMPORTED[module_name] = digest
     fn = getattr(module, attr, None)
     if not callable(fn):
         raise AttributeError(f"module {module_name!r} has no function {attr!r}")
-    return fn, _source_hash(getattr(module, "__file__", None), module_name)
+    return fn, _IMPORTED[module_name]
+
+
+def _origin(module_name: str) -> str | None:
+    try:
+        found = importlib.util.find_spec(module_name)
+    except (ImportError, ValueError):
+        return None
+    return found.origin if found is not None else None
 
 
 def _source_hash(path: str | None, name: str) -> str:
@@ -113,9 +128,7 @@ def code_version(spec: PipelineSpec, root: Path, hashes: dict[str, str] | None =
         if hashes is not None and module_name in hashes:
             parts.append(f"{module_name} {hashes[module_name]}")
             continue
-        found = importlib.util.find_spec(module_name)
-        origin = found.origin if found is not None else None
-        parts.append(f"{module_name} {_source_hash(origin, module_name)}")
+        parts.append(f"{module_name} {_source_hash(_origin(module_name), module_name)}")
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:20]
 
 

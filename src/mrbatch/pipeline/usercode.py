@@ -172,8 +172,8 @@ def call_bounded(fn: Callable[..., Any], args: tuple[Any, ...], timeout: float, 
     if worker.is_alive():
         raise UserCodeError(f"{what} did not return within {timeout:g}s")
     if "error" in box:
-        exc = box["error"]
-        raise UserCodeError(f"{what} raised {type(exc).__name__}: {exc}") from None
+        error = box["error"]
+        raise UserCodeError(f"{what} raised {type(error).__name__}: {error}") from None
     return box.get("value")
 
 

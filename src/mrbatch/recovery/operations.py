@@ -212,9 +212,9 @@ def redrive(ws: Workspace, key_or_id: str) -> dict[str, Any]:
     elif run.chunks and not changed_config:
         status = RunStatus.PROCESSING
         records = {r.pk: r for r in table.scan(CHUNK, prefix=f"chunk/{run.run_id}/")}
-        for spec in run.chunks:
-            rec = records.get(chunk_pk(run.run_id, spec.index))
-            chunk = ChunkRun.from_record(rec) if rec else ChunkRun(run.run_id, spec.index)
+        for part in run.chunks:
+            rec = records.get(chunk_pk(run.run_id, part.index))
+            chunk = ChunkRun.from_record(rec) if rec else ChunkRun(run.run_id, part.index)
             good = (
                 rec is not None
                 and chunk.status is ChunkStatus.DONE

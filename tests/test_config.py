@@ -98,7 +98,8 @@ def test_errors_name_the_file_and_the_key(tmp_path: Path, text: str, key: str, w
     ("schema", "words"),
     [
         ("{", "not valid JSON"),
-        ('{"type": "object", "properties": {"a": {"type": "integer"}}}', "integer"),
+        ('{"type": "object", "properties": {"a": {"type": "array"}}}', "array"),
+        ('{"properties": {"a": {"minimum": 1}}}', "minimum"),
         ('{"properties": {"a": {"pattern": "(?<=x)y"}}}', "pattern"),
     ],
 )

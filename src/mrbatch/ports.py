@@ -25,6 +25,7 @@ __all__ = [
     "RegionState",
     "Routing",
     "StateTable",
+    "WebhookSender",
 ]
 
 
@@ -367,6 +368,21 @@ class Notifier(Protocol):
         """Drop what this notifier keeps of a delivered message (the outbox's file), once its
         run is collected; True when something was dropped, False when it keeps nothing.
         Idempotent."""
+        ...
+
+
+class WebhookSender(Protocol):
+    def post(
+        self,
+        url: str,
+        body: Mapping[str, Any],
+        *,
+        idempotency_key: str,
+        headers: Mapping[str, str],
+        timeout: float,
+    ) -> int:
+        """POST ``body`` as JSON with ``Idempotency-Key``; the status when delivered (2xx).
+        Raises UnavailableError when it may work later, MrbatchError when refused."""
         ...
 
 

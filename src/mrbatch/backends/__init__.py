@@ -14,11 +14,11 @@ from typing import TYPE_CHECKING, Any, cast
 from ..errors import ConfigError
 from ..faults import FaultPoints
 from .faulty import Guarded
-from .registry import REGISTRY
+from .registry import REGISTRY, WEBHOOK
 
 if TYPE_CHECKING:
     from ..config.workspace import Workspace
-    from ..ports import ControlPlane, Executor, Notifier, ObjectStore, StateTable
+    from ..ports import ControlPlane, Executor, Notifier, ObjectStore, StateTable, WebhookSender
 
 __all__ = [
     "REGISTRY",
@@ -27,6 +27,7 @@ __all__ = [
     "open_notifier",
     "open_object_store",
     "open_state_table",
+    "open_webhook",
 ]
 
 
@@ -67,3 +68,10 @@ def open_notifier(ws: Workspace) -> Notifier:
 def open_executor(ws: Workspace) -> Executor:
     executor: Executor = _factory("executor", ws.config.backends.executor)(ws)
     return executor
+
+
+def open_webhook(ws: Workspace) -> WebhookSender:
+    """The sender of pipelines' webhooks."""
+    module_name, _, attr = WEBHOOK.partition(":")
+    sender: WebhookSender = getattr(importlib.import_module(module_name), attr)(ws)
+    return sender

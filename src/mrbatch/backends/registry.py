@@ -6,7 +6,7 @@ that backend is configured. Adding a backend is its module plus one line here.
 
 from __future__ import annotations
 
-__all__ = ["REGISTRY", "check_backend_names"]
+__all__ = ["REGISTRY", "WEBHOOK", "check_backend_names"]
 
 # port -> backend name -> "module:factory". Each factory takes (workspace, region) for the
 # object store and state table, (workspace, caller) for the control plane and (workspace)
@@ -28,6 +28,10 @@ REGISTRY: dict[str, dict[str, str]] = {
         "dask": "mrbatch.backends.dask_executor:open_dask",
     },
 }
+
+
+# Not a port chosen in [backends]: pipelines that declare a webhook use this sender.
+WEBHOOK = "mrbatch.backends.webhook:open_webhook"
 
 
 def check_backend_names(chosen: dict[str, str]) -> None:

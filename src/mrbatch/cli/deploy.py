@@ -46,6 +46,10 @@ def init(
     dask_scheduler: str = typer.Option(
         "", "--dask-scheduler", help="A Dask scheduler's address; default: a LocalCluster."
     ),
+    example: str | None = typer.Option(
+        None, "--example", help="Also set up a worked example: events (JSONL, API, transform)."
+    ),
+    api_port: int = typer.Option(8741, "--api-port", help="Port of the example's API."),
 ) -> None:
     """Create a workspace: mrbatch.toml, the sample pipeline and the data dir."""
     names = [r.strip() for r in regions.split(",") if r.strip()]
@@ -59,6 +63,8 @@ def init(
         etcd_endpoints=[u.strip() for u in etcd_endpoints.split(",") if u.strip()],
         executor=executor,
         dask_scheduler=dask_scheduler or None,
+        example=example,
+        api_port=api_port,
     )
     console.print(styled("Workspace ready: ", (str(ws.config_path), "bold")))
     console.print(f"  regions: {', '.join(names)} ({names[0]} ACTIVE)")
@@ -67,6 +73,12 @@ def init(
     if chosen.control_plane != "sqlite" or chosen.executor != "process-pool":
         console.print(f"  control: {chosen.control_plane}, executor: {chosen.executor}")
     console.print("  sample:  pipeline/orders.schema.json, reference/financial.csv uploaded")
+    if example:
+        console.print(
+            f"  example: {example}: start its API with `python pipeline/rates_service.py"
+            f" {api_port}`, then `mrbatch put pipeline/events-sample.jsonl --key"
+            " input/events/sample.jsonl`"
+        )
     console.print(
         styled(
             "Next: ",

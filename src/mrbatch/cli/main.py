@@ -21,6 +21,7 @@ COMMAND_MODULES = (
     "chaos_cmds",
     "gc_cmd",
     "backup_cmds",
+    "ingest_cmd",
     "demo",
 )
 for _module in COMMAND_MODULES:

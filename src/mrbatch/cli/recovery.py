@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from datetime import UTC
 from typing import Any
 
 import typer
@@ -15,6 +16,7 @@ from ..recovery.operations import (
     failover_target,
     reconcile_now,
     redrive,
+    redrive_matching,
 )
 from ..recovery.plan import Execution, StepLog, history
 from ..recovery.runbook import Runbook
@@ -188,20 +190,66 @@ def _print_report(report: dict[str, Any]) -> None:
 
 @app.command(name="redrive")
 def redrive_command(
-    key: str = typer.Argument(..., help="Input key or run id of a FAILED run."),
+    key: str | None = typer.Argument(None, help="Input key or run id of a FAILED run."),
+    status: str | None = typer.Option(
+        None, "--status", help="Every run with this status (FAILED) instead of one."
+    ),
+    since: str | None = typer.Option(
+        None, "--since", help="With --status: updated at or after (ISO 8601 or @unix)."
+    ),
+    prefix: str | None = typer.Option(None, "--prefix", help="With --status: input key prefix."),
     json_output: bool = typer.Option(False, "--json"),
 ) -> None:
-    """Run a FAILED run again in the active region from its last good step."""
-    result = redrive(state.workspace(), key)
-    if json_output:
-        print_json(result)
+    """Run a FAILED run (or every matching one) again in the active region from its last good
+    step; says what it did per run."""
+    if (key is None) == (status is None):
+        raise typer.BadParameter("give a KEY or --status FAILED", param_hint="KEY")
+    ws = state.workspace()
+    if status is None:
+        assert key is not None
+        results = [{"ok": True, **redrive(ws, key)}]
     else:
-        console.print(
-            f"run {result['run_id']} ({result['input_key']}) resumes at"
-            f" {result['resumes_at']} in {result['region']}: {result['chunks_to_run']}"
-            f" chunk(s) to run, {result['chunks_kept']} kept"
-            + ("; the reference data changed" if result["reference_changed"] else "")
-        )
+        results = redrive_matching(ws, status=status.upper(), since=_since(since), prefix=prefix)
+    if json_output:
+        print_json(results if status is not None else results[0])
+    else:
+        if status is not None:
+            console.print(f"{len(results)} run(s) matched")
+        for result in results:
+            if not result["ok"]:
+                console.print(
+                    f"run {result['run_id']} ({result['input_key']}): not re-driven:"
+                    f" {result['error']}"
+                )
+                continue
+            changed = ""
+            if result.get("pipeline_changed"):
+                changed = "; the pipeline changed"
+            elif result["reference_changed"]:
+                changed = "; the reference data changed"
+            console.print(
+                f"run {result['run_id']} ({result['input_key']}) resumes at"
+                f" {result['resumes_at']} in {result['region']}: {result['chunks_to_run']}"
+                f" chunk(s) to run, {result['chunks_kept']} kept{changed}"
+            )
+    if any(not r["ok"] for r in results):
+        raise typer.Exit(1)
+
+
+def _since(value: str | None) -> float | None:
+    if value is None:
+        return None
+    from datetime import datetime
+
+    try:
+        if value.startswith("@"):
+            return float(value[1:])
+        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--since") from exc
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.timestamp()
 
 
 @app.command()

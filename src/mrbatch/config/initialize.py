@@ -10,6 +10,7 @@ from pathlib import Path
 
 from .. import backends
 from ..errors import UnavailableError, UsageError
+from .examples import example_config, write_example
 from .settings import CONFIG_NAME, REGION_NAME
 from .workspace import PRIVATE_UMASK, Workspace
 
@@ -152,6 +153,8 @@ def init_workspace(
     etcd_endpoints: list[str] | None = None,
     executor: str = "process-pool",
     dask_scheduler: str | None = None,
+    example: str | None = None,
+    api_port: int = 8741,
 ) -> Workspace:
     regions = regions or list(DEFAULT_REGIONS)
     if control_plane == "etcd" and not etcd_endpoints:
@@ -181,25 +184,27 @@ def init_workspace(
         )
     columns = ", ".join(f'{k} = "{v}"' for k, v in SAMPLE_ENRICHMENT.items())
     scheduler = dask_scheduler or "local"
-    config_path.write_text(
-        _TEMPLATE.format(
-            regions=json.dumps(regions),
-            columns=columns,
-            port=port,
-            chunk_rows=chunk_rows,
-            control_plane=control_plane,
-            control_pad=_pad(control_plane, 12),
-            executor=executor,
-            executor_pad=_pad(executor, 17),
-            etcd_endpoints=json.dumps(list(etcd_endpoints or [])),
-            etcd_prefix=f"/mrbatch/{uuid.uuid4().hex[:12]}",
-            dask_scheduler=scheduler,
-            dask_pad=_pad(scheduler, 16),
-        ),
-        encoding="utf-8",
+    text = _TEMPLATE.format(
+        regions=json.dumps(regions),
+        columns=columns,
+        port=port,
+        chunk_rows=chunk_rows,
+        control_plane=control_plane,
+        control_pad=_pad(control_plane, 12),
+        executor=executor,
+        executor_pad=_pad(executor, 17),
+        etcd_endpoints=json.dumps(list(etcd_endpoints or [])),
+        etcd_prefix=f"/mrbatch/{uuid.uuid4().hex[:12]}",
+        dask_scheduler=scheduler,
+        dask_pad=_pad(scheduler, 16),
     )
+    if example is not None:
+        text += example_config(example, api_port=api_port)
     pipeline_dir = directory / "pipeline"
     pipeline_dir.mkdir(exist_ok=True)
+    if example is not None:
+        write_example(directory, example)
+    config_path.write_text(text, encoding="utf-8")
     (pipeline_dir / "orders.schema.json").write_bytes(sample_bytes("orders.schema.json"))
     (pipeline_dir / "financial.csv").write_bytes(sample_bytes("financial.csv"))
     (pipeline_dir / "orders-sample.csv").write_bytes(sample_bytes("orders.csv"))

@@ -24,11 +24,23 @@ from pydantic import (
 from ..backends.registry import check_backend_names
 from ..errors import ConfigError, SchemaError
 from .clusters import DaskConfig, EtcdConfig
+from .pipelines import (
+    DEFAULT_PIPELINE,
+    RESERVED_COLUMN_PREFIX,
+    DeclaredPipeline,
+    EnrichmentConfig,
+    IngestConfig,
+    PipelineConfig,
+    PipelineSpec,
+    check_name,
+    resolve_spec,
+)
 from .plans import PlansConfig
 from .values import ByteSize, Duration, Section
 
 __all__ = [
     "CONFIG_NAME",
+    "RESERVED_COLUMN_PREFIX",
     "BackendsConfig",
     "Config",
     "DaskConfig",
@@ -39,6 +51,7 @@ __all__ = [
     "NotifyConfig",
     "OutputConfig",
     "PipelineConfig",
+    "PipelineSpec",
     "ReplicationConfig",
     "RetentionConfig",
     "SupervisorConfig",
@@ -48,8 +61,6 @@ __all__ = [
 ]
 
 CONFIG_NAME = "mrbatch.toml"
-# Column names mrbatch uses inside its own files (the reference cache's key column, say).
-RESERVED_COLUMN_PREFIX = "__mrbatch"
 _M = TypeVar("_M", bound=BaseModel)
 REGION_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 
@@ -62,54 +73,6 @@ class BackendsConfig(Section):
     control_plane: str = "sqlite"
     notifier: str = "outbox"
     executor: str = "process-pool"
-
-
-class EnrichmentConfig(Section):
-    """Join each valid row with reference data held in the bucket."""
-
-    reference: str = "reference/financial.csv"
-    key: str = Field(default="uuid", min_length=1)
-    reference_key: str = Field(default="uuid", min_length=1)
-    # reference column -> output column, in output order (TOML tables keep their order).
-    columns: dict[str, str] = Field(default_factory=dict)
-
-    @field_validator("columns")
-    @classmethod
-    def _output_names(cls, columns: dict[str, str]) -> dict[str, str]:
-        outputs = list(columns.values())
-        if "" in columns or "" in outputs:
-            raise ValueError("column names must not be empty")
-        doubled = sorted({name for name in outputs if outputs.count(name) > 1})
-        if doubled:
-            raise ValueError(f"output column {doubled[0]!r} is named twice")
-        reserved = [name for name in outputs if name.startswith(RESERVED_COLUMN_PREFIX)]
-        if reserved:
-            raise ValueError(
-                f"output column {reserved[0]!r}: names starting with"
-                f" {RESERVED_COLUMN_PREFIX!r} are reserved"
-            )
-        return columns
-
-    @field_validator("reference")
-    @classmethod
-    def _reference_is_a_key(cls, value: str) -> str:
-        if not value or value.startswith("/") or ".." in value.split("/"):
-            raise ValueError(f"{value!r} is not an object key such as 'reference/financial.csv'")
-        return value
-
-
-class PipelineConfig(Section):
-    schema_path: str = Field(default="pipeline/orders.schema.json", alias="schema")
-    chunk_rows: int = Field(default=100_000, ge=1)
-    # Fraction of rows a file may have rejected and still complete; above it the run FAILS.
-    max_rejected_fraction: float = Field(default=0.1, ge=0.0, le=1.0)
-    chunk_attempts: int = Field(default=4, ge=1, le=100)
-    retry_backoff: Duration = 0.5
-    # 0 means one worker per CPU core.
-    workers: int = Field(default=0, ge=0, le=256)
-    enrichment: EnrichmentConfig | None = None
-
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
 
 class OutputConfig(Section):
@@ -264,6 +227,52 @@ class Config(BaseModel):
     supervisor: SupervisorConfig = Field(default_factory=SupervisorConfig)
     etcd: EtcdConfig = Field(default_factory=EtcdConfig)
     dask: DaskConfig = Field(default_factory=DaskConfig)
+    # Pipelines of the workspace's own, chosen by input prefix; [pipeline] is the default one.
+    pipelines: dict[str, DeclaredPipeline] = Field(default_factory=dict)
+    ingest: IngestConfig = Field(default_factory=IngestConfig)
+
+    @field_validator("pipelines")
+    @classmethod
+    def _pipeline_names(cls, pipelines: dict[str, DeclaredPipeline]) -> dict[str, DeclaredPipeline]:
+        prefixes: dict[str, str] = {}
+        for name, declared in pipelines.items():
+            check_name(name)
+            if name == DEFAULT_PIPELINE:
+                raise ValueError(f"{name!r} names the [pipeline] section; choose another name")
+            if declared.prefix in prefixes:
+                raise ValueError(
+                    f"{name}: prefix {declared.prefix!r} is also {prefixes[declared.prefix]}'s"
+                )
+            prefixes[declared.prefix] = name
+        return pipelines
+
+    # ------------------------------------------------------------------ pipelines
+    def spec(self, name: str) -> PipelineSpec:
+        """The pipeline called ``name`` (``default`` is ``[pipeline]``); KeyError if none."""
+        return resolve_spec(name, self.pipeline, self.pipelines, self.output.escape_formulas)
+
+    def spec_for_key(self, key: str) -> PipelineSpec:
+        """The pipeline an input key belongs to: the longest declared prefix it starts with,
+        else the default pipeline."""
+        best = max(
+            (n for n, d in self.pipelines.items() if key.startswith(d.prefix)),
+            key=lambda n: len(self.pipelines[n].prefix),
+            default=DEFAULT_PIPELINE,
+        )
+        return self.spec(best)
+
+    def spec_for_run(self, name: str, key: str) -> PipelineSpec | None:
+        """The pipeline a run recorded (by its key for runs from before pipelines had names);
+        None when the configuration no longer declares it."""
+        if not name:
+            return self.spec_for_key(key)
+        try:
+            return self.spec(name)
+        except KeyError:
+            return None
+
+    def specs(self) -> list[PipelineSpec]:
+        return [self.spec(DEFAULT_PIPELINE), *(self.spec(n) for n in self.pipelines)]
 
     @field_validator("regions")
     @classmethod
@@ -327,23 +336,37 @@ def load_config(path: Path) -> Config:
 
 
 def _check_pipeline(config: Config, path: Path) -> None:
-    """The pipeline's schema file compiles, and no enrichment output column shadows one of its
-    properties: mistakes that would otherwise fail every run inside a worker."""
-    from ..pipeline.schema import RecordSchema  # polars, only once the TOML itself is valid
+    """Every pipeline's schema file compiles, no enrichment output column shadows one of its
+    properties, its row checks compile and its user functions import: mistakes that would
+    otherwise fail every run inside a worker."""
+    # polars and user code, only once the TOML itself is valid
+    from ..pipeline.schema import RecordSchema
+    from ..pipeline.usercode import check_spec
 
-    pipeline = config.pipeline
-    schema_path = (path.parent / pipeline.schema_path).resolve()
-    try:
-        schema = RecordSchema.from_file(schema_path)
-    except SchemaError as exc:
-        raise ConfigError(f"{path}: pipeline.schema: {exc.message}", hint=exc.hint) from exc
-    if pipeline.enrichment is not None:
-        clash = [n for n in pipeline.enrichment.columns.values() if n in schema.properties]
-        if clash:
+    for spec in config.specs():
+        where = "pipeline" if spec.name == DEFAULT_PIPELINE else f"pipelines.{spec.name}"
+        schema_path = (path.parent / spec.schema_path).resolve()
+        try:
+            schema = RecordSchema.from_file(schema_path)
+        except SchemaError as exc:
+            raise ConfigError(f"{path}: {where}.schema: {exc.message}", hint=exc.hint) from exc
+        for section, enrichment in (("enrichment", spec.enrichment), ("api", spec.api)):
+            if enrichment is None:
+                continue
+            clash = [n for n in enrichment.columns.values() if n in schema.properties]
+            if clash:
+                raise ConfigError(
+                    f"{path}: {where}.{section}.columns: output column {clash[0]!r} is also a"
+                    f" property of the schema {schema_path.name}",
+                    hint="give the enrichment output another name",
+                )
+        problem = check_spec(spec, path.parent)
+        if problem is not None:
+            key, message = problem
             raise ConfigError(
-                f"{path}: pipeline.enrichment.columns: output column {clash[0]!r} is also a"
-                f" property of the schema {schema_path.name}",
-                hint="give the enrichment output another name",
+                f"{path}: {where}.{key}: {message}",
+                hint="fix the declaration; user functions are imported from the workspace"
+                " and its python_path",
             )
 
 

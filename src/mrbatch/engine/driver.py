@@ -15,6 +15,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..config.pipelines import PipelineSpec
 from ..config.workspace import Workspace
 from ..errors import (
     ConflictError,
@@ -22,6 +23,7 @@ from ..errors import (
     NotFoundError,
     ReferenceDataError,
     UnavailableError,
+    UserCodeError,
 )
 from ..faults import FaultPoints
 from ..model.records import (
@@ -52,7 +54,7 @@ OUTAGE_POLL = 2.0
 # How soon a run asks again when the control plane could not confirm yet (not a refusal).
 CONFIRM_POLL = 0.2
 # Errors that are facts about the input or the rules: retrying cannot help.
-PERMANENT = (InputError, ReferenceDataError)
+PERMANENT = (InputError, ReferenceDataError, UserCodeError)
 
 
 @dataclass
@@ -119,6 +121,10 @@ class RunDriver:
         self._mailer = ThreadPoolExecutor(max_workers=2, thread_name_prefix="notify")
         # Named crash points (armed by tests) sit in the windows between an effect and its record.
         self.faults = FaultPoints(ws.faults_path)
+
+    def _spec(self, run: FileRun) -> PipelineSpec | None:
+        """The pipeline ``run`` pinned (None when the configuration no longer declares it)."""
+        return self.ws.config.spec_for_run(run.pipeline, run.input_key)
 
     @staticmethod
     def _cancel(progress: Progress) -> None:

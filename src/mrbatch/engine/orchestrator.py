@@ -17,6 +17,7 @@ import logging
 from concurrent.futures import Future
 from typing import Any
 
+from ..config.pipelines import format_for
 from ..errors import (
     ConflictError,
     MrbatchError,
@@ -40,6 +41,7 @@ from ..ports import (
 from . import tasks
 from .chunks import ChunkStage
 from .driver import PERMANENT, Progress
+from .pipelines import pins
 from .publish import PublishStage
 
 __all__ = ["Orchestrator"]
@@ -96,6 +98,8 @@ class Orchestrator(ChunkStage, PublishStage):
         conditional insert keyed by key + content hash, so a duplicate notification, a second
         pass or identical bytes never start a second run."""
         now = self.clock()
+        spec = self.ws.config.spec_for_key(accepted.key)
+        pipeline_hash, code = pins(self.ws, spec)
         run = FileRun(
             run_id=accepted.run_id,
             input_key=accepted.key,
@@ -111,7 +115,12 @@ class Orchestrator(ChunkStage, PublishStage):
             epoch=routing.epoch,
             claimed_at=now,
             updated_at=now,
-            chunk_rows=self.pipeline.chunk_rows,
+            chunk_rows=spec.chunk_rows,
+            pipeline=spec.name,
+            pipeline_hash=pipeline_hash,
+            code_version=code,
+            input_format=format_for(spec, accepted.key),
+            webhook_url=spec.webhook.url if spec.webhook is not None else None,
             history=[
                 {"status": "CLAIMED", "at": now, "region": self.region, "epoch": routing.epoch}
             ],
@@ -189,7 +198,15 @@ class Orchestrator(ChunkStage, PublishStage):
 
     def _split(self, progress: Progress) -> None:
         run = progress.run
-        enrichment = self.pipeline.enrichment
+        spec = self._spec(run)
+        if spec is None:
+            self._fail(
+                progress,
+                f"pipeline {run.pipeline!r} is no longer declared; declare it again, then"
+                f" `mrbatch redrive {run.input_key}`",
+            )
+            return
+        enrichment = spec.enrichment
         if (
             enrichment is not None
             and run.reference_version is None
@@ -203,6 +220,8 @@ class Orchestrator(ChunkStage, PublishStage):
                 self.region,
                 run.reference_key,
                 run.reference_version,
+                run.pipeline,
+                run.input_key,
             )
         if progress.future is None:
             source_key, source_version = run.source()
@@ -215,6 +234,9 @@ class Orchestrator(ChunkStage, PublishStage):
                 run.input_size,
                 run.chunk_rows,
                 run.input_key,
+                run.pipeline,
+                run.input_format,
+                (run.pipeline_hash, run.code_version),
             )
             return
         if not progress.future.done():

@@ -3,6 +3,7 @@
 - ``GET``/``HEAD /objects/{key}`` with a presigned link (or the bearer token), from any region
   that holds the object, with byte ranges: a link mailed before a failover works after it;
 - ``PUT /objects/{key}`` with the bearer token: an upload through the access point;
+- ``POST /ingest/{pipeline}`` with the bearer token: records sealed into input files;
 - ``/api/status``, ``/api/runs``, ``/api/runs/{id}``, ``/api/plans``, ``/healthz``;
 - ``/metrics`` in Prometheus format, and the dashboard at ``/``.
 
@@ -41,6 +42,7 @@ from ..errors import (
 from ..observe.metrics import DeploymentCollector, Sampler
 from .api import DASHBOARD_DIR, api_router
 from .guard import RequestGuard
+from .ingest import IngestService, ingest_router
 from .objects import ObjectMetrics, objects_router
 
 __all__ = ["create_app", "serve", "status_for"]
@@ -96,19 +98,24 @@ def create_app(ws: Workspace, *, sampler: Sampler | None = None) -> FastAPI:
     registry = CollectorRegistry(auto_describe=False)
     registry.register(DeploymentCollector(ws, sampler))
     object_metrics = ObjectMetrics(registry)
+    access = AccessPoint(ws)
+    ingest = IngestService(ws, access)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         sampler.start()
+        ingest.start()
         try:
             yield
         finally:
+            ingest.stop()
             sampler.stop()
 
     app = FastAPI(title="mrbatch gateway", docs_url=None, redoc_url=None, lifespan=lifespan)
     app.state.sampler = sampler
     app.state.registry = registry
-    app.include_router(objects_router(ws, AccessPoint(ws), object_metrics))
+    app.include_router(objects_router(ws, access, object_metrics))
+    app.include_router(ingest_router(ws, ingest))
     app.include_router(api_router(ws, sampler, registry))
     app.mount("/static", StaticFiles(directory=DASHBOARD_DIR), name="static")
     app.add_middleware(RequestGuard, ws=ws)  # inside the headers: refusals carry them too

@@ -161,6 +161,10 @@ class Checker:
                 self.violate(
                     verdict, key, run.region, f"{count} mails for one run", DUPLICATED, "mail"
                 )
+        if run.webhook_url and not run.webhook_sent_at:
+            self.violate(
+                verdict, key, run.region, "COMPLETED but its webhook is not recorded", LOST, "mail"
+            )
         for entry in run.history:
             if entry.get("status") not in ("PUBLISHED", "COMPLETED"):
                 continue
@@ -204,7 +208,16 @@ class Checker:
         if data is None or output is None or rejected is None:
             verdict.notes.append("recount skipped: an object went missing while verifying")
             return
-        counted = recount(data, output, rejected)
+        spec = self.ws.config.spec_for_run(run.pipeline, run.input_key)
+        plain = spec is None or not (spec.transforms or spec.columns or spec.delimiter != ",")
+        counted = recount(
+            data,
+            output,
+            rejected,
+            input_format=run.input_format,
+            quote=spec.quote if spec is not None else '"',
+            order=plain,
+        )
         verdict.order_checked = counted.order_checked
         if counted.note:
             verdict.notes.append(counted.note)

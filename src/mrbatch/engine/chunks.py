@@ -245,6 +245,8 @@ class ChunkStage(RunDriver):
         chunk.rejected_key, chunk.rejected_sha256 = result.rejected_key, result.rejected_sha256
         chunk.output_header, chunk.rejected_header = result.output_header, result.rejected_header
         chunk.region = self.region
+        chunk.ended_at = self.clock()
+        chunk.started_at = chunk.ended_at - result.seconds
         return self._save_chunk(progress, chunk)
 
     def _feed_merge(self, progress: Progress) -> None:

@@ -46,10 +46,11 @@ def fence_snapshot(ctx: PlanContext) -> None:
     execution.rpo = found
 
 
-def quick_verify(ws: Workspace) -> dict[str, Any] | None:
-    """``verify`` without recounting (what a report carries), or None when it cannot run."""
+def quick_verify(ws: Workspace, wait: float) -> dict[str, Any] | None:
+    """``verify`` without recounting (what a report carries), once nothing is pending and the
+    regions converged or ``wait`` passed."""
     try:
-        result = verify(ws, deep=False).to_dict()
+        result = verify(ws, deep=False, wait=wait, poll=0.2).to_dict()
     except MrbatchError as exc:
         return {"ok": False, "error": str(exc)}
     return {
@@ -88,7 +89,7 @@ def write_plan_report(
         execution,
         first_claim=claim,
         in_flight_terminal=finished if execution.in_flight else execution.activated_at,
-        verify=quick_verify(ws),
+        verify=quick_verify(ws, min(settle_for, 10.0)),
         parity=parity(ws),
     )
     try:

@@ -26,6 +26,7 @@ from typing import Any
 from .. import backends
 from ..config.workspace import Workspace
 from ..errors import MrbatchError
+from .plan import DRILL_PREFIX, PLAN_PREFIX
 
 __all__ = [
     "GENESIS",
@@ -118,6 +119,22 @@ def _from_control(ws: Workspace) -> dict[int, dict[str, Any]] | None:
     return out
 
 
+def _anchors(ws: Workspace) -> dict[int, tuple[str, str]]:
+    """The reports the plan executions and drills say they wrote: seq -> (who, hash). They
+    anchor the chain's end: a report cut off the tail is still missed by its writer."""
+    anchors: dict[int, tuple[str, str]] = {}
+    try:
+        control = backends.open_control_plane(ws)
+        docs = {**control.documents(PLAN_PREFIX), **control.documents(DRILL_PREFIX)}
+    except MrbatchError:
+        return anchors
+    for name, body in docs.items():
+        ref = body.get("report")
+        if isinstance(ref, dict) and isinstance(ref.get("seq"), int):
+            anchors[ref["seq"]] = (name, str(ref.get("hash")))
+    return anchors
+
+
 def append_report(ws: Workspace, body: dict[str, Any], render: Renderer) -> dict[str, Any]:
     """Give ``body`` the next ``seq`` and the head's hash, hash it, and store it (files and
     control plane). Returns the stored report, with ``files`` (not hashed: where it is)."""
@@ -166,13 +183,15 @@ def verify_chain(ws: Workspace, render: Renderer) -> dict[str, Any]:
     if docs is None:
         warnings.append({"seq": None, "kind": "unreadable", "problem": "control plane unreadable"})
         docs = {}
-    seqs = sorted(set(files) | set(docs))
+    anchors = _anchors(ws)
+    seqs = sorted(set(files) | set(docs) | set(anchors))
     previous: str | None = GENESIS
     for seq in range(1, (seqs[-1] if seqs else 0) + 1):
         path, from_file = files.get(seq, (None, None))
         from_doc = docs.get(seq)
         if path is None and from_doc is None:
-            problem(seq, "gap", f"report {seq} is missing (from the files and the control plane)")
+            named = f" (the report of {anchors[seq][0]})" if seq in anchors else ""
+            problem(seq, "gap", f"report {seq} is missing{named}")
             previous = None  # the next report cannot be linked to anything
             continue
         if path is not None and from_file is None:
@@ -203,6 +222,8 @@ def verify_chain(ws: Workspace, render: Renderer) -> dict[str, Any]:
                     problem(seq, "edited", f"{markdown.name} does not match its report's JSON")
             except OSError:
                 warnings.append({"seq": seq, "kind": "copy-missing", "problem": f"no {markdown}"})
+        if seq in anchors and anchors[seq][1] != report.get("hash"):
+            problem(seq, "edited", f"report {seq} is not the one {anchors[seq][0]} wrote")
         previous = report.get("hash")
     return {
         "ok": not problems,

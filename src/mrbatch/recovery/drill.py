@@ -34,7 +34,7 @@ from .answers import operator, switch_mode
 from .audit import write_drill_report
 from .operations import failover_target
 from .parity import parity
-from .plan import Execution
+from .plan import DRILL_PREFIX, Execution
 from .runbook import Runbook
 
 __all__ = [
@@ -48,7 +48,6 @@ __all__ = [
     "run_drill",
 ]
 
-DRILL_PREFIX = "drill/"
 FREEZE_DOC = "drill-freeze"
 
 
@@ -160,9 +159,7 @@ class _Drill:
 
     def save(self) -> None:
         try:
-            backends.open_control_plane(self.ws).put_document(
-                DRILL_PREFIX + self.id, {k: v for k, v in self.record.items() if k != "report"}
-            )
+            backends.open_control_plane(self.ws).put_document(DRILL_PREFIX + self.id, self.record)
         except MrbatchError:
             pass
 
@@ -252,6 +249,9 @@ class _Drill:
                 self.wait_uploaded(2 / 3)
                 if not self.wait_files():
                     self.fail("the files in flight did not finish after the failover")
+        except BaseException:
+            self.stop.set()  # interrupted: no more uploads, but still fail back
+            raise
         finally:
             # always fail back, whatever happened
             try:

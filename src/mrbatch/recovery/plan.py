@@ -18,6 +18,7 @@ from ..ports import Routing
 
 __all__ = [
     "ANSWER_PREFIX",
+    "DRILL_PREFIX",
     "MODES",
     "MODE_PREFIX",
     "PLAN_PREFIX",
@@ -30,6 +31,7 @@ __all__ = [
 ]
 
 PLAN_PREFIX = "plan/"
+DRILL_PREFIX = "drill/"
 # Answers to a waiting plan (`approve`, `deny`, per-key approvals) and switches of its mode:
 # one document each, ``<prefix><execution id>/<time>-<random>``, never overwritten.
 ANSWER_PREFIX = "answer/"

@@ -3,8 +3,9 @@ accepted uploads — the target's own replica of it and, where it can be read, t
 the target's bucket; a switch that would leave more than the loss budget behind
 (``[rpo] max_files`` / ``max_bytes``) without a per-key approval is refused before the fence.
 
-An input is at risk when an accepted version has no terminal run in the target's replica and
-its bytes (``versions/<run-id>/input/<p>``) are not in the target's bucket. The list does not
+An input is at risk when an accepted version has no COMPLETED run in the target's replica and
+its bytes (``versions/<run-id>/input/<p>``) are not in the target's bucket (a FAILED run
+counts: a redrive needs the bytes). The list does not
 need the source: when the source cannot be read it holds what the target knows it lacks (its
 ledger names versions whose bytes have not arrived) and says that the source could not be read,
 so versions whose ledger entry has not replicated either are unknown.
@@ -24,7 +25,7 @@ from ..access.ledger import accepted_in
 from ..config.workspace import Workspace
 from ..engine.takeover import present
 from ..errors import MrbatchError, UnavailableError
-from ..model.records import RUN, FileRun
+from ..model.records import RUN, FileRun, RunStatus
 from ..runtime.replication import backlog
 from .answers import approved_keys
 from .plan import PlanContext, Result, StepFailed
@@ -57,8 +58,8 @@ def snapshot(ws: Workspace, source: str | None, target: str) -> dict[str, Any]:
     items: list[dict[str, Any]] = []
     for run_id, (entry, known) in sorted(entries.items(), key=lambda kv: kv[1][0].order):
         run = runs.get(run_id)
-        if run is not None and run.status.terminal:
-            continue
+        if run is not None and run.status is RunStatus.COMPLETED:
+            continue  # its result is recorded: the input is no longer needed
         if present(store, entry.object_key):
             continue
         items.append(

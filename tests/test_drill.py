@@ -66,7 +66,9 @@ def test_a_drill_fails_over_under_load_fails_back_and_reports(dep: Deployment) -
         assert events[event]["at"] is not None, event
     assert events["fenced"]["at"] <= events["activated"]["at"]
     assert shown["rto"]["from_command"] == shown["rto"]["from_detection"]  # planned: no failure
-    assert shown["rto"]["met"] and shown["verify"]["ok"], shown["verify"]
+    assert shown["rto"]["met"]
+    # the verdict as of the switch (the load goes on; the drill's final verify is the gate)
+    assert shown["verify"]["counts"]["lost"] == 0 and shown["verify"]["counts"]["duplicated"] == 0
     assert shown["parity"]["differences"] == []
     assert shown["approvals"][0]["by"] == "--yes"
     for item in shown["in_flight"]:  # what was in flight at the fence, and what became of it

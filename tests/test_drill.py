@@ -99,7 +99,7 @@ def test_a_drill_fails_over_under_load_fails_back_and_reports(dep: Deployment) -
     # A budget no switch can meet: the drill fails (exit 1) and still fails back.
     text = ws.config_path.read_text().replace('# rto_budget = "60s"', 'rto_budget = "1ms"')
     ws.config_path.write_text(text)
-    missed = mrbatch(ws, "drill", "--files", "1", "--json")
+    missed = mrbatch(ws, "drill", "--files", "0", "--json")
     assert missed.returncode == 1, missed.stdout + missed.stderr
     failed = json.loads(missed.stdout)
     assert failed["passed"] is False

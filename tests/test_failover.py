@@ -81,6 +81,7 @@ def test_kill_the_active_region_mid_run_and_fail_over(dep: Deployment) -> None:
     assert [s["name"] for s in execution["steps"]] == [
         "readiness",
         "approval",
+        "rpo-gate",
         "fence",
         "wait-replication",
         "activate",

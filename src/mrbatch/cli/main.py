@@ -17,6 +17,7 @@ COMMAND_MODULES = (
     "objects",
     "runs",
     "recovery",
+    "drill_cmd",
     "gateway_cmd",
     "chaos_cmds",
     "gc_cmd",

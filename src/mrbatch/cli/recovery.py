@@ -18,10 +18,17 @@ from ..recovery.operations import (
     redrive,
     redrive_matching,
 )
-from ..recovery.plan import Execution, StepLog, history
+from ..recovery.plan import MODES, Execution, StepLog, history
 from ..recovery.runbook import Runbook
 from ..recovery.watch import Watcher
 from .app import app, console, err_console, print_json, state, styled
+
+MODE_HELP = (
+    "ungraceful",
+    "graceful: wait for replication without a bound (nothing is left behind); ungraceful:"
+    " the bounded wait (--max-wait), naming what is left behind.",
+)
+LOSS_HELP = "Accept leaving this input (key or run id) behind at the RPO gate; repeatable."
 
 plan_app = typer.Typer(
     help="Recovery plans as code: show, evaluate, history.", no_args_is_help=True
@@ -36,7 +43,14 @@ def _confirm(prompt: str) -> bool:
 
 
 def _run_plan(
-    plan: str, target: str, yes: bool, force: bool, max_wait: float | None, json_output: bool
+    plan: str,
+    target: str,
+    yes: bool,
+    force: bool,
+    max_wait: float | None,
+    json_output: bool,
+    mode: str = "ungraceful",
+    accept_loss: list[str] | None = None,
 ) -> None:
     ws = state.workspace()
     echo = (
@@ -45,7 +59,17 @@ def _run_plan(
         else (lambda line: err_console.print(line, highlight=False, soft_wrap=True))
     )
     execution = Runbook(
-        ws, plan, target, yes=yes, force=force, max_wait=max_wait, confirm=_confirm, echo=echo
+        ws,
+        plan,
+        target,
+        yes=yes,
+        force=force,
+        max_wait=max_wait,
+        confirm=_confirm,
+        echo=echo,
+        interactive=sys.stdin.isatty(),
+        mode=mode,
+        accept_loss=tuple(accept_loss or ()),
     ).execute()
     if json_output:
         print_json(execution.to_dict())
@@ -81,6 +105,12 @@ def _print_execution(execution: Execution) -> None:
             f" {execution.epoch_after}"
         )
     console.print(_steps_table(execution.steps))
+    if execution.report:
+        console.print(
+            f"recovery report {execution.report['seq']}:"
+            f" {execution.report.get('files', {}).get('markdown', '')}",
+            soft_wrap=True,
+        )
 
 
 def _steps_table(steps: list[StepLog]) -> Table:
@@ -114,10 +144,21 @@ def failover(
         False, "--force", help="Override readiness and the minimum time between switches."
     ),
     json_output: bool = typer.Option(False, "--json"),
+    mode: str = typer.Option(MODE_HELP[0], "--mode", help=MODE_HELP[1]),
+    accept_loss: list[str] = typer.Option([], "--accept-loss", help=LOSS_HELP),
 ) -> None:
     """Run the failover plan against the region being activated."""
     ws = state.workspace()
-    _run_plan("failover", failover_target(ws, to), yes, force, _seconds(max_wait), json_output)
+    _run_plan(
+        "failover",
+        failover_target(ws, to),
+        yes,
+        force,
+        _seconds(max_wait),
+        json_output,
+        _mode(mode),
+        accept_loss,
+    )
 
 
 @app.command()
@@ -129,10 +170,27 @@ def failback(
     max_wait: str | None = typer.Option(None, "--max-wait"),
     force: bool = typer.Option(False, "--force"),
     json_output: bool = typer.Option(False, "--json"),
+    mode: str = typer.Option(MODE_HELP[0], "--mode", help=MODE_HELP[1]),
+    accept_loss: list[str] = typer.Option([], "--accept-loss", help=LOSS_HELP),
 ) -> None:
     """Run the failback plan: catch the returning region up, hand runs over, activate it."""
     ws = state.workspace()
-    _run_plan("failback", failback_target(ws, to), yes, force, _seconds(max_wait), json_output)
+    _run_plan(
+        "failback",
+        failback_target(ws, to),
+        yes,
+        force,
+        _seconds(max_wait),
+        json_output,
+        _mode(mode),
+        accept_loss,
+    )
+
+
+def _mode(value: str) -> str:
+    if value not in MODES:
+        raise typer.BadParameter(f"{value!r} is not one of {', '.join(MODES)}", param_hint="--mode")
+    return value
 
 
 def _seconds(value: str | None) -> float | None:
@@ -325,17 +383,26 @@ def plan_evaluate(json_output: bool = typer.Option(False, "--json")) -> None:
 @plan_app.command("history")
 def plan_history(
     json_output: bool = typer.Option(False, "--json"),
-    last: int = typer.Option(10, "--last", help="How many executions (0 = all)."),
+    last: int = typer.Option(10, "--last", help="How many executions of each kind (0 = all)."),
+    kind: str = typer.Option("all", "--kind", help="recovery, drill or all."),
 ) -> None:
-    """Past plan executions with their step logs and RTO."""
+    """Past plan executions with their step logs and RTO: real recoveries, then drills."""
+    if kind not in ("all", "recovery", "drill"):
+        raise typer.BadParameter("one of recovery, drill, all", param_hint="--kind")
     executions = history(state.workspace())
-    if last:
-        executions = executions[-last:]
+    groups = {
+        name: [e for e in executions if e.kind == name][-last if last else 0 :]
+        for name in ("recovery", "drill")
+        if kind in ("all", name)
+    }
     if json_output:
-        print_json([e.to_dict() for e in executions])
+        chosen = sorted((e for group in groups.values() for e in group), key=lambda e: e.started)
+        print_json([{**e.to_dict(), "kind": e.kind} for e in chosen])
         return
-    if not executions:
-        console.print("no plan has run yet")
-    for execution in executions:
-        console.rule(execution.id)
-        _print_execution(execution)
+    for name, group in groups.items():
+        console.print(styled((f"{name.capitalize()} executions", "bold"), f" ({len(group)})"))
+        if not group:
+            console.print(f"  no {name} has run yet")
+        for execution in group:
+            console.rule(execution.id + (f" (drill {execution.drill})" if execution.drill else ""))
+            _print_execution(execution)

@@ -113,6 +113,33 @@ heartbeat_timeout = "5s"
 max_error_rate = 0.5
 interval = "1s"
 unhealthy_checks = 2
+require_approval = false     # --auto-failover waits for `mrbatch plan approve` (approval.timeout)
+evaluate_interval = "60s"    # `watch` runs `plan evaluate` and the standby parity checks
+
+[approval]
+timeout = "0s"               # without --yes or a terminal, wait this long for `plan approve`
+                             # or POST /api/plans/ID/approve (0: refuse at once)
+
+[rpo]
+# max_files = 0              # the rpo-gate step refuses a switch that would leave more inputs
+# max_bytes = "0B"           # (or bytes) behind without a per-key approval; unset: list only
+
+[reports]
+settle = "30s"               # a report waits this long for the runs in flight at the fence
+
+[drill]
+# every = "7d"               # `watch` runs `mrbatch drill` this often, inside a window below
+windows = []                 # e.g. ["sat 02:00-04:00", "mon-fri 13:00-14:00"] (UTC)
+freeze = false               # true: no drill starts (`mrbatch drill freeze` does it at run time)
+max_backlog = 100            # no drill while replication has more than this left to copy
+max_runs_in_flight = 10      # ... or the active region drives more runs than this
+files = 6                    # the drill's load: files of `rows` rows, uploaded through it
+rows = 500
+mode = "graceful"            # graceful: wait for replication without a bound; or ungraceful
+# rto_budget = "60s"         # each switch's RTO budget (default: failover.desired_rto)
+
+[tracing]
+# otlp_endpoint = "http://127.0.0.1:4318"   # OpenTelemetry traces over OTLP/HTTP (extra `otel`)
 
 [supervisor]
 restart = true               # start a region, replicator or gateway process again when it dies
@@ -126,11 +153,12 @@ stable_after = "60s"         # up this long: the next death pauses restart_backo
 #   {{ name = "both", parallel = [ {{ name = "a", run = "..." }}, {{ name = "b", run = "..." }} ] }}
 # Or put [failover] and [failback] in a file named here: file = "plans.toml"
 [plans.failover]
-steps = ["readiness", "approval", "fence", "wait-replication", "activate", "reconcile"]
+steps = ["readiness", "approval", "rpo-gate", "fence", "wait-replication", "activate",
+         "reconcile"]
 
 [plans.failback]
-steps = ["readiness", "catch-up", "approval", "fence", "wait-replication", "activate",
-         "reconcile", "standby-previous"]
+steps = ["readiness", "catch-up", "approval", "rpo-gate", "fence", "wait-replication",
+         "activate", "reconcile", "standby-previous"]
 """
 
 

@@ -16,6 +16,7 @@ __all__ = ["BUILTIN_STEPS", "DEFAULT_PLANS", "PlanConfig", "PlansConfig", "StepC
 BUILTIN_STEPS = (
     "readiness",
     "approval",
+    "rpo-gate",
     "fence",
     "wait-replication",
     "activate",
@@ -65,11 +66,20 @@ class PlanConfig(Section):
 
 
 DEFAULT_PLANS: dict[str, list[str]] = {
-    "failover": ["readiness", "approval", "fence", "wait-replication", "activate", "reconcile"],
+    "failover": [
+        "readiness",
+        "approval",
+        "rpo-gate",
+        "fence",
+        "wait-replication",
+        "activate",
+        "reconcile",
+    ],
     "failback": [
         "readiness",
         "catch-up",
         "approval",
+        "rpo-gate",
         "fence",
         "wait-replication",
         "activate",

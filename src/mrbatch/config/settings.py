@@ -36,6 +36,7 @@ from .pipelines import (
     resolve_spec,
 )
 from .plans import PlansConfig
+from .recovery import ApprovalConfig, DrillConfig, ReportsConfig, RpoConfig, TracingConfig
 from .values import ByteSize, Duration, Section
 
 __all__ = [
@@ -204,6 +205,10 @@ class WatchConfig(Section):
     interval: Duration = 1.0
     # Consecutive unhealthy checks before --auto-failover acts (one missed beat is not a failure).
     unhealthy_checks: int = Field(default=2, ge=1)
+    # --auto-failover waits at the plan's approval step for a person (see [approval]).
+    require_approval: bool = False
+    # How often `watch` runs `plan evaluate` and the standby parity checks (0: never).
+    evaluate_interval: Duration = 60.0
 
 
 class Config(BaseModel):
@@ -227,6 +232,11 @@ class Config(BaseModel):
     supervisor: SupervisorConfig = Field(default_factory=SupervisorConfig)
     etcd: EtcdConfig = Field(default_factory=EtcdConfig)
     dask: DaskConfig = Field(default_factory=DaskConfig)
+    approval: ApprovalConfig = Field(default_factory=ApprovalConfig)
+    rpo: RpoConfig = Field(default_factory=RpoConfig)
+    reports: ReportsConfig = Field(default_factory=ReportsConfig)
+    drill: DrillConfig = Field(default_factory=DrillConfig)
+    tracing: TracingConfig = Field(default_factory=TracingConfig)
     # Pipelines of the workspace's own, chosen by input prefix; [pipeline] is the default one.
     pipelines: dict[str, DeclaredPipeline] = Field(default_factory=dict)
     ingest: IngestConfig = Field(default_factory=IngestConfig)
@@ -301,6 +311,11 @@ class Config(BaseModel):
             raise ValueError(
                 f"notify.smtp_host is set but backends.notifier is {self.backends.notifier!r};"
                 ' set backends.notifier = "smtp" to send mail over SMTP'
+            )
+        if self.watch.require_approval and self.approval.timeout <= 0:
+            raise ValueError(
+                "watch.require_approval needs approval.timeout above 0 (how long a failover"
+                " waits for a person)"
             )
         return self
 

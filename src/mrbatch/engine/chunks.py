@@ -257,6 +257,8 @@ class ChunkStage(RunDriver):
         chunk.output_header, chunk.rejected_header = result.output_header, result.rejected_header
         chunk.counts = list(result.counts)
         chunk.region = self.region
+        chunk.ended_at = self.clock()
+        chunk.started_at = chunk.ended_at - result.seconds
         return self._save_chunk(progress, chunk)
 
     def _feed_merge(self, progress: Progress) -> None:

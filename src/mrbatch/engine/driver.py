@@ -32,6 +32,7 @@ from ..model.records import (
     RunStatus,
     run_pk,
 )
+from ..observe.tracing import trace_run
 from ..ports import (
     ControlPlane,
     Executor,
@@ -171,7 +172,10 @@ class RunDriver:
     def _transition(self, progress: Progress, status: RunStatus, note: str = "") -> bool:
         run = progress.run
         run.advance(status, region=self.region, epoch=run.epoch, note=note)
-        return self._save(progress)
+        saved = self._save(progress)
+        if saved and status.terminal:
+            trace_run(self.ws, run, progress.chunks.values())  # a no-op unless configured
+        return saved
 
     def _fail(self, progress: Progress, reason: str) -> None:
         progress.run.reason = reason

@@ -21,6 +21,7 @@ from concurrent.futures import FIRST_COMPLETED, wait
 
 from .. import backends
 from ..access.ledger import accept, accepted_in
+from ..config.fingerprint import fingerprint
 from ..config.workspace import Workspace
 from ..errors import MrbatchError, UnavailableError
 from ..maintain.gc import collect_garbage, purge_region, retention_window
@@ -70,6 +71,7 @@ class RegionProcess:
         # The loop's pause after failing passes in a row (a healthy pass waits poll_interval).
         self.loop_backoff = Backoff(base=2 * self.timing.poll_interval, cap=5.0)
         self.state = "starting"
+        self.fingerprint = fingerprint(ws)  # reported in heartbeats: standby parity
         self.last_error: str | None = None
         self.loop_errors = 0
         self._last_heartbeat = 0.0
@@ -341,6 +343,7 @@ class RegionProcess:
                     "mail_retrying": self.orch.mail_retrying(),
                     "loop_errors": self.loop_errors,
                     "last_error": self.last_error,
+                    **self.fingerprint,
                 },
             )
         except MrbatchError as exc:

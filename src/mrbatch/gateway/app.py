@@ -5,6 +5,7 @@
 - ``PUT /objects/{key}`` with the bearer token: an upload through the access point;
 - ``POST /ingest/{pipeline}`` with the bearer token: records sealed into input files;
 - ``/api/status``, ``/api/runs``, ``/api/runs/{id}``, ``/api/plans``, ``/healthz``;
+- ``POST /api/plans/{id}/approve|deny|mode`` with the bearer token: answers to a waiting plan;
 - ``/metrics`` in Prometheus format, and the dashboard at ``/``.
 
 ``mrbatch up`` starts it as a process; ``mrbatch gateway`` runs it alone. It binds to
@@ -40,10 +41,12 @@ from ..errors import (
     UsageError,
 )
 from ..observe.metrics import DeploymentCollector, Sampler
+from ..observe.recovery_metrics import RecoveryCollector
 from .api import DASHBOARD_DIR, api_router
 from .guard import RequestGuard
 from .ingest import IngestService, ingest_router
 from .objects import ObjectMetrics, objects_router
+from .plans import plans_router
 
 __all__ = ["create_app", "serve", "status_for"]
 
@@ -97,6 +100,7 @@ def create_app(ws: Workspace, *, sampler: Sampler | None = None) -> FastAPI:
     sampler = sampler or Sampler(ws)
     registry = CollectorRegistry(auto_describe=False)
     registry.register(DeploymentCollector(ws, sampler))
+    registry.register(RecoveryCollector(ws))
     object_metrics = ObjectMetrics(registry)
     access = AccessPoint(ws)
     ingest = IngestService(ws, access)
@@ -117,6 +121,7 @@ def create_app(ws: Workspace, *, sampler: Sampler | None = None) -> FastAPI:
     app.include_router(objects_router(ws, access, object_metrics))
     app.include_router(ingest_router(ws, ingest))
     app.include_router(api_router(ws, sampler, registry))
+    app.include_router(plans_router(ws))
     app.mount("/static", StaticFiles(directory=DASHBOARD_DIR), name="static")
     app.add_middleware(RequestGuard, ws=ws)  # inside the headers: refusals carry them too
     app.add_middleware(_SecurityHeaders)

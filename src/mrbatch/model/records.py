@@ -277,6 +277,9 @@ class ChunkRun:
     last_error: str | None = None
     counts: list[str] = field(default_factory=list)  # values of the expected-count column
     round: int = 0  # the run's ``redriven`` count when this record was created or reset
+    # When the task that produced the outputs ran (the worker's own measure; traces use it).
+    started_at: float | None = None
+    ended_at: float | None = None
 
     def to_body(self) -> dict[str, Any]:
         body = dataclasses.asdict(self)

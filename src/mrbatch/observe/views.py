@@ -14,6 +14,7 @@ from ..model.records import RUN, FileRun, run_pk
 from ..runtime import supervisor
 from ..runtime.replication import region_backlog
 from ..runtime.restarter import read_state
+from .recovery_metrics import EVALUATION_DOC, evaluation_summary
 
 __all__ = ["all_runs", "find_run", "input_key", "status"]
 
@@ -42,6 +43,8 @@ def status(ws: Workspace) -> dict[str, Any]:
         heartbeats = control.heartbeats()
         result.update(active_region=routing.active_region, epoch=routing.epoch, phase=routing.phase)
         states = dict(routing.regions)
+        evaluation = control.documents(EVALUATION_DOC).get(EVALUATION_DOC)
+        result["plan_evaluation"] = evaluation_summary(evaluation, now)
     except MrbatchError as exc:
         states = {}
         result["control_plane_error"] = str(exc)

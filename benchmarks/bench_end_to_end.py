@@ -1,35 +1,55 @@
-"""End to end against the bare baseline, in one run on this machine.
+"""End to end as a user runs it, against the bare baseline, in one run on this machine.
 
-    python benchmarks/bench_end_to_end.py [ROWS ...] [--reference-rows N] [--work DIR] [--json]
-                                          [--aws]
+    python benchmarks/bench_end_to_end.py [ROWS ...] [--reference-rows N] [--chunk-rows N]
+        [--repeat 3] [--quoted] [--without-standby-replicator] [--work DIR] [--json]
+        [--executor process-pool|dask] [--workers N] [--aws]
 
-For each size: generate an orders file (uuids from a reference of --reference-rows), run the bare
-polars script on it (benchmarks/bare_polars.py) and time it, then run it through a real
-two-region deployment (put through the access point -> published output) and time that. Prints
-both times, their ratio and the peak RSS (VmHWM) of every mrbatch process, and checks that
-mrbatch's output is byte-identical to the baseline's.
+For each size: generate an orders file (uuids from a reference of --reference-rows; with
+--quoted every field is quoted, as spreadsheet and database exports write them) and, in
+alternation, time
+
+- the bare polars script (benchmarks/bare_polars.py: read as text, validate, join, write; no
+  durability) as its own process, and
+- the user's path on a real two-region deployment: `mrbatch put FILE` then `mrbatch wait KEY`,
+  two commands run as subprocesses, from before the first starts to the second's exit (the run
+  is COMPLETED: published, mailed, recorded).
+
+Prints the user path first (medians, ratio, byte-identical output), then where the time went,
+from the run's own history: the upload (the put command), claim, split, chunks, merge, publish,
+mail, and how long `wait` took to notice; then the peak RSS (VmHWM) of every mrbatch process.
+--without-standby-replicator stops the standby's replicator, to show what replication costs
+the active region. --executor dask runs the chunk tasks on a Dask LocalCluster of --workers
+worker processes in each region process (the process pool's default is one worker per core).
 
 With --aws, the same file also goes through a deployment on S3 + DynamoDB served by moto's
-server mode (started here on 127.0.0.1), alternating with the embedded stack; every S3 and
-DynamoDB request of every mrbatch process is counted (MRBATCH_AWS_TRACE) and reported per file,
-with the peak RSS of the mrbatch processes and, apart, of the test server.
+server mode (started here on 127.0.0.1; polls at 250 ms, every idle poll being a request),
+alternating bare script -> embedded stack -> S3 + DynamoDB stack, each deployment running only
+during its own runs (an idle one would add noise to the others). Every S3 and DynamoDB request
+of every mrbatch process (regions, their workers, replicators, gateway, the `put` command; not
+the polling of `wait`) is counted (MRBATCH_AWS_TRACE) and reported per file, with the peak RSS
+of the mrbatch processes and, apart, of the test server.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from statistics import median
+from typing import Any
+
+import polars as pl
 
 from mrbatch import backends
-from mrbatch.access.accesspoint import AccessPoint
 from mrbatch.cli.deploy import wait_until_up
 from mrbatch.config.initialize import init_workspace
 from mrbatch.config.workspace import Workspace
@@ -39,11 +59,11 @@ from mrbatch.proof.generate import write_orders, write_reference
 from mrbatch.runtime import supervisor
 
 HERE = Path(__file__).resolve().parent
+TRACE_ENV = "MRBATCH_AWS_TRACE"  # mrbatch.backends.aws logs every request there when set
+PHASES = ("upload", "claim", "split", "chunks", "merge", "publish", "mail", "notice")
 
 
 def _free_port() -> int:
-    import socket
-
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
@@ -57,14 +77,12 @@ def bare(orders: Path, reference: Path, output: Path) -> tuple[float, int]:
     )
     _, status, usage = os.wait4(child.pid, 0)
     elapsed = time.perf_counter() - start
-    child.returncode = os.waitstatus_to_exitcode(status)
-    if child.returncode:
-        raise SystemExit(f"baseline failed with exit code {child.returncode}")
+    if os.waitstatus_to_exitcode(status):
+        raise SystemExit("the baseline failed")
     return elapsed, usage.ru_maxrss * 1024
 
 
 def _peak_rss(pid: int) -> int:
-    """VmHWM: the most resident memory the process ever had, in bytes."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmHWM:"):
             return int(line.split()[1]) * 1024
@@ -72,11 +90,19 @@ def _peak_rss(pid: int) -> int:
 
 
 def _children(pid: int) -> list[int]:
+    """Children started by any thread of ``pid`` (a Dask nanny starts its worker from a thread
+    of its own)."""
+    found: list[int] = []
     try:
-        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+        tasks = list(Path(f"/proc/{pid}/task").iterdir())
     except OSError:
         return []
-    return [int(p) for p in text.split()]
+    for task in tasks:
+        try:
+            found.extend(int(p) for p in (task / "children").read_text().split())
+        except OSError:
+            continue
+    return sorted(set(found))
 
 
 def process_peaks(ws: Workspace) -> dict[str, int]:
@@ -93,20 +119,57 @@ def process_peaks(ws: Workspace) -> dict[str, int]:
     return peaks
 
 
-def _wait_run(ws: Workspace, key: str, sha256: str, timeout: float) -> FileRun:
-    table = backends.open_state_table(ws, ws.regions[0])
-    pk = run_pk(run_id_for(key, sha256))
-    # The times come from the run's own history; polling a network table often only loads it.
-    pause = 0.005 if ws.config.backends.state_table == "sqlite" else 0.2
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        record = table.get(pk)
-        if record is not None:
-            run = FileRun.from_record(record)
-            if run.status.terminal:
-                return run
-        time.sleep(pause)
-    raise SystemExit(f"{key} did not finish within {timeout}s")
+def _cli(ws: Workspace, *args: str, traced: bool = True) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ)
+    if not traced:  # its requests are not the file's work (`wait` polling for the result)
+        env.pop(TRACE_ENV, None)
+    return subprocess.run(
+        [sys.executable, "-m", "mrbatch.cli.main", *args],
+        cwd=ws.root, capture_output=True, text=True, timeout=1800, env=env,
+    )  # fmt: skip
+
+
+def user_path(ws: Workspace, orders: Path, key: str) -> dict[str, Any]:
+    """`mrbatch put` then `mrbatch wait`, as subprocesses; the run's phases from its history."""
+    start = time.time()
+    put = _cli(ws, "put", str(orders), "--key", key, "--json")
+    put_done = time.time()
+    if put.returncode:
+        raise SystemExit(f"mrbatch put failed: {put.stderr}")
+    sha256 = json.loads(put.stdout)["sha256"]
+    waited = _cli(ws, "wait", key, "--timeout", "1800", traced=False)
+    end = time.time()
+    if waited.returncode:
+        raise SystemExit(f"mrbatch wait failed: {waited.stdout}{waited.stderr}")
+    record = backends.open_state_table(ws, ws.regions[0]).get(run_pk(run_id_for(key, sha256)))
+    assert record is not None
+    run = FileRun.from_record(record)
+    if run.status is not RunStatus.COMPLETED:
+        raise SystemExit(f"the run failed: {run.reason}")
+    at = {h["status"]: h["at"] for h in run.history}
+    phases = {
+        "upload": put_done - start,
+        "claim": run.claimed_at - put_done,
+        "split": at["SPLIT"] - run.claimed_at,
+        "chunks": at["MERGED"] - at["SPLIT"],  # chunk tasks and the streamed merge overlap
+        "merge": 0.0,
+        "publish": at["PUBLISHED"] - at["MERGED"],
+        "mail": at["COMPLETED"] - at["PUBLISHED"],
+        "notice": end - at["COMPLETED"],
+    }
+    return {
+        "total_s": end - start,
+        "window": (start, end),
+        "phases": phases,
+        "chunks": len(run.chunks),
+        "sha256": run.output_sha256 or "",
+    }
+
+
+def _quote_all(source: Path, target: Path) -> Path:
+    frame = pl.read_csv(source, infer_schema=False)
+    frame.write_csv(target, quote_style="always")
+    return target
 
 
 class Moto:
@@ -130,122 +193,157 @@ class Moto:
                     return
             except OSError:
                 time.sleep(0.1)
+        self.stop()
         raise SystemExit("moto_server did not start")
 
     def stop(self) -> int:
-        """Stop it; returns its peak RSS (bytes)."""
-        peak = _peak_rss(self.proc.pid)
+        """Stop it (by its pid); returns its peak RSS (bytes)."""
+        try:
+            peak = _peak_rss(self.proc.pid)
+        except OSError:
+            peak = 0
         self.proc.terminate()
         self.proc.wait(timeout=30)
         return peak
 
 
-def requests_between(trace: Path, start: float, end: float, put_end: float) -> dict[str, int]:
-    """Requests logged by every mrbatch process in [start, end], by service and operation;
-    of this process's own, only the upload's (not its polling for the result)."""
+def requests_between(trace: Path, start: float, end: float) -> dict[str, int]:
+    """Requests logged by the mrbatch processes in [start, end], by service and operation
+    (this process's own, reading the result after the window, are not in it)."""
     counts: dict[str, int] = {}
     mine = str(os.getpid())
     if trace.exists():
         for line in trace.read_text().splitlines():
             at, pid, service, operation, *_ = line.split()
-            if start <= float(at) <= (put_end if pid == mine else end):
+            if pid != mine and start <= float(at) <= end:
                 counts[f"{service} {operation}"] = counts.get(f"{service} {operation}", 0) + 1
     return counts
 
 
-def mrbatch_run(ws: Workspace, orders: Path, key: str) -> dict[str, float | int | str]:
-    access = AccessPoint(ws)
-    start = time.time()
-    with orders.open("rb") as handle:
-        info = access.put(key, handle).info
-    put_done = time.time()
-    run = _wait_run(ws, info.key, info.sha256, timeout=600)
-    if run.status is not RunStatus.COMPLETED:
-        raise SystemExit(f"the mrbatch run failed: {run.reason}")
-    published = next(h["at"] for h in run.history if h["status"] == "PUBLISHED")
-    completed = next(h["at"] for h in run.history if h["status"] == "COMPLETED")
-    return {
-        "put_s": put_done - start,
-        "published_s": published - start,
-        "completed_s": completed - start,
-        "chunks": len(run.chunks),
-        "rows_out": run.rows_out or 0,
-        "sha256": run.output_sha256 or "",
-    }
+def _workspace(
+    args: argparse.Namespace, root: Path, reference: Path, moto: Moto | None = None
+) -> Workspace:
+    aws = (
+        {"object_store": "s3", "state_table": "dynamodb", "endpoint_url": moto.url}
+        if moto is not None
+        else {}
+    )
+    ws = init_workspace(
+        root, port=_free_port(), chunk_rows=args.chunk_rows, executor=args.executor, **aws
+    )
+    text = ws.config_path.read_text()
+    if args.workers:
+        text = text.replace("\nworkers = 0 ", f"\nworkers = {args.workers} ")
+    if moto is not None:  # every idle poll is a request: 4 a second per process
+        text = text.replace('poll_interval = "50ms"', 'poll_interval = "250ms"')
+        text = text.replace('\ninterval = "100ms"', '\ninterval = "250ms"')
+    ws.config_path.write_text(text)
+    ws = Workspace.load(ws.config_path)
+    for region in ws.regions:
+        backends.open_object_store(ws, region).put(
+            "reference/financial.csv", reference.read_bytes()
+        )
+    return ws
 
 
-def measure(
-    stacks: dict[str, Workspace],
-    orders: Path,
-    rows: int,
-    warm: Path,
-    reference: Path,
-    work: Path,
-    args: argparse.Namespace,
-    trace: Path,
-) -> list[tuple[str, dict[str, object]]]:
-    """One size: the bare script and each stack in turn, ``args.repeat`` times. A stack's
-    deployment runs only during its own runs (so an idle one adds no noise to the others);
-    the first start of each warms its columnar copy of the reference, as a deployment that
-    already processed a file has."""
+@contextlib.contextmanager
+def deployed(ws: Workspace, args: argparse.Namespace, warm: Path | None) -> Iterator[None]:
+    """The deployment runs inside; warmed first with ``warm`` when given: the region prepares
+    its columnar copy of this reference version once, as a deployment that already processed
+    a file has."""
+    since = time.time()
+    supervisor.start(ws)
+    try:
+        wait_until_up(ws, since)
+        if args.without_standby_replicator:
+            supervisor.stop(ws, only=[supervisor.Proc("replicator", ws.regions[1])])
+        if warm is not None:
+            user_path(ws, warm, "input/warm.csv")
+        yield
+    finally:
+        supervisor.stop(ws)
+
+
+def run_size(
+    args: argparse.Namespace, work: Path, reference: Path, rows: int, moto: Moto | None
+) -> list[dict[str, Any]]:
+    orders = write_orders(work / f"orders-{rows}.csv", rows, reference_rows=args.reference_rows)
+    if args.quoted:
+        orders = _quote_all(orders, work / f"orders-{rows}-quoted.csv")
+    stacks = {"embedded": _workspace(args, work / f"ws-{rows}", reference)}
+    if moto is not None:
+        stacks["aws"] = _workspace(args, work / f"ws-{rows}-aws", reference, moto)
+    warm = write_orders(work / "warm.csv", 1_000, reference_rows=args.reference_rows, seed=7)
+    trace = Path(os.environ.get(TRACE_ENV, work / "aws-requests.log"))
     bare_runs: list[tuple[float, int]] = []
-    ours: dict[str, list[dict[str, float | int | str]]] = {name: [] for name in stacks}
+    ours: dict[str, list[dict[str, Any]]] = {name: [] for name in stacks}
     peaks: dict[str, dict[str, int]] = {name: {} for name in stacks}
-    requests: dict[str, list[dict[str, int]]] = {name: [] for name in stacks}
-    for n in range(args.repeat):
-        # Alternate, so background noise hits every one alike; medians reported.
-        bare_runs.append(bare(orders, reference, work / f"bare-{rows}.csv"))
-        for name, ws in stacks.items():
-            since = time.time()
-            supervisor.start(ws)
-            try:
-                wait_until_up(ws, since)
-                if n == 0:
-                    mrbatch_run(ws, warm, f"input/warm-{rows}.csv")
-                start = time.time()
-                ours[name].append(mrbatch_run(ws, orders, f"input/orders-{rows}-{n}.csv"))
-                put_end = start + float(ours[name][-1]["put_s"])
-                requests[name].append(requests_between(trace, start, time.time(), put_end))
-                for label, peak in process_peaks(ws).items():
-                    peaks[name][label] = max(peaks[name].get(label, 0), peak)
-            finally:
-                supervisor.stop(ws)
+    with contextlib.ExitStack() as alone:
+        if len(stacks) == 1:  # one deployment: up throughout, as a user's is
+            alone.enter_context(deployed(stacks["embedded"], args, warm))
+        for n in range(args.repeat):
+            # Alternate, so background noise hits every one alike; medians reported.
+            bare_runs.append(bare(orders, reference, work / f"bare-{rows}.csv"))
+            for name, ws in stacks.items():
+                with contextlib.ExitStack() as turn:
+                    if len(stacks) > 1:  # several: each runs only during its own runs
+                        turn.enter_context(deployed(ws, args, warm if n == 0 else None))
+                    ours[name].append(user_path(ws, orders, f"input/orders-{rows}-{n}.csv"))
+                    ours[name][-1]["requests"] = requests_between(trace, *ours[name][-1]["window"])
+                    for label, peak in process_peaks(ws).items():
+                        peaks[name][label] = max(peaks[name].get(label, 0), peak)
     bare_sha = hashlib.sha256((work / f"bare-{rows}.csv").read_bytes()).hexdigest()
     bare_s = median(t for t, _ in bare_runs)
-    found = []
-    for name in stacks:
-        runs = ours[name]
-        ours_s = median(float(o["published_s"]) for o in runs)
-        counted = requests[name]
-        figures: dict[str, object] = {
-            "rows": rows,
-            "repeat": args.repeat,
-            "bare_s": round(bare_s, 3),
-            "bare_runs_s": [round(t, 3) for t, _ in bare_runs],
-            "bare_peak_rss_mb": round(max(m for _, m in bare_runs) / 2**20, 1),
-            "mrbatch_published_s": round(ours_s, 3),
-            "mrbatch_runs_s": [round(float(o["published_s"]), 3) for o in runs],
-            "mrbatch_completed_s": round(median(float(o["completed_s"]) for o in runs), 3),
-            "mrbatch_put_s": round(median(float(o["put_s"]) for o in runs), 3),
-            "ratio": round(ours_s / bare_s, 2),
-            "chunks": runs[0]["chunks"],
-            "identical_output": all(o["sha256"] == bare_sha for o in runs),
-            "peak_rss_mb": {k: round(v / 2**20, 1) for k, v in sorted(peaks[name].items())},
-            "largest_process_mb": round(max(peaks[name].values()) / 2**20, 1),
+    return [
+        _figures(args, rows, name, ours[name], peaks[name], bare_runs, bare_s, bare_sha)
+        for name in stacks
+    ]
+
+
+def _figures(
+    args: argparse.Namespace,
+    rows: int,
+    stack: str,
+    runs: list[dict[str, Any]],
+    peaks: dict[str, int],
+    bare_runs: list[tuple[float, int]],
+    bare_s: float,
+    bare_sha: str,
+) -> dict[str, Any]:
+    ours_s = median(o["total_s"] for o in runs)
+    shares = {p: median(o["phases"][p] for o in runs) for p in PHASES}
+    figures: dict[str, Any] = {
+        "stack": stack,
+        "rows": rows,
+        "executor": args.executor,
+        "quoted": args.quoted,
+        "standby_replicator": not args.without_standby_replicator,
+        "repeat": args.repeat,
+        "bare_s": round(bare_s, 3),
+        "bare_runs_s": [round(t, 3) for t, _ in bare_runs],
+        "bare_peak_rss_mb": round(max(m for _, m in bare_runs) / 2**20, 1),
+        "user_path_s": round(ours_s, 3),
+        "user_path_runs_s": [round(o["total_s"], 3) for o in runs],
+        "ratio": round(ours_s / bare_s, 2),
+        "phases_s": {p: round(v, 3) for p, v in shares.items()},
+        "chunks": runs[0]["chunks"],
+        "identical_output": all(o["sha256"] == bare_sha for o in runs),
+        "peak_rss_mb": {k: round(v / 2**20, 1) for k, v in sorted(peaks.items())},
+        "largest_process_mb": round(max(peaks.values()) / 2**20, 1),
+    }
+    counted = [o["requests"] for o in runs]
+    if any(counted):
+        for service in ("s3", "dynamodb"):
+            per_run = [sum(v for k, v in c.items() if k.startswith(service)) for c in counted]
+            figures[f"{service}_requests_per_file"] = int(median(per_run))
+        totals: dict[str, int] = {}
+        for c in counted:
+            for k, v in c.items():
+                totals[k] = totals.get(k, 0) + v
+        figures["requests_by_operation"] = {
+            k: round(v / len(counted)) for k, v in sorted(totals.items(), key=lambda kv: -kv[1])
         }
-        if any(counted):
-            for service in ("s3", "dynamodb"):
-                per_run = [sum(v for k, v in c.items() if k.startswith(service)) for c in counted]
-                figures[f"{service}_requests_per_file"] = int(median(per_run))
-            totals: dict[str, int] = {}
-            for c in counted:
-                for k, v in c.items():
-                    totals[k] = totals.get(k, 0) + v
-            figures["requests_by_operation"] = {
-                k: round(v / len(counted)) for k, v in sorted(totals.items(), key=lambda kv: -kv[1])
-            }
-        found.append((name, figures))
-    return found
+    return figures
 
 
 def main() -> int:
@@ -257,67 +355,48 @@ def main() -> int:
     parser.add_argument("--chunk-rows", type=int, default=100_000)
     parser.add_argument("--work", type=Path, default=Path("bench-work"))
     parser.add_argument("--repeat", type=int, default=3, help="runs per size (medians shown)")
+    parser.add_argument("--quoted", action="store_true", help="every field quoted")
+    parser.add_argument("--without-standby-replicator", action="store_true")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
+    parser.add_argument("--executor", choices=["process-pool", "dask"], default="process-pool")
+    parser.add_argument("--workers", type=int, default=0, help="chunk workers (0: one per core)")
     parser.add_argument("--aws", action="store_true", help="also on S3 + DynamoDB (moto)")
     args = parser.parse_args()
-
     work = args.work.resolve()
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     reference = write_reference(work / "financial.csv", args.reference_rows)
-    stacks = {
-        "embedded": init_workspace(work / "ws", port=_free_port(), chunk_rows=args.chunk_rows)
-    }
     moto = Moto() if args.aws else None
-    trace = work / "aws-requests.log"
     if moto is not None:
-        os.environ["MRBATCH_AWS_TRACE"] = str(trace)
-        aws = init_workspace(
-            work / "ws-aws",
-            port=_free_port(),
-            chunk_rows=args.chunk_rows,
-            object_store="s3",
-            state_table="dynamodb",
-            endpoint_url=moto.url,
-        )
-        text = aws.config_path.read_text()  # every idle poll is a request: 4 a second
-        text = text.replace('poll_interval = "50ms"', 'poll_interval = "250ms"')
-        aws.config_path.write_text(text.replace('interval = "100ms"', 'interval = "250ms"'))
-        stacks["aws"] = Workspace.load(aws.config_path)
-    for ws in stacks.values():
-        for region in ws.regions:
-            backends.open_object_store(ws, region).put(
-                "reference/financial.csv", reference.read_bytes()
-            )
-    warm = write_orders(work / "warm.csv", 1_000, reference_rows=args.reference_rows, seed=7)
-    results = []
+        os.environ[TRACE_ENV] = str(work / "aws-requests.log")
     try:
-        for rows in args.rows:
-            orders = write_orders(
-                work / f"orders-{rows}.csv", rows, reference_rows=args.reference_rows
-            )
-            for name, figures in measure(stacks, orders, rows, warm, reference, work, args, trace):
-                results.append({"stack": name, **figures})
+        results = [r for rows in args.rows for r in run_size(args, work, reference, rows, moto)]
     finally:
         moto_peak = moto.stop() if moto is not None else 0
+    shutil.rmtree(work, ignore_errors=True)
     if moto is not None:
         print(f"moto_server peak RSS: {moto_peak / 2**20:.0f} MB (the test endpoint)")
     if args.json:
         print(json.dumps(results, indent=2))
         return 0
     print(
-        f"{'stack':>8} {'rows':>10} {'bare s':>8} {'mrbatch s':>10} {'ratio':>6}"
+        f"{'stack':>8} {'rows':>10} {'bare s':>8} {'put+wait s':>11} {'ratio':>6}"
         f" {'largest RSS MB':>15} {'identical':>9} {'S3 req':>7} {'DDB req':>7}"
     )
     for r in results:
         s3, ddb = r.get("s3_requests_per_file", "-"), r.get("dynamodb_requests_per_file", "-")
         print(
-            f"{r['stack']:>8} {r['rows']:>10,} {r['bare_s']:>8.2f}"
-            f" {r['mrbatch_published_s']:>10.2f} {r['ratio']:>6.2f}"
-            f" {r['largest_process_mb']:>15.1f} {r['identical_output']!s:>9} {s3!s:>7} {ddb!s:>7}"
+            f"{r['stack']:>8} {r['rows']:>10,} {r['bare_s']:>8.2f} {r['user_path_s']:>11.2f}"
+            f" {r['ratio']:>6.2f} {r['largest_process_mb']:>15.1f}"
+            f" {r['identical_output']!s:>9} {s3!s:>7} {ddb!s:>7}"
         )
     for r in results:
-        print(f"\n{r['stack']}, {r['rows']:,} rows, peak RSS per process (MB): {r['peak_rss_mb']}")
+        total = sum(r["phases_s"].values()) or 1.0
+        parts = "  ".join(
+            f"{p} {v:.2f}s ({v / total:.0%})" for p, v in r["phases_s"].items() if p != "merge"
+        )
+        print(f"\n{r['stack']}, {r['rows']:,} rows: {parts}")
+        print(f"  peak RSS per process (MB): {r['peak_rss_mb']}")
         if "requests_by_operation" in r:
             print(f"  requests per file by operation: {r['requests_by_operation']}")
     return 0

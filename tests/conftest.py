@@ -14,6 +14,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -28,16 +29,14 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def make_workspace(root: Path, **overrides: object) -> Workspace:
-    """A fresh workspace; ``overrides`` are TOML lines appended per section, e.g.
-    ``pipeline={"chunk_rows": 500}`` (``init={...}``: arguments of ``init_workspace``)."""
-    init: dict[str, str] = overrides.pop("init", None) or {}  # type: ignore[assignment]
-    ws = init_workspace(
-        root,
-        port=free_port(),
-        chunk_rows=int(overrides.pop("chunk_rows", 2_500)),  # type: ignore[call-overload]
-        **init,  # type: ignore[arg-type]
-    )
+def make_workspace(
+    root: Path, *, init: dict[str, Any] | None = None, **overrides: object
+) -> Workspace:
+    """A fresh workspace; ``init`` are options of ``mrbatch init`` (``control_plane``,
+    ``etcd_endpoints``...); ``overrides`` are TOML lines appended per section, e.g.
+    ``pipeline={"chunk_rows": 500}``."""
+    chunk_rows = int(overrides.pop("chunk_rows", 2_500))  # type: ignore[call-overload]
+    ws = init_workspace(root, port=free_port(), chunk_rows=chunk_rows, **(init or {}))
     if overrides:
         text = ws.config_path.read_text()
         for section, values in overrides.items():
@@ -63,6 +62,8 @@ def _set(text: str, section: str, key: str, value: object) -> str:
     """Set ``key`` in ``[section]`` of the TOML text written by init (replace or add)."""
     lines = text.splitlines()
     header = f"[{section}]"
+    if header not in lines:  # a section init does not write: add it
+        lines += ["", header]
     start = lines.index(header)
     end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("[")), len(lines))
     for i in range(start + 1, end):
@@ -72,6 +73,21 @@ def _set(text: str, section: str, key: str, value: object) -> str:
             return "\n".join(lines) + "\n"
     lines.insert(start + 1, f"{key} = {_toml(value)}")
     return "\n".join(lines) + "\n"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _shared_servers() -> Iterator[None]:
+    """Servers several tests share (the contract suites' etcd cluster, the S3/DynamoDB test
+    server of tests/moto_server.py), each started on first use, stop with the session, before
+    it checks that nothing it started outlived it."""
+    yield
+    from tests.etcd_cluster import stop_shared_cluster
+    from tests.moto_server import stop_shared
+
+    try:
+        stop_shared_cluster()
+    finally:
+        stop_shared()
 
 
 @pytest.fixture
@@ -115,16 +131,6 @@ class Deployment:
 def deployment(workspace: Workspace) -> Iterator[Deployment]:
     with Deployment(workspace) as dep:
         yield dep
-
-
-@pytest.fixture(scope="session", autouse=True)
-def _stop_moto_server() -> Iterator[None]:
-    """The S3/DynamoDB test server (tests/moto_server.py) starts on first use; it stops here,
-    before the session checks that nothing it started outlived it."""
-    yield
-    from tests.moto_server import stop_shared
-
-    stop_shared()
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

@@ -28,7 +28,8 @@ class InProcess:
     def request(self, method: str, url: str, **kwargs: object) -> httpx.Response:
         async def send() -> httpx.Response:
             transport = httpx.ASGITransport(app=self.app)  # type: ignore[arg-type]
-            async with httpx.AsyncClient(transport=transport, base_url="http://gw") as client:
+            base = "http://localhost"  # a Host the gateway answers to
+            async with httpx.AsyncClient(transport=transport, base_url=base) as client:
                 return await client.request(method, url, **kwargs)  # type: ignore[arg-type]
 
         return asyncio.run(send())

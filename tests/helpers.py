@@ -100,3 +100,20 @@ def mrbatch(
         timeout=timeout,
         env=dict(env) if env is not None else None,
     )
+
+
+def daemon_processes(ws: Workspace) -> dict[int, str]:
+    """Every ``mrbatch.runtime.daemon`` process of this workspace that still runs (pid ->
+    command line), found by scanning /proc rather than trusting any pid file."""
+    found: dict[int, str] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue  # gone meanwhile
+        words = [a.decode(errors="replace") for a in argv if a]
+        if "mrbatch.runtime.daemon" in words and str(ws.config_path) in words:
+            found[int(entry.name)] = " ".join(words)
+    return found

@@ -14,6 +14,8 @@ import sys
 # executable -> Debian package providing it
 DEBIAN: dict[str, str] = {
     "chromium": "chromium",  # the dashboard's browser test (driven by playwright, headless)
+    "strace": "strace",  # the durable-acknowledgement test traces the syscalls of an upload
+    "etcd": "etcd-server",  # the etcd control plane's tests: a three-member cluster (3.4)
 }
 
 

@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from mrbatch.config.initialize import sample_bytes
-from mrbatch.config.settings import load_config, parse_duration
+from mrbatch.config.settings import load_config
+from mrbatch.config.values import parse_duration
 from mrbatch.config.workspace import Workspace, find_config
 from mrbatch.errors import ConfigError
 
@@ -134,7 +135,8 @@ def test_errors_name_the_file_and_the_key(tmp_path: Path, text: str, key: str, w
     ("schema", "words"),
     [
         ("{", "not valid JSON"),
-        ('{"type": "object", "properties": {"a": {"type": "integer"}}}', "integer"),
+        ('{"type": "object", "properties": {"a": {"type": "array"}}}', "array"),
+        ('{"properties": {"a": {"minimum": 1}}}', "minimum"),
         ('{"properties": {"a": {"pattern": "(?<=x)y"}}}', "pattern"),
     ],
 )

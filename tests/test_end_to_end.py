@@ -117,7 +117,9 @@ def test_links_refuse_altered_expired_and_missing(deployment: Deployment) -> Non
     assert _http(good) == (200, b"a,b\n1,2\n")
     assert _http(good.replace("signature=", "signature=0"))[0] == 403
     assert _http(good.replace("output/direct.csv", "output/other.csv"))[0] == 403
-    expired = presign(ws.signing_key, ws.gateway_url, "output/direct.csv", expires_in=-1)
+    expired = presign(
+        ws.signing_key, ws.gateway_url, "output/direct.csv", expires_in=1, now=time.time() - 10
+    )
     assert _http(expired)[0] == 403
     missing = presign(ws.signing_key, ws.gateway_url, "output/missing.csv", expires_in=60)
     assert _http(missing)[0] == 404

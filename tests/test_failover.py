@@ -81,6 +81,7 @@ def test_kill_the_active_region_mid_run_and_fail_over(dep: Deployment) -> None:
     assert [s["name"] for s in execution["steps"]] == [
         "readiness",
         "approval",
+        "rpo-gate",
         "fence",
         "wait-replication",
         "activate",
@@ -208,6 +209,12 @@ def test_failback_round_trip_under_a_trickle_of_uploads(dep: Deployment) -> None
 
 def test_two_concurrent_failovers_one_wins(dep: Deployment) -> None:
     ws = dep.ws
+    # However slowly the second command starts on a loaded machine, it may not switch back:
+    # the anti-flap rule holds for an hour.
+    text = ws.config_path.read_text().replace(
+        'min_switch_interval = "1s"', 'min_switch_interval = "1h"'
+    )
+    ws.config_path.write_text(text)
     command = [sys.executable, "-m", "mrbatch.cli.main", "failover", "--yes"]
     procs = [
         subprocess.Popen(
@@ -326,7 +333,9 @@ def test_plans_as_code_custom_steps(tmp_path: Path) -> None:
         'steps = ["readiness", { name = "broken", run = "no-such-command-xyz" }, "fence",'
         ' "activate"]\n'
     )
-    env = {**os.environ, "PYTHONPATH": str(tmp_path)}
+    # The hooks module is found beside the workspace; whatever else is on the path stays.
+    paths = [str(tmp_path), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(paths)}
     dep = Deployment(Workspace.load(ws.config_path))
     dep.up()
     try:
@@ -406,10 +415,13 @@ def _with_plans(tmp_path: Path, plans_toml: str) -> Deployment:
 
 
 def test_a_step_that_overruns_its_timeout_aborts_before_the_fence(tmp_path: Path) -> None:
+    started = tmp_path / "started.pid"
+    # The command starts a child of its own and waits for it: the timeout must end both.
+    slow = f"sleep 30 & echo $! > {started}; wait"
     dep = _with_plans(
         tmp_path,
-        '[failover]\nsteps = ["readiness", { name = "slow", run = "sleep 5", timeout = "300ms" },'
-        ' "fence", "activate"]\n'
+        f'[failover]\nsteps = ["readiness", {{ name = "slow", run = "{slow}",'
+        ' timeout = "300ms" }, "fence", "activate"]\n'
         '[failback]\nsteps = ["readiness", "fence", "activate"]\n',
     )
     try:
@@ -422,6 +434,8 @@ def test_a_step_that_overruns_its_timeout_aborts_before_the_fence(tmp_path: Path
         assert slow["ended"] - slow["started"] < 3
         assert execution["outcome"] == "aborted"
         assert backends.open_control_plane(dep.ws).routing().epoch == 1
+        child = int(started.read_text())
+        eventually(lambda: not Path(f"/proc/{child}").exists(), 10, "the step's child to end")
     finally:
         dep.down()
 

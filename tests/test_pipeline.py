@@ -591,3 +591,35 @@ def test_rejected_extra_is_json() -> None:
     out = run('id,name\n001,a,"b,""c"\n')
     (row,) = parse(out.rejected)
     assert json.loads(row[-1]) == ['b,"c']
+
+
+# --------------------------------------------------------------------------- hardening
+
+
+def test_cr_only_line_endings_are_named() -> None:
+    data = "id,name,kind\r101,ann,a\r102,bob,b\r"
+    with pytest.raises(InputError, match=r"end with CR alone") as caught:
+        run(data)
+    assert "LF" in (caught.value.hint or "")
+
+
+def test_a_quoted_field_longer_than_the_csv_module_default_is_read_whole() -> None:
+    long = "x" * (200 << 10)  # past the stdlib csv module's default 128 KiB field limit
+    out = run(f'id,name,kind\n101,"{long}",a\n102,bob,b\n')
+    assert (out.rows_out, out.rows_rejected) == (1, 1)
+    [row] = rejected(out)  # `mrbatch errors` reads it back whole
+    assert row["values"]["name"] == long and "longer than 5" in row["reason"]
+    assert parse(out.output) == [["102", "bob", "b"]]
+
+
+def test_formula_cells_are_escaped_only_when_asked() -> None:
+    data = "id,name,kind\n101,=1+2,a\n102,@cmd,\n103,-5,b\n104,bob,b\n"
+    wide = RecordSchema.from_dict(
+        {"properties": {"id": {"type": "string"}, "name": {"type": "string"}}},
+        source="wide.json",
+    )
+    plain = run(data, wide)
+    assert [r[1] for r in parse(plain.output)] == ["=1+2", "@cmd", "-5", "bob"]
+    escaped = run(data, wide, escape_formulas=True)
+    assert [r[1] for r in parse(escaped.output)] == ["'=1+2", "'@cmd", "'-5", "bob"]
+    assert [r[0] for r in parse(escaped.output)] == ["101", "102", "103", "104"]

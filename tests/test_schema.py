@@ -44,11 +44,14 @@ def test_sample_schema_loads_with_order_and_required() -> None:
 
 def test_unsupported_property_keyword_names_file_property_and_keyword() -> None:
     with pytest.raises(SchemaError) as err:
-        schema({"uuid": {"type": "string", "format": "uuid"}})
+        schema({"uuid": {"type": "string", "multipleOf": 3}})
     assert str(err.value) == (
-        "s.json: property 'uuid': keyword 'format' is not supported "
-        "(supported: type, minLength, maxLength, pattern, enum)"
+        "s.json: property 'uuid': keyword 'multipleOf' is not supported "
+        "(supported: type, minLength, maxLength, pattern, enum, minimum, maximum,"
+        " exclusiveMinimum, exclusiveMaximum, format, const)"
     )
+    with pytest.raises(SchemaError, match="'format' \"uuid\" is not supported"):
+        schema({"uuid": {"type": "string", "format": "uuid"}})
 
 
 @pytest.mark.parametrize(
@@ -56,7 +59,7 @@ def test_unsupported_property_keyword_names_file_property_and_keyword() -> None:
     [
         ({"patternProperties": {}}, "s.json: keyword 'patternProperties' is not supported"),
         ({"type": "array"}, "s.json: keyword 'type' must be \"object\""),
-        ({"properties": {"a": {"type": "integer"}}}, "property 'a': keyword 'type' must be"),
+        ({"properties": {"a": {"type": "boolean"}}}, "property 'a': keyword 'type' must be"),
         ({"properties": {"a": {"maxLength": "9"}}}, "property 'a': keyword 'maxLength' must be a"),
         ({"properties": {"a": {"maxLength": True}}}, "property 'a': keyword 'maxLength'"),
         ({"properties": {"a": {"minLength": -1}}}, "property 'a': keyword 'minLength'"),

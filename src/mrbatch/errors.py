@@ -20,6 +20,7 @@ __all__ = [
     "TaskError",
     "UnavailableError",
     "UsageError",
+    "UserCodeError",
 ]
 
 
@@ -111,3 +112,11 @@ class ReferenceDataError(MrbatchError):
     """The enrichment reference data is missing or unusable (0 rows, duplicate keys...)."""
 
     code = "reference_data"
+
+
+class UserCodeError(MrbatchError):
+    """A pipeline's own code (a row check, a transform) raised, did not return in time or
+    returned something unusable; or the pipeline's code or configuration changed under a run.
+    A fact about the rules: the run fails at once with this reason (never retried)."""
+
+    code = "user_code"

@@ -20,10 +20,12 @@ __all__ = [
     "Notifier",
     "ObjectInfo",
     "ObjectStore",
+    "Purged",
     "Record",
     "RegionState",
     "Routing",
     "StateTable",
+    "WebhookSender",
 ]
 
 
@@ -54,6 +56,15 @@ class ObjectInfo:
     meta: Mapping[str, str] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class Purged:
+    """What ``ObjectStore.purge`` freed."""
+
+    tombstones: int = 0
+    versions: int = 0
+    bytes: int = 0
+
+
 @runtime_checkable
 class ObjectStore(Protocol):
     """One region's bucket. Writes are atomic: a reader sees the old bytes or the new, never a
@@ -68,9 +79,13 @@ class ObjectStore(Protocol):
         *,
         meta: Mapping[str, str] | None = None,
         epoch: int = 0,
+        durable: bool = False,
     ) -> ObjectInfo:
         """Store ``data`` under ``key``. Idempotent: writing the same bytes and meta again
-        changes nothing (no new version, no change-feed entry)."""
+        changes nothing (no new version, no change-feed entry). With ``durable`` the object is
+        on stable storage when this returns (an acknowledgement or a publish depends on it);
+        otherwise it survives a crash of the process, and what a power loss takes is
+        recomputed (intermediates)."""
         ...
 
     def open(self, key: str, *, version: str | None = None) -> BinaryIO:
@@ -103,9 +118,10 @@ class ObjectStore(Protocol):
         version: str | None = None,
         meta: Mapping[str, str] | None = None,
         epoch: int = 0,
+        durable: bool = False,
     ) -> ObjectInfo:
-        """Copy ``src`` (of ``version``) to ``dst``. Idempotent like ``put``.
-        Raises NotFoundError when the source does not exist."""
+        """Copy ``src`` (of ``version``) to ``dst``. Idempotent like ``put``, ``durable``
+        as for ``put``. Raises NotFoundError when the source does not exist."""
         ...
 
     def delete(self, key: str) -> bool:
@@ -129,6 +145,12 @@ class ObjectStore(Protocol):
         keeps ``info.origin`` so it is not replicated back. Idempotent; True when applied."""
         ...
 
+    def purge(self, older_than: float) -> Purged:
+        """Free what no live key needs any more: deletion tombstones written before
+        ``older_than``, and the bytes of versions superseded before it. Local to this
+        bucket. Idempotent."""
+        ...
+
 
 # --------------------------------------------------------------------------- state table
 
@@ -147,6 +169,7 @@ class Record:
     writer: str
     updated: float
     seq: int = 0
+    deleted: bool = False  # a tombstone: replicates like a write, hidden from get and scan
 
 
 @runtime_checkable
@@ -159,9 +182,13 @@ class StateTable(Protocol):
         """The record, or None when it does not exist."""
         ...
 
-    def insert(self, pk: str, kind: str, body: Mapping[str, Any], *, epoch: int) -> Record:
+    def insert(
+        self, pk: str, kind: str, body: Mapping[str, Any], *, epoch: int, durable: bool = False
+    ) -> Record:
         """Create a record that must not exist yet (version 1).
-        Raises ConflictError when ``pk`` exists: this is how a file is claimed once."""
+        Raises ConflictError when ``pk`` exists: this is how a file is claimed once. With
+        ``durable`` the record is on stable storage when this returns (a ledger entry: an
+        acknowledgement depends on it); every write survives a crash of the process."""
         ...
 
     def update(
@@ -180,8 +207,21 @@ class StateTable(Protocol):
         ...
 
     def apply_replica(self, record: Record) -> bool:
-        """Merge a record from another region: it wins when its (epoch, updated, writer) is
-        greater than the stored one's. Idempotent. True when it was applied."""
+        """Merge a record from another region (a tombstone included): it wins when its
+        (epoch, updated, writer) is greater than the stored one's. Idempotent. True when it
+        was applied."""
+        ...
+
+    def delete(self, pk: str, *, epoch: int) -> bool:
+        """Delete the record: a tombstone that ``get`` and ``scan`` no longer show and that the
+        change feed carries, so the deletion replicates (it wins the merge like a write).
+        ``insert`` may create the pk again. True when something was deleted, False when there
+        was no record. Idempotent."""
+        ...
+
+    def purge(self, older_than: float) -> int:
+        """Forget tombstones written before ``older_than`` (their deletion has replicated by
+        then); returns how many. Local to this replica. Idempotent."""
         ...
 
     def get_cursor(self, name: str) -> int:
@@ -225,10 +265,15 @@ class Routing:
 
 @dataclass(frozen=True)
 class Heartbeat:
+    """The latest heartbeat of a region (or replicator). ``lease_held``: whether the lease the
+    sender keeps with the control plane is still alive (False once it expired: the sender
+    stopped, or cannot reach the control plane); None for control planes without leases."""
+
     region: str
     pid: int | None
     at: float
     info: Mapping[str, Any] = field(default_factory=dict)
+    lease_held: bool | None = None
 
 
 @runtime_checkable
@@ -250,7 +295,10 @@ class ControlPlane(Protocol):
 
     def confirm(self, region: str, epoch: int) -> bool:
         """True iff ``region`` is ACTIVE, the current epoch is ``epoch`` and no failover is in
-        progress. The fencing check made before every publish and notify."""
+        progress. The fencing check made before every publish and notify. Asked by the
+        region's own process, a control plane with leases may also raise UnavailableError
+        when it cannot promise that yet (unreachable, or the previous active region may still
+        be acting on its last confirmation): the caller waits and asks again."""
         ...
 
     def switch(
@@ -318,12 +366,38 @@ class Notifier(Protocol):
         mail server cannot be reached, so the caller retries."""
         ...
 
+    def forget(self, message_id: str) -> bool:
+        """Drop what this notifier keeps of a delivered message (the outbox's file), once its
+        run is collected; True when something was dropped, False when it keeps nothing.
+        Idempotent."""
+        ...
+
+
+class WebhookSender(Protocol):
+    def post(
+        self,
+        url: str,
+        body: Mapping[str, Any],
+        *,
+        idempotency_key: str,
+        headers: Mapping[str, str],
+        timeout: float,
+    ) -> int:
+        """POST ``body`` as JSON with ``Idempotency-Key``; the status when delivered (2xx).
+        Raises UnavailableError when it may work later, MrbatchError when refused."""
+        ...
+
 
 # --------------------------------------------------------------------------- executor
 
 
 @runtime_checkable
 class Executor(Protocol):
+    # The exceptions a task's future fails with when the worker process running it died (a
+    # killed worker, not a failing task): the orchestrator retries those tasks without using
+    # up an attempt. Empty when tasks do not run in worker processes.
+    lost_worker_errors: tuple[type[BaseException], ...]
+
     def submit(self, fn: Callable[..., Any], /, *args: Any) -> Future[Any]:
         """Run ``fn(*args)`` (a module-level function of picklable arguments) somewhere.
         A worker that dies makes the future fail; the executor replaces the worker."""

@@ -32,6 +32,7 @@ from typing import TypeVar
 
 from mrbatch.config.workspace import Workspace
 from tests.conftest import make_workspace
+from tests.etcd_cluster import shared_cluster
 from tests.smtp_server import SmtpServer
 
 T = TypeVar("T")
@@ -73,8 +74,23 @@ STATE_TABLES: dict[str, BackendFixture[Workspace]] = {
     "sqlite": _embedded("state_table", "sqlite"),
     "dynamodb": _on_moto({"state_table": "dynamodb"}),
 }
+
+
+@contextmanager
+def _etcd(root: Path) -> Iterator[Workspace]:
+    # A healthy three-member cluster shared by the suite (started on first use, stopped with
+    # the session); each workspace keeps its keys under a prefix of its own, as `init` writes.
+    cluster = shared_cluster(root)
+    yield make_workspace(
+        root / "ws",
+        init={"control_plane": "etcd", "etcd_endpoints": cluster.endpoints},
+        etcd={"lease_ttl": "1s"},
+    )
+
+
 CONTROL_PLANES: dict[str, BackendFixture[Workspace]] = {
     "sqlite": _embedded("control_plane", "sqlite"),
+    "etcd": _etcd,
 }
 
 
@@ -182,7 +198,19 @@ def _inline(root: Path) -> Iterator[ExecutorSetup]:
     yield ExecutorSetup(workspace=ws, killed_worker_error=None)  # runs in the caller's thread
 
 
+@contextmanager
+def _dask(root: Path) -> Iterator[ExecutorSetup]:
+    # A LocalCluster of two worker processes, started by the executor the suite opens.
+    from distributed.scheduler import KilledWorker
+
+    ws = make_workspace(
+        root / "ws", backends={"executor": "dask"}, dask={"scheduler": "local", "workers": 2}
+    )
+    yield ExecutorSetup(workspace=ws, killed_worker_error=KilledWorker)
+
+
 EXECUTORS: dict[str, BackendFixture[ExecutorSetup]] = {
     "process-pool": _process_pool,
     "inline": _inline,
+    "dask": _dask,
 }

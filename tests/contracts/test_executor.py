@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
@@ -87,3 +88,24 @@ def test_process_pool_counts_each_replaced_pool(tmp_path: Path) -> None:
             assert pool.restarts == 1  # type: ignore[attr-defined]
         finally:
             pool.shutdown(cancel=True)
+
+
+def test_dask_replaces_a_nanny_that_gave_up(tmp_path: Path) -> None:
+    # Backend-specific: a nanny restarts its worker; one that closed for good (its worker
+    # kept dying while starting) is replaced, so the LocalCluster keeps its two workers.
+    with EXECUTORS["dask"](tmp_path) as setup:
+        dask = backends.open_executor(setup.workspace)
+        try:
+            assert dask.submit(_square, 3).result(timeout=60) == 9
+            cluster = dask._cluster  # type: ignore[attr-defined]
+            first = next(iter(cluster.workers))
+            cluster.sync(cluster.workers[first].close)
+            dask._healed = 0.0  # type: ignore[attr-defined]  # check at once, not in 5 s
+            deadline = time.monotonic() + 60
+            while len(dask.pids()) < 2 and time.monotonic() < deadline:
+                time.sleep(0.2)
+            assert len(dask.pids()) == 2
+            assert dask.submit(_square, 4).result(timeout=60) == 16
+        finally:
+            dask.shutdown(cancel=True)
+        assert dask.pids() == []

@@ -54,6 +54,18 @@ def test_a_resend_is_idempotent_where_the_backend_can_tell(
         assert len(delivered) == 2
 
 
+def test_forget_drops_what_the_notifier_keeps_of_a_message(
+    notifier: Notifier, notifier_setup: NotifierSetup
+) -> None:
+    notifier.send(MAIL)
+    kept = notifier_setup.deduplicates  # a backend that keeps copies (the outbox) can tell
+    assert notifier.forget(MAIL.message_id) is kept
+    assert notifier.forget(MAIL.message_id) is False  # idempotent
+    if kept:
+        assert notifier_setup.delivered() == []
+    assert notifier.forget("<never-sent@mrbatch>") is False
+
+
 def test_a_refusing_destination_raises_unavailable(
     notifier: Notifier, notifier_setup: NotifierSetup
 ) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import io
 import threading
+import time
 from collections.abc import Callable
 
 import pytest
@@ -12,7 +13,7 @@ import pytest
 from mrbatch.config.workspace import Workspace
 from mrbatch.errors import NotFoundError, UnavailableError, UsageError
 from mrbatch.faults import FaultPoints
-from mrbatch.ports import ObjectInfo, ObjectStore
+from mrbatch.ports import ObjectInfo, ObjectStore, Purged
 
 
 def test_put_then_get_head_and_stream(store: ObjectStore) -> None:
@@ -262,3 +263,35 @@ def test_concurrent_replicas_converge_on_the_merge_rule(
     assert not errors
     best = max(infos, key=lambda i: (i.epoch, i.modified, i.origin))
     assert store_factory(dest).get("contended") == a.get(versions[infos.index(best)].key)
+
+
+def test_purge_frees_superseded_versions_and_old_tombstones(store: ObjectStore) -> None:
+    old = store.put("k", b"old bytes")
+    new = store.put("k", b"new bytes")
+    gone = store.put("gone", b"deleted bytes")
+    store.delete("gone")
+    store.put("last", b"a later change")  # the tombstone is not the newest position
+    young_cutoff = time.time() - 60  # everything above is younger: nothing may go yet
+    assert store.purge(older_than=young_cutoff) == Purged()
+    assert store.get("k", version=old.version) == b"old bytes"
+    cutoff = time.time() + 1
+    purged = store.purge(older_than=cutoff)
+    assert purged.tombstones == 1 and purged.versions == 2
+    assert purged.bytes == len(b"old bytes") + len(b"deleted bytes")
+    with pytest.raises(NotFoundError):
+        store.get("k", version=old.version)  # the superseded version is gone...
+    with pytest.raises(NotFoundError):
+        store.get("gone", version=gone.version)
+    assert store.get("k") == b"new bytes" == store.get("k", version=new.version)  # ...not the live
+    assert "gone" not in [c.key for c in store.changes(0)]  # the tombstone left the feed
+    assert store.purge(older_than=cutoff) == Purged()  # idempotent
+    again = store.put("other", b"old bytes")  # bytes seen before, written again: readable
+    assert store.get("other", version=again.version) == b"old bytes"
+
+
+def test_purge_never_gives_a_feed_position_out_twice(store: ObjectStore) -> None:
+    store.put("gone", b"x")
+    store.delete("gone")  # the newest change is this tombstone
+    newest = store.last_seq()
+    store.purge(older_than=time.time() + 1)
+    assert store.put("fresh", b"y").seq > newest

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import secrets
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import replace
 
@@ -160,3 +161,46 @@ def test_another_handle_replicates_over_a_local_record(
     assert b.get("run/1").body == {"n": "a"}  # type: ignore[union-attr]
     fed = b.changes(start)
     assert [r.pk for r in fed] == ["run/1"] and fed[0].seq > start
+
+
+def test_delete_leaves_a_tombstone_that_replicates(
+    table_factory: Callable[[str], StateTable], table_workspace: Workspace
+) -> None:
+    a, b = table_factory(table_workspace.regions[0]), table_factory(table_workspace.regions[1])
+    rec = a.insert("run/1", "run", {"n": 1}, epoch=1)
+    assert b.apply_replica(rec)
+    start = a.last_seq()
+    assert a.delete("run/1", epoch=1) is True
+    assert a.delete("run/1", epoch=1) is False  # idempotent
+    assert a.delete("run/none", epoch=1) is False
+    assert a.get("run/1") is None and list(a.scan("run")) == []
+    with pytest.raises(NotFoundError):
+        a.update("run/1", {"n": 2}, expected_version=rec.version, epoch=1)
+    [tombstone] = a.changes(start)
+    assert tombstone.deleted and tombstone.pk == "run/1" and tombstone.version > rec.version
+    assert b.apply_replica(tombstone) is True  # the deletion replicates...
+    assert b.get("run/1") is None
+    assert b.apply_replica(rec) is False  # ...and the record it deleted cannot come back
+    again = a.insert("run/1", "run", {"n": "again"}, epoch=1)  # a pk may be created again
+    assert again.version > tombstone.version and a.get("run/1").body == {"n": "again"}  # type: ignore[union-attr]
+
+
+def test_purge_forgets_old_tombstones_only(table: StateTable) -> None:
+    table.insert("run/old", "run", {}, epoch=1)
+    table.delete("run/old", epoch=1)
+    table.insert("run/live", "run", {}, epoch=1)  # newer than the tombstone
+    cutoff = time.time() + 1  # every tombstone so far is older than this
+    assert table.purge(older_than=cutoff - 60) == 0  # too young
+    assert table.purge(older_than=cutoff) == 1
+    assert table.purge(older_than=cutoff) == 0  # idempotent
+    assert [r.pk for r in table.changes(0)] == ["run/live"]
+    assert table.get("run/live") is not None
+
+
+def test_purge_never_gives_a_feed_position_out_twice(table: StateTable) -> None:
+    table.insert("run/a", "run", {}, epoch=1)
+    table.delete("run/a", epoch=1)  # the newest change is this tombstone
+    newest = table.last_seq()
+    table.purge(older_than=time.time() + 1)
+    fresh = table.insert("run/b", "run", {}, epoch=1)
+    assert fresh.seq > newest  # a replicator whose cursor is at `newest` must see it

@@ -78,7 +78,7 @@ class AccessPoint:
                 data.seek(start)
             try:
                 store = self.store(name)
-                info = store.put(key, data)
+                info = store.put(key, data, durable=True)  # acknowledged: on disk
                 accepted = None
                 if key.startswith(INPUT):
                     # Acknowledged means kept and recorded: every accepted version is processed.

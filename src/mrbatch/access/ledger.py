@@ -43,7 +43,9 @@ def accept(
     if existing is not None:
         return Accepted.from_record(existing)
     # The bytes first: a record never names a version whose bytes are not kept.
-    kept = store.copy(info.key, version_input_key(run_id, info.key), version=info.version)
+    kept = store.copy(
+        info.key, version_input_key(run_id, info.key), version=info.version, durable=True
+    )
     entry = Accepted(
         run_id=run_id,
         key=info.key,
@@ -55,7 +57,7 @@ def accept(
         object_key=kept.key,
     )
     try:
-        table.insert(accepted_pk(run_id), ACCEPTED, entry.to_body(), epoch=0)
+        table.insert(accepted_pk(run_id), ACCEPTED, entry.to_body(), epoch=0, durable=True)
     except ConflictError:
         # Accepted concurrently (the gateway and the region's own watcher, say): one version.
         record = table.get(accepted_pk(run_id))

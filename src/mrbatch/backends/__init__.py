@@ -14,11 +14,11 @@ from typing import TYPE_CHECKING, Any, cast
 from ..errors import ConfigError
 from ..faults import FaultPoints
 from .faulty import Guarded
-from .registry import REGISTRY
+from .registry import REGISTRY, WEBHOOK
 
 if TYPE_CHECKING:
     from ..config.workspace import Workspace
-    from ..ports import ControlPlane, Executor, Notifier, ObjectStore, StateTable
+    from ..ports import ControlPlane, Executor, Notifier, ObjectStore, StateTable, WebhookSender
 
 __all__ = [
     "REGISTRY",
@@ -27,6 +27,7 @@ __all__ = [
     "open_notifier",
     "open_object_store",
     "open_state_table",
+    "open_webhook",
     "provision",
 ]
 
@@ -48,8 +49,18 @@ def _module(port: str, name: str, module_name: str) -> Any:
             raise
         raise ConfigError(
             f"backends.{port}: {name!r} needs the package {exc.name!r}, which is not installed",
-            hint="pip install 'mrbatch[aws]'" if exc.name in ("boto3", "botocore") else None,
+            hint=_EXTRAS.get(exc.name.partition(".")[0]),
         ) from exc
+
+
+# The optional extra that installs a backend's third-party package.
+_EXTRAS = {
+    "boto3": "pip install 'mrbatch[aws]'",
+    "botocore": "pip install 'mrbatch[aws]'",
+    "etcd3gw": "pip install 'mrbatch[etcd]'",
+    "dask": "pip install 'mrbatch[dask]'",
+    "distributed": "pip install 'mrbatch[dask]'",
+}
 
 
 def _faults(ws: Workspace) -> FaultPoints:
@@ -94,3 +105,10 @@ def provision(ws: Workspace) -> list[str]:
         if hook is not None:
             done.extend(f"{region}: {hook(ws, region)}" for region in ws.regions)
     return done
+
+
+def open_webhook(ws: Workspace) -> WebhookSender:
+    """The sender of pipelines' webhooks."""
+    module_name, _, attr = WEBHOOK.partition(":")
+    sender: WebhookSender = getattr(importlib.import_module(module_name), attr)(ws)
+    return sender

@@ -50,6 +50,8 @@ class ProcessPool:
     future fails with BrokenProcessPool. The orchestrator retries those tasks; this class makes
     sure the next ``submit`` gets a fresh pool instead of the broken one."""
 
+    lost_worker_errors: tuple[type[BaseException], ...] = (BrokenProcessPool,)
+
     def __init__(self, workers: int) -> None:
         self.workers = max(1, workers)
         self._lock = threading.Lock()
@@ -114,6 +116,8 @@ class ProcessPool:
 
 class InlineExecutor:
     """Runs each task immediately in the calling thread."""
+
+    lost_worker_errors: tuple[type[BaseException], ...] = ()
 
     def submit(self, fn: Callable[..., Any], /, *args: Any) -> Future[Any]:
         future: Future[Any] = Future()

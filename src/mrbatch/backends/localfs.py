@@ -15,6 +15,8 @@ replicate too.
 from __future__ import annotations
 
 import builtins
+import contextlib
+import fcntl
 import hashlib
 import json
 import os
@@ -27,13 +29,13 @@ from typing import TYPE_CHECKING, BinaryIO
 
 from ..errors import ConflictError, NotFoundError
 from ..model.keys import check_key
-from ..ports import ObjectInfo
+from ..ports import ObjectInfo, Purged
 from .sqlite_util import SqliteFile
 
 if TYPE_CHECKING:
     from ..config.workspace import Workspace
 
-__all__ = ["LocalObjectStore", "open_store"]
+__all__ = ["LocalObjectStore", "fsync_dir", "open_store"]
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS objects (
@@ -71,8 +73,11 @@ class LocalObjectStore:
     def _blob_path(self, sha256: str) -> Path:
         return self._blobs / sha256[:2] / sha256
 
-    def _write_blob(self, data: bytes | BinaryIO | Iterable[bytes]) -> tuple[str, int]:
-        """Store bytes as a blob; returns (sha256, size). Idempotent by content."""
+    def _write_blob(
+        self, data: bytes | BinaryIO | Iterable[bytes], *, durable: bool = True
+    ) -> tuple[str, int]:
+        """Store bytes as a blob; returns (sha256, size). Idempotent by content. ``durable``:
+        fsynced (file, then its directory) before the index may point at it."""
         digest = hashlib.sha256()
         size = 0
         tmp = self._tmp / f"{uuid.uuid4().hex}.part"
@@ -82,13 +87,24 @@ class LocalObjectStore:
                     digest.update(block)
                     out.write(block)
                     size += len(block)
+                if durable:  # on stable storage before the index points at it
+                    out.flush()
+                    os.fsync(out.fileno())
             sha = digest.hexdigest()
             target = self._blob_path(sha)
             if target.exists():
                 tmp.unlink()
+                os.utime(target)  # in use again: not a superseded version for purge
+                if durable:
+                    _fsync_file(target)  # written before, perhaps not synced then
             else:
-                target.parent.mkdir(exist_ok=True)
+                if not target.parent.exists():
+                    target.parent.mkdir(exist_ok=True)
+                    if durable:
+                        fsync_dir(self._blobs)
                 os.replace(tmp, target)
+                if durable:
+                    fsync_dir(target.parent)  # the rename itself
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
@@ -128,6 +144,11 @@ class LocalObjectStore:
         deleted: bool,
         meta: Mapping[str, str],
     ) -> ObjectInfo:
+        previous = db.execute("SELECT sha256 FROM objects WHERE key = ?", (key,)).fetchone()
+        if previous is not None and previous[0] != sha:
+            # The superseded version's retention window starts now, not when it was written.
+            with contextlib.suppress(FileNotFoundError):
+                os.utime(self._blob_path(previous[0]))
         seq = db.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM objects").fetchone()[0]
         db.execute(
             "INSERT INTO objects (key, sha256, size, modified, origin, epoch, deleted, meta, seq)"
@@ -142,9 +163,15 @@ class LocalObjectStore:
         return self._info(row)
 
     def _commit(
-        self, key: str, sha: str, size: int, meta: Mapping[str, str], epoch: int
+        self,
+        key: str,
+        sha: str,
+        size: int,
+        meta: Mapping[str, str],
+        epoch: int,
+        durable: bool = False,
     ) -> ObjectInfo:
-        with self._index.transaction() as db:
+        with self._index.transaction(durable=durable) as db:
             row = self._row(db, key)
             if (
                 row is not None
@@ -174,10 +201,12 @@ class LocalObjectStore:
         *,
         meta: Mapping[str, str] | None = None,
         epoch: int = 0,
+        durable: bool = False,
     ) -> ObjectInfo:
         check_key(key)
-        sha, size = self._write_blob(data)
-        return self._commit(key, sha, size, meta or {}, epoch)
+        with self._blob_lock(fcntl.LOCK_SH):
+            sha, size = self._write_blob(data, durable=durable)
+            return self._commit(key, sha, size, meta or {}, epoch, durable)
 
     def open(self, key: str, *, version: str | None = None) -> BinaryIO:
         sha = version
@@ -219,21 +248,25 @@ class LocalObjectStore:
         version: str | None = None,
         meta: Mapping[str, str] | None = None,
         epoch: int = 0,
+        durable: bool = False,
     ) -> ObjectInfo:
         check_key(dst)
-        if version is None:
-            info = self.head(src)
-            if info is None:
-                raise NotFoundError(f"{self.region}: no object {src!r} to copy")
-            version, size = info.sha256, info.size
-        else:
-            try:
-                size = self._blob_path(version).stat().st_size
-            except FileNotFoundError:
-                raise NotFoundError(
-                    f"{self.region}: no object {src!r} version {version[:12]} to copy"
-                ) from None
-        return self._commit(dst, version, size, meta or {}, epoch)
+        with self._blob_lock(fcntl.LOCK_SH):
+            if version is None:
+                info = self.head(src)
+                if info is None:
+                    raise NotFoundError(f"{self.region}: no object {src!r} to copy")
+                version, size = info.sha256, info.size
+            else:
+                try:
+                    size = self._blob_path(version).stat().st_size
+                except FileNotFoundError:
+                    raise NotFoundError(
+                        f"{self.region}: no object {src!r} version {version[:12]} to copy"
+                    ) from None
+            if durable:
+                _fsync_file(self._blob_path(version))  # an intermediate's bytes, now kept
+            return self._commit(dst, version, size, meta or {}, epoch, durable)
 
     def delete(self, key: str) -> bool:
         with self._index.transaction() as db:
@@ -263,6 +296,10 @@ class LocalObjectStore:
         return [self._info(row) for row in rows]
 
     def apply_replica(self, info: ObjectInfo, data: BinaryIO | None) -> bool:
+        with self._blob_lock(fcntl.LOCK_SH):
+            return self._apply_replica(info, data)
+
+    def _apply_replica(self, info: ObjectInfo, data: BinaryIO | None) -> bool:
         current = self._index.query("SELECT * FROM objects WHERE key = ?", (info.key,))
         if current and not _newer(info, self._info(current[0])):
             return False
@@ -294,6 +331,41 @@ class LocalObjectStore:
             )
             return True
 
+    def purge(self, older_than: float) -> Purged:
+        """Tombstones older than ``older_than`` leave the index; then every blob no index row
+        points at and written before ``older_than`` is deleted (younger ones may belong to a
+        write whose row is not committed yet), and so are abandoned temporary files."""
+        with self._index.transaction() as db:
+            # Never the row holding the newest position: the next write takes MAX(seq) + 1,
+            # and a position the replicators have passed must never be given out again.
+            tombstones = db.execute(
+                "DELETE FROM objects WHERE deleted = 1 AND modified < ?"
+                " AND seq < (SELECT MAX(seq) FROM objects)",
+                (older_than,),
+            ).rowcount
+        versions = freed = 0
+        # Exclusive: no put, copy or replica may point a row at a blob while it goes.
+        with self._blob_lock(fcntl.LOCK_EX):
+            used = {row[0] for row in self._index.query("SELECT DISTINCT sha256 FROM objects")}
+            for blob in self._blobs.glob("*/*"):
+                if blob.name in used:
+                    continue
+                stat = blob.stat()
+                if stat.st_mtime < older_than:
+                    blob.unlink()
+                    versions, freed = versions + 1, freed + stat.st_size
+        for part in self._tmp.glob("*.part"):
+            with contextlib.suppress(FileNotFoundError):
+                if part.stat().st_mtime < older_than:
+                    part.unlink()
+        return Purged(tombstones=int(tombstones), versions=versions, bytes=freed)
+
+    @contextlib.contextmanager
+    def _blob_lock(self, mode: int) -> Iterator[None]:
+        with open(self.root / "blobs.lock", "a") as lock:
+            fcntl.flock(lock, mode)
+            yield
+
     # ------------------------------------------------------------------ extras
     def last_seq(self) -> int:
         return int(self._index.query("SELECT COALESCE(MAX(seq), 0) FROM objects")[0][0])
@@ -304,6 +376,23 @@ class LocalObjectStore:
         if not path.exists():
             raise NotFoundError(f"{self.region}: no blob {version[:12]}")
         return path
+
+
+def _fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_dir(path: Path) -> None:
+    """Make the entries of directory ``path`` (a rename, a new file) durable."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _newer(incoming: ObjectInfo, stored: ObjectInfo) -> bool:

@@ -55,19 +55,34 @@ class OutboxNotifier:
                 hint="check the data directory's disk space and permissions",
             ) from exc
 
+    def forget(self, message_id: str) -> bool:
+        try:
+            self.path_for(message_id).unlink()
+        except FileNotFoundError:
+            return False
+        return True
+
     def _write(self, mail: Mail) -> str:
         self.directory.mkdir(parents=True, exist_ok=True)
         target = self.path_for(mail.message_id)
         if target.exists():
             return str(target)
         tmp = self.directory / f".{uuid.uuid4().hex}.tmp"
-        tmp.write_bytes(bytes(render(mail)))
+        with open(tmp, "wb") as out:
+            out.write(bytes(render(mail)))
+            out.flush()
+            os.fsync(out.fileno())  # the send is recorded (COMPLETED) only after this
         try:
             os.link(tmp, target)  # atomic and exclusive: a racing sender cannot write twice
         except FileExistsError:
             pass
         finally:
             tmp.unlink()
+        directory = os.open(self.directory, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(directory)
+        finally:
+            os.close(directory)
         return str(target)
 
 
@@ -91,6 +106,9 @@ class SmtpNotifier:
         if refused:
             raise UnavailableError(f"mail server refused recipients: {sorted(refused)}")
         return f"smtp://{self.host}:{self.port}"
+
+    def forget(self, message_id: str) -> bool:
+        return False  # what a mail server delivered is the recipients' to keep
 
 
 def open_outbox(ws: Workspace) -> OutboxNotifier:

@@ -6,7 +6,7 @@ that backend is configured. Adding a backend is its module plus one line here.
 
 from __future__ import annotations
 
-__all__ = ["REGISTRY", "check_backend_names"]
+__all__ = ["REGISTRY", "WEBHOOK", "check_backend_names"]
 
 # port -> backend name -> "module:factory". Each factory takes (workspace, region) for the
 # object store and state table, (workspace, caller) for the control plane and (workspace)
@@ -20,7 +20,10 @@ REGISTRY: dict[str, dict[str, str]] = {
         "sqlite": "mrbatch.backends.sqlite_state:open_table",
         "dynamodb": "mrbatch.backends.dynamodb:open_table",
     },
-    "control_plane": {"sqlite": "mrbatch.backends.sqlite_control:open_control_plane"},
+    "control_plane": {
+        "sqlite": "mrbatch.backends.sqlite_control:open_control_plane",
+        "etcd": "mrbatch.backends.etcd_control:open_control_plane",
+    },
     "notifier": {
         "outbox": "mrbatch.backends.mail:open_outbox",
         "smtp": "mrbatch.backends.mail:open_smtp",
@@ -28,8 +31,13 @@ REGISTRY: dict[str, dict[str, str]] = {
     "executor": {
         "process-pool": "mrbatch.backends.executors:open_process_pool",
         "inline": "mrbatch.backends.executors:open_inline",
+        "dask": "mrbatch.backends.dask_executor:open_dask",
     },
 }
+
+
+# Not a port chosen in [backends]: pipelines that declare a webhook use this sender.
+WEBHOOK = "mrbatch.backends.webhook:open_webhook"
 
 
 def check_backend_names(chosen: dict[str, str]) -> None:

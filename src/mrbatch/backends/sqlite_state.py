@@ -33,7 +33,8 @@ CREATE TABLE IF NOT EXISTS records (
     epoch   INTEGER NOT NULL,
     writer  TEXT NOT NULL,
     updated REAL NOT NULL,
-    seq     INTEGER NOT NULL
+    seq     INTEGER NOT NULL,
+    deleted INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS records_seq ON records (seq);
 CREATE INDEX IF NOT EXISTS records_kind ON records (kind, pk);
@@ -45,6 +46,10 @@ class SqliteStateTable:
     def __init__(self, path: Path, region: str) -> None:
         self.region = region
         self._db = SqliteFile(path, _SCHEMA)
+        columns = {row["name"] for row in self._db.query("PRAGMA table_info(records)")}
+        if "deleted" not in columns:  # a table made before records could be deleted
+            with self._db.transaction() as db:
+                db.execute("ALTER TABLE records ADD COLUMN deleted INTEGER NOT NULL DEFAULT 0")
 
     @staticmethod
     def _record(row: sqlite3.Row) -> Record:
@@ -57,6 +62,7 @@ class SqliteStateTable:
             writer=row["writer"],
             updated=row["updated"],
             seq=row["seq"],
+            deleted=bool(row["deleted"]),
         )
 
     @staticmethod
@@ -74,14 +80,15 @@ class SqliteStateTable:
         epoch: int,
         writer: str,
         updated: float,
+        deleted: bool = False,
     ) -> Record:
         seq = self._next_seq(db)
         db.execute(
-            "INSERT INTO records (pk, kind, body, version, epoch, writer, updated, seq)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+            "INSERT INTO records (pk, kind, body, version, epoch, writer, updated, seq, deleted)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
             " ON CONFLICT (pk) DO UPDATE SET kind = excluded.kind, body = excluded.body,"
             " version = excluded.version, epoch = excluded.epoch, writer = excluded.writer,"
-            " updated = excluded.updated, seq = excluded.seq",
+            " updated = excluded.updated, seq = excluded.seq, deleted = excluded.deleted",
             (
                 pk,
                 kind,
@@ -91,25 +98,30 @@ class SqliteStateTable:
                 writer,
                 updated,
                 seq,
+                int(deleted),
             ),
         )
-        return Record(pk, kind, dict(body), version, epoch, writer, updated, seq)
+        return Record(pk, kind, dict(body), version, epoch, writer, updated, seq, deleted)
 
     # ------------------------------------------------------------------ the port
     def get(self, pk: str) -> Record | None:
-        rows = self._db.query("SELECT * FROM records WHERE pk = ?", (pk,))
+        rows = self._db.query("SELECT * FROM records WHERE pk = ? AND deleted = 0", (pk,))
         return self._record(rows[0]) if rows else None
 
-    def insert(self, pk: str, kind: str, body: Mapping[str, Any], *, epoch: int) -> Record:
-        with self._db.transaction() as db:
-            if db.execute("SELECT 1 FROM records WHERE pk = ?", (pk,)).fetchone():
+    def insert(
+        self, pk: str, kind: str, body: Mapping[str, Any], *, epoch: int, durable: bool = False
+    ) -> Record:
+        with self._db.transaction(durable=durable) as db:
+            row = db.execute("SELECT version, deleted FROM records WHERE pk = ?", (pk,)).fetchone()
+            if row is not None and not row["deleted"]:
                 raise ConflictError(f"{self.region}: record {pk} exists already")
             return self._write(
                 db,
                 pk,
                 kind,
                 body,
-                version=1,
+                # Over a deletion the version goes on growing: replicas order by it too.
+                version=1 if row is None else row["version"] + 1,
                 epoch=epoch,
                 writer=self.region,
                 updated=time.time(),
@@ -120,7 +132,7 @@ class SqliteStateTable:
     ) -> Record:
         with self._db.transaction() as db:
             row = db.execute("SELECT * FROM records WHERE pk = ?", (pk,)).fetchone()
-            if row is None:
+            if row is None or row["deleted"]:
                 raise NotFoundError(f"{self.region}: no record {pk}")
             if row["version"] != expected_version:
                 raise ConflictError(
@@ -146,7 +158,8 @@ class SqliteStateTable:
 
     def scan(self, kind: str, *, prefix: str = "") -> Iterator[Record]:
         rows = self._db.query(
-            "SELECT * FROM records WHERE kind = ? AND pk >= ? AND pk < ? ORDER BY pk",
+            "SELECT * FROM records WHERE kind = ? AND pk >= ? AND pk < ? AND deleted = 0"
+            " ORDER BY pk",
             (kind, prefix, prefix + "\U0010ffff"),
         )
         return iter([self._record(row) for row in rows])
@@ -175,8 +188,37 @@ class SqliteStateTable:
                 epoch=record.epoch,
                 writer=record.writer,
                 updated=record.updated,
+                deleted=record.deleted,
             )
             return True
+
+    def delete(self, pk: str, *, epoch: int) -> bool:
+        with self._db.transaction() as db:
+            row = db.execute("SELECT * FROM records WHERE pk = ?", (pk,)).fetchone()
+            if row is None or row["deleted"]:
+                return False
+            self._write(
+                db,
+                pk,
+                row["kind"],
+                {},
+                version=row["version"] + 1,
+                epoch=max(epoch, row["epoch"]),  # a deletion never loses to what it deletes
+                writer=self.region,
+                updated=time.time(),
+                deleted=True,
+            )
+            return True
+
+    def purge(self, older_than: float) -> int:
+        with self._db.transaction() as db:
+            # Never the row holding the newest position (see LocalObjectStore.purge).
+            cursor = db.execute(
+                "DELETE FROM records WHERE deleted = 1 AND updated < ?"
+                " AND seq < (SELECT MAX(seq) FROM records)",
+                (older_than,),
+            )
+            return int(cursor.rowcount)
 
     def get_cursor(self, name: str) -> int:
         rows = self._db.query("SELECT value FROM cursors WHERE name = ?", (name,))

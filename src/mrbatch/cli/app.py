@@ -11,10 +11,11 @@ from typing import Any
 
 import typer
 from rich.console import Console
+from rich.text import Text
 
 from ..config.workspace import Workspace
 
-__all__ = ["State", "app", "console", "err_console", "print_json", "state"]
+__all__ = ["State", "app", "console", "err_console", "print_json", "state", "styled"]
 
 app = typer.Typer(
     name="mrbatch",
@@ -24,14 +25,22 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-console = Console()
-err_console = Console(stderr=True)
+# Data (keys, reasons, values) is printed as it is: never read as rich markup, never
+# highlighted; the few words mrbatch styles itself go through ``styled``.
+console = Console(markup=False, highlight=False)
+err_console = Console(stderr=True, markup=False, highlight=False)
+
+
+def styled(*parts: str | tuple[str, str]) -> Text:
+    """Plain strings and ``(text, style)`` pairs joined: the only way output gets style."""
+    return Text.assemble(*parts)
 
 
 @dataclass
 class State:
     config: Path | None = None
     debug: bool = False
+    user_umask: int = 0o022  # the umask the command was started with (see main.run)
     _ws: Workspace | None = field(default=None, repr=False)
 
     def workspace(self) -> Workspace:

@@ -13,7 +13,7 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 from rich.table import Table
 
-from ..config.settings import parse_duration
+from ..config.values import parse_duration
 from ..errors import UsageError
 from ..faults import FaultPoints
 from ..proof.chaos import EXPERIMENTS, ChaosOptions, ChaosReport, run_experiment
@@ -21,7 +21,7 @@ from ..proof.loadgen import FileResult, LoadGenerator, LoadOptions
 from ..proof.scenario import ScenarioOptions, run_scenario
 from ..proof.verify import VerifyReport
 from ..proof.verify import verify as verify_invariants
-from .app import app, console, err_console, print_json, state
+from .app import app, console, err_console, print_json, state, styled
 
 __all__ = ["interruptible"]
 
@@ -63,9 +63,12 @@ def print_verify(report: VerifyReport) -> None:
     counts = report.counts
     colour = "green" if report.ok else "red"
     console.print(
-        f"[{colour}]{'OK' if report.ok else 'VIOLATIONS'}[/]  "
-        + "  ".join(f"{name} {n}" for name, n in counts.items())
-        + f"  (failed runs {report.failed}, diverged {report.diverged})"
+        styled(
+            ("OK" if report.ok else "VIOLATIONS", colour),
+            "  "
+            + "  ".join(f"{name} {n}" for name, n in counts.items())
+            + f"  (failed runs {report.failed}, diverged {report.diverged})",
+        )
     )
     if report.violations:
         table = Table(title=f"{len(report.violations)} violation(s)", title_justify="left")
@@ -112,10 +115,14 @@ def print_chaos(report: ChaosReport) -> None:
     summary = data["summary"]
     colour = "green" if report.ok else "red"
     console.print(
-        f"[bold]{report.experiment}[/] in {report.region or 'every region'}"
-        + (f" / {report.peer}" if report.peer else "")
-        + f" for {report.duration:g}s: [{colour}]{'passed' if report.ok else 'FAILED'}[/]"
-        + f" (stopped by {report.stop_reason})"
+        styled(
+            (report.experiment, "bold"),
+            f" in {report.region or 'every region'}"
+            + (f" / {report.peer}" if report.peer else "")
+            + f" for {report.duration:g}s: ",
+            ("passed" if report.ok else "FAILED", colour),
+            f" (stopped by {report.stop_reason})",
+        )
     )
     table = Table(title="faults", title_justify="left")
     for column in ("point", "region", "armed at", "disarmed at"):

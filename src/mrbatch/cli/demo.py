@@ -27,7 +27,7 @@ from ..ports import ObjectInfo
 from ..recovery.plan import Execution
 from ..recovery.runbook import Runbook
 from ..runtime import supervisor
-from .app import app, console
+from .app import app, console, styled
 from .deploy import status_table, wait_until_up
 
 __all__ = ["free_port", "wait_for_run"]
@@ -53,7 +53,7 @@ def wait_for_run(ws: Workspace, key: str, sha256: str, timeout: float = 120.0) -
 
 
 def _step(text: str) -> None:
-    console.rule(f"[bold]{text}")
+    console.rule(styled((text, "bold")))
 
 
 def _echo(line: str) -> None:
@@ -82,8 +82,12 @@ def _first_file(story: _Story, root: Path) -> FileRun:
     run = wait_for_run(ws, info.key, info.sha256)
     colour = "green" if run.status is RunStatus.COMPLETED else "red"
     console.print(
-        f"  run {run.run_id}: [{colour}]{run.status}[/] in {time.monotonic() - started:.2f}s"
-        f" in {run.region} (epoch {run.epoch}), {len(run.chunks)} chunks"
+        styled(
+            f"  run {run.run_id}: ",
+            (str(run.status), colour),
+            f" in {time.monotonic() - started:.2f}s"
+            f" in {run.region} (epoch {run.epoch}), {len(run.chunks)} chunks",
+        )
     )
     console.print(
         f"  rows in {run.rows_in}, out {run.rows_out}, rejected {run.rows_rejected};"
@@ -250,7 +254,7 @@ def demo(
         _step("8. audit: every upload, every region")
         problems = _audit(story)
         for problem in problems:
-            console.print(f"  [red]PROBLEM[/] {problem}")
+            console.print(styled("  ", ("PROBLEM", "red"), f" {problem}"))
         if not problems:
             console.print(
                 f"  {len(story.uploads)} uploads: each one run, COMPLETED, rows"
@@ -261,7 +265,7 @@ def demo(
         console.print(f"  stopped {len(supervisor.stop(ws))} processes")
         over, back = story.executions
         console.print(
-            f"\n[bold]Summary.[/] Two regions ran on this machine. The sample file of"
+            "\nSummary. Two regions ran on this machine. The sample file of"
             f" {run.rows_in:,} orders was claimed once by {home}, split into"
             f" {len(run.chunks)} chunks, validated against the reference's JSON Schema and"
             f" enriched with its financial data: {run.rows_out:,} rows out, {run.rows_rejected}"

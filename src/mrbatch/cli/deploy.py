@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import signal
 import socket
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -17,7 +19,8 @@ from ..config.workspace import Workspace
 from ..errors import MrbatchError, UnavailableError, UsageError
 from ..observe import views
 from ..runtime import supervisor
-from .app import app, console, print_json, state
+from ..runtime.restarter import Restarter
+from .app import app, console, print_json, state, styled
 
 __all__ = ["status_table", "wait_until_up"]
 
@@ -31,6 +34,22 @@ def init(
     port: int = typer.Option(8740, "--port", help="Port of the access point's gateway."),
     chunk_rows: int = typer.Option(100_000, "--chunk-rows", help="Rows per chunk task."),
     force: bool = typer.Option(False, "--force", help="Rewrite an existing mrbatch.toml."),
+    control_plane: str = typer.Option(
+        "sqlite", "--control-plane", help="sqlite (one file) or etcd (--etcd-endpoints)."
+    ),
+    etcd_endpoints: str = typer.Option(
+        "", "--etcd-endpoints", help="The etcd members' client URLs, comma-separated."
+    ),
+    executor: str = typer.Option(
+        "process-pool", "--executor", help="process-pool, inline or dask (--dask-scheduler)."
+    ),
+    dask_scheduler: str = typer.Option(
+        "", "--dask-scheduler", help="A Dask scheduler's address; default: a LocalCluster."
+    ),
+    example: str | None = typer.Option(
+        None, "--example", help="Also set up a worked example: events (JSONL, API, transform)."
+    ),
+    api_port: int = typer.Option(8741, "--api-port", help="Port of the example's API."),
     object_store: str = typer.Option(
         "local", "--object-store", help="local (a directory per region) or s3 (a bucket each)."
     ),
@@ -46,27 +65,44 @@ def init(
 ) -> None:
     """Create a workspace: mrbatch.toml, the sample pipeline and the data dir."""
     names = [r.strip() for r in regions.split(",") if r.strip()]
-    if endpoint_url is not None and "s3" not in object_store and "dynamodb" not in state_table:
-        raise UsageError("--endpoint-url is for --object-store s3 or --state-table dynamodb")
     ws = init_workspace(
         directory,
         regions=names,
         port=port,
         chunk_rows=chunk_rows,
         force=force,
+        control_plane=control_plane,
+        etcd_endpoints=[u.strip() for u in etcd_endpoints.split(",") if u.strip()],
+        executor=executor,
+        dask_scheduler=dask_scheduler or None,
+        example=example,
+        api_port=api_port,
         object_store=object_store,
         state_table=state_table,
         endpoint_url=endpoint_url,
     )
-    console.print(f"Workspace ready: [bold]{ws.config_path}[/]")
+    console.print(styled("Workspace ready: ", (str(ws.config_path), "bold")))
     console.print(f"  regions: {', '.join(names)} ({names[0]} ACTIVE)")
     console.print(f"  data:    {ws.data_dir}")
     chosen = ws.config.backends
     if (chosen.object_store, chosen.state_table) != ("local", "sqlite"):
         console.print(f"  storage: {chosen.object_store} + {chosen.state_table} (see mrbatch.toml)")
+    if chosen.control_plane != "sqlite" or chosen.executor != "process-pool":
+        console.print(f"  control: {chosen.control_plane}, executor: {chosen.executor}")
     console.print("  sample:  pipeline/orders.schema.json, reference/financial.csv uploaded")
+    if example:
+        console.print(
+            f"  example: {example}: start its API with `python pipeline/rates_service.py"
+            f" {api_port}`, then `mrbatch put pipeline/events-sample.jsonl --key"
+            " input/events/sample.jsonl`"
+        )
     console.print(
-        "Next: [bold]mrbatch up --detach[/], then [bold]mrbatch put pipeline/orders-sample.csv[/]"
+        styled(
+            "Next: ",
+            ("mrbatch up --detach", "bold"),
+            ", then ",
+            ("mrbatch put pipeline/orders-sample.csv", "bold"),
+        )
     )
 
 
@@ -80,12 +116,15 @@ def _port_free(host: str, port: int) -> bool:
     return True
 
 
-def wait_until_up(ws: Workspace, since: float, timeout: float = 60.0) -> None:
-    """Return when every region has sent a heartbeat after ``since`` and the gateway answers."""
+def wait_until_up(
+    ws: Workspace, since: float, timeout: float = 60.0, stop: threading.Event | None = None
+) -> None:
+    """Return when every region has sent a heartbeat after ``since`` and the gateway answers
+    (or at once when ``stop`` is set)."""
     deadline = time.monotonic() + timeout
     control = backends.open_control_plane(ws)
     gateway = ws.config.gateway
-    while time.monotonic() < deadline:
+    while time.monotonic() < deadline and not (stop and stop.is_set()):
         beats = control.heartbeats()
         regions_up = all(r in beats and beats[r].at >= since for r in ws.regions)
         gateway_up = not _port_free(gateway.host, gateway.port)
@@ -110,7 +149,8 @@ def wait_until_up(ws: Workspace, since: float, timeout: float = 60.0) -> None:
 def up(
     detach: bool = typer.Option(False, "--detach", "-d", help="Run in the background."),
 ) -> None:
-    """Start one process per region, the replicators and the gateway."""
+    """Start one process per region, the replicators and the gateway, and keep them running:
+    a process that dies is started again (see [supervisor] in mrbatch.toml)."""
     ws = state.workspace()
     control = backends.open_control_plane(ws)
     try:
@@ -121,10 +161,32 @@ def up(
         console.print(line)
     seed_reference(ws)
     running = supervisor.running(ws)
-    if all(pid is not None for pid in running.values()):
-        pids = ", ".join(f"{p.label}={pid}" for p, pid in running.items())
-        console.print(f"mrbatch is already running ({pids}); `mrbatch down` stops it")
+    everything = all(pid is not None for pid in running.values())
+    keeper = supervisor.pid_of(ws, supervisor.SUPERVISOR)
+    pids = ", ".join(f"{p.label}={pid}" for p, pid in running.items())
+    if everything and keeper is not None:
+        console.print(
+            f"mrbatch is already running ({pids}, supervisor={keeper}); `mrbatch down` stops it"
+        )
         return
+    _check_gateway_port(ws, running)
+    since = time.time()
+    if keeper is not None:
+        # Someone supervises already (a daemon, an `up` in another terminal): start only what
+        # is missing now, under the start lock, rather than waiting for its backoff.
+        console.print(f"mrbatch is already running (supervisor pid {keeper})")
+        _report(running, supervisor.start(ws))
+        wait_until_up(ws, since)
+        return
+    if everything:
+        console.print(f"mrbatch is already running ({pids}); supervising it")
+    if detach:
+        _up_detached(ws, running, since)
+    else:
+        _up_here(ws, running, since)
+
+
+def _check_gateway_port(ws: Workspace, running: dict[supervisor.Proc, int | None]) -> None:
     gateway = ws.config.gateway
     if running[supervisor.Proc("gateway", "gateway")] is None and not _port_free(
         gateway.host, gateway.port
@@ -133,30 +195,82 @@ def up(
             f"gateway port {gateway.host}:{gateway.port} is in use by another program",
             hint=f"set gateway.port in {ws.config_path}",
         )
-    since = time.time()
-    started = supervisor.start(ws)
-    for proc, (pid, new) in started.items():
-        console.print(f"{'started' if new else 'running'} {proc.label} (pid {pid})")
+
+
+def _report(
+    before: dict[supervisor.Proc, int | None], now: dict[supervisor.Proc, tuple[int, bool]]
+) -> None:
+    for proc, (pid, _) in now.items():
+        started = before.get(proc) != pid
+        console.print(f"{'started' if started else 'running'} {proc.label} (pid {pid})")
+
+
+def _up_detached(ws: Workspace, before: dict[supervisor.Proc, int | None], since: float) -> None:
+    """Start the supervisor daemon; it starts every missing process, then keeps them up."""
+    keeper, new = supervisor.start(ws, only=[supervisor.SUPERVISOR])[supervisor.SUPERVISOR]
+    console.print(f"{'started' if new else 'running'} supervisor (pid {keeper})")
+    _report(before, _await_processes(ws, before))
     wait_until_up(ws, since)
     console.print(f"gateway: {ws.gateway_url}")
-    if detach:
-        console.print("Up. `mrbatch status` shows it, `mrbatch down` stops it.")
+    console.print("Up. `mrbatch status` shows it, `mrbatch down` stops it.")
+
+
+def _await_processes(
+    ws: Workspace, before: dict[supervisor.Proc, int | None], timeout: float = 30.0
+) -> dict[supervisor.Proc, tuple[int, bool]]:
+    """Each process's pid once the supervisor daemon has started it (or found it running)."""
+    seen: dict[supervisor.Proc, tuple[int, bool]] = {}
+    deadline = time.monotonic() + timeout
+    while True:
+        for proc, pid in supervisor.running(ws).items():
+            if pid is not None and proc not in seen:
+                seen[proc] = (pid, before[proc] is None)
+        if len(seen) == len(before):
+            return {proc: seen[proc] for proc in before}
+        if supervisor.pid_of(ws, supervisor.SUPERVISOR) is None or time.monotonic() > deadline:
+            missing = ", ".join(p.label for p in before if p not in seen)
+            raise MrbatchError(
+                f"the supervisor did not start {missing}",
+                hint=f"see {supervisor.log_file(ws, supervisor.SUPERVISOR)} and {ws.log_dir}",
+            )
+        time.sleep(0.05)
+
+
+def _up_here(ws: Workspace, before: dict[supervisor.Proc, int | None], since: float) -> None:
+    """Supervise from this process, with a live status table; Ctrl-C (or `mrbatch down`
+    elsewhere, by SIGTERM) stops everything."""
+    other = supervisor.claim_supervisor(ws)
+    if other is not None:  # another `up` won the race to supervise
+        console.print(f"mrbatch is already running (supervisor pid {other})")
         return
+    stop = threading.Event()
+    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in _STOP_SIGNALS}
     try:
+        restarter = Restarter(ws, stop)
+        _report(before, restarter.start_missing())
+        wait_until_up(ws, since, stop=stop)
+        console.print(f"gateway: {ws.gateway_url}")
         with Live(status_table(views.status(ws)), console=console, refresh_per_second=2) as live:
-            while True:
-                time.sleep(1.0)
-                live.update(status_table(views.status(ws)))
-    except KeyboardInterrupt:
-        pass
+            next_draw = time.monotonic() + 1.0
+            while not stop.is_set():
+                stop.wait(restarter.step())
+                if time.monotonic() >= next_draw:
+                    live.update(status_table(views.status(ws)))
+                    next_draw = time.monotonic() + 1.0
     finally:
+        supervisor.release_supervisor(ws)
         stopped = supervisor.stop(ws)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
         console.print(f"stopped {len(stopped)} process(es)")
+
+
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 @app.command()
 def down() -> None:
-    """Stop every process `mrbatch up` started."""
+    """Stop the supervisor, then every process `mrbatch up` started."""
     ws = state.workspace()
     stopped = supervisor.stop(ws)
     if stopped:
@@ -165,9 +279,20 @@ def down() -> None:
         console.print("nothing was running")
 
 
+def _restarts(count: Any, record: dict[str, Any] | None) -> str:
+    """A process's restarts, and when the next one is due if it is down and waiting."""
+    text = str(count or 0)
+    due = (record or {}).get("next_due")
+    if due is not None:
+        text += f" (next in {max(0.0, due - time.time()):.1f}s)"
+    elif record and record.get("pid") is None and record.get("died_at"):
+        text += " (stays down)"
+    return text
+
+
 def status_table(data: dict[str, Any]) -> Table:
     title = (
-        f"active region [bold]{data.get('active_region')}[/]  epoch {data.get('epoch')}"
+        f"active region {data.get('active_region')}  epoch {data.get('epoch')}"
         f"  phase {data.get('phase')}"
     )
     table = Table(title=title, title_justify="left")
@@ -176,6 +301,7 @@ def status_table(data: dict[str, Any]) -> Table:
         "state",
         "process",
         "pid",
+        "restarts",
         "in flight",
         "backlog",
         "lag",
@@ -183,21 +309,35 @@ def status_table(data: dict[str, Any]) -> Table:
         "heartbeat",
     ):
         table.add_column(column)
+    keeper = data.get("supervisor", {})
+    records = keeper.get("processes", {})
     for name, info in data["regions"].items():
         age = info.get("heartbeat_age")
+        replicator = "alive" if info.get("replicator_alive") else "down"
+        if info.get("replicator_restarts"):
+            replicator += f", {info['replicator_restarts']} restart(s)"
         table.add_row(
             name,
             str(info.get("state")),
             str(info.get("process_state") or "-"),
             str(info.get("pid") or "-"),
+            _restarts(info.get("restarts"), records.get(f"region:{name}")),
             str(info.get("runs_in_flight") if info.get("runs_in_flight") is not None else "-"),
             str(info.get("backlog") if info.get("backlog") is not None else "?"),
             f"{info['lag_seconds']:.1f}s" if info.get("lag_seconds") is not None else "?",
-            "alive" if info.get("replicator_alive") else "down",
+            replicator,
             f"{age:.1f}s ago" if age is not None else "never",
         )
     gateway = data.get("gateway", {})
-    table.caption = f"gateway {gateway.get('url')} {'alive' if gateway.get('alive') else 'down'}"
+    restarts = _restarts(gateway.get("restarts"), records.get("gateway"))
+    supervised = (
+        f"supervisor pid {keeper.get('pid')}" if keeper.get("alive") else "no supervisor running"
+    )
+    table.caption = (
+        f"gateway {gateway.get('url')} {'alive' if gateway.get('alive') else 'down'}"
+        f" (restarts {restarts}); {supervised}"
+        + ("" if keeper.get("restart", True) else ", restart off")
+    )
     return table
 
 

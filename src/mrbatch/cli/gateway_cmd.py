@@ -1,5 +1,6 @@
-"""``mrbatch gateway``: run the HTTP gateway alone (``mrbatch up`` starts it with the rest), and
-``mrbatch gateway token``: the bearer token that uploads through it need."""
+"""``mrbatch gateway``: run the HTTP gateway alone (``mrbatch up`` starts it with the rest);
+``mrbatch gateway token``: the bearer token that uploads through it need; ``mrbatch gateway
+rotate-key``: a new key for presigned links."""
 
 from __future__ import annotations
 
@@ -8,10 +9,11 @@ import time
 
 import typer
 
+from ..access.links import SigningKeys
 from ..config.workspace import Workspace
 from ..errors import UnavailableError, UsageError
 from ..runtime import supervisor
-from .app import app, console, err_console, state
+from .app import app, console, err_console, print_json, state
 
 __all__ = ["gateway_app"]
 
@@ -87,3 +89,30 @@ def gateway(
 def token() -> None:
     """Print the bearer token for uploads (PUT /objects/KEY with `Authorization: Bearer`)."""
     console.print(state.workspace().token, soft_wrap=True, highlight=False)
+
+
+@gateway_app.command("rotate-key")
+def rotate_key(
+    revoke: bool = typer.Option(
+        False,
+        "--revoke",
+        help="Also drop the old keys: every link signed so far stops working at once.",
+    ),
+    json_output: bool = typer.Option(False, "--json", help="Print the outcome as JSON."),
+) -> None:
+    """Sign links with a new key. Links signed with the old one stay valid until they expire
+    (at most gateway.max_link_lifetime), unless --revoke; a running gateway picks it up."""
+    ws = state.workspace()
+    ws.signing_key  # noqa: B018 -- a current key to retire (created if there is none yet)
+    keys = SigningKeys(ws.data_dir, ws.config.gateway.max_link_lifetime)
+    outcome = keys.rotate(revoke=revoke)
+    if json_output:
+        print_json(outcome)
+        return
+    if revoke:
+        console.print(f"new signing key; {outcome['revoked']} old key(s) revoked", highlight=False)
+    else:
+        console.print(
+            "new signing key; links signed with the old one stay valid until they expire",
+            highlight=False,
+        )

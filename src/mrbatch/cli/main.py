@@ -4,13 +4,27 @@ plus a hint on stderr, with exit code 1 (operation failed) or 2 (usage or config
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 
+from ..config.workspace import PRIVATE_UMASK
 from ..errors import MrbatchError
-from .app import app, err_console, state
+from .app import app, err_console, state, styled
 
 # Each module registers its commands when imported; this order is the order `--help` lists them.
-COMMAND_MODULES = ("deploy", "objects", "runs", "recovery", "gateway_cmd", "chaos_cmds", "demo")
+COMMAND_MODULES = (
+    "deploy",
+    "objects",
+    "runs",
+    "recovery",
+    "drill_cmd",
+    "gateway_cmd",
+    "chaos_cmds",
+    "gc_cmd",
+    "backup_cmds",
+    "ingest_cmd",
+    "demo",
+)
 for _module in COMMAND_MODULES:
     importlib.import_module(f"{__package__}.{_module}")
 
@@ -18,6 +32,9 @@ __all__ = ["run"]
 
 
 def run(argv: list[str] | None = None) -> int:
+    # Files mrbatch writes into the data directory are private; files written for the user
+    # (`get -o`) use the user's own umask again (state.user_umask).
+    state.user_umask = os.umask(PRIVATE_UMASK)
     try:
         # Standalone mode: click reports its own usage errors (exit 2) and turns typer.Exit
         # into SystemExit; our errors pass through untouched and are reported here.
@@ -25,7 +42,7 @@ def run(argv: list[str] | None = None) -> int:
     except MrbatchError as exc:
         if state.debug:
             err_console.print_exception()
-        err_console.print(f"[red]error:[/] {exc.message}", highlight=False, soft_wrap=True)
+        err_console.print(styled(("error:", "red"), f" {exc.message}"), soft_wrap=True)
         if exc.hint:
             err_console.print(f"hint: {exc.hint}", highlight=False, soft_wrap=True)
         return exc.exit_code

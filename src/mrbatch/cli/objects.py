@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Any, BinaryIO, cast
 
 import typer
+from rich.markup import escape
 from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
 from rich.table import Table
 
 from ..access.accesspoint import AccessPoint
 from ..access.links import presign
+from ..config.values import parse_duration
 from ..errors import NotFoundError, UsageError
 from ..model.keys import INPUT, check_key
 from ..observe import views
@@ -61,7 +64,7 @@ def put(
     target = check_key(key or INPUT + file.name)
     size = file.stat().st_size
     with file.open("rb") as handle, _progress(not json_output and sys.stderr.isatty()) as bar:
-        task = bar.add_task(f"put {target}", total=size)
+        task = bar.add_task(escape(f"put {target}"), total=size)
         counting = cast(BinaryIO, _Counting(handle, lambda n: bar.advance(task, n)))
         located = AccessPoint(ws).put(target, counting, region=region)
     result = {
@@ -88,8 +91,8 @@ def get(
     located, stream = AccessPoint(ws).open(check_key(key))
     show = output is not None and sys.stderr.isatty()
     with stream, _progress(show) as bar:
-        task = bar.add_task(f"get {key}", total=located.info.size)
-        sink = output.open("wb") if output is not None else sys.stdout.buffer
+        task = bar.add_task(escape(f"get {key}"), total=located.info.size)
+        sink = _user_file(output) if output is not None else sys.stdout.buffer
         try:
             while block := stream.read(1 << 20):
                 sink.write(block)
@@ -101,16 +104,41 @@ def get(
         err_console.print(f"{located.region}  {key} -> {output} ({located.info.size} bytes)")
 
 
+def _user_file(path: Path) -> BinaryIO:
+    """``path`` opened for writing with the user's own umask (the command's is private)."""
+    private = os.umask(state.user_umask)
+    try:
+        return path.open("wb")
+    finally:
+        os.umask(private)
+
+
 @app.command()
 def url(
     key: str = typer.Argument(..., help="Object key, e.g. output/orders.csv"),
-    expires: int = typer.Option(3600, "--expires", min=1, help="Seconds the link stays valid."),
+    expires: str | None = typer.Option(
+        None,
+        "--expires",
+        help="How long the link stays valid, e.g. 90s, 30m, 2h (default: gateway.link_expiry).",
+    ),
 ) -> None:
     """Print a presigned link to KEY, served by the gateway from any region holding it."""
     ws = state.workspace()
+    gateway = ws.config.gateway
+    try:
+        lifetime = gateway.link_expiry if expires is None else parse_duration(expires)
+    except ValueError as exc:
+        raise UsageError(f"--expires: {exc}") from exc
     check_key(key)
     AccessPoint(ws).locate(key)  # refuse links to nothing
-    console.print(presign(ws.signing_key, ws.gateway_url, key, expires_in=expires), soft_wrap=True)
+    link = presign(
+        ws.signing_key,
+        ws.gateway_url,
+        key,
+        expires_in=lifetime,
+        max_lifetime=gateway.max_link_lifetime,
+    )
+    print(link)
 
 
 @app.command()

@@ -3,23 +3,32 @@
 from __future__ import annotations
 
 import sys
+from datetime import UTC
 from typing import Any
 
 import typer
 from rich.table import Table
 
-from ..config.settings import StepConfig
+from ..config.plans import StepConfig
 from ..recovery.evaluate import evaluate_plans
 from ..recovery.operations import (
     failback_target,
     failover_target,
     reconcile_now,
     redrive,
+    redrive_matching,
 )
-from ..recovery.plan import Execution, StepLog, history
+from ..recovery.plan import MODES, Execution, StepLog, history
 from ..recovery.runbook import Runbook
 from ..recovery.watch import Watcher
-from .app import app, console, err_console, print_json, state
+from .app import app, console, err_console, print_json, state, styled
+
+MODE_HELP = (
+    "ungraceful",
+    "graceful: wait for replication without a bound (nothing is left behind); ungraceful:"
+    " the bounded wait (--max-wait), naming what is left behind.",
+)
+LOSS_HELP = "Accept leaving this input (key or run id) behind at the RPO gate; repeatable."
 
 plan_app = typer.Typer(
     help="Recovery plans as code: show, evaluate, history.", no_args_is_help=True
@@ -34,7 +43,14 @@ def _confirm(prompt: str) -> bool:
 
 
 def _run_plan(
-    plan: str, target: str, yes: bool, force: bool, max_wait: float | None, json_output: bool
+    plan: str,
+    target: str,
+    yes: bool,
+    force: bool,
+    max_wait: float | None,
+    json_output: bool,
+    mode: str = "ungraceful",
+    accept_loss: list[str] | None = None,
 ) -> None:
     ws = state.workspace()
     echo = (
@@ -43,7 +59,17 @@ def _run_plan(
         else (lambda line: err_console.print(line, highlight=False, soft_wrap=True))
     )
     execution = Runbook(
-        ws, plan, target, yes=yes, force=force, max_wait=max_wait, confirm=_confirm, echo=echo
+        ws,
+        plan,
+        target,
+        yes=yes,
+        force=force,
+        max_wait=max_wait,
+        confirm=_confirm,
+        echo=echo,
+        interactive=sys.stdin.isatty(),
+        mode=mode,
+        accept_loss=tuple(accept_loss or ()),
     ).execute()
     if json_output:
         print_json(execution.to_dict())
@@ -63,8 +89,12 @@ def _run_plan(
 def _print_execution(execution: Execution) -> None:
     colour = {"succeeded": "green", "aborted": "yellow"}.get(execution.outcome, "red")
     console.print(
-        f"[bold]{execution.plan}[/] to {execution.target}: [{colour}]{execution.outcome}[/]"
-        + (f" — {execution.reason}" if execution.reason else ""),
+        styled(
+            (execution.plan, "bold"),
+            f" to {execution.target}: ",
+            (execution.outcome, colour),
+            f" — {execution.reason}" if execution.reason else "",
+        ),
         soft_wrap=True,
     )
     if execution.rto_seconds is not None:
@@ -75,6 +105,12 @@ def _print_execution(execution: Execution) -> None:
             f" {execution.epoch_after}"
         )
     console.print(_steps_table(execution.steps))
+    if execution.report:
+        console.print(
+            f"recovery report {execution.report['seq']}:"
+            f" {execution.report.get('files', {}).get('markdown', '')}",
+            soft_wrap=True,
+        )
 
 
 def _steps_table(steps: list[StepLog]) -> Table:
@@ -108,10 +144,21 @@ def failover(
         False, "--force", help="Override readiness and the minimum time between switches."
     ),
     json_output: bool = typer.Option(False, "--json"),
+    mode: str = typer.Option(MODE_HELP[0], "--mode", help=MODE_HELP[1]),
+    accept_loss: list[str] = typer.Option([], "--accept-loss", help=LOSS_HELP),
 ) -> None:
     """Run the failover plan against the region being activated."""
     ws = state.workspace()
-    _run_plan("failover", failover_target(ws, to), yes, force, _seconds(max_wait), json_output)
+    _run_plan(
+        "failover",
+        failover_target(ws, to),
+        yes,
+        force,
+        _seconds(max_wait),
+        json_output,
+        _mode(mode),
+        accept_loss,
+    )
 
 
 @app.command()
@@ -123,16 +170,33 @@ def failback(
     max_wait: str | None = typer.Option(None, "--max-wait"),
     force: bool = typer.Option(False, "--force"),
     json_output: bool = typer.Option(False, "--json"),
+    mode: str = typer.Option(MODE_HELP[0], "--mode", help=MODE_HELP[1]),
+    accept_loss: list[str] = typer.Option([], "--accept-loss", help=LOSS_HELP),
 ) -> None:
     """Run the failback plan: catch the returning region up, hand runs over, activate it."""
     ws = state.workspace()
-    _run_plan("failback", failback_target(ws, to), yes, force, _seconds(max_wait), json_output)
+    _run_plan(
+        "failback",
+        failback_target(ws, to),
+        yes,
+        force,
+        _seconds(max_wait),
+        json_output,
+        _mode(mode),
+        accept_loss,
+    )
+
+
+def _mode(value: str) -> str:
+    if value not in MODES:
+        raise typer.BadParameter(f"{value!r} is not one of {', '.join(MODES)}", param_hint="--mode")
+    return value
 
 
 def _seconds(value: str | None) -> float | None:
     if value is None:
         return None
-    from ..config.settings import parse_duration
+    from ..config.values import parse_duration
 
     try:
         return parse_duration(value)
@@ -172,28 +236,78 @@ def _print_report(report: dict[str, Any]) -> None:
         )
     for item in report["at_risk"]:
         console.print(
-            f"  [red]AT RISK[/]    {item['input_key']} (run {item['run_id']}): its"
-            f" {item['what']} is only in {item['region']}",
+            styled(
+                "  ",
+                ("AT RISK", "red"),
+                f"    {item['input_key']} (run {item['run_id']}): its"
+                f" {item['what']} is only in {item['region']}",
+            ),
             soft_wrap=True,
         )
 
 
 @app.command(name="redrive")
 def redrive_command(
-    key: str = typer.Argument(..., help="Input key or run id of a FAILED run."),
+    key: str | None = typer.Argument(None, help="Input key or run id of a FAILED run."),
+    status: str | None = typer.Option(
+        None, "--status", help="Every run with this status (FAILED) instead of one."
+    ),
+    since: str | None = typer.Option(
+        None, "--since", help="With --status: updated at or after (ISO 8601 or @unix)."
+    ),
+    prefix: str | None = typer.Option(None, "--prefix", help="With --status: input key prefix."),
     json_output: bool = typer.Option(False, "--json"),
 ) -> None:
-    """Run a FAILED run again in the active region from its last good step."""
-    result = redrive(state.workspace(), key)
-    if json_output:
-        print_json(result)
+    """Run a FAILED run (or every matching one) again in the active region from its last good
+    step; says what it did per run."""
+    if (key is None) == (status is None):
+        raise typer.BadParameter("give a KEY or --status FAILED", param_hint="KEY")
+    ws = state.workspace()
+    if status is None:
+        assert key is not None
+        results = [{"ok": True, **redrive(ws, key)}]
     else:
-        console.print(
-            f"run {result['run_id']} ({result['input_key']}) resumes at"
-            f" {result['resumes_at']} in {result['region']}: {result['chunks_to_run']}"
-            f" chunk(s) to run, {result['chunks_kept']} kept"
-            + ("; the reference data changed" if result["reference_changed"] else "")
-        )
+        results = redrive_matching(ws, status=status.upper(), since=_since(since), prefix=prefix)
+    if json_output:
+        print_json(results if status is not None else results[0])
+    else:
+        if status is not None:
+            console.print(f"{len(results)} run(s) matched")
+        for result in results:
+            if not result["ok"]:
+                console.print(
+                    f"run {result['run_id']} ({result['input_key']}): not re-driven:"
+                    f" {result['error']}"
+                )
+                continue
+            changed = ""
+            if result.get("pipeline_changed"):
+                changed = "; the pipeline changed"
+            elif result["reference_changed"]:
+                changed = "; the reference data changed"
+            console.print(
+                f"run {result['run_id']} ({result['input_key']}) resumes at"
+                f" {result['resumes_at']} in {result['region']}: {result['chunks_to_run']}"
+                f" chunk(s) to run, {result['chunks_kept']} kept{changed}"
+            )
+    if any(not r["ok"] for r in results):
+        raise typer.Exit(1)
+
+
+def _since(value: str | None) -> float | None:
+    if value is None:
+        return None
+    from datetime import datetime
+
+    try:
+        if value.startswith("@"):
+            return float(value[1:])
+        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--since") from exc
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.timestamp()
 
 
 @app.command()
@@ -231,7 +345,7 @@ def plan_show(json_output: bool = typer.Option(False, "--json")) -> None:
         )
         return
     for name in ("failover", "failback"):
-        console.print(f"[bold]{name}[/]" + (f" (from {plans.file})" if plans.file else ""))
+        console.print(styled((name, "bold"), f" (from {plans.file})" if plans.file else ""))
         for n, step in enumerate(getattr(plans, name).steps, 1):
             console.print(f"  {n}. {_describe(step)}", markup=False, highlight=False)
 
@@ -260,7 +374,7 @@ def plan_evaluate(json_output: bool = typer.Option(False, "--json")) -> None:
             table.add_column(column)
         for c in checks:
             colour = {"ok": "green", "warning": "yellow"}.get(c["status"], "red")
-            table.add_row(c["plan"], c["check"], f"[{colour}]{c['status']}[/]", c["detail"])
+            table.add_row(c["plan"], c["check"], styled((c["status"], colour)), c["detail"])
         console.print(table)
     if any(c["status"] == "failed" for c in checks):
         raise typer.Exit(1)
@@ -269,17 +383,26 @@ def plan_evaluate(json_output: bool = typer.Option(False, "--json")) -> None:
 @plan_app.command("history")
 def plan_history(
     json_output: bool = typer.Option(False, "--json"),
-    last: int = typer.Option(10, "--last", help="How many executions (0 = all)."),
+    last: int = typer.Option(10, "--last", help="How many executions of each kind (0 = all)."),
+    kind: str = typer.Option("all", "--kind", help="recovery, drill or all."),
 ) -> None:
-    """Past plan executions with their step logs and RTO."""
+    """Past plan executions with their step logs and RTO: real recoveries, then drills."""
+    if kind not in ("all", "recovery", "drill"):
+        raise typer.BadParameter("one of recovery, drill, all", param_hint="--kind")
     executions = history(state.workspace())
-    if last:
-        executions = executions[-last:]
+    groups = {
+        name: [e for e in executions if e.kind == name][-last if last else 0 :]
+        for name in ("recovery", "drill")
+        if kind in ("all", name)
+    }
     if json_output:
-        print_json([e.to_dict() for e in executions])
+        chosen = sorted((e for group in groups.values() for e in group), key=lambda e: e.started)
+        print_json([{**e.to_dict(), "kind": e.kind} for e in chosen])
         return
-    if not executions:
-        console.print("no plan has run yet")
-    for execution in executions:
-        console.rule(execution.id)
-        _print_execution(execution)
+    for name, group in groups.items():
+        console.print(styled((f"{name.capitalize()} executions", "bold"), f" ({len(group)})"))
+        if not group:
+            console.print(f"  no {name} has run yet")
+        for execution in group:
+            console.rule(execution.id + (f" (drill {execution.drill})" if execution.drill else ""))
+            _print_execution(execution)

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import json
+import os
 import secrets
+import uuid
 from importlib import resources
 from pathlib import Path
 
 from .. import backends
 from ..errors import UnavailableError, UsageError
+from .examples import example_config, write_example
 from .settings import CONFIG_NAME, REGION_NAME
-from .workspace import Workspace
+from .workspace import PRIVATE_UMASK, Workspace
 
 __all__ = [
     "DEFAULT_REGIONS",
@@ -32,7 +35,8 @@ SAMPLE_ENRICHMENT = {
 
 _TEMPLATE = """\
 # mrbatch workspace. Every command finds this file from the current directory (or --config).
-# Durations accept seconds (60) or text ("500ms", "60s", "15m", "1h").
+# Durations accept seconds (60) or text ("500ms", "60s", "15m", "1h", "7d"); sizes bytes or
+# text ("500MB", "10GiB").
 
 # The regions; the first listed started ACTIVE, the others STANDBY.
 regions = {regions}
@@ -42,9 +46,9 @@ data_dir = ".mrbatch"
 [backends]
 object_store = "{object_store}"{store_note}
 state_table = "{state_table}"{table_note}
-control_plane = "sqlite"      # the routing control, shared by all regions
+control_plane = "{control_plane}"{control_pad}# the routing control: "sqlite" (a file) or "etcd"
 notifier = "outbox"           # "outbox" writes .eml files; "smtp" needs notify.smtp_host
-executor = "process-pool"     # "inline" runs chunk tasks in the region process
+executor = "{executor}"{executor_pad}# or "inline" (in the region process) or "dask"
 replication = "builtin"       # "native": S3 CRR and DynamoDB global tables copy, mrbatch watches
 
 [pipeline]
@@ -62,10 +66,17 @@ reference_key = "uuid"                   # reference column to join on
 # reference column = output column, in output order
 columns = {{ {columns} }}
 
+[output]
+escape_formulas = false      # true: prefix spreadsheet formula cells (=, +, -, @) with '
+
 [gateway]
-host = "127.0.0.1"
+host = "127.0.0.1"           # off loopback, reads (dashboard, API, metrics) need the token
 port = {port}
 link_expiry = "60m"          # presigned links expire after this
+max_link_lifetime = "7d"     # no link is signed, or honoured, for longer
+# allowed_hosts = ["batch.example.com"]   # Host names besides localhost and the bound host
+max_upload_bytes = "10GiB"   # one upload; larger ones are refused (413)
+spool_quota_bytes = "20GiB"  # all uploads being received at once
 
 [notify]
 from = "mrbatch@localhost"
@@ -87,11 +98,62 @@ desired_rto = "60s"
 max_wait = "60s"
 min_switch_interval = "60s"
 
+[retention]
+enabled = true               # the region loop collects garbage every interval (`mrbatch gc`)
+age = "7d"                   # finished runs' versions and records, superseded bytes, tombstones
+versions = 1                 # the newest N finished versions of each input are kept anyway
+interval = "10m"
+
+# The etcd cluster, with backends.control_plane = "etcd" (every region lists every member).
+[etcd]
+endpoints = {etcd_endpoints}
+prefix = "{etcd_prefix}"   # this workspace's keys; one cluster can serve several
+lease_ttl = "2s"              # a region that cannot renew its lease stops publishing
+timeout = "1s"                # longest wait for the cluster's answer
+
+# The Dask cluster, with backends.executor = "dask".
+[dask]
+scheduler = "{dask_scheduler}"{dask_pad}# "local": a LocalCluster per region process; or tcp://HOST:8786
+workers = 0                   # LocalCluster worker processes; 0 = pipeline.workers or one per core
+
 [watch]
 heartbeat_timeout = "5s"
 max_error_rate = 0.5
 interval = "1s"
 unhealthy_checks = 2
+require_approval = false     # --auto-failover waits for `mrbatch plan approve` (approval.timeout)
+evaluate_interval = "60s"    # `watch` runs `plan evaluate` and the standby parity checks
+
+[approval]
+timeout = "0s"               # without --yes or a terminal, wait this long for `plan approve`
+                             # or POST /api/plans/ID/approve (0: refuse at once)
+
+[rpo]
+# max_files = 0              # the rpo-gate step refuses a switch that would leave more inputs
+# max_bytes = "0B"           # (or bytes) behind without a per-key approval; unset: list only
+
+[reports]
+settle = "30s"               # a report waits this long for the runs in flight at the fence
+
+[drill]
+# every = "7d"               # `watch` runs `mrbatch drill` this often, inside a window below
+windows = []                 # e.g. ["sat 02:00-04:00", "mon-fri 13:00-14:00"] (UTC)
+freeze = false               # true: no drill starts (`mrbatch drill freeze` does it at run time)
+max_backlog = 100            # no drill while replication has more than this left to copy
+max_runs_in_flight = 10      # ... or the active region drives more runs than this
+files = 6                    # the drill's load: files of `rows` rows, uploaded through it
+rows = 500
+mode = "graceful"            # graceful: wait for replication without a bound; or ungraceful
+# rto_budget = "60s"         # each switch's RTO budget (default: failover.desired_rto)
+
+[tracing]
+# otlp_endpoint = "http://127.0.0.1:4318"   # OpenTelemetry traces over OTLP/HTTP (extra `otel`)
+
+[supervisor]
+restart = true               # start a region, replicator or gateway process again when it dies
+restart_backoff = "1s"       # pause before the first restart; doubles with each death in a row
+restart_max_backoff = "30s"  # up to this
+stable_after = "60s"         # up this long: the next death pauses restart_backoff again
 
 # Recovery plans: ordered steps; a bare name is a built-in step. Custom steps:
 #   {{ name = "page", run = "notify-oncall $MRBATCH_TARGET", timeout = "10s" }}
@@ -99,11 +161,12 @@ unhealthy_checks = 2
 #   {{ name = "both", parallel = [ {{ name = "a", run = "..." }}, {{ name = "b", run = "..." }} ] }}
 # Or put [failover] and [failback] in a file named here: file = "plans.toml"
 [plans.failover]
-steps = ["readiness", "approval", "fence", "wait-replication", "activate", "reconcile"]
+steps = ["readiness", "approval", "rpo-gate", "fence", "wait-replication", "activate",
+         "reconcile"]
 
 [plans.failback]
-steps = ["readiness", "catch-up", "approval", "fence", "wait-replication", "activate",
-         "reconcile", "standby-previous"]
+steps = ["readiness", "catch-up", "approval", "rpo-gate", "fence", "wait-replication",
+         "activate", "reconcile", "standby-previous"]
 """
 
 _NOTES = {
@@ -140,6 +203,10 @@ def sample_bytes(name: str) -> bytes:
     return resources.files("mrbatch.config.samples").joinpath(name).read_bytes()
 
 
+def _pad(value: str, width: int) -> str:
+    return " " * max(1, width - len(value))
+
+
 def init_workspace(
     directory: Path,
     *,
@@ -147,11 +214,36 @@ def init_workspace(
     port: int = 8740,
     chunk_rows: int = 100_000,
     force: bool = False,
+    control_plane: str = "sqlite",
+    etcd_endpoints: list[str] | None = None,
+    executor: str = "process-pool",
+    dask_scheduler: str | None = None,
+    example: str | None = None,
+    api_port: int = 8741,
     object_store: str = "local",
     state_table: str = "sqlite",
     endpoint_url: str | None = None,
 ) -> Workspace:
     regions = regions or list(DEFAULT_REGIONS)
+    if control_plane == "etcd" and not etcd_endpoints:
+        raise UsageError(
+            "--control-plane etcd needs the cluster's client URLs",
+            hint="pass --etcd-endpoints http://HOST:2379,http://HOST2:2379,...",
+        )
+    chosen = {
+        "object_store": object_store,
+        "state_table": state_table,
+        "control_plane": control_plane,
+        "executor": executor,
+    }
+    for kind, name in chosen.items():
+        if name not in backends.REGISTRY[kind]:
+            known = ", ".join(sorted(backends.REGISTRY[kind]))
+            raise UsageError(f"unknown {kind.replace('_', ' ')} {name!r} (known: {known})")
+    if dask_scheduler and executor != "dask":
+        raise UsageError("--dask-scheduler goes with --executor dask")
+    if endpoint_url and object_store != "s3" and state_table != "dynamodb":
+        raise UsageError("--endpoint-url goes with --object-store s3 or --state-table dynamodb")
     for name in regions:
         if not REGION_NAME.match(name):
             raise UsageError(
@@ -167,11 +259,20 @@ def init_workspace(
             f"{config_path} exists already", hint="use that workspace, or pass --force to rewrite"
         )
     columns = ", ".join(f'{k} = "{v}"' for k, v in SAMPLE_ENRICHMENT.items())
+    scheduler = dask_scheduler or "local"
     text = _TEMPLATE.format(
         regions=json.dumps(regions),
         columns=columns,
         port=port,
         chunk_rows=chunk_rows,
+        control_plane=control_plane,
+        control_pad=_pad(control_plane, 12),
+        executor=executor,
+        executor_pad=_pad(executor, 17),
+        etcd_endpoints=json.dumps(list(etcd_endpoints or [])),
+        etcd_prefix=f"/mrbatch/{uuid.uuid4().hex[:12]}",
+        dask_scheduler=scheduler,
+        dask_pad=_pad(scheduler, 16),
         object_store=object_store,
         state_table=state_table,
         store_note=_NOTES.get(object_store, ""),
@@ -180,31 +281,49 @@ def init_workspace(
     # Bucket names are global: a random part keeps two workspaces' buckets apart.
     suffix = secrets.token_hex(4)
     endpoint = f'endpoint_url = "{endpoint_url}"   # every region on this endpoint\n'
-    for chosen, section in ((object_store == "s3", _S3), (state_table == "dynamodb", _DYNAMODB)):
-        if chosen:
+    for aws, section in ((object_store == "s3", _S3), (state_table == "dynamodb", _DYNAMODB)):
+        if aws:
             section = section.replace("SUFFIX", suffix)
             text += section.replace("ENDPOINT", endpoint if endpoint_url else "")
-    config_path.write_text(text, encoding="utf-8")
+    if example is not None:
+        text += example_config(example, api_port=api_port)
     pipeline_dir = directory / "pipeline"
     pipeline_dir.mkdir(exist_ok=True)
+    if example is not None:
+        write_example(directory, example)
+    config_path.write_text(text, encoding="utf-8")
     (pipeline_dir / "orders.schema.json").write_bytes(sample_bytes("orders.schema.json"))
     (pipeline_dir / "financial.csv").write_bytes(sample_bytes("financial.csv"))
     (pipeline_dir / "orders-sample.csv").write_bytes(sample_bytes("orders.csv"))
 
     ws = Workspace.load(config_path)
-    ws.data_dir.mkdir(parents=True, exist_ok=True)
-    ws.token  # noqa: B018 - created now, mode 0600
-    ws.signing_key  # noqa: B018
-    backends.open_control_plane(ws).initialize(regions, regions[0])
+    # The data directory and everything init puts in it are its owner's alone, whoever calls
+    # (the CLI and the daemons run with this umask throughout; a library caller may not).
+    previous = os.umask(PRIVATE_UMASK)
     try:
-        backends.provision(ws)
-        seed_reference(ws)
-    except UnavailableError as exc:
-        raise UnavailableError(
-            f"{exc.message} (the workspace is written: {config_path})",
-            hint="`mrbatch up` creates the buckets and tables and seeds the reference data"
-            " once the endpoint answers",
-        ) from exc
+        ws.data_dir.mkdir(parents=True, exist_ok=True)
+        ws.make_private()
+        ws.token  # noqa: B018 - created now, mode 0600
+        ws.signing_key  # noqa: B018
+        try:
+            backends.open_control_plane(ws).initialize(regions, regions[0])
+        except UnavailableError as exc:
+            raise UnavailableError(
+                f"{config_path} is written, but the routing control could not be created:"
+                f" {exc.message}",
+                hint="`mrbatch up` creates it once the control plane answers",
+            ) from exc
+        try:
+            backends.provision(ws)
+            seed_reference(ws)
+        except UnavailableError as exc:
+            raise UnavailableError(
+                f"{exc.message} (the workspace is written: {config_path})",
+                hint="`mrbatch up` creates the buckets and tables and seeds the reference data"
+                " once the endpoint answers",
+            ) from exc
+    finally:
+        os.umask(previous)
     return ws
 
 

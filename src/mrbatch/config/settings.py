@@ -9,137 +9,95 @@ from __future__ import annotations
 import re
 import tomllib
 from pathlib import Path
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Any, TypeVar
 
 from pydantic import (
     BaseModel,
-    BeforeValidator,
     ConfigDict,
     Field,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
 
-from ..backends.registry import check_backend_names
 from ..errors import ConfigError, SchemaError
-from .aws import DynamoDBConfig, S3Config, check_names
+from .aws import DynamoDBConfig, S3Config
+from .choices import BackendsConfig, check_backends
+from .clusters import DaskConfig, EtcdConfig
+from .pipelines import (
+    DEFAULT_PIPELINE,
+    RESERVED_COLUMN_PREFIX,
+    DeclaredPipeline,
+    EnrichmentConfig,
+    IngestConfig,
+    PipelineConfig,
+    PipelineSpec,
+    check_name,
+    resolve_spec,
+)
+from .plans import PlansConfig
+from .recovery import ApprovalConfig, DrillConfig, ReportsConfig, RpoConfig, TracingConfig
+from .values import ByteSize, Duration, Section
 
 __all__ = [
     "CONFIG_NAME",
+    "RESERVED_COLUMN_PREFIX",
     "BackendsConfig",
     "Config",
+    "DaskConfig",
     "EnrichmentConfig",
+    "EtcdConfig",
     "FailoverConfig",
     "GatewayConfig",
     "NotifyConfig",
+    "OutputConfig",
     "PipelineConfig",
+    "PipelineSpec",
     "ReplicationConfig",
+    "RetentionConfig",
+    "SupervisorConfig",
     "TimingConfig",
     "WatchConfig",
     "load_config",
-    "parse_duration",
 ]
 
 CONFIG_NAME = "mrbatch.toml"
-# Column names mrbatch uses inside its own files (the reference cache's key column, say).
-RESERVED_COLUMN_PREFIX = "__mrbatch"
 _M = TypeVar("_M", bound=BaseModel)
 REGION_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
-_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
 
 
-def parse_duration(value: Any) -> float:
-    """Seconds from a number or a text such as ``"500ms"``, ``"60s"``, ``"15m"``, ``"1h"``."""
-    if isinstance(value, bool):
-        raise ValueError("expected a duration such as 60, '60s', '15m' or '500ms'")
-    if isinstance(value, int | float):
-        if value < 0:
-            raise ValueError("a duration cannot be negative")
-        return float(value)
-    if isinstance(value, str):
-        match = _DURATION.match(value)
-        if match:
-            return float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
-    raise ValueError(f"{value!r} is not a duration; use e.g. 60, '60s', '15m' or '500ms'")
+class OutputConfig(Section):
+    # Prefix spreadsheet formula cells (=, +, -, @, tab, CR first) with ' in the output and the
+    # rejected rows. Off by default: it changes values, and mrbatch otherwise never does.
+    escape_formulas: bool = False
 
 
-Duration = Annotated[float, BeforeValidator(parse_duration)]
-
-
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class BackendsConfig(_Section):
-    """Which backend serves each port; names are looked up in ``mrbatch.backends.registry``."""
-
-    object_store: str = "local"
-    state_table: str = "sqlite"
-    control_plane: str = "sqlite"
-    notifier: str = "outbox"
-    executor: str = "process-pool"
-    # Who copies objects and records between regions: mrbatch's replicators ("builtin"), or
-    # the provider (S3 Cross-Region Replication, DynamoDB global tables: "native"), which
-    # mrbatch then only watches to measure backlog and lag.
-    replication: Literal["builtin", "native"] = "builtin"
-
-
-class EnrichmentConfig(_Section):
-    """Join each valid row with reference data held in the bucket."""
-
-    reference: str = "reference/financial.csv"
-    key: str = Field(default="uuid", min_length=1)
-    reference_key: str = Field(default="uuid", min_length=1)
-    # reference column -> output column, in output order (TOML tables keep their order).
-    columns: dict[str, str] = Field(default_factory=dict)
-
-    @field_validator("columns")
-    @classmethod
-    def _output_names(cls, columns: dict[str, str]) -> dict[str, str]:
-        outputs = list(columns.values())
-        if "" in columns or "" in outputs:
-            raise ValueError("column names must not be empty")
-        doubled = sorted({name for name in outputs if outputs.count(name) > 1})
-        if doubled:
-            raise ValueError(f"output column {doubled[0]!r} is named twice")
-        reserved = [name for name in outputs if name.startswith(RESERVED_COLUMN_PREFIX)]
-        if reserved:
-            raise ValueError(
-                f"output column {reserved[0]!r}: names starting with"
-                f" {RESERVED_COLUMN_PREFIX!r} are reserved"
-            )
-        return columns
-
-    @field_validator("reference")
-    @classmethod
-    def _reference_is_a_key(cls, value: str) -> str:
-        if not value or value.startswith("/") or ".." in value.split("/"):
-            raise ValueError(f"{value!r} is not an object key such as 'reference/financial.csv'")
-        return value
-
-
-class PipelineConfig(_Section):
-    schema_path: str = Field(default="pipeline/orders.schema.json", alias="schema")
-    chunk_rows: int = Field(default=100_000, ge=1)
-    # Fraction of rows a file may have rejected and still complete; above it the run FAILS.
-    max_rejected_fraction: float = Field(default=0.1, ge=0.0, le=1.0)
-    chunk_attempts: int = Field(default=4, ge=1, le=100)
-    retry_backoff: Duration = 0.5
-    # 0 means one worker per CPU core.
-    workers: int = Field(default=0, ge=0, le=256)
-    enrichment: EnrichmentConfig | None = None
-
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
-
-
-class GatewayConfig(_Section):
+class GatewayConfig(Section):
     host: str = Field(default="127.0.0.1", min_length=1)
     port: int = Field(default=8740, ge=0, le=65535)
     link_expiry: Duration = 3600.0
+    # No link is signed for longer, and none whose expiry lies further ahead is honoured.
+    max_link_lifetime: Duration = 7 * 86400.0
     # The URL put in mails and printed by `mrbatch url`; defaults to http://host:port.
     public_url: str | None = None
+    # Host names requests may carry besides localhost, the bound host and public_url's host
+    # (anything else is refused: a page elsewhere cannot reach the API by DNS rebinding).
+    allowed_hosts: list[str] = Field(default_factory=list)
+    # One upload may not exceed this; all uploads being spooled at once may not exceed the quota.
+    max_upload_bytes: ByteSize = 10 * 2**30
+    spool_quota_bytes: ByteSize = 20 * 2**30
+
+    @model_validator(mode="after")
+    def _link_lifetime(self) -> GatewayConfig:
+        if self.link_expiry > self.max_link_lifetime:
+            raise ValueError(
+                f"gateway.link_expiry ({self.link_expiry:.0f}s) is longer than"
+                f" gateway.max_link_lifetime ({self.max_link_lifetime:.0f}s)"
+            )
+        if self.max_upload_bytes > self.spool_quota_bytes:
+            raise ValueError("gateway.max_upload_bytes is larger than gateway.spool_quota_bytes")
+        return self
 
     @field_validator("public_url")
     @classmethod
@@ -149,7 +107,7 @@ class GatewayConfig(_Section):
         return value
 
 
-class NotifyConfig(_Section):
+class NotifyConfig(Section):
     sender: str = Field(default="mrbatch@localhost", alias="from")
     to: list[str] = Field(default_factory=lambda: ["batch-owners@localhost"], min_length=1)
     smtp_host: str | None = None
@@ -178,7 +136,7 @@ def _address(value: str) -> str:
     return value
 
 
-class ReplicationConfig(_Section):
+class ReplicationConfig(Section):
     interval: Duration = 0.1
     batch: int = Field(default=500, ge=1)
     # Replication is background work: on a machine shared with the chunk workers it yields
@@ -186,103 +144,62 @@ class ReplicationConfig(_Section):
     nice: int = Field(default=10, ge=0, le=19)
 
 
-class TimingConfig(_Section):
+class TimingConfig(Section):
     poll_interval: Duration = 0.05
     heartbeat_interval: Duration = 0.5
     # A full re-scan of input/ catches anything the incremental feed could have missed.
     rescan_interval: Duration = 30.0
 
 
-class FailoverConfig(_Section):
+class SupervisorConfig(Section):
+    """Restarting a region, replicator or gateway process that died (``mrbatch up``): the pause
+    before a restart doubles with each death in a row up to restart_max_backoff, and is
+    restart_backoff again once the process has stayed up for stable_after."""
+
+    restart: bool = True
+    restart_backoff: Duration = 1.0
+    restart_max_backoff: Duration = 30.0
+    stable_after: Duration = 60.0
+    poll_interval: Duration = Field(default=0.5, gt=0)
+
+    @field_validator("restart_max_backoff")
+    @classmethod
+    def _cap_above_base(cls, value: float, info: ValidationInfo) -> float:
+        if value < info.data.get("restart_backoff", 0.0):
+            raise ValueError("shorter than restart_backoff")
+        return value
+
+
+class FailoverConfig(Section):
     desired_rto: Duration = 60.0
     max_wait: Duration = 60.0
     min_switch_interval: Duration = 60.0
 
 
-BUILTIN_STEPS = (
-    "readiness",
-    "approval",
-    "fence",
-    "wait-replication",
-    "activate",
-    "reconcile",
-    "catch-up",
-    "standby-previous",
-)
-_CALLABLE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+class RetentionConfig(Section):
+    """How long what a finished run leaves behind is kept (see ``mrbatch gc``)."""
+
+    # Collect continuously, from the region loop (``mrbatch gc`` works either way).
+    enabled: bool = True
+    # A finished run's version objects and records, superseded object versions and deletion
+    # tombstones are kept this long (and never less than gateway.max_link_lifetime, so a link
+    # still valid never points at nothing).
+    age: Duration = 7 * 86400.0
+    # The newest N finished versions of each input key are kept whatever their age.
+    versions: int = Field(default=1, ge=0)
+    interval: Duration = 600.0
 
 
-class StepConfig(_Section):
-    """One step of a recovery plan: a built-in ``action``, a shell command (``run``), a Python
-    ``module:function`` (``call``), or a group of steps run in ``parallel``."""
-
-    name: str = Field(min_length=1)
-    action: str | None = None
-    run: str | None = None
-    call: str | None = None
-    parallel: list[StepConfig] | None = None
-    timeout: Duration | None = None
-
-    @model_validator(mode="after")
-    def _one_kind(self) -> StepConfig:
-        kinds = [k for k in ("action", "run", "call", "parallel") if getattr(self, k) is not None]
-        if len(kinds) != 1:
-            raise ValueError(
-                f"step {self.name!r} needs exactly one of action, run, call, parallel"
-                f" (has {', '.join(kinds) or 'none'})"
-            )
-        if self.action is not None and self.action not in BUILTIN_STEPS:
-            raise ValueError(
-                f"step {self.name!r}: unknown action {self.action!r}"
-                f" (built-in: {', '.join(BUILTIN_STEPS)})"
-            )
-        if self.call is not None and not _CALLABLE.match(self.call):
-            raise ValueError(f"step {self.name!r}: call {self.call!r} is not 'module:function'")
-        return self
-
-
-def _step(value: Any) -> Any:
-    # A bare string is a built-in step named after its action.
-    return {"name": value, "action": value} if isinstance(value, str) else value
-
-
-class PlanConfig(_Section):
-    steps: list[Annotated[StepConfig, BeforeValidator(_step)]] = Field(min_length=1)
-
-
-DEFAULT_PLANS: dict[str, list[str]] = {
-    "failover": ["readiness", "approval", "fence", "wait-replication", "activate", "reconcile"],
-    "failback": [
-        "readiness",
-        "catch-up",
-        "approval",
-        "fence",
-        "wait-replication",
-        "activate",
-        "reconcile",
-        "standby-previous",
-    ],
-}
-
-
-class PlansConfig(_Section):
-    """Recovery plans as data: inline here, or in a TOML ``file`` with [failover]/[failback]."""
-
-    file: str | None = None
-    failover: PlanConfig = Field(
-        default_factory=lambda: PlanConfig.model_validate({"steps": DEFAULT_PLANS["failover"]})
-    )
-    failback: PlanConfig = Field(
-        default_factory=lambda: PlanConfig.model_validate({"steps": DEFAULT_PLANS["failback"]})
-    )
-
-
-class WatchConfig(_Section):
+class WatchConfig(Section):
     heartbeat_timeout: Duration = 5.0
     max_error_rate: float = Field(default=0.5, ge=0.0, le=1.0)
     interval: Duration = 1.0
     # Consecutive unhealthy checks before --auto-failover acts (one missed beat is not a failure).
     unhealthy_checks: int = Field(default=2, ge=1)
+    # --auto-failover waits at the plan's approval step for a person (see [approval]).
+    require_approval: bool = False
+    # How often `watch` runs `plan evaluate` and the standby parity checks (0: never).
+    evaluate_interval: Duration = 60.0
 
 
 class Config(BaseModel):
@@ -294,6 +211,7 @@ class Config(BaseModel):
     data_dir: str = ".mrbatch"
     backends: BackendsConfig = Field(default_factory=BackendsConfig)
     pipeline: PipelineConfig = Field(default_factory=PipelineConfig)
+    output: OutputConfig = Field(default_factory=OutputConfig)
     gateway: GatewayConfig = Field(default_factory=GatewayConfig)
     notify: NotifyConfig = Field(default_factory=NotifyConfig)
     replication: ReplicationConfig = Field(default_factory=ReplicationConfig)
@@ -303,6 +221,61 @@ class Config(BaseModel):
     watch: WatchConfig = Field(default_factory=WatchConfig)
     s3: S3Config = Field(default_factory=S3Config)
     dynamodb: DynamoDBConfig = Field(default_factory=DynamoDBConfig)
+    retention: RetentionConfig = Field(default_factory=RetentionConfig)
+    supervisor: SupervisorConfig = Field(default_factory=SupervisorConfig)
+    etcd: EtcdConfig = Field(default_factory=EtcdConfig)
+    dask: DaskConfig = Field(default_factory=DaskConfig)
+    approval: ApprovalConfig = Field(default_factory=ApprovalConfig)
+    rpo: RpoConfig = Field(default_factory=RpoConfig)
+    reports: ReportsConfig = Field(default_factory=ReportsConfig)
+    drill: DrillConfig = Field(default_factory=DrillConfig)
+    tracing: TracingConfig = Field(default_factory=TracingConfig)
+    # Pipelines of the workspace's own, chosen by input prefix; [pipeline] is the default one.
+    pipelines: dict[str, DeclaredPipeline] = Field(default_factory=dict)
+    ingest: IngestConfig = Field(default_factory=IngestConfig)
+
+    @field_validator("pipelines")
+    @classmethod
+    def _pipeline_names(cls, pipelines: dict[str, DeclaredPipeline]) -> dict[str, DeclaredPipeline]:
+        prefixes: dict[str, str] = {}
+        for name, declared in pipelines.items():
+            check_name(name)
+            if name == DEFAULT_PIPELINE:
+                raise ValueError(f"{name!r} names the [pipeline] section; choose another name")
+            if declared.prefix in prefixes:
+                raise ValueError(
+                    f"{name}: prefix {declared.prefix!r} is also {prefixes[declared.prefix]}'s"
+                )
+            prefixes[declared.prefix] = name
+        return pipelines
+
+    # ------------------------------------------------------------------ pipelines
+    def spec(self, name: str) -> PipelineSpec:
+        """The pipeline called ``name`` (``default`` is ``[pipeline]``); KeyError if none."""
+        return resolve_spec(name, self.pipeline, self.pipelines, self.output.escape_formulas)
+
+    def spec_for_key(self, key: str) -> PipelineSpec:
+        """The pipeline an input key belongs to: the longest declared prefix it starts with,
+        else the default pipeline."""
+        best = max(
+            (n for n, d in self.pipelines.items() if key.startswith(d.prefix)),
+            key=lambda n: len(self.pipelines[n].prefix),
+            default=DEFAULT_PIPELINE,
+        )
+        return self.spec(best)
+
+    def spec_for_run(self, name: str, key: str) -> PipelineSpec | None:
+        """The pipeline a run recorded (by its key for runs from before pipelines had names);
+        None when the configuration no longer declares it."""
+        if not name:
+            return self.spec_for_key(key)
+        try:
+            return self.spec(name)
+        except KeyError:
+            return None
+
+    def specs(self) -> list[PipelineSpec]:
+        return [self.spec(DEFAULT_PIPELINE), *(self.spec(n) for n in self.pipelines)]
 
     @field_validator("regions")
     @classmethod
@@ -318,8 +291,7 @@ class Config(BaseModel):
 
     @model_validator(mode="after")
     def _backends_known(self) -> Config:
-        check_backend_names(self.backends.model_dump(exclude={"replication"}))
-        check_names(self)
+        check_backends(self)
         smtp_chosen = self.backends.notifier == "smtp"
         if smtp_chosen and not self.notify.smtp_host:
             raise ValueError("backends.notifier is 'smtp' but notify.smtp_host is not set")
@@ -327,6 +299,11 @@ class Config(BaseModel):
             raise ValueError(
                 f"notify.smtp_host is set but backends.notifier is {self.backends.notifier!r};"
                 ' set backends.notifier = "smtp" to send mail over SMTP'
+            )
+        if self.watch.require_approval and self.approval.timeout <= 0:
+            raise ValueError(
+                "watch.require_approval needs approval.timeout above 0 (how long a failover"
+                " waits for a person)"
             )
         return self
 
@@ -362,23 +339,37 @@ def load_config(path: Path) -> Config:
 
 
 def _check_pipeline(config: Config, path: Path) -> None:
-    """The pipeline's schema file compiles, and no enrichment output column shadows one of its
-    properties: mistakes that would otherwise fail every run inside a worker."""
-    from ..pipeline.schema import RecordSchema  # polars, only once the TOML itself is valid
+    """Every pipeline's schema file compiles, no enrichment output column shadows one of its
+    properties, its row checks compile and its user functions import: mistakes that would
+    otherwise fail every run inside a worker."""
+    # polars and user code, only once the TOML itself is valid
+    from ..pipeline.schema import RecordSchema
+    from ..pipeline.usercode import check_spec
 
-    pipeline = config.pipeline
-    schema_path = (path.parent / pipeline.schema_path).resolve()
-    try:
-        schema = RecordSchema.from_file(schema_path)
-    except SchemaError as exc:
-        raise ConfigError(f"{path}: pipeline.schema: {exc.message}", hint=exc.hint) from exc
-    if pipeline.enrichment is not None:
-        clash = [n for n in pipeline.enrichment.columns.values() if n in schema.properties]
-        if clash:
+    for spec in config.specs():
+        where = "pipeline" if spec.name == DEFAULT_PIPELINE else f"pipelines.{spec.name}"
+        schema_path = (path.parent / spec.schema_path).resolve()
+        try:
+            schema = RecordSchema.from_file(schema_path)
+        except SchemaError as exc:
+            raise ConfigError(f"{path}: {where}.schema: {exc.message}", hint=exc.hint) from exc
+        for section, enrichment in (("enrichment", spec.enrichment), ("api", spec.api)):
+            if enrichment is None:
+                continue
+            clash = [n for n in enrichment.columns.values() if n in schema.properties]
+            if clash:
+                raise ConfigError(
+                    f"{path}: {where}.{section}.columns: output column {clash[0]!r} is also a"
+                    f" property of the schema {schema_path.name}",
+                    hint="give the enrichment output another name",
+                )
+        problem = check_spec(spec, path.parent)
+        if problem is not None:
+            key, message = problem
             raise ConfigError(
-                f"{path}: pipeline.enrichment.columns: output column {clash[0]!r} is also a"
-                f" property of the schema {schema_path.name}",
-                hint="give the enrichment output another name",
+                f"{path}: {where}.{key}: {message}",
+                hint="fix the declaration; user functions are imported from the workspace"
+                " and its python_path",
             )
 
 

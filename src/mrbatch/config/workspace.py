@@ -23,7 +23,13 @@ from pathlib import Path
 from ..errors import ConfigError, UsageError
 from .settings import CONFIG_NAME, Config, load_config
 
-__all__ = ["Workspace", "find_config"]
+__all__ = ["MIN_SECRET_LENGTH", "PRIVATE_UMASK", "Workspace", "find_config"]
+
+# What mrbatch writes is for its owner alone: the data directory 0700, its files 0600 (mails
+# carry live links, the secrets sign them). Every mrbatch process creates files under it.
+PRIVATE_UMASK = 0o077
+
+MIN_SECRET_LENGTH = 32
 
 
 def find_config(start: Path | None = None) -> Path:
@@ -82,6 +88,12 @@ class Workspace:
     def faults_path(self) -> Path:
         return self.data_dir / "faults.json"
 
+    def make_private(self) -> None:
+        """Make the data directory 0700 if it exists (a workspace made by an older version may
+        have it 0755); what is created in it from now on follows the process umask."""
+        if self.data_dir.is_dir():
+            self.data_dir.chmod(0o700)
+
     def resolve(self, relative: str) -> Path:
         """A path from the config, relative to the workspace root."""
         return (self.root / relative).resolve()
@@ -102,12 +114,26 @@ class Workspace:
 
     # ------------------------------------------------------------------ secrets
     def secret(self, name: str) -> str:
-        """A workspace secret (``token``, ``signing.key``), created on first use, mode 0600."""
+        """A workspace secret (``token``, ``signing.key``), created on first use, mode 0600.
+
+        An existing secret that is empty or too short is refused, never used: an empty token
+        would let an empty bearer in, an empty key would sign links anyone can forge."""
         path = self.data_dir / name
         try:
-            return path.read_text(encoding="ascii").strip()
+            value = path.read_text(encoding="ascii").strip()
         except FileNotFoundError:
             pass
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"{path}: cannot read the secret: {exc}") from exc
+        else:
+            if len(value) < MIN_SECRET_LENGTH:
+                raise ConfigError(
+                    f"{path} holds {'no secret' if not value else 'a secret that is too short'}"
+                    f" (at least {MIN_SECRET_LENGTH} characters are needed)",
+                    hint=f"delete {path}; mrbatch then creates a new random one (links signed"
+                    " with the old key stop working, clients need the new token)",
+                )
+            return value
         path.parent.mkdir(parents=True, exist_ok=True)
         value = secrets.token_urlsafe(32)
         # Written complete under a temporary name, then linked into place: if two processes

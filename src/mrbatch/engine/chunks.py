@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import logging
 from concurrent.futures import Future
-from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
+from ..config.pipelines import PipelineSpec
 from ..errors import (
     ConflictError,
     NotFoundError,
@@ -111,7 +111,7 @@ class ChunkStage(RunDriver):
             try:
                 ref_future.result()
             except ReferenceDataError as exc:
-                self._fail(progress, self._reference_reason(exc))
+                self._fail(progress, self._reference_reason(progress, exc))
                 return
             except Exception as exc:  # the chunk tasks prepare it again and report for real
                 log.info(
@@ -142,6 +142,10 @@ class ChunkStage(RunDriver):
                         run.reference_version,
                         run.epoch,
                         run.input_key,
+                        run.pipeline,
+                        run.input_format,
+                        (run.pipeline_hash, run.code_version),
+                        run.input_size,
                     )
                     self.stats["chunk_executions_started"] += 1
                 continue
@@ -154,9 +158,12 @@ class ChunkStage(RunDriver):
         if progress.merger is not None and progress.merger.future.done():
             self._merged(progress)
 
-    def _reference_reason(self, exc: ReferenceDataError) -> str:
-        enrichment = self.pipeline.enrichment
-        key = enrichment.reference if enrichment else "the reference data"
+    def _reference_reason(self, progress: Progress, exc: ReferenceDataError) -> str:
+        spec = self._spec(progress.run)
+        enrichment = spec.enrichment if spec is not None else None
+        if enrichment is None:  # the HTTP API refused: nothing to upload
+            return f"{exc}"
+        key = enrichment.reference
         return (
             f"{exc}; upload corrected reference data with `mrbatch put FILE --key {key}`,"
             " then `mrbatch redrive` this input"
@@ -170,7 +177,9 @@ class ChunkStage(RunDriver):
         except PERMANENT as exc:
             self.stats["chunk_executions_failed"] += 1
             reason = (
-                self._reference_reason(exc) if isinstance(exc, ReferenceDataError) else str(exc)
+                self._reference_reason(progress, exc)
+                if isinstance(exc, ReferenceDataError)
+                else str(exc)
             )
             chunk.status, chunk.reason = ChunkStatus.FAILED, reason
             if self._save_chunk(progress, chunk):
@@ -195,7 +204,9 @@ class ChunkStage(RunDriver):
             return True
         except BaseException as exc:
             self.stats["chunk_executions_failed"] += 1
-            lost_worker = isinstance(exc, BrokenProcessPool)
+            # A worker killed under the task (the executor names what that looks like: a
+            # broken process pool, a Dask KilledWorker) is the machine's fault, not the chunk's.
+            lost_worker = isinstance(exc, self.executor.lost_worker_errors)
             if lost_worker:
                 if exc is not progress.last_pool_break:
                     progress.last_pool_break = exc
@@ -244,7 +255,10 @@ class ChunkStage(RunDriver):
         chunk.output_size = result.output_size
         chunk.rejected_key, chunk.rejected_sha256 = result.rejected_key, result.rejected_sha256
         chunk.output_header, chunk.rejected_header = result.output_header, result.rejected_header
+        chunk.counts = list(result.counts)
         chunk.region = self.region
+        chunk.ended_at = self.clock()
+        chunk.started_at = chunk.ended_at - result.seconds
         return self._save_chunk(progress, chunk)
 
     def _feed_merge(self, progress: Progress) -> None:
@@ -295,6 +309,9 @@ class ChunkStage(RunDriver):
             else:
                 self._redo_chunks(progress, str(exc))
             return
+        except UnavailableError as exc:
+            self._backoff(progress, f"MERGE waits for {exc}", outage=True)
+            return
         except Exception as exc:
             if progress.attempts + 1 >= self.pipeline.chunk_attempts:
                 self._fail(progress, f"MERGE failed {progress.attempts + 1} times: {exc}")
@@ -318,7 +335,12 @@ class ChunkStage(RunDriver):
                 f" {merged.rows_rejected} rejected",
             )
             return
-        limit = self.pipeline.max_rejected_fraction
+        spec = self._spec(run)
+        problem = _file_problem(spec, rows_in, chunks) if spec is not None else None
+        if problem is not None:
+            self._fail(progress, f"{run.input_key}: {problem}")
+            return
+        limit = spec.max_rejected_fraction if spec else self.pipeline.max_rejected_fraction
         if rows_in and merged.rows_rejected / rows_in > limit:
             self._fail(
                 progress,
@@ -337,3 +359,24 @@ class ChunkStage(RunDriver):
             chunk.status = ChunkStatus.PENDING
             if not self._save_chunk(progress, chunk):
                 return
+
+
+def _file_problem(spec: PipelineSpec, rows: int, chunks: list[ChunkRun]) -> str | None:
+    """What the pipeline's file-level checks find wrong with a file of ``rows`` records."""
+    checks = spec.file
+    if checks.min_rows is not None and rows < checks.min_rows:
+        return f"{rows} records, fewer than the {checks.min_rows} expected (file.min_rows)"
+    if checks.max_rows is not None and rows > checks.max_rows:
+        return f"{rows} records, more than the {checks.max_rows} allowed (file.max_rows)"
+    column = checks.count_column
+    if column is not None and rows:
+        values = sorted({v for chunk in chunks for v in chunk.counts})
+        if len(values) != 1:
+            shown = ", ".join(repr(v) for v in values[:3])
+            return f"the expected-count column {column!r} is not the same in every record ({shown})"
+        if values[0].strip() != str(rows):
+            return (
+                f"the expected-count column {column!r} says {values[0]!r} but the file has"
+                f" {rows} records"
+            )
+    return None

@@ -15,12 +15,15 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..config.pipelines import PipelineSpec
 from ..config.workspace import Workspace
 from ..errors import (
     ConflictError,
     InputError,
     NotFoundError,
     ReferenceDataError,
+    UnavailableError,
+    UserCodeError,
 )
 from ..faults import FaultPoints
 from ..model.records import (
@@ -29,6 +32,7 @@ from ..model.records import (
     RunStatus,
     run_pk,
 )
+from ..observe.tracing import trace_run
 from ..ports import (
     ControlPlane,
     Executor,
@@ -48,8 +52,10 @@ log = logging.getLogger("mrbatch.orchestrator")
 MAX_WORKER_LOSSES = 10
 # Longest wait between two tries of a chunk whose dependency (bucket, state) is unavailable.
 OUTAGE_POLL = 2.0
+# How soon a run asks again when the control plane could not confirm yet (not a refusal).
+CONFIRM_POLL = 0.2
 # Errors that are facts about the input or the rules: retrying cannot help.
-PERMANENT = (InputError, ReferenceDataError)
+PERMANENT = (InputError, ReferenceDataError, UserCodeError)
 
 
 @dataclass
@@ -70,8 +76,10 @@ class Progress:
     # with the same exception, and that is one loss, not one per chunk.
     last_pool_break: BaseException | None = None
     attempts: int = 0
+    waits: int = 0  # retries because a dependency was unavailable (not the step's fault)
     retry_at: float = 0.0
     merger: StreamingMerge | None = None
+    confirm_waiting: bool = False  # the control plane could not confirm yet (logged once)
 
 
 class RunDriver:
@@ -115,6 +123,10 @@ class RunDriver:
         # Named crash points (armed by tests) sit in the windows between an effect and its record.
         self.faults = FaultPoints(ws.faults_path)
 
+    def _spec(self, run: FileRun) -> PipelineSpec | None:
+        """The pipeline ``run`` pinned (None when the configuration no longer declares it)."""
+        return self.ws.config.spec_for_run(run.pipeline, run.input_key)
+
     @staticmethod
     def _cancel(progress: Progress) -> None:
         for future in (progress.future, progress.ref_future, *progress.chunk_futures.values()):
@@ -124,9 +136,16 @@ class RunDriver:
             progress.merger.abort("the run stopped here")
             progress.merger = None
 
-    def _backoff(self, progress: Progress, why: str) -> None:
-        progress.attempts += 1
-        progress.retry_at = self.run_backoff.next_at(progress.attempts, self.clock())
+    def _backoff(self, progress: Progress, why: str, *, outage: bool = False) -> None:
+        """Try the run's step again later. An ``outage`` (a bucket, state table or worker that
+        is gone for a while) is not the step's fault: it does not use up the step's attempts,
+        and is polled briefly so the run resumes soon after the dependency comes back."""
+        if outage:
+            progress.waits += 1
+            progress.retry_at = self.outage_backoff.next_at(progress.waits, self.clock())
+        else:
+            progress.attempts += 1
+            progress.retry_at = self.run_backoff.next_at(progress.attempts, self.clock())
         delay = progress.retry_at - self.clock()
         log.warning("run %s: %s; retrying in %.1fs", progress.run.run_id, why, delay)
 
@@ -147,13 +166,16 @@ class RunDriver:
             self.runs.pop(progress.run.run_id, None)
             return False
         progress.version = record.version
-        progress.attempts = 0
+        progress.attempts = progress.waits = 0
         return True
 
     def _transition(self, progress: Progress, status: RunStatus, note: str = "") -> bool:
         run = progress.run
         run.advance(status, region=self.region, epoch=run.epoch, note=note)
-        return self._save(progress)
+        saved = self._save(progress)
+        if saved and status.terminal:
+            trace_run(self.ws, run, progress.chunks.values())  # a no-op unless configured
+        return saved
 
     def _fail(self, progress: Progress, reason: str) -> None:
         progress.run.reason = reason
@@ -165,7 +187,19 @@ class RunDriver:
 
     def _confirm(self, progress: Progress, what: str) -> bool:
         run = progress.run
-        if self.control.confirm(self.region, run.epoch):
+        try:
+            confirmed = self.control.confirm(self.region, run.epoch)
+        except UnavailableError as exc:
+            # Not a "no": the control plane cannot promise it now (it is unreachable, or the
+            # region active before may still act on its last confirmation). Nothing is
+            # published; the run keeps its place and asks again shortly.
+            if not progress.confirm_waiting:
+                log.warning("run %s: %s waits: %s", run.run_id, what, exc)
+            progress.confirm_waiting = True
+            progress.retry_at = self.clock() + CONFIRM_POLL
+            return False
+        progress.confirm_waiting = False
+        if confirmed:
             return True
         log.warning(
             "run %s: %s refused: %s cannot confirm it is ACTIVE in epoch %d; publishing nothing",

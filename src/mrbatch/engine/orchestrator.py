@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import logging
 from concurrent.futures import Future
-from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
+from ..config.pipelines import format_for
 from ..errors import (
     ConflictError,
     MrbatchError,
@@ -41,11 +41,14 @@ from ..ports import (
 from . import tasks
 from .chunks import ChunkStage
 from .driver import PERMANENT, Progress
+from .pipelines import pins
 from .publish import PublishStage
 
 __all__ = ["Orchestrator"]
 
-__all__ = ["Orchestrator"]
+# Passes over the runs in one step at most: enough for CLAIMED -> ... -> PUBLISHED when no step
+# waits for a task, few enough that a step never runs away.
+_PASSES = 6
 
 log = logging.getLogger("mrbatch.orchestrator")
 
@@ -95,6 +98,8 @@ class Orchestrator(ChunkStage, PublishStage):
         conditional insert keyed by key + content hash, so a duplicate notification, a second
         pass or identical bytes never start a second run."""
         now = self.clock()
+        spec = self.ws.config.spec_for_key(accepted.key)
+        pipeline_hash, code = pins(self.ws, spec)
         run = FileRun(
             run_id=accepted.run_id,
             input_key=accepted.key,
@@ -102,6 +107,7 @@ class Orchestrator(ChunkStage, PublishStage):
             input_version=source.version,
             input_size=source.size,
             source_key=source.key,
+            cleanup=[run_key(accepted.run_id, "")],
             accepted_at=accepted.at,
             accepted_region=accepted.region,
             status=RunStatus.CLAIMED,
@@ -109,7 +115,12 @@ class Orchestrator(ChunkStage, PublishStage):
             epoch=routing.epoch,
             claimed_at=now,
             updated_at=now,
-            chunk_rows=self.pipeline.chunk_rows,
+            chunk_rows=spec.chunk_rows,
+            pipeline=spec.name,
+            pipeline_hash=pipeline_hash,
+            code_version=code,
+            input_format=format_for(spec, accepted.key),
+            webhook_url=spec.webhook.url if spec.webhook is not None else None,
             history=[
                 {"status": "CLAIMED", "at": now, "region": self.region, "epoch": routing.epoch}
             ],
@@ -131,7 +142,15 @@ class Orchestrator(ChunkStage, PublishStage):
         return run
 
     def step(self, routing: Routing) -> None:
-        """Advance every run as far as it can go without waiting."""
+        """Advance every run as far as it can go without waiting: a run whose step needs no
+        task (chunk records after SPLIT, the publish after MERGED, the mail after it) moves on
+        in the same pass, not one poll interval later."""
+        for _ in range(_PASSES):
+            if not self._pass(routing):
+                return
+
+    def _pass(self, routing: Routing) -> bool:
+        """One pass over the runs; True when any of them changed status."""
         # The versions of one key are processed in acceptance order: the earliest unfinished
         # version of each key goes first, the later ones wait at CLAIMED.
         first: dict[str, tuple[float, str, str]] = {}
@@ -139,6 +158,7 @@ class Orchestrator(ChunkStage, PublishStage):
             key, order = held.run.input_key, held.run.order
             if key not in first or order < first[key]:
                 first[key] = order
+        moved = False
         for run_id in list(self.runs):
             progress = self.runs.get(run_id)
             if progress is None:
@@ -148,15 +168,18 @@ class Orchestrator(ChunkStage, PublishStage):
             run = progress.run
             if run.status is RunStatus.CLAIMED and first[run.input_key] < run.order:
                 continue
+            before = run.status
             try:
                 self._advance(progress, routing)
             except UnavailableError as exc:
-                self._backoff(progress, f"dependency unavailable: {exc}")
+                self._backoff(progress, f"dependency unavailable: {exc}", outage=True)
             except MrbatchError as exc:
                 self._backoff(progress, str(exc))
             except Exception as exc:  # a bug must not kill the loop; the run is retried
                 log.exception("run %s: unexpected error", run_id)
                 self._backoff(progress, f"unexpected error: {exc!r}")
+            moved |= progress.run.status is not before and not progress.run.status.terminal
+        return moved
 
     def _advance(self, progress: Progress, routing: Routing) -> None:
         status = progress.run.status
@@ -175,7 +198,15 @@ class Orchestrator(ChunkStage, PublishStage):
 
     def _split(self, progress: Progress) -> None:
         run = progress.run
-        enrichment = self.pipeline.enrichment
+        spec = self._spec(run)
+        if spec is None:
+            self._fail(
+                progress,
+                f"pipeline {run.pipeline!r} is no longer declared; declare it again, then"
+                f" `mrbatch redrive {run.input_key}`",
+            )
+            return
+        enrichment = spec.enrichment
         if (
             enrichment is not None
             and run.reference_version is None
@@ -189,6 +220,8 @@ class Orchestrator(ChunkStage, PublishStage):
                 self.region,
                 run.reference_key,
                 run.reference_version,
+                run.pipeline,
+                run.input_key,
             )
         if progress.future is None:
             source_key, source_version = run.source()
@@ -201,6 +234,9 @@ class Orchestrator(ChunkStage, PublishStage):
                 run.input_size,
                 run.chunk_rows,
                 run.input_key,
+                run.pipeline,
+                run.input_format,
+                (run.pipeline_hash, run.code_version),
             )
             return
         if not progress.future.done():
@@ -218,10 +254,13 @@ class Orchestrator(ChunkStage, PublishStage):
                 f" {self.region}'s bucket any more",
             )
             return
-        except BrokenProcessPool:
-            self._backoff(progress, "a worker died during SPLIT")
+        except UnavailableError as exc:
+            self._backoff(progress, f"SPLIT waits for {exc}", outage=True)
             return
         except Exception as exc:
+            if isinstance(exc, self.executor.lost_worker_errors):
+                self._backoff(progress, "a worker died during SPLIT", outage=True)
+                return
             if progress.attempts + 1 >= self.pipeline.chunk_attempts:
                 self._fail(progress, f"SPLIT failed {progress.attempts + 1} times: {exc}")
             else:

@@ -8,8 +8,9 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from .. import backends
 from ..access.links import presign
-from ..errors import MrbatchError
+from ..errors import MrbatchError, UnavailableError
 from ..model.keys import (
     output_key_for,
     rejected_key_for,
@@ -24,6 +25,7 @@ from ..ports import (
     Mail,
     ObjectInfo,
     Routing,
+    WebhookSender,
 )
 from .driver import Progress, RunDriver
 from .takeover import present
@@ -48,6 +50,7 @@ class PublishStage(RunDriver):
             version=run.merged_sha256,
             meta=meta,
             epoch=run.epoch,
+            durable=True,
         )
         result_rejected = self.store.copy(
             run.merged_rejected_key,
@@ -55,6 +58,7 @@ class PublishStage(RunDriver):
             version=run.merged_rejected_sha256,
             meta=meta,
             epoch=run.epoch,
+            durable=True,
         )
         newer = _newer_shown(self.store.head(output_key_for(run.input_key)), run)
         if newer is None:
@@ -83,6 +87,7 @@ class PublishStage(RunDriver):
             version=run.merged_sha256,
             meta=meta,
             epoch=epoch,
+            durable=True,
         )
         self.store.copy(
             run.merged_rejected_key or "",
@@ -90,6 +95,7 @@ class PublishStage(RunDriver):
             version=run.merged_rejected_sha256,
             meta=meta,
             epoch=epoch,
+            durable=True,
         )
 
     def show_newest(self, run: FileRun, routing: Routing) -> bool:
@@ -120,6 +126,7 @@ class PublishStage(RunDriver):
             version=result.version,
             meta=meta,
             epoch=routing.epoch,
+            durable=True,
         )
         self.store.copy(
             rejected.key,
@@ -127,6 +134,7 @@ class PublishStage(RunDriver):
             version=rejected.version,
             meta=meta,
             epoch=routing.epoch,
+            durable=True,
         )
         log.info(
             "%s shows run %s's result again (the newest accepted version)",
@@ -185,6 +193,12 @@ class PublishStage(RunDriver):
 
     def _notify(self, progress: Progress, routing: Routing) -> None:
         run = progress.run
+        if run.mail_sent_at is not None and run.webhook_url and run.webhook_sent_at is None:
+            self._post_webhook(progress)
+            return
+        if run.mail_sent_at is not None:  # delivered before a crash: only the record is left
+            self._complete(progress)
+            return
         if progress.future is None:
             if not self._confirm(progress, "notify"):
                 return
@@ -217,6 +231,13 @@ class PublishStage(RunDriver):
         self.faults.crash_point("after-mail-sent", self.region)
         run.mail_sent_at = self.clock()
         run.mail_error = None
+        if run.webhook_url and run.webhook_sent_at is None:
+            self._save(progress)  # the mail is recorded delivered; the webhook is next
+            return
+        self._complete(progress)
+
+    def _complete(self, progress: Progress) -> None:
+        run = progress.run
         if self._transition(progress, RunStatus.COMPLETED):
             self.stats["executions_succeeded"] += 1
             self.stats["files_processed"] += 1
@@ -229,6 +250,91 @@ class PublishStage(RunDriver):
                 run.rows_out,
                 run.rows_rejected,
             )
+
+    def webhook_body(self, run: FileRun) -> dict[str, Any]:
+        result_key = run.result_key or run.output_key or ""
+        link = presign(
+            self.ws.signing_key,
+            self.ws.gateway_url,
+            result_key,
+            expires_in=self.ws.config.gateway.link_expiry,
+            now=self.clock(),
+        )
+        return {
+            "run_id": run.run_id,
+            "pipeline": run.pipeline,
+            "input_key": run.input_key,
+            "input_sha256": run.input_sha256,
+            "status": "COMPLETED",
+            "rows_in": run.rows_in,
+            "rows_out": run.rows_out,
+            "rows_rejected": run.rows_rejected,
+            "output_key": run.output_key,
+            "result_key": result_key,
+            "rejected_key": run.result_rejected_key or run.rejected_key,
+            "link": link,
+            "region": run.region,
+            "epoch": run.epoch,
+        }
+
+    def _post_webhook(self, progress: Progress) -> None:
+        """The pipeline's webhook, once the mail is recorded; retried with backoff like the
+        mail; COMPLETED only once it is recorded delivered."""
+        run = progress.run
+        spec = self._spec(run)
+        hook = spec.webhook if spec is not None else None
+        if progress.future is None:
+            if not self._confirm(progress, "webhook"):
+                return
+            if hook is None or not run.webhook_url:
+                run.webhook_url = None  # no longer declared: nothing to deliver
+                self._complete(progress)
+                return
+            progress.future = self._mailer.submit(
+                self._webhooks().post,
+                run.webhook_url,
+                self.webhook_body(run),
+                idempotency_key=run.run_id,
+                headers=dict(hook.headers),
+                timeout=hook.timeout,
+            )
+            return
+        if not progress.future.done():
+            return
+        future, progress.future = progress.future, None
+        try:
+            future.result()
+        except Exception as exc:
+            run.webhook_attempts += 1
+            run.webhook_error = str(exc)
+            attempts = hook.attempts if hook is not None else 1
+            if run.webhook_attempts >= attempts or not isinstance(exc, UnavailableError):
+                self._fail(
+                    progress,
+                    f"the output is published at {run.output_key} and the mail sent, but the"
+                    f" webhook could not be delivered after {run.webhook_attempts}"
+                    f" attempt(s): {exc}; fix the receiver, then `mrbatch redrive"
+                    f" {run.input_key}`",
+                )
+                return
+            if self._save(progress):
+                pause = hook.retry_backoff if hook is not None else 1.0
+                delay = min(60.0, pause * 2 ** (run.webhook_attempts - 1))
+                progress.retry_at = self.clock() + delay
+                log.warning(
+                    "run %s: webhook not delivered (%s); retry in %.1fs", run.run_id, exc, delay
+                )
+            return
+        self.faults.crash_point("after-webhook-sent", self.region)
+        run.webhook_sent_at = self.clock()
+        run.webhook_error = None
+        self._complete(progress)
+
+    def _webhooks(self) -> WebhookSender:
+        sender = getattr(self, "_webhook_sender", None)
+        if sender is None:
+            sender = self._webhook_sender = backends.open_webhook(self.ws)
+        return sender
 
     def mail_retrying(self) -> list[dict[str, Any]]:
         """Runs whose completion mail failed and is being retried (shown by `mrbatch status`)."""

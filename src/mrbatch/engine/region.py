@@ -21,8 +21,10 @@ from concurrent.futures import FIRST_COMPLETED, wait
 
 from .. import backends
 from ..access.ledger import accept, accepted_in
+from ..config.fingerprint import fingerprint
 from ..config.workspace import Workspace
 from ..errors import MrbatchError, UnavailableError
+from ..maintain.gc import collect_garbage, purge_region, retention_window
 from ..model.keys import INPUT, VERSIONS, run_id_for
 from ..model.records import ACCEPTED, RUN, Accepted, FileRun, accepted_pk, run_pk
 from ..ports import Executor, ObjectInfo, Record, RegionState, Routing
@@ -34,6 +36,7 @@ __all__ = ["RegionProcess", "is_active"]
 
 log = logging.getLogger("mrbatch.region")
 TRIGGER_CURSOR = "trigger"
+UNREACHABLE = "control-plane-unreachable"
 
 
 def is_active(routing: Routing, region: str) -> bool:
@@ -68,6 +71,7 @@ class RegionProcess:
         # The loop's pause after failing passes in a row (a healthy pass waits poll_interval).
         self.loop_backoff = Backoff(base=2 * self.timing.poll_interval, cap=5.0)
         self.state = "starting"
+        self.fingerprint = fingerprint(ws)  # reported in heartbeats: standby parity
         self.last_error: str | None = None
         self.loop_errors = 0
         self._last_heartbeat = 0.0
@@ -87,6 +91,8 @@ class RegionProcess:
         self._retry_now = False
         self.reconciled = 0
         self.ticks = 0
+        self._last_gc = time.monotonic()  # the first pass one interval after the start
+        self._gc_thread: threading.Thread | None = None
 
     # ------------------------------------------------------------------ one pass
     def tick(self) -> None:
@@ -95,9 +101,18 @@ class RegionProcess:
             routing = self.control.routing()
         except UnavailableError as exc:
             # Without the control plane we cannot confirm anything: pause, keep what we have.
-            self.state = "control-plane-unreachable"
+            if self.state != UNREACHABLE:
+                log.warning(
+                    "region %s: the control plane cannot be reached (%s): no claim, publish or"
+                    " mail until it answers (self-fenced)",
+                    self.region,
+                    exc,
+                )
+            self.state = UNREACHABLE
             self.last_error = str(exc)
             return
+        if self.state == UNREACHABLE:
+            log.warning("region %s: the control plane answers again", self.region)
         active = is_active(routing, self.region)
         if active:
             self.state = "active"
@@ -113,6 +128,7 @@ class RegionProcess:
             self.waiting_inputs.clear()
             self.showing.clear()
         self._heartbeat(routing)
+        self._maybe_collect(active)
         try:
             self._watch_bucket()
         except UnavailableError as exc:
@@ -228,6 +244,8 @@ class RegionProcess:
         while True:
             changes = self.table.changes(self._state_cursor, limit=500)
             for record in changes:
+                if record.deleted:
+                    continue  # collected after its retention window: nothing to drive
                 if record.kind == RUN:
                     self._consider(record, routing)
                 elif record.kind == ACCEPTED:
@@ -325,10 +343,35 @@ class RegionProcess:
                     "mail_retrying": self.orch.mail_retrying(),
                     "loop_errors": self.loop_errors,
                     "last_error": self.last_error,
+                    **self.fingerprint,
                 },
             )
         except MrbatchError as exc:
             self.last_error = str(exc)
+
+    def _maybe_collect(self, active: bool) -> None:
+        """Every retention.interval, in a thread of its own so the loop never waits on it:
+        the active region collects for the deployment, the others purge their own bucket."""
+        retention = self.ws.config.retention
+        now = time.monotonic()
+        busy = self._gc_thread is not None and self._gc_thread.is_alive()
+        if not retention.enabled or busy or now - self._last_gc < retention.interval:
+            return
+        self._last_gc = now
+
+        def collect() -> None:
+            try:
+                if active:
+                    collect_garbage(self.ws)
+                else:
+                    purge_region(
+                        self.ws, self.region, time.time() - retention_window(self.ws), False
+                    )
+            except Exception:  # the next interval tries again; the loop must not die
+                log.exception("region %s: garbage collection failed", self.region)
+
+        self._gc_thread = threading.Thread(target=collect, name="gc", daemon=True)
+        self._gc_thread.start()
 
     # ------------------------------------------------------------------ the loop
     def run(self) -> None:

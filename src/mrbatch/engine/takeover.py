@@ -127,7 +127,8 @@ def _chunk_here(store: ObjectStore, chunk: ChunkRun) -> bool:
 def _reference_here(store: ObjectStore, run: FileRun, config: Config) -> bool:
     """The run's pinned reference version is readable here (restoring its snapshot from the
     reference key's blob when only that replicated)."""
-    enrichment = config.pipeline.enrichment
+    spec = config.spec_for_run(run.pipeline, run.input_key)
+    enrichment = spec.enrichment if spec is not None else None
     if enrichment is None or not run.reference_version:
         return True
     if readable(store, run.reference_key, run.reference_version):

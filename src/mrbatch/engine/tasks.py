@@ -4,6 +4,9 @@ Every task is a module-level function of picklable arguments, opens the region's
 (once per worker process) and writes only objects; the orchestrator records the outcome in the
 state table. Each task is deterministic and overwrites its own outputs with identical bytes when
 run again, so a task repeated after a crash or a failover never doubles an effect.
+
+Each task runs the pipeline its run pinned at claim (name, configuration hash, code version);
+a worker whose configuration or code differs reloads once, and refuses when it still differs.
 """
 
 from __future__ import annotations
@@ -12,34 +15,31 @@ import fcntl
 import hashlib
 import os
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
-from .. import backends
-from ..config.workspace import Workspace
-from ..errors import ConflictError, TaskError
-from ..faults import FaultPoints
-from ..model.keys import chunk_output_key, chunk_rejected_key
-from ..model.records import ChunkSpec
-from ..pipeline.chunk import process_chunk
-from ..pipeline.csvsplit import split_csv
-from ..pipeline.reference import (
-    Enrichment,
-    ReferenceTable,
-    prepare_reference,
-    reference_cache_tag,
-)
-from ..pipeline.schema import RecordSchema
-from ..ports import ObjectStore
+import polars as pl
 
-__all__ = [
-    "ChunkResult",
-    "SplitResult",
-    "chunk_task",
-    "reference_task",
-    "split_task",
-]
+from .. import backends
+from ..config.pipelines import delimiter_for
+from ..config.workspace import Workspace
+from ..errors import ConflictError, InputError, TaskError, UserCodeError
+from ..faults import FaultPoints
+from ..model.keys import chunk_output_key, chunk_rejected_key, run_key
+from ..model.records import ChunkSpec
+from ..pipeline.chunk import ChunkOutput, Extras, process_chunk, process_records
+from ..pipeline.csvsplit import split_csv
+from ..pipeline.http_enrich import DurableAnswers
+from ..pipeline.jsonl import parse_jsonl
+from ..pipeline.parquet import footer_length, group_row_groups, read_footer, read_row_groups
+from ..pipeline.parse import LINE, ROW, Dialect, parse_header
+from ..pipeline.reference import ReferenceTable, prepare_reference, reference_cache_tag
+from ..ports import ObjectStore
+from .pipelines import LoadedPipeline, load_pipeline
+
+__all__ = ["ChunkResult", "SplitResult", "chunk_task", "reference_task", "split_task"]
 
 
 @dataclass(frozen=True)
@@ -47,30 +47,52 @@ class _Context:
     ws: Workspace
     region: str
     store: ObjectStore
-    schema: RecordSchema
-    enrichment: Enrichment | None
     faults: FaultPoints
 
 
 @cache
 def _context(config_path: str, region: str) -> _Context:
     ws = Workspace.load(Path(config_path))
-    pipeline = ws.config.pipeline
-    enrichment = None
-    if pipeline.enrichment is not None:
-        enrichment = Enrichment(
-            key=pipeline.enrichment.key,
-            reference_key=pipeline.enrichment.reference_key,
-            columns=dict(pipeline.enrichment.columns),
-        )
     return _Context(
         ws=ws,
         region=region,
         store=backends.open_object_store(ws, region),
-        schema=RecordSchema.from_file(ws.resolve(pipeline.schema_path)),
-        enrichment=enrichment,
         faults=FaultPoints(ws.faults_path),
     )
+
+
+_loaded: dict[tuple[str, str, str, str | None, str | None], LoadedPipeline] = {}
+
+
+def _pipeline(
+    config_path: str,
+    region: str,
+    name: str,
+    input_key: str,
+    pinned: tuple[str | None, str | None] = (None, None),
+) -> tuple[_Context, LoadedPipeline]:
+    """The run's pipeline as pinned; the workspace is loaded again once when it differs."""
+    cache_key = (config_path, region, name or input_key, *pinned)
+    ctx = _context(config_path, region)
+    if cache_key in _loaded:
+        return ctx, _loaded[cache_key]
+    for attempt in (1, 2):
+        spec = ctx.ws.config.spec_for_run(name, input_key)
+        try:
+            if spec is None:
+                raise UserCodeError(
+                    f"pipeline {name!r} is no longer declared in {ctx.ws.config_path.name};"
+                    " declare it again, then `mrbatch redrive`"
+                )
+            loaded = load_pipeline(ctx.ws, spec, *pinned)
+            break
+        except UserCodeError:
+            if attempt == 2:
+                raise
+            _context.cache_clear()  # maybe only this worker's copy is stale
+            ctx = _context(config_path, region)
+    _loaded[cache_key] = loaded
+    return ctx, loaded
 
 
 # --------------------------------------------------------------------------- SPLIT
@@ -90,66 +112,122 @@ def split_task(
     size: int,
     chunk_rows: int,
     input_key: str,
+    pipeline: str = "",
+    input_format: str = "csv",
+    pinned: tuple[str | None, str | None] = (None, None),
 ) -> SplitResult:
-    """Find the chunk boundaries (records never cut, quotes respected) and hash each range of
-    the input version kept at ``source_key``. Streaming: memory is one chunk, whatever the
-    size of the file. ``input_key`` names the input in messages."""
-    ctx = _context(config_path, region)
+    """Find the chunk boundaries (records never cut, quotes respected; Parquet: row groups)
+    and hash each range of the input version kept at ``source_key``. Streaming: memory is one
+    chunk, whatever the size of the file. ``input_key`` names the input in messages."""
+    ctx, loaded = _pipeline(config_path, region, pipeline, input_key, pinned)
+    if input_format == "parquet":
+        return _split_parquet(ctx, loaded, source_key, version, size, chunk_rows, input_key)
+    spec = loaded.spec
     header = b""
     found: list[tuple[int, int, str, int, int]] = []
+    jsonl = input_format == "jsonl"
+    quote = None if jsonl or not spec.quote else spec.quote.encode()
     with ctx.store.open(source_key, version=version) as stream:
-        for chunk in split_csv(stream, chunk_rows=chunk_rows, source=input_key):
+        chunks = split_csv(
+            stream, chunk_rows=chunk_rows, source=input_key, quote=quote, has_header=not jsonl
+        )
+        for chunk in chunks:
             if chunk.index == 0:
                 header = chunk.data[: chunk.header_size]
+                if not jsonl:
+                    _check_header(loaded, header, input_key)
             body = memoryview(chunk.data)[chunk.header_size :]
-            found.append(
-                (
-                    chunk.index,
-                    len(body),
-                    hashlib.sha256(body).hexdigest(),
-                    chunk.first_line,
-                    chunk.lines,
-                )
-            )
+            sha = hashlib.sha256(body).hexdigest()
+            found.append((chunk.index, len(body), sha, chunk.first_line, chunk.lines))
     # The bodies are consecutive and run to the end of the file; the header (and a BOM, if
     # any) come before them.
     offset = size - sum(length for _, length, _, _, _ in found)
     specs: list[ChunkSpec] = []
     for index, length, sha, first_line, lines in found:
-        specs.append(
-            ChunkSpec(
-                index=index,
-                start=offset,
-                end=offset + length,
-                sha256=sha,
-                first_line=first_line,
-                lines=lines,
-            )
-        )
+        specs.append(ChunkSpec(index, offset, offset + length, sha, first_line, lines))
         offset += length
     return SplitResult(header=header.decode("utf-8"), chunks=specs)
+
+
+def _check_header(loaded: LoadedPipeline, raw: bytes, input_key: str) -> None:
+    spec = loaded.spec
+    dialect = Dialect.of(delimiter_for(spec, input_key), spec.quote)
+    header = parse_header(raw.removeprefix(b"\xef\xbb\xbf"), input_key, dialect)
+    _expect_header(loaded, header, input_key)
+
+
+def _expect_header(loaded: LoadedPipeline, header: list[str], input_key: str) -> None:
+    expected = loaded.spec.file.header
+    if expected is not None and header != expected:
+        raise InputError(
+            f"{input_key}: the header is {', '.join(map(repr, header))}; the pipeline"
+            f" {loaded.spec.name} expects {', '.join(map(repr, expected))} (file.header)",
+            hint="export the file with the expected columns, in that order",
+        )
+    loaded.schema.check_header(header, source=input_key)
+
+
+def _parquet_footer(store: ObjectStore, key: str, version: str | None, size: int, source: str):  # type: ignore[no-untyped-def]
+    if size < 12:
+        raise InputError(f"{source} is not a Parquet file (it has {size} bytes)")
+    length = footer_length(store.get_range(key, size - 8, 8, version=version), source)
+    tail = store.get_range(key, size - length, length, version=version)
+    return tail, read_footer(tail, size, source)
+
+
+def _split_parquet(
+    ctx: _Context,
+    loaded: LoadedPipeline,
+    key: str,
+    version: str | None,
+    size: int,
+    chunk_rows: int,
+    input_key: str,
+) -> SplitResult:
+    _tail, footer = _parquet_footer(ctx.store, key, version, size, input_key)
+    _expect_header(loaded, footer.columns, input_key)
+    specs: list[ChunkSpec] = []
+    row = 0
+    for index, groups in enumerate(group_row_groups(footer.groups, chunk_rows)):
+        rows = sum(g.rows for g in groups)
+        start = groups[0].start if groups else 4
+        end = groups[-1].end if groups else 4
+        sha = hashlib.sha256()
+        for block in _ranges(ctx.store, key, version, start, end):
+            sha.update(block)
+        span = [groups[0].index, groups[-1].index + 1] if groups else [0, 0]
+        specs.append(ChunkSpec(index, start, end, sha.hexdigest(), row + 1, rows, span))
+        row += rows
+    return SplitResult(header="", chunks=specs)
+
+
+def _ranges(
+    store: ObjectStore, key: str, version: str | None, start: int, end: int
+) -> Iterator[bytes]:
+    while start < end:
+        step = min(8 << 20, end - start)
+        yield store.get_range(key, start, step, version=version)
+        start += step
 
 
 # --------------------------------------------------------------------------- reference
 
 
-def _reference_cache(ctx: _Context, version: str) -> Path:
-    assert ctx.enrichment is not None
-    fingerprint = hashlib.sha256(
-        repr((ctx.enrichment.key, ctx.enrichment.reference_key, ctx.enrichment.columns)).encode()
-    ).hexdigest()[:12]
-    return (
-        ctx.ws.region_dir(ctx.region)
-        / "cache"
-        / (f"reference-{version[:24]}-{fingerprint}-{reference_cache_tag()}.parquet")
-    )
+def _reference_cache(ctx: _Context, loaded: LoadedPipeline, version: str) -> Path:
+    assert loaded.enrichment is not None
+    e = loaded.enrichment
+    fingerprint = hashlib.sha256(repr((e.key, e.reference_key, e.columns)).encode()).hexdigest()
+    name = f"reference-{version[:24]}-{fingerprint[:12]}-{reference_cache_tag()}.parquet"
+    return ctx.ws.region_dir(ctx.region) / "cache" / name
 
 
-def _ensure_reference(ctx: _Context, key: str, version: str) -> ReferenceTable:
+def _ensure_reference(
+    ctx: _Context, loaded: LoadedPipeline, key: str, version: str
+) -> ReferenceTable:
     """The columnar copy of one reference version, built once per region (under a file lock,
     so two workers never build it twice at the same time)."""
-    assert ctx.enrichment is not None
-    target = _reference_cache(ctx, version)
+    assert loaded.enrichment is not None
+    target = _reference_cache(ctx, loaded, version)
     if not target.exists():
         target.parent.mkdir(parents=True, exist_ok=True)
         with open(target.with_suffix(".lock"), "w") as lock:
@@ -160,10 +238,10 @@ def _ensure_reference(ctx: _Context, key: str, version: str) -> ReferenceTable:
                     with ctx.store.open(key, version=version) as stream, open(source, "wb") as out:
                         while block := stream.read(1 << 20):
                             out.write(block)
-                    label = ctx.ws.config.pipeline.enrichment
+                    label = loaded.spec.enrichment
                     name = label.reference if label is not None else key
                     prepare_reference(
-                        source, target, ctx.enrichment, source=f"{name} (version {version[:12]})"
+                        source, target, loaded.enrichment, source=f"{name} (version {version[:12]})"
                     )
                 finally:
                     source.unlink(missing_ok=True)
@@ -175,11 +253,13 @@ def _reference_table(path: str) -> ReferenceTable:
     return ReferenceTable(path)
 
 
-def reference_task(config_path: str, region: str, key: str, version: str) -> int:
+def reference_task(
+    config_path: str, region: str, key: str, version: str, pipeline: str = "", input_key: str = ""
+) -> int:
     """Prepare the reference version ahead of the chunks; returns 0 (the work is the cache)."""
-    ctx = _context(config_path, region)
-    if ctx.enrichment is not None:
-        _ensure_reference(ctx, key, version)
+    ctx, loaded = _pipeline(config_path, region, pipeline, input_key)
+    if loaded.enrichment is not None:
+        _ensure_reference(ctx, loaded, key, version)
     return 0
 
 
@@ -200,6 +280,7 @@ class ChunkResult:
     output_header: list[str]
     rejected_header: list[str]
     seconds: float = 0.0
+    counts: tuple[str, ...] = ()
 
 
 def chunk_task(
@@ -214,9 +295,13 @@ def chunk_task(
     reference_version: str | None,
     epoch: int,
     input_key: str,
+    pipeline: str = "",
+    input_format: str = "csv",
+    pinned: tuple[str | None, str | None] = (None, None),
+    size: int = 0,
 ) -> ChunkResult:
     started = time.perf_counter()
-    ctx = _context(config_path, region)
+    ctx, loaded = _pipeline(config_path, region, pipeline, input_key, pinned)
     fault = ctx.faults.active("chunk-error", region)
     if fault is not None:  # a poisoned dependency: the task itself fails, storage is fine
         raise TaskError(f"injected fault: the chunk task failed ({fault.note or 'chunk-error'})")
@@ -225,19 +310,47 @@ def chunk_task(
     )
     if hashlib.sha256(body).hexdigest() != spec.sha256:
         raise ConflictError(f"chunk {spec.index} of {input_key} does not match its checksum")
-    data = header.encode("utf-8") + body
-    del body
     reference = None
-    if ctx.enrichment is not None and reference_key and reference_version:
-        reference = _ensure_reference(ctx, reference_key, reference_version)
-    out = process_chunk(
-        data,
-        schema=ctx.schema,
-        enrichment=ctx.enrichment if reference is not None else None,
-        reference=reference,
-        first_line=spec.first_line,
-        source=input_key,
+    if loaded.enrichment is not None and reference_key and reference_version:
+        reference = _ensure_reference(ctx, loaded, reference_key, reference_version)
+    pipe = loaded.spec
+    api = None
+    if loaded.api is not None:
+        answers_key = run_key(run_id, f"api/{spec.index:05d}.json")
+        api = DurableAnswers(loaded.api, ctx.store, answers_key, epoch=epoch)
+    extras = Extras(
+        rules=loaded.rules,
+        api=api,
+        count_column=pipe.file.count_column,
+        columns=tuple(pipe.columns) if pipe.columns else None,
     )
+    common = {
+        "schema": loaded.schema,
+        "enrichment": loaded.enrichment if reference is not None else None,
+        "reference": reference,
+        "source": input_key,
+        "escape_formulas": pipe.escape_formulas,
+        "extras": extras,
+    }
+    out: ChunkOutput
+    if input_format == "csv":
+        data = header.encode("utf-8") + body
+        del body
+        dialect = Dialect.of(delimiter_for(pipe, input_key), pipe.quote)
+        out = process_chunk(data, first_line=spec.first_line, dialect=dialect, **common)  # type: ignore[arg-type]
+    elif input_format == "jsonl":
+        columns = loaded.columns()
+        strict = not loaded.schema.additional_properties
+        good, bad = parse_jsonl(body, columns, spec.first_line, input_key, strict=strict)
+        out = process_records(good, [bad], columns, **common)  # type: ignore[arg-type]
+    else:
+        _tail, footer = _parquet_footer(ctx.store, source_key, source_version, size, input_key)
+        frame = read_row_groups(
+            body, spec.start, _tail, size, spec.first_line - 1, spec.lines, input_key
+        )
+        index = pl.int_range(1, frame.height + 1, dtype=pl.Int64)
+        good = frame.select(index.alias(ROW), (index + (spec.first_line - 1)).alias(LINE), pl.all())
+        out = process_records(good, [], footer.columns, **common)  # type: ignore[arg-type]
     output = ctx.store.put(chunk_output_key(run_id, spec.index), out.output, epoch=epoch)
     rejected = ctx.store.put(chunk_rejected_key(run_id, spec.index), out.rejected, epoch=epoch)
     ctx.faults.crash_point("chunk-written", region)
@@ -254,4 +367,5 @@ def chunk_task(
         output_header=list(out.output_header),
         rejected_header=list(out.rejected_header),
         seconds=time.perf_counter() - started,
+        counts=tuple(out.counts),
     )

@@ -3,12 +3,16 @@
 - ``GET``/``HEAD /objects/{key}`` with a presigned link (or the bearer token), from any region
   that holds the object, with byte ranges: a link mailed before a failover works after it;
 - ``PUT /objects/{key}`` with the bearer token: an upload through the access point;
+- ``POST /ingest/{pipeline}`` with the bearer token: records sealed into input files;
 - ``/api/status``, ``/api/runs``, ``/api/runs/{id}``, ``/api/plans``, ``/healthz``;
+- ``POST /api/plans/{id}/approve|deny|mode`` with the bearer token: answers to a waiting plan;
 - ``/metrics`` in Prometheus format, and the dashboard at ``/``.
 
 ``mrbatch up`` starts it as a process; ``mrbatch gateway`` runs it alone. It binds to
-``gateway.host`` (127.0.0.1 unless configured otherwise). Every error is a JSON body
-``{"error": ..., "hint"?: ...}`` with a fitting status code; no traceback leaves the process.
+``gateway.host`` (127.0.0.1 unless configured otherwise). Every request passes the guard of
+:mod:`.guard` first (valid UTF-8 path, an allowed Host, the token for reads off loopback).
+Every error is a JSON body ``{"error": ..., "hint"?: ...}`` with a fitting status code; no
+traceback leaves the process.
 """
 
 from __future__ import annotations
@@ -37,8 +41,12 @@ from ..errors import (
     UsageError,
 )
 from ..observe.metrics import DeploymentCollector, Sampler
+from ..observe.recovery_metrics import RecoveryCollector
 from .api import DASHBOARD_DIR, api_router
+from .guard import RequestGuard
+from .ingest import IngestService, ingest_router
 from .objects import ObjectMetrics, objects_router
+from .plans import plans_router
 
 __all__ = ["create_app", "serve", "status_for"]
 
@@ -92,22 +100,30 @@ def create_app(ws: Workspace, *, sampler: Sampler | None = None) -> FastAPI:
     sampler = sampler or Sampler(ws)
     registry = CollectorRegistry(auto_describe=False)
     registry.register(DeploymentCollector(ws, sampler))
+    registry.register(RecoveryCollector(ws))
     object_metrics = ObjectMetrics(registry)
+    access = AccessPoint(ws)
+    ingest = IngestService(ws, access)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         sampler.start()
+        ingest.start()
         try:
             yield
         finally:
+            ingest.stop()
             sampler.stop()
 
     app = FastAPI(title="mrbatch gateway", docs_url=None, redoc_url=None, lifespan=lifespan)
     app.state.sampler = sampler
     app.state.registry = registry
-    app.include_router(objects_router(ws, AccessPoint(ws), object_metrics))
+    app.include_router(objects_router(ws, access, object_metrics))
+    app.include_router(ingest_router(ws, ingest))
     app.include_router(api_router(ws, sampler, registry))
+    app.include_router(plans_router(ws))
     app.mount("/static", StaticFiles(directory=DASHBOARD_DIR), name="static")
+    app.add_middleware(RequestGuard, ws=ws)  # inside the headers: refusals carry them too
     app.add_middleware(_SecurityHeaders)
 
     @app.exception_handler(HTTPException)

@@ -11,7 +11,6 @@ the access point retry another region when the preferred one refuses the write.
 from __future__ import annotations
 
 import functools
-import hashlib
 import hmac
 import io
 import logging
@@ -31,10 +30,11 @@ from starlette.convertors import PathConvertor, register_url_convertor
 from starlette.requests import ClientDisconnect
 
 from ..access.accesspoint import AccessPoint, Located
-from ..access.links import verify
+from ..access.links import SigningKeys, verify
 from ..config.workspace import Workspace
 from ..errors import NotFoundError, UnavailableError, UsageError
 from ..model.keys import INPUT, check_key
+from .spool import SpoolFull, SpoolQuota, TooLarge, spool_body, too_large
 
 __all__ = [
     "WRITABLE_PREFIXES",
@@ -159,9 +159,13 @@ def _stream(handle: BinaryIO, start: int, length: int) -> Iterator[bytes]:
 def objects_router(ws: Workspace, access: AccessPoint, metrics: ObjectMetrics) -> APIRouter:
     """The ``/objects`` routes over ``access``; credentials from ``ws`` (read once)."""
     router = APIRouter()
-    secret = ws.signing_key
+    gateway = ws.config.gateway
+    ws.signing_key  # noqa: B018 -- created now if missing, refused now if empty
+    keys = SigningKeys(ws.data_dir, gateway.max_link_lifetime)
+    keys.honoured()
     token = ws.token
     spool_dir = ws.data_dir / "gateway" / "spool"
+    quota = SpoolQuota(gateway.spool_quota_bytes)
 
     def refuse(status: int, reason: str, detail: str) -> HTTPException:
         metrics.refused.labels(reason).inc()
@@ -194,7 +198,13 @@ def objects_router(ws: Workspace, access: AccessPoint, metrics: ObjectMetrics) -
         can be read."""
         checked(key)
         if expires is not None or signature is not None:
-            problem = verify(secret, key, expires or "", signature or "")
+            problem = verify(
+                keys.honoured(),
+                key,
+                expires or "",
+                signature or "",
+                max_lifetime=gateway.max_link_lifetime,
+            )
             if problem is not None:
                 raise refuse(403, problem.replace(" ", "-"), f"link refused: {problem}")
         else:
@@ -233,14 +243,31 @@ def objects_router(ws: Workspace, access: AccessPoint, metrics: ObjectMetrics) -
             target = ws.check_region(region) if region else None
         except UsageError as exc:
             raise HTTPException(status_code=400, detail=str(exc)) from exc
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > gateway.max_upload_bytes:
+            raise too_large(gateway.max_upload_bytes)
         spool_dir.mkdir(parents=True, exist_ok=True)
         # An anonymous temporary file: the kernel frees it when closed, even after a crash.
         with tempfile.TemporaryFile(dir=spool_dir) as spool:
+            taken = [0]
             try:
-                digest, size = await _spool(request, spool)
+                digest, size = await spool_body(
+                    request, spool, limit=gateway.max_upload_bytes, quota=quota, taken=taken
+                )
             except ClientDisconnect:
                 log.warning("upload of %s abandoned by the client; nothing stored", key)
                 raise HTTPException(status_code=400, detail="the upload was interrupted") from None
+            except TooLarge:
+                raise too_large(gateway.max_upload_bytes) from None
+            except SpoolFull:
+                raise HTTPException(
+                    status_code=503,
+                    detail="the gateway's spool is full (gateway.spool_quota_bytes); try again"
+                    " in a moment",
+                    headers={"retry-after": "5"},
+                ) from None
+            finally:
+                quota.give(taken[0])
             wanted = request.headers.get(_SHA_HEADER)
             if wanted is not None and not hmac.compare_digest(
                 wanted.strip().lower().encode(), digest.encode()
@@ -273,24 +300,6 @@ def objects_router(ws: Workspace, access: AccessPoint, metrics: ObjectMetrics) -
         )
 
     return router
-
-
-async def _spool(request: Request, spool: BinaryIO) -> tuple[str, int]:
-    """Copy the request body to ``spool`` a block at a time; returns its sha256 and size."""
-    digest = hashlib.sha256()
-    size = 0
-    buffer = bytearray()
-    async for block in request.stream():
-        digest.update(block)
-        size += len(block)
-        buffer += block
-        if len(buffer) >= _BLOCK:
-            # File writes block; keep them off the event loop, a megabyte at a time.
-            await run_in_threadpool(spool.write, bytes(buffer))
-            buffer.clear()
-    if buffer:
-        await run_in_threadpool(spool.write, bytes(buffer))
-    return digest.hexdigest(), size
 
 
 def _respond(

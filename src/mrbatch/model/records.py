@@ -108,6 +108,9 @@ class ChunkSpec:
     sha256: str
     first_line: int
     lines: int
+    # Parquet: the row groups [first, last + 1) the chunk holds (its bytes are their span);
+    # first_line is then the first row's number (1-based) and lines the number of rows.
+    groups: list[int] = field(default_factory=list)
 
 
 @dataclass
@@ -125,12 +128,27 @@ class FileRun:
     # Where the accepted bytes are kept (versions/<run-id>/input/<path>); None in records
     # written before versions had keys of their own (they read input_key at input_version).
     source_key: str | None = None
+    # Prefixes of the run's intermediates, registered when the run is claimed (before any is
+    # written): garbage collection deletes them once the run is terminal everywhere.
+    cleanup: list[str] = field(default_factory=list)
     # The acceptance order of this version among the versions of its key (see Accepted).
     accepted_at: float = 0.0
     accepted_region: str = ""
     reference_key: str | None = None
     reference_sha256: str | None = None
     reference_version: str | None = None
+    # The pipeline (its name, its configuration's hash, its code's version) and input format,
+    # pinned at claim: every chunk of the run checks it runs exactly these. "" for runs from
+    # before pipelines had names (resolved by input key).
+    pipeline: str = ""
+    pipeline_hash: str | None = None
+    code_version: str | None = None
+    input_format: str = "csv"
+    # Notifications besides the mail (the pipeline's webhook), recorded delivered.
+    webhook_url: str | None = None
+    webhook_sent_at: float | None = None
+    webhook_attempts: int = 0
+    webhook_error: str | None = None
     chunk_rows: int = 0
     header: str | None = None  # the input's header line, as the chunk tasks prepend it
     chunks: list[ChunkSpec] = field(default_factory=list)
@@ -229,6 +247,12 @@ class FileRun:
             "result_rejected_key": self.result_rejected_key,
             "accepted_at": self.accepted_at,
             "accepted_region": self.accepted_region,
+            "pipeline": self.pipeline,
+            "pipeline_hash": self.pipeline_hash,
+            "code_version": self.code_version,
+            "input_format": self.input_format,
+            "webhook_sent_at": self.webhook_sent_at,
+            "webhook_error": self.webhook_error,
         }
 
 
@@ -251,7 +275,11 @@ class ChunkRun:
     reason: str | None = None
     region: str | None = None
     last_error: str | None = None
+    counts: list[str] = field(default_factory=list)  # values of the expected-count column
     round: int = 0  # the run's ``redriven`` count when this record was created or reset
+    # When the task that produced the outputs ran (the worker's own measure; traces use it).
+    started_at: float | None = None
+    ended_at: float | None = None
 
     def to_body(self) -> dict[str, Any]:
         body = dataclasses.asdict(self)

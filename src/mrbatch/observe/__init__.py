@@ -1,2 +1,3 @@
 """Observability: read-only views shared by the CLI's ``--json`` and the gateway's API
-(:mod:`.views`), and samples over time plus Prometheus metrics (:mod:`.metrics`)."""
+(:mod:`.views`), samples over time plus Prometheus metrics (:mod:`.metrics`,
+:mod:`.recovery_metrics`), and optional OpenTelemetry traces (:mod:`.tracing`)."""

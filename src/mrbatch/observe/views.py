@@ -13,6 +13,8 @@ from ..model.keys import INPUT, run_id_for
 from ..model.records import RUN, FileRun, run_pk
 from ..runtime import supervisor
 from ..runtime.replication import region_backlog
+from ..runtime.restarter import read_state
+from .recovery_metrics import EVALUATION_DOC, evaluation_summary
 
 __all__ = ["all_runs", "find_run", "input_key", "status"]
 
@@ -26,6 +28,13 @@ def status(ws: Workspace) -> dict[str, Any]:
     """The ``mrbatch status --json`` contract."""
     now = time.time()
     procs = supervisor.running(ws)
+    restarts_state = read_state(ws)
+    records = restarts_state.get("processes")
+    records = records if isinstance(records, dict) else {}
+
+    def restarts(proc: supervisor.Proc) -> int:
+        return int((records.get(proc.label) or {}).get("restarts", 0))
+
     result: dict[str, Any] = {"active_region": None, "epoch": None, "phase": None, "regions": {}}
     heartbeats: dict[str, Any] = {}
     try:
@@ -34,6 +43,8 @@ def status(ws: Workspace) -> dict[str, Any]:
         heartbeats = control.heartbeats()
         result.update(active_region=routing.active_region, epoch=routing.epoch, phase=routing.phase)
         states = dict(routing.regions)
+        evaluation = control.documents(EVALUATION_DOC).get(EVALUATION_DOC)
+        result["plan_evaluation"] = evaluation_summary(evaluation, now)
     except MrbatchError as exc:
         states = {}
         result["control_plane_error"] = str(exc)
@@ -48,6 +59,8 @@ def status(ws: Workspace) -> dict[str, Any]:
             "lag_seconds": None,
             "replicator_pid": replicator,
             "replicator_alive": replicator is not None,
+            "restarts": restarts(supervisor.Proc("region", region)),
+            "replicator_restarts": restarts(supervisor.Proc("replicator", region)),
         }
         try:
             backlog = region_backlog(ws, region)
@@ -69,12 +82,30 @@ def status(ws: Workspace) -> dict[str, Any]:
             entry["last_error"] = beat.info.get("last_error")
             entry["mail_retrying"] = beat.info.get("mail_retrying", [])
             entry["waiting"] = beat.info.get("waiting", [])
+            if beat.lease_held is not None:  # a control plane with leases (etcd)
+                entry["lease_held"] = beat.lease_held
+                if not beat.lease_held:
+                    # Stopped, or cut off from the control plane: it publishes nothing.
+                    fenced = entry["state"] == "ACTIVE"
+                    entry["process_state"] = "self-fenced (no lease)" if fenced else "no lease"
         result["regions"][region] = entry
-    gateway_pid = procs.get(supervisor.Proc("gateway", "gateway"))
+    gateway = supervisor.Proc("gateway", "gateway")
+    gateway_pid = procs.get(gateway)
     result["gateway"] = {
         "pid": gateway_pid,
         "alive": gateway_pid is not None,
         "url": ws.gateway_url,
+        "restarts": restarts(gateway),
+    }
+    keeper = supervisor.pid_of(ws, supervisor.SUPERVISOR)
+    # What the running supervisor loaded, which an edit of mrbatch.toml since has not changed.
+    live = keeper is not None and restarts_state.get("pid") == keeper
+    result["supervisor"] = {
+        "pid": keeper,
+        "alive": keeper is not None,
+        "restart": restarts_state.get("restart") if live else ws.config.supervisor.restart,
+        # per process label: restarts, deaths in a row, last exit, pause and next_due, ...
+        "processes": records,
     }
     return result
 

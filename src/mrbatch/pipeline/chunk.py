@@ -19,18 +19,21 @@ from __future__ import annotations
 
 import io
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Protocol
 
 import polars as pl
 
-from ..errors import InputError
+from ..errors import InputError, UserCodeError
 from .csvsplit import BOM, check_text
 from .parse import (
+    CSV,
     EXTRA,
     HIT,
     LINE,
     REASON,
     ROW,
+    Dialect,
     header_end,
     parse_fast,
     parse_general,
@@ -38,8 +41,9 @@ from .parse import (
 )
 from .reference import REFERENCE_KEY_COLUMN, Enrichment, ReferenceTable
 from .schema import RecordSchema
+from .usercode import Rules
 
-__all__ = ["ChunkOutput", "process_chunk"]
+__all__ = ["ApiAnswers", "ChunkOutput", "Extras", "process_chunk", "process_records"]
 
 
 @dataclass(frozen=True)
@@ -54,6 +58,29 @@ class ChunkOutput:
     rows_in: int
     rows_out: int
     rows_rejected: int
+    # Distinct values (up to 3) of the pipeline's expected-count column in this chunk.
+    counts: list[str] = field(default_factory=list)
+
+
+class ApiAnswers(Protocol):
+    """What a chunk needs of an HTTP enrichment: its join column, its answer fields by output
+    column, and the answers for a list of keys (``key -> {field: text | None}`` or None)."""
+
+    key: str
+    columns: dict[str, str]
+
+    def answers(self, keys: list[str]) -> dict[str, dict[str, str | None] | None]: ...
+
+
+@dataclass(frozen=True)
+class Extras:
+    """What a declared pipeline adds to a chunk: its row checks and transforms, its HTTP
+    enrichment, its expected-count column and its output columns."""
+
+    rules: Rules | None = None
+    api: ApiAnswers | None = None
+    count_column: str | None = None
+    columns: tuple[str, ...] | None = None
 
 
 def process_chunk(
@@ -64,6 +91,9 @@ def process_chunk(
     reference: ReferenceTable | None,
     first_line: int,
     source: str,
+    escape_formulas: bool = False,
+    dialect: Dialect = CSV,
+    extras: Extras | None = None,
 ) -> ChunkOutput:
     """Validate and enrich one chunk (header line + records) into output and rejected rows.
 
@@ -74,35 +104,82 @@ def process_chunk(
     header's, when it breaks a schema rule, or when enrichment finds no reference row for it.
     Raises InputError only for problems of the whole file (binary, not UTF-8, header, an
     unterminated quote); every record problem becomes a rejected row with a reason.
+
+    ``escape_formulas`` (opt-in, ``output.escape_formulas``): a value that a spreadsheet would
+    run as a formula (first character ``=``, ``+``, ``-``, ``@``, tab or carriage return) is
+    written with a ``'`` in front, in the output and the rejected rows. It changes the values
+    (``-5`` becomes ``'-5``), which is why it is off unless asked for.
     """
     if enrichment is not None and reference is None:
         raise ValueError("an enrichment needs a reference table")
     if data.startswith(BOM):
         data = data[3:]
-    end_of_header = header_end(data, source)
+    end_of_header = header_end(data, source, dialect)
     check_text(data, 0, end_of_header, None, 1, source)
-    header = parse_header(data[:end_of_header], source)
+    header = parse_header(data[:end_of_header], source, dialect)
     schema.check_header(header, source=source)
-    if enrichment is not None:
-        _check_enrichment_columns(header, schema, enrichment, source)
     body = data[end_of_header:]
     check_text(body, 0, len(body), None, first_line, source)
 
-    good = parse_fast(body, header, first_line)
+    good = parse_fast(body, header, first_line, dialect)
     bad: list[pl.DataFrame] = []
     if good is None:
-        good, structural = parse_general(body, header, first_line, source)
+        good, structural = parse_general(body, header, first_line, source, dialect)
         bad.append(structural)
+    return process_records(
+        good,
+        bad,
+        header,
+        schema=schema,
+        enrichment=enrichment,
+        reference=reference,
+        source=source,
+        escape_formulas=escape_formulas,
+        extras=extras,
+    )
+
+
+def process_records(
+    good: pl.DataFrame,
+    bad: list[pl.DataFrame],
+    header: list[str],
+    *,
+    schema: RecordSchema,
+    enrichment: Enrichment | None,
+    reference: ReferenceTable | None,
+    source: str,
+    escape_formulas: bool = False,
+    extras: Extras | None = None,
+) -> ChunkOutput:
+    """The rest of a chunk once its records are parsed (any input format): ``good`` holds
+    ``ROW``, ``LINE`` and one text column per ``header`` name; ``bad`` the structural rejects.
+    Schema, row checks, enrichment (reference data or an HTTP API), transforms, output."""
+    extras = extras or Extras()
+    api = extras.api
+    for join in (enrichment, api):
+        if join is not None:
+            _check_enrichment_columns(header, schema, join.key, join.columns, source)
     rows_in = good.height + sum(b.height for b in bad)
     absent = [c for c in schema.properties if c not in header]
     if absent:  # optional properties the file does not have: empty values
         good = good.with_columns(pl.lit(None, pl.String).alias(c) for c in absent)
+    counts: list[str] = []
+    if extras.count_column is not None:
+        values = good.get_column(extras.count_column).unique().sort().head(3)
+        counts = [v if v is not None else "" for v in values.to_list()]
 
     valid_mask = good.with_columns(schema.valid_expr().alias("\0valid")).get_column("\0valid")
     if not valid_mask.all():
         invalid = good.filter(~valid_mask)
         bad.append(invalid.with_columns(schema.reasons_expr().alias(REASON)))
         good = good.filter(valid_mask)
+    user_columns = [*header, *absent]
+    if extras.rules is not None and good.height:
+        reasons = extras.rules.check(good.select(user_columns))
+        if reasons is not None and reasons.null_count() < good.height:
+            failed = reasons.is_not_null()
+            bad.append(good.filter(failed).with_columns(reasons.filter(failed).alias(REASON)))
+            good = good.filter(~failed)
 
     out_cols = [pl.col(c) for c in schema.properties]
     out_cols += [pl.col(c) for c in header if c not in schema.properties]
@@ -110,8 +187,24 @@ def process_chunk(
         good, missing = _enrich(good, enrichment, reference)
         bad.append(missing)
         out_cols += [pl.col(c) for c in enrichment.columns.values()]
+    elif api is not None:
+        good, missing = _enrich_api(good, api)
+        bad.append(missing)
+        out_cols += [pl.col(c) for c in api.columns.values()]
     output = good.select(out_cols)
+    if extras.rules is not None and extras.rules.transforms:
+        output = extras.rules.transform(output)
+    if extras.columns is not None:
+        lacking = [c for c in extras.columns if c not in output.columns]
+        if lacking:
+            raise UserCodeError(
+                f"output column {lacking[0]!r} is not produced by the pipeline (it has"
+                f" {', '.join(map(repr, output.columns))})"
+            )
+        output = output.select(extras.columns)
     rejected = _rejected_frame(bad, header)
+    if escape_formulas:
+        output, rejected = _escape_formulas(output), _escape_formulas(rejected)
     rejected_header = ["row", "line", "reason", *header, "_extra"]
     return ChunkOutput(
         output=_write_csv(output),
@@ -121,19 +214,50 @@ def process_chunk(
         rows_in=rows_in,
         rows_out=output.height,
         rows_rejected=rejected.height,
+        counts=counts,
     )
 
 
+def _enrich_api(good: pl.DataFrame, api: ApiAnswers) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """(rows with the API's answers, rejects for rows it has no answer for)."""
+    keys = good.get_column(api.key).drop_nulls().unique(maintain_order=True).to_list()
+    answers = api.answers(keys) if keys else {}
+    found = [k for k in keys if answers.get(k) is not None]
+    fields = dict(api.columns)
+    table = pl.DataFrame(
+        {
+            "\0key": found,
+            **{out: [(answers[k] or {}).get(src) for k in found] for src, out in fields.items()},
+            HIT: [True] * len(found),
+        },
+        schema={"\0key": pl.String, **dict.fromkeys(fields.values(), pl.String), HIT: pl.Boolean},
+    )
+    joined = good.join(
+        table, left_on=api.key, right_on="\0key", how="left", maintain_order="left", coalesce=True
+    )
+    hit = joined.get_column(HIT).is_not_null()
+    missing = joined.filter(~hit).with_columns(
+        pl.format(
+            "{}: no data from the API for '{}'", pl.lit(api.key), pl.col(api.key).fill_null("")
+        ).alias(REASON)
+    )
+    return joined.filter(hit).drop(HIT), missing
+
+
 def _check_enrichment_columns(
-    header: Sequence[str], schema: RecordSchema, enrichment: Enrichment, source: str
+    header: Sequence[str],
+    schema: RecordSchema,
+    key: str,
+    columns: dict[str, str],
+    source: str,
 ) -> None:
-    if enrichment.key not in header:
+    if key not in header:
         raise InputError(
-            f"{source}: header lacks column {enrichment.key!r}, the key for reference data",
-            hint=f"add the column {enrichment.key!r}",
+            f"{source}: header lacks column {key!r}, the key for reference data",
+            hint=f"add the column {key!r}",
         )
     taken = set(header) | set(schema.properties)
-    clash = [name for name in enrichment.columns.values() if name in taken]
+    clash = [name for name in columns.values() if name in taken]
     if clash:
         raise InputError(
             f"{source}: column {', '.join(map(repr, clash))} is also an enrichment output column",
@@ -179,6 +303,20 @@ def _rejected_frame(parts: list[pl.DataFrame], header: list[str]) -> pl.DataFram
         text = dict.fromkeys([REASON, *header, EXTRA], pl.String)
         return pl.DataFrame(schema={ROW: pl.Int64, LINE: pl.Int64, **text})
     return pl.concat(frames).sort(ROW)
+
+
+_FORMULA_START = r"^[=+\-@\t\r]"
+
+
+def _escape_formulas(df: pl.DataFrame) -> pl.DataFrame:
+    text = [name for name, dtype in df.schema.items() if dtype == pl.String]
+    return df.with_columns(
+        pl.when(pl.col(name).str.contains(_FORMULA_START))
+        .then(pl.lit("'") + pl.col(name))
+        .otherwise(pl.col(name))
+        .alias(name)
+        for name in text
+    )
 
 
 def _write_csv(df: pl.DataFrame) -> bytes:

@@ -14,6 +14,7 @@ CSV dialect (RFC 4180, made precise)
 
 from __future__ import annotations
 
+import csv
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import BinaryIO
@@ -29,6 +30,10 @@ BOM = b"\xef\xbb\xbf"
 # A single record longer than this is refused: it is what an unterminated quote or a file
 # without line breaks looks like, and the splitter would otherwise hold it all in memory.
 MAX_RECORD_BYTES = 64 << 20
+# The stdlib csv module refuses fields over 128 KiB by default; every reader of mrbatch's CSV
+# (quoted records, rejected rows shown by `mrbatch errors`, verify's recount) takes what the
+# pipeline takes. Process-wide, set once here, where every such reader imports from.
+csv.field_size_limit(max(csv.field_size_limit(), MAX_RECORD_BYTES))
 
 
 @dataclass(frozen=True)
@@ -88,6 +93,8 @@ def split_csv(
     source: str,
     block_size: int = 8 << 20,
     max_record_bytes: int = MAX_RECORD_BYTES,
+    quote: bytes | None = b'"',
+    has_header: bool = True,
 ) -> Iterator[SplitChunk]:
     """Yield chunks of about ``chunk_rows`` physical lines each, never splitting a record.
 
@@ -98,6 +105,10 @@ def split_csv(
     leading UTF-8 BOM is dropped. Raises InputError for an empty or binary file, invalid UTF-8,
     a quoted field still open at the end of the file and a line or quoted record longer than
     ``max_record_bytes`` (so memory stays bounded by a chunk plus a block even then).
+
+    ``quote`` is the dialect's quote character (None: no quoting, a line break always ends a
+    record, as in JSON Lines); without ``has_header`` there is no header line (JSON Lines):
+    chunks then start at line 1 and their ``header_size`` is 0.
     """
     if chunk_rows < 1:
         raise ValueError("chunk_rows must be at least 1")
@@ -108,15 +119,22 @@ def split_csv(
         r.take(3)
     # A binary file may have no line break at all: say so before looking for the header's end.
     _check_nul(r.buf, 0, len(r.buf), r.base, 1, source)
-    header_end, header_lines = _cut_after(r, 0, 1, source, line=1, limit=max_record_bytes)
-    if not r.buf[:header_end].strip():
-        _raise_blank_header(r, header_end, source)
-    check_text(r.buf, 0, header_end, r.base, 1, source)
-    header = r.take(header_end)
-    line = 1 + header_lines
+    q = quote or b"\0"  # NUL never occurs in text (it is refused): nothing is ever quoted
+    header, line = b"", 1
+    if has_header:
+        header_end, header_lines = _cut_after(
+            r, 0, 1, source, line=1, limit=max_record_bytes, quote=q
+        )
+        if not r.buf[:header_end].strip():
+            _raise_blank_header(r, header_end, source)
+        check_text(r.buf, 0, header_end, r.base, 1, source)
+        header = r.take(header_end)
+        line = 1 + header_lines
     index = 0
     while r.buf or r.more():
-        end, lines = _cut_after(r, 0, chunk_rows, source, line=line, limit=max_record_bytes)
+        end, lines = _cut_after(
+            r, 0, chunk_rows, source, line=line, limit=max_record_bytes, quote=q
+        )
         check_text(r.buf, 0, end, r.base, line, source)
         yield SplitChunk(index, r.take(end, prefix=header), line, lines, len(header))
         index += 1
@@ -126,7 +144,7 @@ def split_csv(
 
 
 def _cut_after(
-    r: _Reader, start: int, want: int, source: str, *, line: int, limit: int
+    r: _Reader, start: int, want: int, source: str, *, line: int, limit: int, quote: bytes = b'"'
 ) -> tuple[int, int]:
     """(end, lines): end of ``want`` physical lines from ``start``, extended to a record end.
 
@@ -160,19 +178,19 @@ def _cut_after(
                 counted += 1
             break
     # Extend while inside a quoted field: parity of '"' since the (unquoted) start.
-    quotes = r.buf.count(b'"', start, end)
+    quotes = r.buf.count(quote, start, end)
     unquoted_end = end
     while quotes % 2:
         nl = r.buf.find(b"\n", end)
         while nl < 0 and len(r.buf) - unquoted_end <= limit and r.more():
             nl = r.buf.find(b"\n", end)
         if nl < 0 and end < len(r.buf) and r.eof:  # last line, without a line break
-            quotes += r.buf.count(b'"', end)
+            quotes += r.buf.count(quote, end)
             counted += 1
             end = len(r.buf)
             continue
         if nl < 0 or nl - unquoted_end > limit:
-            opener = r.buf.rfind(b'"', start, end)
+            opener = r.buf.rfind(quote, start, end)
             at = line + r.buf.count(b"\n", start, opener)
             still = "never closed (unterminated quote at end of file)"
             if not r.eof or nl >= 0:
@@ -181,7 +199,7 @@ def _cut_after(
                 f"{source}: line {at}: a quoted field opened here is {still}",
                 hint='close the quote, or double a quote that belongs to the value ("")',
             )
-        quotes += r.buf.count(b'"', end, nl + 1)
+        quotes += r.buf.count(quote, end, nl + 1)
         counted += 1
         end = nl + 1
     return end, counted

@@ -17,6 +17,7 @@ import gc
 import json
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from operator import itemgetter
 from typing import Any
 
@@ -25,7 +26,30 @@ import polars as pl
 from ..errors import InputError
 from .csvsplit import BOM
 
-__all__ = ["count_records"]
+__all__ = ["CSV", "Dialect", "count_records"]
+
+
+@dataclass(frozen=True)
+class Dialect:
+    """A CSV dialect: the field delimiter and the quote character. ``quote`` is NUL for "no
+    quoting": input text never holds NUL (it is refused as binary), so counting it finds none
+    and every record takes the plain path."""
+
+    delimiter: str = ","
+    quote: str = '"'
+
+    @classmethod
+    def of(cls, delimiter: str, quote: str | None) -> Dialect:
+        return cls(delimiter, quote or "\0")
+
+    def reader_options(self) -> dict[str, Any]:
+        """Options for the stdlib csv module."""
+        if self.quote == "\0":
+            return {"delimiter": self.delimiter, "quoting": csv.QUOTE_NONE}
+        return {"delimiter": self.delimiter, "quotechar": self.quote}
+
+
+CSV = Dialect()
 
 
 # Internal column names start with NUL: input text never contains NUL (it is refused as binary),
@@ -41,11 +65,12 @@ ROW, LINE, TEXT, QUOTES, EXTRA, REASON, HIT = (
 )
 
 
-def header_end(data: bytes, source: str) -> int:
+def header_end(data: bytes, source: str, dialect: Dialect = CSV) -> int:
     """Byte offset just after the header record (the first record, quote-aware)."""
     end = data.find(b"\n")
     end = len(data) if end < 0 else end + 1
-    while data.count(b'"', 0, end) % 2:
+    quote = dialect.quote.encode()
+    while data.count(quote, 0, end) % 2:
         if end >= len(data):
             raise InputError(
                 f"{source}: line 1: the header has a quoted name that is never closed",
@@ -63,12 +88,20 @@ def header_end(data: bytes, source: str) -> int:
     return end
 
 
-def parse_header(raw: bytes, source: str) -> list[str]:
+def parse_header(raw: bytes, source: str, dialect: Dialect = CSV) -> list[str]:
     text = raw.decode("utf-8").removesuffix("\n").removesuffix("\r")
-    if '"' not in text:
-        return text.split(",")
+    quote = dialect.quote
+    if "\r" in text and quote not in text:
+        # Lines ended by CR alone (classic Mac OS): the whole file reads as one header line.
+        raise InputError(
+            f"{source}: line 1 holds a carriage return (\\r) inside it: the file's lines end"
+            " with CR alone; mrbatch reads lines ended by LF or CRLF",
+            hint="save the file with LF (Unix) or CRLF (Windows) line endings",
+        )
+    if quote not in text:
+        return text.split(dialect.delimiter)
     try:
-        rows = list(csv.reader([text], strict=True))
+        rows = list(csv.reader([text], strict=True, **dialect.reader_options()))
     except csv.Error as exc:
         raise InputError(f"{source}: line 1: the header is not valid CSV: {exc}") from exc
     if len(rows) != 1:
@@ -76,7 +109,9 @@ def parse_header(raw: bytes, source: str) -> list[str]:
     return rows[0]
 
 
-def parse_fast(body: bytes, header: list[str], first_line: int) -> pl.DataFrame | None:
+def parse_fast(
+    body: bytes, header: list[str], first_line: int, dialect: Dialect = CSV
+) -> pl.DataFrame | None:
     """Parse a quote-free body with polars' CSV reader, or None when the general path is needed.
 
     The reader cannot tell a missing field from an empty one, nor a blank line from a record of
@@ -86,16 +121,18 @@ def parse_fast(body: bytes, header: list[str], first_line: int) -> pl.DataFrame 
     starting with a BOM, which the reader would drop.
     """
     ncols = len(header)
-    if ncols < 2 or not body or b'"' in body or body.startswith(BOM):
+    delimiter = dialect.delimiter.encode()
+    if ncols < 2 or not body or dialect.quote.encode() in body or body.startswith(BOM):
         return None
     if b"\r" in body and body.count(b"\r") != body.count(b"\r\n") + body.endswith(b"\r"):
         return None
     lines = body.count(b"\n") + (not body.endswith(b"\n"))
-    if body.count(b",") != (ncols - 1) * lines:
+    if body.count(delimiter) != (ncols - 1) * lines:
         return None
     try:
         df = pl.read_csv(
             body,
+            separator=dialect.delimiter,
             has_header=False,
             schema=dict.fromkeys(header, pl.String),
             quote_char=None,
@@ -112,29 +149,34 @@ def parse_fast(body: bytes, header: list[str], first_line: int) -> pl.DataFrame 
 
 
 def parse_general(
-    body: bytes, header: list[str], first_line: int, source: str
+    body: bytes, header: list[str], first_line: int, source: str, dialect: Dialect = CSV
 ) -> tuple[pl.DataFrame, pl.DataFrame]:
     """(good, structural rejects) for any body: quoted fields, ragged rows, blank lines, CR.
 
     Records without ``"`` are split vectorised; only records with ``"`` go through the csv
     module, so a file with a few quoted values stays nearly as fast as the fast path.
     """
-    records = _records(body.decode("utf-8"), first_line, source)
+    records = _records(body.decode("utf-8"), first_line, source, dialect.quote)
     ncols = len(header)
+    comma = dialect.delimiter
     names = [ROW, LINE, *header]
     plain = records.filter(pl.col(QUOTES) == 0).with_columns(
-        (pl.col(TEXT).str.count_matches(",", literal=True) + 1).alias("\0n")
+        (pl.col(TEXT).str.count_matches(comma, literal=True) + 1).alias("\0n")
     )
-    split = pl.col(TEXT).str.split_exact(",", ncols - 1).struct.rename_fields(header)
+    split = pl.col(TEXT).str.split_exact(comma, ncols - 1).struct.rename_fields(header)
     parts = [plain.filter(pl.col("\0n") == ncols).select(ROW, LINE, split).unnest(TEXT)]
 
     bad_rows: list[tuple[Any, ...]] = []
     ragged = plain.filter(pl.col("\0n") != ncols)
     for row, line, text in ragged.select(ROW, LINE, TEXT).iter_rows():
-        bad_rows.append(_structural(row, line, text.split(","), ncols))
+        bad_rows.append(_structural(row, line, text.split(comma), ncols))
 
     quoted = records.filter(pl.col(QUOTES) > 0)
-    parsed = _parse_quoted(quoted.get_column(TEXT).to_list())
+    fast = _parse_quoted_fast(quoted, header, dialect)
+    if fast is not None:
+        parts.append(fast)
+        quoted = quoted.filter(~pl.col(ROW).is_in(fast.get_column(ROW).implode()))
+    parsed = _parse_quoted(quoted.get_column(TEXT).to_list(), dialect)
     keep = [i for i, values in enumerate(parsed) if type(values) is list and len(values) == ncols]
     if len(keep) < len(parsed):
         kept = set(keep)
@@ -167,7 +209,55 @@ def parse_general(
     return good.select(names), bad
 
 
-def _parse_quoted(texts: list[str]) -> list[list[str] | str]:
+# A field the csv module (strict) reads exactly as polars' reader does: unquoted without any
+# quote, or quoted from its first character to its last with inner quotes doubled. Carriage
+# returns are left to the csv module.
+def _rx(char: str) -> str:
+    """One character as a Rust regex literal (inside a class too)."""
+    return char if char in ",;'\"" else f"\\x{{{ord(char):x}}}"
+
+
+def _field(dialect: Dialect) -> str:
+    q, d = _rx(dialect.quote), _rx(dialect.delimiter)
+    return f"(?:[^{q}{d}\\r]*|{q}(?:[^{q}\\r]|{q}{q})*{q})"
+
+
+def _parse_quoted_fast(
+    quoted: pl.DataFrame, header: list[str], dialect: Dialect = CSV
+) -> pl.DataFrame | None:
+    """The quoted records that are well formed and have the header's field count, parsed by
+    polars' reader in one pass (``ROW``, ``LINE``, the header's columns); None when there is
+    none, or the reader does not give one row per record (the csv module then reads them all).
+
+    Spreadsheet and database exports quote every field: without this, every one of their
+    records would go through the csv module, several times slower than the rest."""
+    if quoted.is_empty():
+        return None
+    # Well formed with exactly the header's field count, in one linear pass of the regex.
+    field, d = _field(dialect), _rx(dialect.delimiter)
+    exact = f"^{field}(?:{d}{field}){{{len(header) - 1}}}$"
+    good = quoted.filter(pl.col(TEXT).str.contains(exact))
+    if good.is_empty():
+        return None
+    text = "\n".join(good.get_column(TEXT).to_list()) + "\n"
+    try:
+        frame = pl.read_csv(
+            text.encode("utf-8"),
+            separator=dialect.delimiter,
+            has_header=False,
+            schema=dict.fromkeys(header, pl.String),
+            quote_char=dialect.quote,
+            truncate_ragged_lines=False,
+            raise_if_empty=False,
+        )
+    except pl.exceptions.PolarsError:
+        return None
+    if frame.height != good.height:
+        return None
+    return pl.concat([good.select(ROW, LINE), frame], how="horizontal")
+
+
+def _parse_quoted(texts: list[str], dialect: Dialect = CSV) -> list[list[str] | str]:
     """Fields of each record text, or the csv module's complaint about it (strict mode).
 
     One reader over all records is much faster than one per record. It is trusted only when it
@@ -181,7 +271,9 @@ def _parse_quoted(texts: list[str]) -> list[list[str] | str]:
         # Hundreds of thousands of new lists would trigger many full garbage collections
         # (measured: half the time of this path); none of them can form a cycle.
         with _gc_paused():
-            rows: list[list[str] | str] = list(csv.reader(texts, strict=True))
+            rows: list[list[str] | str] = list(
+                csv.reader(texts, strict=True, **dialect.reader_options())
+            )
         if len(rows) == len(texts):
             return rows
     except csv.Error:
@@ -189,7 +281,7 @@ def _parse_quoted(texts: list[str]) -> list[list[str] | str]:
     out: list[list[str] | str] = []
     for text in texts:
         try:
-            one = list(csv.reader([text], strict=True))
+            one = list(csv.reader([text], strict=True, **dialect.reader_options()))
         except csv.Error as exc:
             out.append(str(exc))
             continue
@@ -216,18 +308,18 @@ def _structural(row: int, line: int, values: list[str], ncols: int) -> tuple[Any
     return (row, line, *padded, extra, reason)
 
 
-def _records(text: str, first_line: int, source: str) -> pl.DataFrame:
+def _records(text: str, first_line: int, source: str, quote: str = '"') -> pl.DataFrame:
     """Records of a body: ``ROW`` (1-based), ``LINE``, ``TEXT`` (final ``\\r`` dropped) and
     ``QUOTES`` (count of ``"``). Blank lines are dropped; InputError for an unterminated quote."""
     lines = pl.Series(TEXT, [text]).str.split("\n").explode().to_frame()
     lines = lines.with_columns(pl.int_range(pl.len(), dtype=pl.Int64).alias(LINE))
-    if '"' in text:
+    if quote in text:
         lines = lines.with_columns(
-            pl.col(TEXT).str.count_matches('"', literal=True).cast(pl.Int64).alias(QUOTES)
+            pl.col(TEXT).str.count_matches(quote, literal=True).cast(pl.Int64).alias(QUOTES)
         )
         odd = (lines.get_column(QUOTES).cum_sum() % 2) == 1  # inside quotes after this line
         if odd[-1]:
-            opener = text.rfind('"')
+            opener = text.rfind(quote)
             at = first_line + text.count("\n", 0, opener)
             raise InputError(
                 f"{source}: line {at}: a quoted field opened here is never closed",
@@ -250,17 +342,19 @@ def _records(text: str, first_line: int, source: str) -> pl.DataFrame:
     )
 
 
-def count_records(data: bytes) -> int:
+def count_records(data: bytes, quote: str = '"') -> int:
     """Number of records in a CSV body without header (quote-aware; blank lines not counted).
+    ``quote`` "" or NUL: nothing is quoted (JSON Lines: one record per non-blank line).
 
     Raises InputError for a quoted field that is never closed.
     """
     if not data:
         return 0
-    if b'"' not in data and not _may_have_blank_line(data):
+    quote = quote or "\0"
+    if quote.encode() not in data and not _may_have_blank_line(data):
         return data.count(b"\n") + (not data.endswith(b"\n"))  # C-level: ~8 ms for 30 MB
     text = data.decode("utf-8", errors="replace")
-    return _records(text, 1, "data").height
+    return _records(text, 1, "data", quote).height
 
 
 def _may_have_blank_line(data: bytes) -> bool:

@@ -8,10 +8,11 @@ instead of one validator call per row.
 
 Supported keywords
     top level: ``type`` (``"object"``), ``required``, ``properties``, ``additionalProperties``
-    (boolean, default true); per property: ``type`` (``"string"``), ``minLength``, ``maxLength``,
-    ``pattern``, ``enum`` (strings). Annotations (``$schema``, ``$id``, ``title``,
-    ``description``, ``$comment``, ``examples``, ``default``, ``readOnly``, ``writeOnly``) are
-    ignored. Anything else is refused rather than silently not enforced.
+    (boolean, default true); per property: see :mod:`.schema_rules` (``type`` string, integer
+    or number; lengths, ``pattern``, ``enum``, bounds, ``format``, ``const``). Annotations
+    (``$schema``, ``$id``, ``title``, ``description``, ``$comment``, ``examples``, ``default``,
+    ``readOnly``, ``writeOnly``) are ignored. Anything else is refused rather than silently not
+    enforced.
 
 Value rules (the sample contract, stricter than plain JSON Schema)
     Values are text, never trimmed or converted. An empty field (``""`` or null) of a required
@@ -34,37 +35,20 @@ import polars as pl
 
 from mrbatch.errors import InputError, SchemaError
 
+from .schema_rules import (
+    _ANNOTATIONS,
+    PropertyRule,
+    _error,
+    _names,
+    _near_miss,
+    _show,
+    parse_property,
+    rule_failures,
+)
+
 __all__ = ["PropertyRule", "RecordSchema"]
 
-_ANNOTATIONS = frozenset(
-    {
-        "$schema",
-        "$id",
-        "title",
-        "description",
-        "$comment",
-        "examples",
-        "default",
-        "readOnly",
-        "writeOnly",
-    }
-)
 _TOP_KEYWORDS = ("type", "required", "properties", "additionalProperties")
-_PROPERTY_KEYWORDS = ("type", "minLength", "maxLength", "pattern", "enum")
-# How many enum values a rejection reason spells out before abbreviating.
-_ENUM_SHOWN = 8
-
-
-@dataclass(frozen=True)
-class PropertyRule:
-    """The checks of one declared property. ``regex`` is ``pattern`` translated for polars."""
-
-    name: str
-    min_length: int | None = None
-    max_length: int | None = None
-    pattern: str | None = None
-    regex: str | None = None
-    enum: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -126,7 +110,7 @@ class RecordSchema:
         props_doc = doc.get("properties", {})
         if not isinstance(props_doc, Mapping):
             raise _error(source, None, "properties", "must be an object")
-        rules = tuple(_parse_property(source, name, spec) for name, spec in props_doc.items())
+        rules = tuple(parse_property(source, name, spec) for name, spec in props_doc.items())
         properties = tuple(rule.name for rule in rules)
 
         required_doc = doc.get("required", [])
@@ -223,32 +207,8 @@ class RecordSchema:
             if name in required:
                 out.append((col.is_null() | (col == ""), f"{name}: missing required value"))
             rule = by_name.get(name)
-            if rule is None:
-                continue
-            if rule.min_length is not None and rule.min_length > 0:
-                n = rule.min_length
-                unit = "character" if n == 1 else "characters"
-                out.append(
-                    (
-                        present & (col.str.len_chars() < n),
-                        f"{name}: shorter than {n} {unit} (minLength {n})",
-                    )
-                )
-            if rule.max_length is not None:
-                n = rule.max_length
-                unit = "character" if n == 1 else "characters"
-                out.append(
-                    (col.str.len_chars() > n, f"{name}: longer than {n} {unit} (maxLength {n})")
-                )
-            if rule.regex is not None:
-                out.append(
-                    (
-                        present & ~col.str.contains(rule.regex),
-                        f"{name}: does not match pattern {rule.pattern}",
-                    )
-                )
-            if rule.enum is not None:
-                out.append((present & ~col.is_in(list(rule.enum)), f"{name}: {_enum_text(rule)}"))
+            if rule is not None:
+                out.extend(rule_failures(rule, col, present))
         return out
 
     def valid_expr(self) -> pl.Expr:
@@ -269,187 +229,3 @@ class RecordSchema:
             return pl.repeat(None, pl.len(), dtype=pl.String)
         joined = pl.concat_str(parts, separator="; ", ignore_nulls=True)
         return pl.when(joined != "").then(joined)
-
-
-# ---------------------------------------------------------------------- parsing helpers
-def _parse_property(source: str, name: Any, spec: Any) -> PropertyRule:
-    if not isinstance(name, str) or name == "":
-        raise _error(source, None, "properties", "contains an empty property name")
-    if not isinstance(spec, Mapping):
-        raise _error(source, name, None, f"must be a JSON object, got {_show(spec)}")
-    for key in spec:
-        if key not in _ANNOTATIONS and key not in _PROPERTY_KEYWORDS:
-            raise _error(
-                source,
-                name,
-                key,
-                f"is not supported (supported: {', '.join(_PROPERTY_KEYWORDS)})",
-            )
-    if "type" in spec and spec["type"] != "string":
-        raise _error(
-            source,
-            name,
-            "type",
-            f'must be "string" (values are read as text), got {_show(spec["type"])}',
-        )
-    min_length = _length(source, name, spec, "minLength")
-    max_length = _length(source, name, spec, "maxLength")
-    if min_length is not None and max_length is not None and min_length > max_length:
-        raise _error(
-            source,
-            name,
-            "minLength",
-            f"is {min_length}, greater than maxLength {max_length}: no value could be valid",
-        )
-    pattern = spec.get("pattern")
-    regex = None
-    if pattern is not None:
-        if not isinstance(pattern, str):
-            raise _error(source, name, "pattern", f"must be a string, got {_show(pattern)}")
-        regex = _translate_pattern(pattern, source, name)
-        _compile_check(regex, pattern, source, name)
-    enum = None
-    if "enum" in spec:
-        values = spec["enum"]
-        if not isinstance(values, list) or not values:
-            raise _error(source, name, "enum", "must be a non-empty list of strings")
-        if not all(isinstance(v, str) for v in values):
-            bad = next(v for v in values if not isinstance(v, str))
-            raise _error(
-                source,
-                name,
-                "enum",
-                f"must list strings only (values are read as text), got {_show(bad)}",
-            )
-        enum = tuple(dict.fromkeys(values))  # de-duplicated, first-seen order
-    return PropertyRule(name, min_length, max_length, pattern, regex, enum)
-
-
-def _length(source: str, name: str, spec: Mapping[str, Any], key: str) -> int | None:
-    if key not in spec:
-        return None
-    value = spec[key]
-    if isinstance(value, float) and value.is_integer():
-        value = int(value)  # JSON Schema allows 9.0 where an integer is expected
-    # bool is an int subclass in Python, but `true` is not a length in JSON.
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise _error(source, name, key, f"must be a non-negative integer, got {_show(spec[key])}")
-    return value
-
-
-def _translate_pattern(pattern: str, source: str, name: str) -> str:
-    """Translate an ECMA-262 pattern to the Rust regex dialect with the same meaning.
-
-    Differences handled: ``\\d``/``\\w``/``\\b`` are ASCII-only in ECMA but Unicode-aware in
-    Rust (``^\\d{9}$`` must not accept Arabic-Indic digits); ``.`` excludes all ECMA line
-    terminators; inside a class ``[`` and ``&``/``~`` are literal in ECMA but start nested
-    classes or set operations in Rust; ``[\\b]`` is a backspace; ``\\0`` is NUL. Syntax Rust
-    lacks (look-around, back-references) is left for the compile check to refuse.
-    """
-    out: list[str] = []
-    i, n = 0, len(pattern)
-    in_class = False
-    ascii_classes = {
-        "d": "[0-9]",
-        "D": "[^0-9]",
-        "w": "[0-9A-Za-z_]",
-        "W": "[^0-9A-Za-z_]",
-    }
-    while i < n:
-        ch = pattern[i]
-        if ch == "\\" and i + 1 < n:
-            nxt = pattern[i + 1]
-            i += 2
-            if nxt in ascii_classes:
-                out.append(ascii_classes[nxt])  # nested classes are valid inside [...] in Rust
-            elif nxt == "b":
-                out.append(r"\x08" if in_class else r"(?-u:\b)")
-            elif nxt == "B" and not in_class:
-                out.append(r"(?-u:\B)")
-            elif nxt == "0" and (i >= n or not pattern[i].isdigit()):
-                out.append(r"\x00")
-            else:
-                out.append("\\" + nxt)
-            continue
-        if in_class:
-            if ch == "]":
-                in_class = False
-                out.append(ch)
-            elif ch in "[&~":
-                out.append("\\" + ch)
-            else:
-                out.append(ch)
-        elif ch == "[":
-            rest = pattern[i + 1 : i + 3]
-            if rest.startswith("]") or rest == "^]":
-                raise _error(
-                    source,
-                    name,
-                    "pattern",
-                    f"{pattern!r}: the empty classes [] and [^] are not supported",
-                )
-            in_class = True
-            out.append(ch)
-            if rest.startswith("^"):
-                out.append("^")
-                i += 1
-        elif ch == ".":
-            out.append(r"[^\n\r\x{2028}\x{2029}]")
-        else:
-            out.append(ch)
-        i += 1
-    return "".join(out)
-
-
-def _compile_check(regex: str, pattern: str, source: str, name: str) -> None:
-    try:
-        pl.select(pl.lit("").str.contains(regex))
-    except pl.exceptions.PolarsError as exc:
-        lines = [ln.strip() for ln in str(exc).splitlines()]
-        detail = next(
-            (ln[len("error:") :].strip() for ln in lines if ln.startswith("error:")),
-            lines[0] if lines else "invalid",
-        )
-        raise _error(
-            source,
-            name,
-            "pattern",
-            f"{pattern!r} is not supported: {detail}",
-        ) from exc
-
-
-def _error(source: str, prop: str | None, keyword: str | None, text: str) -> SchemaError:
-    where = [source]
-    if prop is not None:
-        where.append(f"property {prop!r}")
-    if keyword is not None:
-        where.append(f"keyword {keyword!r}")
-    return SchemaError(
-        f"{': '.join(where)} {text}" if keyword else f"{': '.join(where)}: {text}",
-        hint="mrbatch enforces a subset of JSON Schema draft-07; adjust the schema file",
-    )
-
-
-def _enum_text(rule: PropertyRule) -> str:
-    assert rule.enum is not None
-    shown = ", ".join(repr(v) for v in rule.enum[:_ENUM_SHOWN])
-    if len(rule.enum) > _ENUM_SHOWN:
-        shown += f", ... ({len(rule.enum)} values)"
-    return f"not one of {shown} (enum)"
-
-
-def _near_miss(name: str, header: Sequence[str]) -> str:
-    """``'Region'``, plus the header column it was probably meant to be, if any."""
-    folded = name.strip().casefold()
-    for col in header:
-        if col != name and col.strip().casefold() == folded:
-            return f"{name!r} (found {col!r})"
-    return repr(name)
-
-
-def _names(names: Sequence[str]) -> str:
-    return ", ".join(repr(n) for n in names)
-
-
-def _show(value: Any) -> str:
-    return json.dumps(value, ensure_ascii=False)

@@ -207,8 +207,8 @@ class _Run:
             )
 
     def lost_processes(self) -> list[supervisor.Proc]:
-        now = supervisor.running(self.ws)
-        return [p for p in self.alive_at_start if now.get(p) is None]
+        now = supervisor.running(self.ws)  # another pid: it died and the supervisor restarted it
+        return [p for p, pid in self.alive_at_start.items() if now.get(p) != pid]
 
     # ------------------------------------------------------------------ inject / restore
     def inject(self) -> None:
@@ -245,7 +245,7 @@ class _Run:
         if self.armed:
             self.event("disarmed every fault of the experiment")
         self.armed = []
-        lost = self.lost_processes()
+        lost = [p for p in self.lost_processes() if supervisor.pid_of(self.ws, p) is None]
         if lost:
             supervisor.start(self.ws, only=lost)
             self.event(f"restarted {', '.join(p.label for p in lost)}")

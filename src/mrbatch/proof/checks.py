@@ -17,6 +17,7 @@ from .evidence import accepted_versions, epoch_owners, merged_runs, outbox_messa
 from .recount import recount
 
 __all__ = ["Checker"]
+from ..maintain.gc import retention_window
 from .verdicts import DIVERGED, DUPLICATED, LOST, MAX_DIVERGED, Verdict, VerifyReport, Violation
 
 
@@ -160,6 +161,10 @@ class Checker:
                 self.violate(
                     verdict, key, run.region, f"{count} mails for one run", DUPLICATED, "mail"
                 )
+        if run.webhook_url and not run.webhook_sent_at:
+            self.violate(
+                verdict, key, run.region, "COMPLETED but its webhook is not recorded", LOST, "mail"
+            )
         for entry in run.history:
             if entry.get("status") not in ("PUBLISHED", "COMPLETED"):
                 continue
@@ -180,6 +185,11 @@ class Checker:
         has_output = self._has(output_key, run.output_sha256)
         has_rejected = self._has(rejected_key, run.merged_rejected_sha256)
         if not (has_output and has_rejected):
+            if time.time() - run.updated_at > retention_window(self.ws):
+                # Past the retention window garbage collection removes a run's objects (then
+                # its records): what is left of it is not a loss.
+                verdict.notes.append("past the retention window: being collected")
+                return
             what = "output" if not has_output else "rejected rows"
             self.violate(
                 verdict,
@@ -198,7 +208,16 @@ class Checker:
         if data is None or output is None or rejected is None:
             verdict.notes.append("recount skipped: an object went missing while verifying")
             return
-        counted = recount(data, output, rejected)
+        spec = self.ws.config.spec_for_run(run.pipeline, run.input_key)
+        plain = spec is None or not (spec.transforms or spec.columns or spec.delimiter != ",")
+        counted = recount(
+            data,
+            output,
+            rejected,
+            input_format=run.input_format,
+            quote=spec.quote if spec is not None else '"',
+            order=plain,
+        )
         verdict.order_checked = counted.order_checked
         if counted.note:
             verdict.notes.append(counted.note)

@@ -262,7 +262,7 @@ class _Runner:
             pid = supervisor.kill(self.ws, supervisor.Proc("region", active))
             step.detail["killed"] = {"region": active, "pid": pid, "at": self.at()}
         execution = Runbook(
-            self.ws, plan_name, target, yes=True, force=True, max_wait=5.0
+            self.ws, plan_name, target, yes=True, force=True, max_wait=5.0, settle=5.0
         ).execute()
         step.detail.update(
             plan=plan_name,

@@ -1,6 +1,7 @@
 """The pool workers of a running region, as chaos experiments see them: which pids they are (only
-pids that really are children of the region process the supervisor recorded, so a recycled pid
-is never signalled), how many chunk tasks the region holds, and SIGKILL of one of them."""
+pids that really are children of the region process the supervisor recorded, or grandchildren
+under a nanny, so a recycled pid is never signalled), how many chunk tasks the region holds,
+and SIGKILL of one of them."""
 
 from __future__ import annotations
 
@@ -36,7 +37,14 @@ def worker_pids(ws: Workspace, region: str) -> tuple[int | None, list[int]]:
         return None, []
     beat = backends.open_control_plane(ws).heartbeats().get(region)
     reported = [int(p) for p in (beat.info.get("workers") or [])] if beat else []
-    return parent, [pid for pid in reported if _parent_of(pid) == parent]
+    return parent, [pid for pid in reported if _descends_from(pid, parent)]
+
+
+def _descends_from(pid: int, parent: int) -> bool:
+    """Is ``pid`` a child of ``parent``, or a grandchild (a worker under a nanny process, as
+    a Dask cluster may run them)?"""
+    above = _parent_of(pid)
+    return above == parent or (above is not None and above > 1 and _parent_of(above) == parent)
 
 
 def chunks_in_flight(ws: Workspace, region: str) -> int:
@@ -76,7 +84,7 @@ def kill_worker(ws: Workspace, region: str, *, turn: int = 0) -> dict[str, Any] 
     if parent is None or not workers:
         return None
     victim = workers[turn % len(workers)]
-    if _parent_of(victim) != parent:  # exited since we looked: never signal a stranger
+    if not _descends_from(victim, parent):  # exited since we looked: never signal a stranger
         return None
     try:
         os.kill(victim, signal.SIGKILL)

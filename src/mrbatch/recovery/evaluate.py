@@ -10,7 +10,7 @@ import time
 from typing import Any
 
 from .. import backends
-from ..config.settings import StepConfig
+from ..config.plans import StepConfig
 from ..config.workspace import Workspace
 from ..errors import MrbatchError
 from .operations import failback_target, failover_target

@@ -10,7 +10,9 @@ from typing import Any
 
 from .. import backends
 from ..access.ledger import accepted_in
+from ..config.pipelines import format_for
 from ..config.workspace import Workspace
+from ..engine.pipelines import pins
 from ..engine.takeover import Missing, Takeover, present, readable, take_over
 from ..errors import MrbatchError, UnavailableError, UsageError
 from ..model.keys import run_key
@@ -23,6 +25,7 @@ __all__ = [
     "failover_target",
     "reconcile_now",
     "redrive",
+    "redrive_matching",
 ]
 
 
@@ -161,7 +164,14 @@ def redrive(ws: Workspace, key_or_id: str) -> dict[str, Any]:
             hint="a COMPLETED run is never run twice; upload new bytes to process again",
         )
     epoch = routing.epoch
-    enrichment = ws.config.pipeline.enrichment
+    spec = ws.config.spec_for_run(run.pipeline, run.input_key)
+    if spec is None:
+        raise UsageError(
+            f"run {run.run_id} ({run.input_key}) belongs to pipeline {run.pipeline!r}, which"
+            f" {ws.config_path.name} no longer declares",
+            hint="declare the pipeline again (or upload the input under another prefix)",
+        )
+    enrichment = spec.enrichment
     changed_reference = False
     if enrichment is not None and run.reference_version is not None:
         current = store.head(enrichment.reference)
@@ -177,22 +187,34 @@ def redrive(ws: Workspace, key_or_id: str) -> dict[str, Any]:
             run.reference_key, run.reference_sha256 = snapshot.key, snapshot.sha256
             run.reference_version = snapshot.version
             changed_reference = True
+    # The configuration or the code changed since the claim: every chunk runs again with the
+    # new ones (split afresh when the configuration changed), so no output mixes two versions.
+    pipeline_hash, code = pins(ws, spec)
+    changed_config = run.pipeline_hash is not None and run.pipeline_hash != pipeline_hash
+    changed_code = run.code_version is not None and run.code_version != code
+    run.pipeline, run.pipeline_hash, run.code_version = spec.name, pipeline_hash, code
+    run.webhook_url = spec.webhook.url if spec.webhook is not None else None
+    if changed_config:
+        run.chunk_rows, run.input_format = spec.chunk_rows, format_for(spec, run.input_key)
+    changed_reference = changed_reference or changed_code
     redo: list[tuple[ChunkRun, int | None]] = []
     kept = 0
+    unsent = run.mail_sent_at is None or (run.webhook_url is not None and not run.webhook_sent_at)
     published = (
         run.output_key is not None
-        and run.mail_sent_at is None
+        and unsent
+        and not changed_config
         and run.rows_out is not None
         and readable(store, run.output_key, run.output_sha256)
     )
     if published and not changed_reference:
         status = RunStatus.PUBLISHED  # only the mail failed: send it
-    elif run.chunks:
+    elif run.chunks and not changed_config:
         status = RunStatus.PROCESSING
         records = {r.pk: r for r in table.scan(CHUNK, prefix=f"chunk/{run.run_id}/")}
-        for spec in run.chunks:
-            rec = records.get(chunk_pk(run.run_id, spec.index))
-            chunk = ChunkRun.from_record(rec) if rec else ChunkRun(run.run_id, spec.index)
+        for part in run.chunks:
+            rec = records.get(chunk_pk(run.run_id, part.index))
+            chunk = ChunkRun.from_record(rec) if rec else ChunkRun(run.run_id, part.index)
             good = (
                 rec is not None
                 and chunk.status is ChunkStatus.DONE
@@ -206,18 +228,22 @@ def redrive(ws: Workspace, key_or_id: str) -> dict[str, Any]:
                 redo.append((chunk, rec.version if rec else None))
     else:
         status = RunStatus.CLAIMED
+        run.chunks, run.header = [], None
         run.reference_key = run.reference_sha256 = run.reference_version = None
     previous = run.reason
     run.redo_chunks = sorted(chunk.index for chunk, _version in redo)
     run.reason = None
     run.mail_attempts, run.mail_error = 0, None
+    run.webhook_attempts, run.webhook_error = 0, None
     run.redriven += 1
     note = f"redriven by the operator at {status}" + (
         f": {len(redo)} chunk(s) to run, {kept} kept"
         if run.chunks and status is RunStatus.PROCESSING
         else ""
     )
-    if changed_reference:
+    if changed_config or changed_code:
+        note += "; the pipeline's configuration or code changed, so every chunk runs again"
+    elif changed_reference:
         note += "; reference data changed, so every chunk runs again"
     run.advance(status, region=region, epoch=epoch, note=note)
     table.update(run_pk(run.run_id), run.to_body(), expected_version=record.version, epoch=epoch)
@@ -229,9 +255,37 @@ def redrive(ws: Workspace, key_or_id: str) -> dict[str, Any]:
         "resumes_at": str(status),
         "chunks_to_run": len(redo),
         "chunks_kept": kept,
-        "reference_changed": changed_reference,
+        "reference_changed": changed_reference and not changed_code,
+        "pipeline_changed": changed_config or changed_code,
         "previous_reason": previous,
     }
+
+
+def redrive_matching(
+    ws: Workspace, *, status: str, since: float | None = None, prefix: str | None = None
+) -> list[dict[str, Any]]:
+    """Re-drive every run with ``status`` (FAILED) updated at or after ``since`` whose input
+    key starts with ``prefix``; one entry per run: what redrive did, or why it did not."""
+    if status != str(RunStatus.FAILED):
+        raise UsageError(
+            f"redrive takes FAILED runs, not {status}",
+            hint="a COMPLETED run is never run twice; upload new bytes to process again",
+        )
+    results: list[dict[str, Any]] = []
+    for run in views.all_runs(ws):
+        if run.status is not RunStatus.FAILED:
+            continue
+        if since is not None and run.updated_at < since:
+            continue
+        if prefix is not None and not run.input_key.startswith(prefix):
+            continue
+        try:
+            results.append({"ok": True, **redrive(ws, run.run_id)})
+        except MrbatchError as exc:
+            results.append(
+                {"ok": False, "run_id": run.run_id, "input_key": run.input_key, "error": str(exc)}
+            )
+    return results
 
 
 def failover_target(ws: Workspace, requested: str | None) -> str:

@@ -6,6 +6,7 @@ them in :mod:`.runbook`.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -16,6 +17,10 @@ from ..errors import MrbatchError
 from ..ports import Routing
 
 __all__ = [
+    "ANSWER_PREFIX",
+    "DRILL_PREFIX",
+    "MODES",
+    "MODE_PREFIX",
     "PLAN_PREFIX",
     "Execution",
     "PlanContext",
@@ -26,6 +31,12 @@ __all__ = [
 ]
 
 PLAN_PREFIX = "plan/"
+DRILL_PREFIX = "drill/"
+# Answers to a waiting plan (`approve`, `deny`, per-key approvals) and switches of its mode:
+# one document each, ``<prefix><execution id>/<time>-<random>``, never overwritten.
+ANSWER_PREFIX = "answer/"
+MODE_PREFIX = "mode/"
+MODES = ("graceful", "ungraceful")
 
 
 class StepFailed(MrbatchError):
@@ -66,6 +77,31 @@ class Execution:
     rto_seconds: float | None = None
     at_risk: list[dict[str, Any]] = field(default_factory=list)
     steps: list[StepLog] = field(default_factory=list)
+    # graceful: wait for replication without a bound; ungraceful: the bounded wait, and what
+    # is left behind is named. ``mode_changes`` logs every switch made while it ran.
+    mode: str = "ungraceful"
+    mode_changes: list[dict[str, Any]] = field(default_factory=list)
+    trigger: str = "command"  # command | watch | drill
+    drill: str | None = None  # the drill this execution belongs to
+    # The timeline: when the failure was detected (and by what), decided, fenced, activated.
+    detected_at: float | None = None
+    detected_by: str | None = None
+    decided_at: float | None = None
+    fenced_at: float | None = None
+    activated_at: float | None = None
+    # What the plan is waiting for right now (an approval, per-key approvals, replication).
+    waiting: dict[str, Any] | None = None
+    approvals: list[dict[str, Any]] = field(default_factory=list)
+    # The RPO gate's list at fence time (items closed as their files arrive) and the runs that
+    # were in flight then.
+    rpo: dict[str, Any] = field(default_factory=dict)
+    in_flight: list[dict[str, Any]] = field(default_factory=list)
+    report: dict[str, Any] | None = None  # seq, hash and files of its recovery report
+
+    @property
+    def kind(self) -> str:
+        """``drill`` for an execution a drill ran, else ``recovery``."""
+        return "drill" if self.drill else "recovery"
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -101,6 +137,34 @@ class PlanContext:
     routing: Routing | None = None
     fenced: bool = False
     epoch: int | None = None
+    interactive: bool = False  # ``confirm`` asks a person at a terminal
+    accept_loss: tuple[str, ...] = ()  # keys (or run ids) whose loss the operator accepted
+    save: Callable[[], None] = lambda: None  # store the execution's log now
+
+    def mode(self) -> str:
+        """The execution's mode now: a switch to ungraceful made meanwhile (`mrbatch plan
+        ungraceful`, the gateway) is taken and logged."""
+        execution = self.execution
+        try:
+            switches = self.control.documents(f"{MODE_PREFIX}{execution.id}/")
+        except MrbatchError:
+            return execution.mode  # the control plane is out of reach: keep the mode
+        seen = {change.get("name") for change in execution.mode_changes}
+        for name, body in sorted(switches.items()):
+            if name in seen or body.get("mode") == execution.mode:
+                continue
+            execution.mode_changes.append(
+                {"name": name, "from": execution.mode, **body, "seen_at": time.time()}
+            )
+            execution.mode = str(body.get("mode"))
+            self.echo(f"  mode switched to {execution.mode} by {body.get('by')}")
+            self.save()
+        return execution.mode
+
+    def wait_for(self, what: dict[str, Any] | None) -> None:
+        """Say (in the stored log) what the plan waits for now; None when it stopped waiting."""
+        self.execution.waiting = what
+        self.save()
 
     @property
     def control(self) -> Any:

@@ -19,11 +19,15 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 from .. import backends
-from ..config.settings import StepConfig
+from ..config.plans import StepConfig
 from ..config.workspace import Workspace
 from ..errors import ConflictError, MrbatchError, SafetyRuleError, UnavailableError, UsageError
-from .plan import PLAN_PREFIX, Execution, PlanContext, Result, StepFailed, StepLog
+from ..observe.tracing import trace_plan
+from .audit import fence_snapshot, write_plan_report
+from .plan import MODES, PLAN_PREFIX, Execution, PlanContext, Result, StepFailed, StepLog
+from .rpo import close_arrived
 from .steps import BUILTIN, python_step, shell_step
+from .timeline import detection
 
 __all__ = ["Runbook"]
 
@@ -42,23 +46,40 @@ class Runbook:
         max_wait: float | None = None,
         confirm: Callable[[str], bool] | None = None,
         echo: Callable[[str], None] | None = None,
+        interactive: bool = False,
+        mode: str = "ungraceful",
+        trigger: str = "command",
+        drill: str | None = None,
+        detected: tuple[float | None, str | None] | None = None,
+        accept_loss: tuple[str, ...] = (),
+        report: bool = True,
+        settle: float | None = None,
     ) -> None:
         if plan not in ("failover", "failback"):
             raise UsageError(f"unknown plan {plan!r} (failover, failback)")
+        if mode not in MODES:
+            raise UsageError(f"unknown mode {mode!r} ({', '.join(MODES)})")
         ws.check_region(target)
         self.ws = ws
         self.plan = plan
         self.steps: list[StepConfig] = list(getattr(ws.config.plans, plan).steps)
         control = backends.open_control_plane(ws, caller=target)
         routing = control.routing()
+        now = time.time()
+        detected_at, detected_by = detected or detection(ws, routing, now)
         execution = Execution(
             id=time.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6],
             plan=plan,
             target=target,
             source=routing.active_region,
-            started=time.time(),
+            started=now,
             desired_rto=ws.config.failover.desired_rto,
             epoch_before=routing.epoch,
+            mode=mode,
+            trigger=trigger,
+            drill=drill,
+            detected_at=detected_at,
+            detected_by=detected_by,
         )
         self.ctx = PlanContext(
             ws=ws,
@@ -73,8 +94,13 @@ class Runbook:
             echo=echo or (lambda _line: None),
             routing=routing,
             epoch=routing.epoch,
+            interactive=interactive,
+            accept_loss=tuple(accept_loss),
+            save=self._save,
         )
         self._saved_lock = threading.Lock()
+        self.write_report = report
+        self.settle = ws.config.reports.settle if settle is None else settle
 
     # ------------------------------------------------------------------ persistence
     def _save(self) -> None:
@@ -92,7 +118,7 @@ class Runbook:
         execution = self.ctx.execution
         self.ctx.echo(
             f"{self.plan} to {self.ctx.target} (from {self.ctx.source}, epoch"
-            f" {execution.epoch_before}), plan {execution.id}"
+            f" {execution.epoch_before}), plan {execution.id}, {execution.mode}"
         )
         self._save()
         try:
@@ -104,10 +130,21 @@ class Runbook:
                     execution.outcome = "aborted"
                     execution.reason = f"step {entry.name} failed: {entry.message}"
                     break
+                if step.action == "fence" and entry.outcome == "ok":
+                    execution.fenced_at = entry.ended
+                    fence_snapshot(self.ctx)
+                    self._save()
                 if step.action == "activate" and entry.outcome in ("ok", "warning"):
-                    execution.rto_seconds = round(time.time() - execution.started, 3)
+                    # the routing control's switch to ACTIVE (the step then waits for the
+                    # region's acknowledgement, which the first claim shows)
+                    execution.activated_at = execution.activated_at or time.time()
+                    execution.rto_seconds = round(execution.activated_at - execution.started, 3)
                 if step.action == "reconcile":
                     execution.at_risk = list(entry.evidence.get("at_risk", []))
+                if step.action in ("wait-replication", "reconcile") and close_arrived(
+                    self.ws, execution
+                ):
+                    self._save()
             else:
                 failed = [s.name for s in execution.steps if s.outcome == "failed"]
                 execution.outcome = "failed" if failed else "succeeded"
@@ -124,7 +161,15 @@ class Runbook:
                 )
             except MrbatchError:
                 execution.epoch_after = self.ctx.epoch
+            execution.waiting = None
             self._save()
+        if self.write_report:
+            try:
+                write_plan_report(self.ws, execution, settle_for=self.settle, echo=self.ctx.echo)
+            except Exception:  # the plan's outcome stands; the report's failure is logged
+                log.exception("could not write the recovery report of %s", execution.id)
+            self._save()
+        trace_plan(self.ws, execution)
         return execution
 
     def _run_step(self, step: StepConfig) -> StepLog:

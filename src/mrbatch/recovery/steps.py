@@ -6,8 +6,10 @@ declares (a shell command or a Python callable, each with a timeout). Every step
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import os
+import signal
 import subprocess
 import threading
 import time
@@ -15,12 +17,14 @@ from collections.abc import Callable
 from typing import Any
 
 from .. import backends
-from ..config.settings import StepConfig
+from ..config.plans import StepConfig
 from ..errors import UnavailableError
 from ..ports import RegionState
 from ..runtime.replication import backlog
+from .answers import approval
 from .operations import reconcile_now
 from .plan import PlanContext, Result, StepFailed
+from .rpo import close_arrived, rpo_gate
 
 __all__ = ["BUILTIN", "python_step", "resolve_callable", "shell_step"]
 
@@ -33,26 +37,41 @@ def _seconds(value: float) -> str:
 
 
 def shell_step(ctx: PlanContext, step: StepConfig) -> Result:
+    """Run the step's command with ``sh`` in a process group of its own, so that a timeout
+    ends everything the command started, not only the shell."""
     timeout = step.timeout or 60.0
+    proc = subprocess.Popen(
+        step.run or "",
+        shell=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, **ctx.env()},
+        cwd=ctx.ws.root,
+        start_new_session=True,
+    )
     try:
-        done = subprocess.run(
-            step.run or "",
-            shell=True,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            env={**os.environ, **ctx.env()},
-            cwd=ctx.ws.root,
-        )
+        stdout, stderr = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired as exc:
-        raise StepFailed(f"`{step.run}` did not finish within {_seconds(timeout)}") from exc
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.communicate(timeout=5)  # a descendant that left the group may hold the pipes
+        raise StepFailed(
+            f"`{step.run}` did not finish within {_seconds(timeout)}; it was stopped, with"
+            " everything it started"
+        ) from exc
+    finally:
+        # A command that exited but left children in its group behind: end them too.
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)
     evidence = {
-        "exit_code": done.returncode,
-        "stdout": done.stdout[-2000:],
-        "stderr": done.stderr[-2000:],
+        "exit_code": proc.returncode,
+        "stdout": stdout[-2000:],
+        "stderr": stderr[-2000:],
     }
-    if done.returncode != 0:
-        return "failed", f"`{step.run}` exited with {done.returncode}", evidence
+    if proc.returncode != 0:
+        return "failed", f"`{step.run}` exited with {proc.returncode}", evidence
     return "ok", f"`{step.run}` succeeded", evidence
 
 
@@ -148,18 +167,6 @@ def readiness(ctx: PlanContext) -> Result:
     return outcome, "; ".join(problems) or f"{ctx.target} is ready", evidence
 
 
-def approval(ctx: PlanContext) -> Result:
-    if ctx.yes:
-        return "ok", "approved with --yes", {"approved_by": "--yes"}
-    prompt = (
-        f"{ctx.plan}: make {ctx.target} the active region and fence {ctx.source}"
-        f" (epoch {ctx.epoch} -> {(ctx.epoch or 0) + 1})?"
-    )
-    if not ctx.confirm(prompt):
-        raise StepFailed("not approved (pass --yes to approve without a prompt)")
-    return "ok", "approved at the prompt", {"approved_by": os.environ.get("USER", "operator")}
-
-
 def fence(ctx: PlanContext) -> Result:
     control = ctx.control
     current = control.routing()
@@ -185,28 +192,51 @@ def fence(ctx: PlanContext) -> Result:
 
 def _drain(ctx: PlanContext, *, bound: float) -> tuple[bool, dict[str, Any]]:
     """Wait until nothing of the source region is left to replicate into the target (True), or
-    the bound passes or the source cannot be read (False)."""
+    — ungraceful — the bound passes or the source cannot be read (False). Graceful waits
+    without a bound, through an unreadable source too, until the plan is switched to
+    ungraceful (then the bound counts from the start of the wait)."""
     assert ctx.source is not None
-    deadline = time.monotonic() + bound
     started = time.monotonic()
-    while True:
-        try:
-            pending = backlog(ctx.ws, ctx.source, ctx.target)
-        except UnavailableError as exc:
-            return False, {
-                "source": f"unreachable: {exc}",
-                "waited_seconds": round(time.monotonic() - started, 3),
-            }
-        evidence = {
-            "objects": pending.objects,
-            "records": pending.records,
-            "waited_seconds": round(time.monotonic() - started, 3),
-        }
-        if pending.total == 0:
-            return True, evidence
-        if time.monotonic() >= deadline:
-            return False, evidence
-        time.sleep(0.05)
+    mode, mode_checked = ctx.mode(), started
+    waiting = False
+    try:
+        while True:
+            evidence: dict[str, Any] = {"mode": mode}
+            try:
+                pending = backlog(ctx.ws, ctx.source, ctx.target)
+                evidence.update(objects=pending.objects, records=pending.records)
+                if pending.total == 0:
+                    evidence["waited_seconds"] = round(time.monotonic() - started, 3)
+                    return True, evidence
+            except UnavailableError as exc:
+                evidence["source"] = f"unreachable: {exc}"
+            evidence["waited_seconds"] = round(time.monotonic() - started, 3)
+            if mode != "graceful" and ("source" in evidence or evidence["waited_seconds"] >= bound):
+                return False, evidence
+            if mode == "graceful" and not waiting:
+                waiting = True
+                ctx.echo(
+                    f"  graceful: waiting for replication from {ctx.source} without a bound"
+                    f" (`mrbatch plan ungraceful {ctx.execution.id}` takes the bounded wait)"
+                )
+                ctx.wait_for({"step": "replication", "since": time.time(), "mode": mode})
+            time.sleep(0.05 if mode != "graceful" else 0.2)
+            if time.monotonic() - mode_checked >= 0.5:
+                mode, mode_checked = ctx.mode(), time.monotonic()
+    finally:
+        if waiting:
+            ctx.wait_for(None)
+
+
+def _left_behind(ctx: PlanContext) -> list[dict[str, Any]]:
+    """The fence-time RPO items whose files have not arrived yet."""
+    close_arrived(ctx.ws, ctx.execution)
+    items = (ctx.execution.rpo or {}).get("items") or []
+    return [
+        {k: i.get(k) for k in ("key", "run_id", "size", "accepted_region", "state")}
+        for i in items
+        if i.get("state") in ("open", "approved")
+    ]
 
 
 def wait_replication(ctx: PlanContext) -> Result:
@@ -215,11 +245,17 @@ def wait_replication(ctx: PlanContext) -> Result:
     drained, evidence = _drain(ctx, bound=ctx.max_wait)
     if drained:
         return "ok", f"backlog from {ctx.source} is empty", evidence
+    left = evidence["left_behind"] = _left_behind(ctx)
+    named = (
+        f"; left behind: {', '.join(i['key'] for i in left)}"
+        if left
+        else "; no accepted input is missing"
+    )
     if "source" in evidence:
         return (
             "warning",
             (
-                f"{ctx.source} cannot be read, so nothing more can arrive now;"
+                f"{ctx.source} cannot be read, so nothing more can arrive now{named};"
                 " reconcile watches for late inputs"
             ),
             evidence,
@@ -228,7 +264,7 @@ def wait_replication(ctx: PlanContext) -> Result:
         "warning",
         (
             f"backlog from {ctx.source} not empty after {ctx.max_wait:.0f}s"
-            f" ({evidence['objects']} objects, {evidence['records']} records);"
+            f" ({evidence['objects']} objects, {evidence['records']} records){named};"
             " reconcile watches for late inputs"
         ),
         evidence,
@@ -241,7 +277,8 @@ def catch_up(ctx: PlanContext) -> Result:
     drained, evidence = _drain(ctx, bound=ctx.max_wait)
     if not drained:
         raise StepFailed(
-            f"{ctx.target} is not up to date with {ctx.source} after {ctx.max_wait:.0f}s"
+            f"{ctx.target} is not up to date with {ctx.source}"
+            f" after {evidence['waited_seconds']:.0f}s"
             f" ({evidence}); nothing was changed"
         )
     return "ok", f"{ctx.target}'s bucket and state are up to date with {ctx.source}", evidence
@@ -250,6 +287,7 @@ def catch_up(ctx: PlanContext) -> Result:
 def activate(ctx: PlanContext) -> Result:
     control = ctx.control
     routing = control.set_phase("ACTIVE", expected_epoch=ctx.epoch or 0)
+    ctx.execution.activated_at = time.time()
     ctx.routing = routing
     deadline = time.monotonic() + ctx.ws.config.watch.heartbeat_timeout
     seen = None
@@ -298,6 +336,7 @@ def standby_previous(ctx: PlanContext) -> Result:
 BUILTIN: dict[str, Callable[[PlanContext], Result]] = {
     "readiness": readiness,
     "approval": approval,
+    "rpo-gate": rpo_gate,
     "fence": fence,
     "wait-replication": wait_replication,
     "catch-up": catch_up,

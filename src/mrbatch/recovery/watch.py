@@ -1,6 +1,12 @@
 """Watching the active region: health from its heartbeat and its error rate, a recommendation
-with the evidence, and — only when asked to and the standby is ready — the failover plan.
-Every decision is appended to ``<data_dir>/logs/watch.jsonl`` with its evidence."""
+with the evidence, and — only when asked to and the standby is ready — the failover plan (which
+waits at its approval step for a person when ``watch.require_approval``). Every decision is
+appended to ``<data_dir>/logs/watch.jsonl`` with its evidence.
+
+On the side, every ``watch.evaluate_interval`` the watcher runs ``plan evaluate`` and the
+standby parity checks and stores the outcome in the control plane (``evaluation/latest``: the
+gateway's metrics and ``mrbatch status`` show it), closes the RPO items of past plans whose
+files have arrived, and starts a drill when ``[drill] every`` says one is due."""
 
 from __future__ import annotations
 
@@ -13,10 +19,32 @@ from typing import Any
 from .. import backends
 from ..config.workspace import Workspace
 from ..errors import MrbatchError
+from ..observe.recovery_metrics import EVALUATION_DOC
+from .drill import DrillBlocked, blocked, due, run_drill
+from .evaluate import evaluate_plans
 from .operations import failover_target
+from .parity import parity
+from .plan import PLAN_PREFIX, Execution
+from .rpo import close_arrived
 from .runbook import Runbook
 
-__all__ = ["Decision", "Watcher"]
+__all__ = ["EVALUATION_DOC", "Decision", "Watcher", "evaluate_now"]
+
+
+def evaluate_now(ws: Workspace) -> dict[str, Any]:
+    """``plan evaluate`` plus standby parity, stored as ``evaluation/latest``."""
+    checks = evaluate_plans(ws)
+    same = parity(ws)
+    result = {
+        "at": time.time(),
+        "ok": not any(c["status"] == "failed" for c in checks) and same["ok"],
+        "failed": sum(c["status"] == "failed" for c in checks),
+        "warnings": sum(c["status"] == "warning" for c in checks),
+        "checks": checks,
+        "parity": same,
+    }
+    backends.open_control_plane(ws).put_document(EVALUATION_DOC, result)
+    return result
 
 
 @dataclass
@@ -43,6 +71,9 @@ class Watcher:
         self.settings = ws.config.watch
         self._previous: dict[str, Any] | None = None
         self._unhealthy_streak = 0
+        self._streak_started: float | None = None
+        self._last_evaluation = 0.0
+        self._drill_blocked: str | None = None
         self.log_path = ws.log_dir / "watch.jsonl"
 
     def _rates(self, region: str, info: dict[str, Any]) -> dict[str, float | None]:
@@ -100,6 +131,8 @@ class Watcher:
             )
         healthy = not problems
         self._unhealthy_streak = 0 if healthy else self._unhealthy_streak + 1
+        if healthy or self._streak_started is None:
+            self._streak_started = None if healthy else now
         if healthy:
             return Decision(now, active, True, f"{active} is healthy", evidence=evidence)
         target = failover_target(self.ws, None)
@@ -144,7 +177,15 @@ class Watcher:
                 f"{time.strftime('%H:%M:%S')} {decision.recommendation} -> running the"
                 " failover plan"
             )
-            execution = Runbook(self.ws, "failover", target, yes=True, echo=self.echo).execute()
+            execution = Runbook(
+                self.ws,
+                "failover",
+                target,
+                yes=not self.settings.require_approval,
+                echo=self.echo,
+                trigger="watch",
+                detected=(self._streak_started, "watch"),
+            ).execute()
             decision = Decision(
                 time.time(),
                 target,
@@ -155,12 +196,72 @@ class Watcher:
             )
             self._previous = None
             self._unhealthy_streak = 0
+            self._streak_started = None
+        elif decision.healthy:
+            self._side_work()
         self._log(decision)
         self.echo(
             f"{time.strftime('%H:%M:%S')} {'OK  ' if decision.healthy else 'BAD '}"
             f"{decision.recommendation}"
         )
         return decision
+
+    def _side_work(self) -> None:
+        """Evaluation, closing RPO items and scheduled drills, while all is well."""
+        now = time.time()
+        every = self.settings.evaluate_interval
+        if every > 0 and now - self._last_evaluation >= every:
+            self._last_evaluation = now
+            try:
+                result = evaluate_now(self.ws)
+                self._close_items()
+            except MrbatchError as exc:
+                self.echo(f"{time.strftime('%H:%M:%S')} evaluation failed: {exc}")
+            else:
+                if not result["ok"]:
+                    problems = [c["check"] for c in result["checks"] if c["status"] == "failed"]
+                    problems += [f"parity: {d['what']}" for d in result["parity"]["differences"]]
+                    self.echo(
+                        f"{time.strftime('%H:%M:%S')} plan evaluation FAILED: "
+                        + ", ".join(problems)
+                    )
+        try:
+            if not due(self.ws, now):
+                return
+            why = blocked(self.ws, scheduled=True, now=now)
+        except MrbatchError as exc:
+            why = str(exc)
+        if why is not None:
+            if why != self._drill_blocked:
+                self.echo(f"{time.strftime('%H:%M:%S')} a drill is due but blocked: {why}")
+                self._log(Decision(now, None, True, f"drill blocked: {why}", "drill-blocked"))
+            self._drill_blocked = why
+            return
+        self._drill_blocked = None
+        self._log(Decision(now, None, True, "a drill is due", "drill"))
+        try:
+            result = run_drill(self.ws, trigger="watch", echo=self.echo)
+        except DrillBlocked as exc:
+            self.echo(f"{time.strftime('%H:%M:%S')} {exc}")
+            return
+        self._previous = None
+        self._log(
+            Decision(
+                time.time(),
+                None,
+                bool(result.get("passed")),
+                f"drill {result['drill']} {'passed' if result.get('passed') else 'FAILED'}",
+                "drill-done",
+                {"failures": result.get("failures"), "report": result.get("seq")},
+            )
+        )
+
+    def _close_items(self) -> None:
+        control = backends.open_control_plane(self.ws)
+        for name, body in control.documents(PLAN_PREFIX).items():
+            execution = Execution.from_dict(body)
+            if execution.outcome != "running" and close_arrived(self.ws, execution):
+                control.put_document(name, execution.to_dict())
 
     def run(self, iterations: int | None = None) -> list[Decision]:
         decisions: list[Decision] = []

@@ -1,6 +1,7 @@
 """Entry point of the long-running processes ``mrbatch up`` starts:
 
 python -m mrbatch.runtime.daemon region|replicator|gateway NAME --config PATH
+python -m mrbatch.runtime.daemon supervisor supervisor --config PATH
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import sys
 import threading
 from pathlib import Path
 
-from ..config.workspace import Workspace
+from ..config.workspace import PRIVATE_UMASK, Workspace
 from ..errors import MrbatchError
 
 __all__ = ["main"]
@@ -27,15 +28,25 @@ def _logging(label: str) -> None:
     )
 
 
+def _stop_on_signal() -> threading.Event:
+    """An event SIGTERM and SIGINT set; the handlers do nothing else."""
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    return stop
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="mrbatch.runtime.daemon")
-    parser.add_argument("kind", choices=["region", "replicator", "gateway"])
+    parser.add_argument("kind", choices=["region", "replicator", "gateway", "supervisor"])
     parser.add_argument("name")
     parser.add_argument("--config", required=True, type=Path)
     args = parser.parse_args(argv)
     _logging(f"{args.kind}:{args.name}")
+    os.umask(PRIVATE_UMASK)
     try:
         ws = Workspace.load(args.config)
+        ws.make_private()
         if args.kind == "region":
             from ..engine.region import RegionProcess
 
@@ -45,11 +56,13 @@ def main(argv: list[str] | None = None) -> int:
 
             ws.check_region(args.name)
             os.nice(ws.config.replication.nice)
-            stop = threading.Event()
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                signal.signal(sig, lambda *_: stop.set())
+            stop = _stop_on_signal()
             logging.getLogger("mrbatch.replication").info("replicating into %s", args.name)
             Replicator(ws, args.name).run_forever(stop)
+        elif args.kind == "supervisor":
+            from .restarter import Restarter
+
+            Restarter(ws, _stop_on_signal()).run()
         else:
             from ..gateway.app import serve
 

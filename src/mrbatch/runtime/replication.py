@@ -6,6 +6,17 @@ convergence rule (higher epoch wins, then the later write), and moves the cursor
 change is applied, so a crash repeats at most one batch and applying twice is harmless.
 Changes that came from the destination itself are skipped, so nothing ping-pongs.
 
+A source's feed can be rebuilt (``mrbatch restore`` refills a region whose data was lost; its
+feed then restarts at low positions). Two things make the replicator read it again from the
+start instead of skipping the new changes as already seen: the source's *feed generation*
+(a cursor of the source replica, :data:`GENERATION_CURSOR`, which a restore sets) differs from
+the one this destination last followed, or the source's feed ends before this destination's
+cursor (it went backwards: a region wiped and refilled by other means). And a destination that
+was rebuilt itself gets back its *own* changes from the others: while a *reclaim* flag set by
+the restore is up for a source (:func:`reclaim_name`), changes that originated in the
+destination are applied too (the merge rule keeps whichever is newer), until the replicator
+has read that source's feed to its end once.
+
 Backlog and lag are measured from the same cursors: the backlog of region R is the number of
 changes in R not yet applied in some other region, and its lag the age of the oldest of them.
 
@@ -21,6 +32,7 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from .. import backends
@@ -30,14 +42,40 @@ from ..faults import FaultPoints
 from ..ports import ObjectInfo, ObjectStore, Record, StateTable
 from ..retry import Backoff
 
-__all__ = ["Backlog", "Replicator", "backlog", "cursor_name", "region_backlog"]
+__all__ = [
+    "GENERATION_CURSOR",
+    "KINDS",
+    "Backlog",
+    "Replicator",
+    "backlog",
+    "cursor_name",
+    "generation_name",
+    "reclaim_name",
+    "region_backlog",
+]
 
 log = logging.getLogger("mrbatch.replication")
 _COUNT_CAP = 100_000
 
 
+KINDS = ("objects", "records")
+# A cursor of a region's own replica: which life of its change feeds this is (0 until a
+# restore rebuilds them). Never replicated, like every cursor.
+GENERATION_CURSOR = "feed:generation"
+
+
 def cursor_name(kind: str, source: str) -> str:
     return f"replication:{kind}<-{source}"
+
+
+def generation_name(source: str) -> str:
+    """The destination's note of which generation of ``source``'s feeds its cursors follow."""
+    return f"replication:generation<-{source}"
+
+
+def reclaim_name(kind: str, source: str) -> str:
+    """Set (1) after a restore: apply this destination's own changes found in ``source``."""
+    return f"replication:{kind}-reclaim<-{source}"
 
 
 @dataclass(frozen=True)
@@ -71,9 +109,13 @@ class Replicator:
         self.applied = {"objects": 0, "records": 0}
         self.errors: dict[str, str] = {}
         self.native = ws.config.backends.replication == "native"
-        # This process is the only writer of its cursors: read each once, not on every pass
-        # (on S3 and DynamoDB every read is a request).
+        # This process is the only writer of its cursors (a restore that resets them from
+        # outside also starts a new feed generation, which _check_generation sees on the next
+        # pass and resets them here too): read each once, not on every pass (on S3 and
+        # DynamoDB every read is a request).
         self._cursors: dict[str, int] = {}
+        self._generations: dict[str, int] = {}  # source -> the generation our cursors follow
+        self._reclaim: dict[tuple[str, str], bool] = {}  # (kind, source) -> flag is up
 
     def _cursor(self, name: str) -> int:
         if name not in self._cursors:
@@ -103,6 +145,7 @@ class Replicator:
             if self.blocked(source):
                 continue
             try:
+                self._check_generation(source)
                 if not self.blocked(source, "objects"):
                     applied += self._objects(source)
                 if not self.blocked(source, "records"):
@@ -114,26 +157,90 @@ class Replicator:
                 self.errors.pop(source, None)
         return applied
 
+    def _check_generation(self, source: str) -> None:
+        """Start over on ``source``'s feeds when they were rebuilt since we last read them."""
+        try:
+            current = self.src_tables[source].get_cursor(GENERATION_CURSOR)
+        except UnavailableError:
+            return  # its state table is out: objects may still flow; checked next pass
+        name = generation_name(source)
+        if source not in self._generations:
+            self._generations[source] = self.dest_table.get_cursor(name)
+        if current == self._generations[source]:
+            return
+        log.warning(
+            "replication %s -> %s: %s's change feeds were rebuilt (generation %d, was %d);"
+            " reading them again from the start",
+            source,
+            self.dest,
+            source,
+            current,
+            self._generations[source],
+        )
+        for kind in KINDS:
+            self._move(cursor_name(kind, source), 0)
+        self.dest_table.set_cursor(name, current)
+        self._generations[source] = current
+
+    def _went_back(self, source: str, kind: str, cursor: int, last: int) -> bool:
+        """True (and the cursor reset) when ``source``'s feed ends before our cursor."""
+        if last >= cursor:
+            return False
+        log.warning(
+            "replication %s -> %s: %s's %s feed ends at %d, before our cursor %d (it was"
+            " rebuilt); reading it again from the start",
+            source,
+            self.dest,
+            source,
+            kind,
+            last,
+            cursor,
+        )
+        self._move(cursor_name(kind, source), 0)
+        return True
+
+    def _reclaiming(self, kind: str, source: str) -> bool:
+        if (kind, source) not in self._reclaim:
+            self._reclaim[(kind, source)] = bool(
+                self.dest_table.get_cursor(reclaim_name(kind, source))
+            )
+        return self._reclaim[(kind, source)]
+
+    def _caught_up(self, kind: str, source: str, read: int) -> None:
+        """A reclaim ends once ``source``'s feed has been read to its end."""
+        if read < self.batch and self._reclaiming(kind, source):
+            self.dest_table.set_cursor(reclaim_name(kind, source), 0)
+            self._reclaim[(kind, source)] = False
+            log.info("replication %s -> %s: own %s reclaimed", source, self.dest, kind)
+
     def _objects(self, source: str) -> int:
         src: ObjectStore = self.src_stores[source]
         name = cursor_name("objects", source)
         cursor = self._cursor(name)
         changes = src.changes(cursor, limit=self.batch)
-        applied = 0
+        if not changes and cursor and self._went_back(source, "objects", cursor, src.last_seq()):
+            return 0
+        reclaim = self._reclaiming("objects", source)
+        applied, read = 0, 0
         for info in changes:
-            if info.origin != self.dest and self.native:
+            foreign = info.origin != self.dest
+            if foreign and self.native:
                 if not self._object_arrived(info):
                     break  # the provider has not copied it yet: look again next pass
-            elif info.origin != self.dest:
+            elif foreign or reclaim:
+                # A reclaimed change of our own is copied even in native mode: the provider
+                # does not copy back what was written before this region was rebuilt.
                 if info.deleted:
                     done = self.dest_store.apply_replica(info, None)
                 else:
                     with src.open(info.key, version=info.version) as stream:
                         done = self.dest_store.apply_replica(info, stream)
                 applied += int(done)
-            cursor = info.seq
+            cursor, read = info.seq, read + 1
         if cursor != self._cursors[name]:
             self._move(name, cursor)
+        if read == len(changes):  # not when native replication has yet to deliver one
+            self._caught_up("objects", source, read)
         self.applied["objects"] += applied
         return applied
 
@@ -142,16 +249,22 @@ class Replicator:
         name = cursor_name("records", source)
         cursor = self._cursor(name)
         changes = src.changes(cursor, limit=self.batch)
-        applied = 0
+        if not changes and cursor and self._went_back(source, "records", cursor, src.last_seq()):
+            return 0
+        reclaim = self._reclaiming("records", source)
+        applied, read = 0, 0
         for record in changes:
-            if record.writer != self.dest and self.native:
+            foreign = record.writer != self.dest
+            if foreign and self.native:
                 if not self._record_arrived(record):
                     break
-            elif record.writer != self.dest:
+            elif foreign or reclaim:
                 applied += int(self.dest_table.apply_replica(record))
-            cursor = record.seq
+            cursor, read = record.seq, read + 1
         if cursor != self._cursors[name]:
             self._move(name, cursor)
+        if read == len(changes):
+            self._caught_up("records", source, read)
         self.applied["records"] += applied
         return applied
 
@@ -163,8 +276,10 @@ class Replicator:
         return (held.epoch, held.modified, held.origin) >= (info.epoch, info.modified, info.origin)
 
     def _record_arrived(self, record: Record) -> bool:
-        held = self.dest_table.get(record.pk)
-        return held is not None and (held.epoch, held.updated, held.writer) >= (
+        held = self.dest_table.get(record.pk)  # a tombstone reads as None
+        if held is None:
+            return record.deleted
+        return (held.epoch, held.updated, held.writer) >= (
             record.epoch,
             record.updated,
             record.writer,
@@ -217,7 +332,9 @@ class Replicator:
             stop.wait(backoff.delay(failures) if failures else interval)
 
 
-def _count_pending(items: list[tuple[int, str, float]], dest: str) -> tuple[int, float | None]:
+def _count_pending(
+    items: list[tuple[int, str, float]], dest: str | None
+) -> tuple[int, float | None]:
     count, oldest = 0, None
     for _seq, origin, when in items:
         if origin == dest:
@@ -228,26 +345,32 @@ def _count_pending(items: list[tuple[int, str, float]], dest: str) -> tuple[int,
 
 
 def backlog(ws: Workspace, source: str, dest: str) -> Backlog:
-    """Changes in ``source`` that ``dest`` has not applied yet.
+    """Changes in ``source`` that ``dest`` has not applied yet (all of them when ``source``'s
+    feeds were rebuilt since ``dest`` read them; ``dest``'s own too while it reclaims them).
 
     Raises UnavailableError when either side cannot be read (then the backlog is unknown)."""
     dest_table = backends.open_state_table(ws, dest)
     store = backends.open_object_store(ws, source)
     table = backends.open_state_table(ws, source)
+    rebuilt = table.get_cursor(GENERATION_CURSOR) != dest_table.get_cursor(generation_name(source))
+
+    def start(kind: str, last_seq: Callable[[], int]) -> int:
+        cursor = 0 if rebuilt else dest_table.get_cursor(cursor_name(kind, source))
+        return 0 if cursor and last_seq() < cursor else cursor  # a feed gone backwards
+
+    def own(kind: str) -> str | None:  # dest's own changes count too while it reclaims them
+        return None if dest_table.get_cursor(reclaim_name(kind, source)) else dest
+
     obj_items = [
         (i.seq, i.origin, i.modified)
-        for i in store.changes(
-            dest_table.get_cursor(cursor_name("objects", source)), limit=_COUNT_CAP
-        )
+        for i in store.changes(start("objects", store.last_seq), limit=_COUNT_CAP)
     ]
     rec_items = [
         (r.seq, r.writer, r.updated)
-        for r in table.changes(
-            dest_table.get_cursor(cursor_name("records", source)), limit=_COUNT_CAP
-        )
+        for r in table.changes(start("records", table.last_seq), limit=_COUNT_CAP)
     ]
-    objects, oldest_obj = _count_pending(obj_items, dest)
-    records, oldest_rec = _count_pending(rec_items, dest)
+    objects, oldest_obj = _count_pending(obj_items, own("objects"))
+    records, oldest_rec = _count_pending(rec_items, own("records"))
     oldest = min((t for t in (oldest_obj, oldest_rec) if t is not None), default=None)
     return Backlog(objects=objects, records=records, oldest=oldest)
 

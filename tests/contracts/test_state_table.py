@@ -204,3 +204,22 @@ def test_purge_never_gives_a_feed_position_out_twice(table: StateTable) -> None:
     table.purge(older_than=time.time() + 1)
     fresh = table.insert("run/b", "run", {}, epoch=1)
     assert fresh.seq > newest  # a replicator whose cursor is at `newest` must see it
+
+
+def test_a_writer_that_knows_no_positions_writes_after_the_end(
+    table_factory: Callable[[str], StateTable], table_workspace: Workspace
+) -> None:
+    """Another process (a `put`, a replicator) knows nothing of the feed: its write still
+    lands after every position a reader has passed, even where writing a record again or
+    deleting it left no change at an earlier position."""
+    region = table_workspace.regions[0]
+    a = table_factory(region)
+    a.insert("run/1", "run", {}, epoch=1)
+    a.update("run/1", {"n": 2}, expected_version=1, epoch=1)
+    a.insert("run/2", "run", {}, epoch=1)
+    a.delete("run/2", epoch=1)
+    seen = a.last_seq()
+    fresh = table_factory(region)
+    written = fresh.insert("run/3", "run", {}, epoch=1)
+    assert written.seq > seen
+    assert [r.pk for r in a.changes(seen)] == ["run/3"]

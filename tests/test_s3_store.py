@@ -1,12 +1,14 @@
 """What the S3 object store does beyond the port's contract (tests/contracts/): multipart uploads
 and part-by-part copies, a write cut short before its change-feed entry fed by the next
-identical write, objects written by other tools, and mrbatch's reserved prefix."""
+identical write, objects written by other tools, mrbatch's reserved prefix, and what purge
+leaves for readers."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -15,8 +17,11 @@ import pytest
 from botocore.config import Config
 
 from mrbatch import backends
+from mrbatch.backends.s3cache import IDS
+from mrbatch.backends.s3feed import feed_key
 from mrbatch.config.workspace import Workspace
 from mrbatch.errors import UsageError
+from mrbatch.runtime.replication import Replicator, cursor_name
 from tests.conftest import make_workspace
 from tests.moto_server import shared
 
@@ -110,3 +115,55 @@ def test_the_change_feed_prefix_is_mrbatchs_own(ws: Workspace) -> None:
     store = backends.open_object_store(ws, ws.regions[0])
     with pytest.raises(UsageError, match="mrbatch's own"):
         store.put("_mrbatch/feed/00000000000000000001", b"{}")
+
+
+def test_purge_blanks_feed_entries_and_aborts_abandoned_uploads(ws: Workspace) -> None:
+    store = backends.open_object_store(ws, ws.regions[0])
+    client, bucket = _raw(ws)
+    old = store.put("input/a.csv", b"a\n1\n")
+    store.put("input/a.csv", b"a\n2\n")
+    started = client.create_multipart_upload(Bucket=bucket, Key="runs/dead/out.csv")
+    end = store.last_seq()
+    purged = store.purge(older_than=time.time() + 1)
+    assert (purged.versions, purged.bytes) == (1, 4)
+    # The superseded version's entry is empty, not gone: its position stays taken.
+    entry = client.get_object(Bucket=bucket, Key=feed_key(old.seq))["Body"].read()
+    assert entry == b""
+    assert [c.seq for c in store.changes(0) if c.key == "input/a.csv"] == [end]
+    versions = client.list_object_versions(Bucket=bucket, Prefix=feed_key(old.seq))["Versions"]
+    assert [v["Size"] for v in versions] == [0]  # the entry's old bytes left the bucket
+    uploads = client.list_multipart_uploads(Bucket=bucket).get("Uploads", [])
+    assert started["UploadId"] not in [u["UploadId"] for u in uploads]
+
+
+def test_a_version_another_process_purged_is_found_again(ws: Workspace) -> None:
+    """A process remembers which S3 version holds which bytes; when another process purged that
+    version while the same bytes came back in a newer one, a read finds the newer one."""
+    store = backends.open_object_store(ws, ws.regions[0])
+    client, bucket = _raw(ws)
+    first = store.put("reference/r.csv", b"k\n1\n")
+    store.put("reference/r.csv", b"k\n2\n")
+    first_id = IDS[(bucket, "reference/r.csv", first.sha256)]
+    store.put("reference/r.csv", b"k\n1\n")  # the same bytes again, in a third version
+    # What this process knew before, and what another process's purge did meanwhile:
+    IDS[(bucket, "reference/r.csv", first.sha256)] = first_id
+    client.delete_object(Bucket=bucket, Key="reference/r.csv", VersionId=first_id)
+    assert store.get("reference/r.csv", version=first.sha256) == b"k\n1\n"
+    IDS[(bucket, "reference/r.csv", first.sha256)] = first_id
+    assert store.get_range("reference/r.csv", 2, 1, version=first.sha256) == b"1"
+
+
+def test_a_replicator_passes_a_change_whose_bytes_are_gone(ws: Workspace) -> None:
+    """A feed entry can outlive its version (written twice by a crash between the entry and
+    its tag, then purged): replication passes it once the key has moved on."""
+    source = backends.open_object_store(ws, ws.regions[0])
+    client, bucket = _raw(ws)
+    gone = source.put("input/a.csv", b"a\n1\n")
+    source.put("input/a.csv", b"a\n2\n")
+    gone_id = IDS[(bucket, "input/a.csv", gone.sha256)]
+    client.delete_object(Bucket=bucket, Key="input/a.csv", VersionId=gone_id)
+    replicator = Replicator(ws, ws.regions[1])
+    replicator.run_once()
+    dest = backends.open_object_store(ws, ws.regions[1])
+    assert dest.get("input/a.csv") == b"a\n2\n"
+    assert replicator.dest_table.get_cursor(cursor_name("objects", ws.regions[0])) > gone.seq

@@ -295,3 +295,22 @@ def test_purge_never_gives_a_feed_position_out_twice(store: ObjectStore) -> None
     newest = store.last_seq()
     store.purge(older_than=time.time() + 1)
     assert store.put("fresh", b"y").seq > newest
+
+
+def test_after_a_purge_a_writer_that_knows_no_positions_writes_after_the_end(
+    store_factory: Callable[[str], ObjectStore], store_workspace: Workspace
+) -> None:
+    """Another process knows nothing of the feed: after a purge freed the changes at earlier
+    positions, its write still lands after every position a reader has passed."""
+    region = store_workspace.regions[0]
+    store = store_factory(region)
+    store.put("k", b"one")
+    store.put("k", b"two")
+    store.put("gone", b"x")
+    store.delete("gone")
+    store.put("last", b"a later change")
+    store.purge(older_than=time.time() + 1)
+    seen = store.last_seq()
+    written = store_factory(region).put("fresh", b"y")
+    assert written.seq > seen
+    assert [c.key for c in store.changes(seen)] == ["fresh"]

@@ -16,7 +16,11 @@ The change feed lives in the bucket (:mod:`mrbatch.backends.s3feed`). A change i
 version is written, and its position is then tagged on the version, so a write cut short before
 its feed entry is fed by the next identical write (a durable step repeating its effect, a
 replicator repeating its batch). ``head`` and ``list`` report position 0 (reading the tag costs
-a request per object); ``put``, ``copy`` and ``changes`` report it.
+a request per object); ``put``, ``copy`` and ``changes`` report it. ``purge`` is
+:mod:`mrbatch.backends.s3purge`.
+
+S3 answers a PUT (or a completed multipart upload, or a copy) only once the object is stored
+durably, across devices and availability zones: ``durable=True`` asks for nothing more here.
 """
 
 from __future__ import annotations
@@ -24,11 +28,9 @@ from __future__ import annotations
 import builtins
 import contextlib
 import hashlib
-import threading
 import time
-from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any, BinaryIO, cast
 
 import botocore.exceptions as bx
@@ -36,52 +38,25 @@ import botocore.exceptions as bx
 from ..config.aws import AwsTarget
 from ..errors import ConflictError, NotFoundError, UnavailableError, UsageError
 from ..model.keys import check_key
-from ..ports import ObjectInfo
-from . import s3io
+from ..ports import ObjectInfo, Purged
+from . import s3cache, s3io, s3purge
 from .aws import client, code, create_bucket, guard
-from .s3feed import Feed
+from .s3cache import IDS, VERSIONS, holds, remember
+from .s3cache import Version as _Version
+from .s3feed import RESERVED, Feed
 
 if TYPE_CHECKING:
     from ..config.workspace import Workspace
 
 __all__ = ["S3ObjectStore", "open_store", "provision"]
 
-RESERVED = "_mrbatch/"
 _ATTEMPTS = 50
-_CACHE = 20_000
-_LOCK = threading.Lock()
 _EMPTY = hashlib.sha256(b"").hexdigest()
-
-
-def _put(cache: OrderedDict[Any, Any], key: Any, value: Any) -> None:
-    with _LOCK:
-        cache[key] = value
-        cache.move_to_end(key)
-        while len(cache) > _CACHE:
-            cache.popitem(last=False)
-
-
-@dataclass(frozen=True)
-class _Version:
-    info: ObjectInfo  # seq 0: the position is read from the tag only when needed
-    version_id: str
-    etag: str
-    tagged: bool
 
 
 def _order(info: ObjectInfo) -> tuple[int, float, str]:
     """The convergence rule: higher epoch wins, then the later write, then the origin name."""
     return (info.epoch, info.modified, info.origin)
-
-
-# What this process knows, shared by every store opened on a bucket: (bucket, key, sha256) ->
-# the VersionId holding those bytes, and (bucket, key, VersionId) -> its description.
-_IDS: OrderedDict[tuple[str, str, str], str] = OrderedDict()
-_VERSIONS: OrderedDict[tuple[str, str, str], _Version] = OrderedDict()
-
-
-def _holds(found: _Version | None, sha: str) -> bool:
-    return found is not None and not found.info.deleted and found.info.sha256 == sha
 
 
 class S3ObjectStore:
@@ -98,7 +73,7 @@ class S3ObjectStore:
 
     # ------------------------------------------------------------------ describing versions
     def _remember(self, key: str, sha: str, version_id: str) -> None:
-        _put(_IDS, (self.bucket, key, sha), version_id)
+        remember(IDS, (self.bucket, key, sha), version_id)
 
     def _version(self, key: str, head: Mapping[str, Any]) -> _Version:
         version_id = str(head.get("VersionId") or "null")
@@ -109,7 +84,7 @@ class S3ObjectStore:
             self._remember(key, info.sha256, version_id)
         tagged = int(head.get("TagCount", 0)) > 0
         found = _Version(info, version_id, str(head.get("ETag", "")), tagged)
-        _put(_VERSIONS, (self.bucket, key, version_id), found)
+        remember(VERSIONS, (self.bucket, key, version_id), found)
         return found
 
     def _hash(self, key: str, version_id: str, size: int) -> str:
@@ -120,7 +95,7 @@ class S3ObjectStore:
     def _head(self, key: str, version_id: str | None = None) -> _Version | None:
         """The version of ``key`` (the current one unless ``version_id``; a version already
         described in this process is not asked for again: versions never change)."""
-        if version_id and (known := _VERSIONS.get((self.bucket, key, version_id))):
+        if version_id and (known := VERSIONS.get((self.bucket, key, version_id))):
             return known
         args = {"VersionId": version_id} if version_id else {}
         try:
@@ -136,12 +111,12 @@ class S3ObjectStore:
 
     def _resolve(self, key: str, version: str | None) -> _Version:
         """The live version of ``key`` holding ``version`` (a SHA-256; None: the current one)."""
-        cached = _IDS.get((self.bucket, key, version)) if version is not None else None
+        cached = IDS.get((self.bucket, key, version)) if version is not None else None
         found = self._head(key, cached)
-        if version is not None and not _holds(found, version):
+        if version is not None and not holds(found, version):
             if cached is not None:
                 found = self._head(key)  # the remembered VersionId is gone: look again
-            if not _holds(found, version):
+            if not holds(found, version):
                 found = self._search(key, version)
         if found is None or found.info.deleted:
             what = f" version {version[:12]}" if version else ""
@@ -158,7 +133,7 @@ class S3ObjectStore:
                     if entry["Key"] != key or (entry.get("Size", 1) == 0 and sha != _EMPTY):
                         continue  # another key, or a tombstone
                     found = self._head(key, entry["VersionId"])
-                    if _holds(found, sha):
+                    if holds(found, sha):
                         return found
         return None
 
@@ -220,6 +195,7 @@ class S3ObjectStore:
         *,
         meta: Mapping[str, str] | None = None,
         epoch: int = 0,
+        durable: bool = False,  # every acknowledged write is durable on S3 (module doc)
     ) -> ObjectInfo:
         self._check(key)
         wanted = dict(meta or {})
@@ -247,7 +223,16 @@ class S3ObjectStore:
 
     def open(self, key: str, *, version: str | None = None) -> BinaryIO:
         found = self._resolve(key, version)
-        return cast("BinaryIO", s3io.Reader(self.b, key, found.version_id, found.info.size))
+        relocate = lambda: self._relocate(key, version, found.version_id)  # noqa: E731
+        return cast(
+            "BinaryIO", s3io.Reader(self.b, key, found.version_id, found.info.size, relocate)
+        )
+
+    def _relocate(self, key: str, version: str | None, gone: str) -> str:
+        """The VersionId holding ``version`` of ``key`` now that ``gone`` (found in the cache)
+        answered NoSuchVersion: purged, perhaps by another process."""
+        s3cache.forget(self.bucket, [(key, gone)])
+        return self._resolve(key, version).version_id
 
     def get(self, key: str, *, version: str | None = None) -> bytes:
         with self.open(key, version=version) as stream:
@@ -258,12 +243,15 @@ class S3ObjectStore:
         end = min(start + length, found.info.size) - 1
         if length <= 0 or start > end:
             return b""
+        try:
+            return self._range(key, found.version_id, start, end)
+        except NotFoundError:
+            return self._range(key, self._relocate(key, version, found.version_id), start, end)
+
+    def _range(self, key: str, version_id: str, start: int, end: int) -> bytes:
         with guard(self._where, f"object {key!r}"):
             answer = self._s3.get_object(
-                Bucket=self.bucket,
-                Key=key,
-                VersionId=found.version_id,
-                Range=f"bytes={start}-{end}",
+                Bucket=self.bucket, Key=key, VersionId=version_id, Range=f"bytes={start}-{end}"
             )
             return bytes(answer["Body"].read())
 
@@ -293,6 +281,7 @@ class S3ObjectStore:
         version: str | None = None,
         meta: Mapping[str, str] | None = None,
         epoch: int = 0,
+        durable: bool = False,  # as for put
     ) -> ObjectInfo:
         self._check(dst)
         try:
@@ -376,6 +365,13 @@ class S3ObjectStore:
             if spool is not None:
                 spool.file.close()
         return applied
+
+    def purge(self, older_than: float) -> Purged:
+        return s3purge.purge(self.b, self._feed, lambda k, v: self._describe(k, v), older_than)
+
+    def _describe(self, key: str, version_id: str) -> ObjectInfo | None:
+        found = self._head(key, version_id)
+        return None if found is None else found.info
 
     def presigned_url(self, key: str, expires_in: float) -> str:
         """S3's own presigned GET URL of ``key``'s current version in this bucket."""

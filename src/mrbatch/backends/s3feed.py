@@ -9,6 +9,11 @@ consistent, so a reader that has seen n + 1 will never find n appearing later.
 
 The feed costs, per change, one PUT of about 300 bytes and the tag PUT that records the position
 on the version; each reader pays one LIST per 1,000 positions and one GET per change.
+
+``purge`` frees versions nobody needs any more; their entries are then *blanked*, never removed:
+an empty entry keeps its position taken (a writer guessing the end from a position it saw long
+ago would otherwise create an entry behind every reader) and costs readers nothing but its line
+in a listing (an empty entry is skipped without a GET).
 """
 
 from __future__ import annotations
@@ -22,16 +27,20 @@ from ..errors import UnavailableError
 from ..ports import ObjectInfo
 from .aws import code, guard
 
-__all__ = ["FEED", "SEQ_TAG", "Feed"]
+__all__ = ["FEED", "RESERVED", "SEQ_TAG", "Feed", "feed_key"]
 
-FEED = "_mrbatch/feed/"
+RESERVED = "_mrbatch/"  # mrbatch's own keys in the bucket: no user key may start so
+FEED = f"{RESERVED}feed/"
 SEQ_TAG = "mrbatch-seq"
 _ATTEMPTS = 200
 _REFUSED = ("PreconditionFailed", "412", "ConditionalRequestConflict")
 
 
-def _key(seq: int) -> str:
+def feed_key(seq: int) -> str:
     return f"{FEED}{seq:020d}"
+
+
+_key = feed_key
 
 
 class Feed:
@@ -87,6 +96,23 @@ class Feed:
             ]
         return next((int(t["Value"]) for t in tags if t["Key"] == SEQ_TAG), None)
 
+    def blank(self, seq: int) -> None:
+        """Empty the entry at ``seq`` (its version is being purged): the position stays taken,
+        readers skip it, and the entry's old bytes leave the bucket. Idempotent."""
+        key = _key(seq)
+        with guard(self._where, "the change feed"):
+            pages = self._s3.get_paginator("list_object_versions").paginate(
+                Bucket=self._bucket, Prefix=key
+            )
+            old = [v for page in pages for v in page.get("Versions", []) if v["Key"] == key]
+            if not any(v["Size"] == 0 and v["IsLatest"] for v in old):
+                self._s3.put_object(Bucket=self._bucket, Key=key, Body=b"")
+            for version in old:
+                if version["Size"] > 0:
+                    self._s3.delete_object(
+                        Bucket=self._bucket, Key=key, VersionId=version["VersionId"]
+                    )
+
     def last(self, known: int | None = None) -> int:
         """The last position, searching from ``known`` (a position that exists, or 0)."""
         known = self.tail if known is None else known
@@ -116,7 +142,11 @@ class Feed:
                     start = obj["Key"]
                     seq = int(start[len(FEED) :])
                     self.tail = max(self.tail, seq)
+                    if obj.get("Size") == 0:
+                        continue  # blanked: its version was purged
                     body = self._s3.get_object(Bucket=self._bucket, Key=start)["Body"].read()
+                    if not body:
+                        continue  # blanked since it was listed
                     entry = json.loads(body)
                     if not entry["key"].startswith(prefix):
                         continue

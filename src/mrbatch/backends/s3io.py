@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any, BinaryIO
 
+from ..errors import NotFoundError
 from ..ports import ObjectInfo
 from .aws import guard
 
@@ -245,12 +246,21 @@ def copy_object(
 class Reader(io.RawIOBase):
     """One object version as a seekable binary stream: a GET opened lazily at the current
     position (a ranged GET after a seek), so a presence check that only opens costs nothing
-    more and a seek never reads the bytes it skips."""
+    more and a seek never reads the bytes it skips. When the VersionId is gone (purged: it was
+    found in a cache), ``relocate`` names the version holding the same bytes now, once."""
 
-    def __init__(self, b: Bucket, key: str, version_id: str, size: int) -> None:
+    def __init__(
+        self,
+        b: Bucket,
+        key: str,
+        version_id: str,
+        size: int,
+        relocate: Callable[[], str] | None = None,
+    ) -> None:
         super().__init__()
         self._client, self._bucket, self._key, self._where = b.client, b.name, key, b.where
         self._version_id, self._size = version_id, size
+        self._relocate = relocate
         self._pos = 0
         self._body: Any = None
 
@@ -279,20 +289,30 @@ class Reader(io.RawIOBase):
     def readinto(self, buffer: Any) -> int:
         if self._pos >= self._size or len(buffer) == 0:
             return 0
+        if self._body is None:
+            try:
+                self._body = self._get()
+            except NotFoundError:
+                if self._relocate is None:
+                    raise
+                self._version_id, self._relocate = self._relocate(), None
+                self._body = self._get()
         with guard(self._where, f"object {self._key!r}"):
-            if self._body is None:
-                self._body = self._client.get_object(
-                    Bucket=self._bucket,
-                    Key=self._key,
-                    VersionId=self._version_id,
-                    Range=f"bytes={self._pos}-",
-                )["Body"]
             data = self._body.read(len(buffer))
         if not data:
             raise OSError(f"{self._key}: the stream ended at {self._pos} of {self._size} bytes")
         buffer[: len(data)] = data
         self._pos += len(data)
         return len(data)
+
+    def _get(self) -> Any:
+        with guard(self._where, f"object {self._key!r}"):
+            return self._client.get_object(
+                Bucket=self._bucket,
+                Key=self._key,
+                VersionId=self._version_id,
+                Range=f"bytes={self._pos}-",
+            )["Body"]
 
     def read(self, size: int = -1) -> bytes:
         if size is None or size < 0:

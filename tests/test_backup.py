@@ -17,6 +17,7 @@ from mrbatch import backends
 from mrbatch.config.initialize import sample_bytes
 from mrbatch.config.workspace import Workspace
 from mrbatch.maintain.backup import take_backup
+from mrbatch.maintain.restore import restore
 from mrbatch.model.records import RunStatus
 from tests.conftest import Deployment, make_workspace
 from tests.helpers import drained, eventually, finished, mrbatch, put
@@ -329,3 +330,20 @@ def test_a_lost_control_plane_comes_back_from_the_newest_snapshot(tmp_path: Path
     _wipe(ws, first)
     kept = restore(ws, str(dest), region=first)
     assert kept.control_plane.startswith("kept")
+
+
+def test_a_deleted_record_is_restored_deleted(tmp_path: Path) -> None:
+    """A tombstone in a backup (a record garbage collection deleted) comes back as a
+    tombstone, not as a live record with an empty body."""
+    ws = make_workspace(tmp_path / "ws")
+    region = ws.regions[0]
+    table = backends.open_state_table(ws, region)
+    table.insert("note/gone", "note", {"n": 1}, epoch=1)
+    table.delete("note/gone", epoch=1)
+    table.insert("note/kept", "note", {"n": 2}, epoch=1)
+    take_backup(ws, str(tmp_path / "backup"), region=region)
+    _wipe(ws, region)
+    restore(ws, str(tmp_path / "backup"), region=region)
+    table = backends.open_state_table(ws, region)
+    assert table.get("note/gone") is None and [r.pk for r in table.scan("note")] == ["note/kept"]
+    assert [r.deleted for r in table.changes(0) if r.pk == "note/gone"] == [True]

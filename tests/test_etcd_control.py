@@ -15,7 +15,7 @@ from mrbatch import backends
 from mrbatch.config.workspace import Workspace
 from mrbatch.errors import UnavailableError
 from mrbatch.faults import FaultPoints
-from mrbatch.ports import ControlPlane
+from mrbatch.ports import ControlPlane, Routing
 from tests.conftest import make_workspace
 from tests.etcd_cluster import EtcdCluster
 from tests.helpers import eventually
@@ -124,6 +124,13 @@ def _refused(plane: ControlPlane, region: str) -> bool:
         return True
 
 
+def _routing(plane: ControlPlane) -> Routing | None:
+    try:
+        return plane.routing()
+    except UnavailableError:
+        return None
+
+
 def test_with_one_member_down_failover_and_failback_work(
     ws: Workspace, cluster: EtcdCluster
 ) -> None:
@@ -131,8 +138,10 @@ def test_with_one_member_down_failover_and_failback_work(
     operator = backends.open_control_plane(ws)
     for victim in range(3):  # whichever member it is, the leader included
         cluster.kill(victim)
-        epoch = operator.routing().epoch
-        target = second if operator.routing().active_region == first else first
+        # Killing the leader starts an election: reads fail until it is over.
+        before = eventually(lambda: _routing(operator), 15, "a leader after the kill")
+        epoch = before.epoch
+        target = second if before.active_region == first else first
         routing = eventually(
             lambda e=epoch, t=target: _switched(operator, t, e), 15, f"a switch to {target}"
         )

@@ -215,7 +215,13 @@ class EtcdClient:
                 f"etcd is unreachable: none of its {total} member(s) answer ({detail})",
                 hint=f"check the members listed in etcd.endpoints: {', '.join(self.endpoints)}",
             )
-        if answering < majority or healthy == 0:
+        if answering >= majority and healthy == 0:
+            return UnavailableError(
+                f"etcd has no leader: {answering} of {total} members answer, none of them with"
+                " a leader (an election may be under way)",
+                hint="retry in a moment; if it lasts, check the members' logs",
+            )
+        if answering < majority:
             return UnavailableError(
                 f"etcd has no quorum: {answering} of {total} members answer and {majority}"
                 " are needed",

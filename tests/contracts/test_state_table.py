@@ -13,7 +13,7 @@ import pytest
 from mrbatch.config.workspace import Workspace
 from mrbatch.errors import ConflictError, NotFoundError, UnavailableError
 from mrbatch.faults import FaultPoints
-from mrbatch.ports import StateTable
+from mrbatch.ports import Record, StateTable
 
 
 def test_insert_get_and_conflict(table: StateTable) -> None:
@@ -223,3 +223,29 @@ def test_a_writer_that_knows_no_positions_writes_after_the_end(
     written = fresh.insert("run/3", "run", {}, epoch=1)
     assert written.seq > seen
     assert [r.pk for r in a.changes(seen)] == ["run/3"]
+
+
+def test_a_writer_that_saw_the_feed_long_ago_writes_over_a_record_moved_on(
+    table_factory: Callable[[str], StateTable], table_workspace: Workspace
+) -> None:
+    """A replicator saw the feed's end a while ago; meanwhile the region's own process wrote a
+    record at the next position, or again at later ones. The replicator's write over that
+    record still lands after it, and the feed stays in order."""
+    region = table_workspace.regions[0]
+    replicator, process = table_factory(region), table_factory(region)
+    replicator.insert("note/seen", "note", {}, epoch=1)  # the replicator knows the end here
+    rec = process.insert("run/1", "run", {"n": 1}, epoch=1)  # the position after it
+    rec = _over(replicator, process, rec, start=process.last_seq())
+    rec = process.update("run/1", {"n": 2}, expected_version=rec.version, epoch=2)
+    rec = process.update("run/1", {"n": 3}, expected_version=rec.version, epoch=2)
+    _over(replicator, process, rec, start=process.last_seq())
+
+
+def _over(replicator: StateTable, process: StateTable, rec: Record, start: int) -> Record:
+    newer = replace(rec, body={"n": "replica"}, writer="elsewhere", updated=rec.updated + 1)
+    assert replicator.apply_replica(newer) is True
+    fed = process.changes(start)
+    assert [r.pk for r in fed] == ["run/1"] and fed[0].seq > rec.seq
+    stored = process.get("run/1")
+    assert stored is not None and stored.body == {"n": "replica"}
+    return stored

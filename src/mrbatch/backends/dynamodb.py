@@ -142,7 +142,11 @@ class DynamoStateTable:
         index item kept while it is live and its tombstone item while it is deleted."""
         item, extra = encode(record, before, self.table, self.region)
         extra += bookkeeping(record, before, self.table)
-        position = (self._end() if self._tail is None else self._tail) + 1
+        # After the end as this process last saw it, and after the record's own position: the
+        # claim must differ from the old feed item the transaction removes (one item, one
+        # operation), even when another process moved the end on since.
+        own = before.record.seq if before is not None and before.feed is not None else 0
+        position = max(self._end() if self._tail is None else self._tail, own) + 1
         put: dict[str, Any] = {"TableName": self.table, "Item": item}
         put["ConditionExpression"] = condition
         put["ReturnValuesOnConditionCheckFailure"] = "ALL_OLD"
@@ -171,7 +175,7 @@ class DynamoStateTable:
                 if reasons[0].get("Code") == "ConditionalCheckFailed":
                     raise _Refused from exc
                 if "ConditionalCheckFailed" in (reasons[1].get("Code"), reasons[2].get("Code")):
-                    position = self._end() + 1  # the end moved on: take the next one
+                    position = max(self._end(), own) + 1  # the end moved on: the next one
                 else:  # a concurrent transaction on one of the items: back off, try again
                     time.sleep(min(0.5, 0.005 * 2 ** min(attempt, 7)))
                 continue

@@ -142,10 +142,11 @@ class DynamoStateTable:
         index item kept while it is live and its tombstone item while it is deleted."""
         item, extra = encode(record, before, self.table, self.region)
         extra += bookkeeping(record, before, self.table)
-        # After the end as this process last saw it, and after the record's own position: the
-        # claim must differ from the old feed item the transaction removes (one item, one
-        # operation), even when another process moved the end on since.
-        own = before.record.seq if before is not None and before.feed is not None else 0
+        # After the end as this process last saw it, and after the record's own position in
+        # this region's feed: the claim must differ from the old feed item the transaction
+        # removes (one item, one operation), even when another process moved the end on since.
+        feed = before.feed if before is not None else None
+        own = feed[1] if feed is not None and feed[0] == self.region else 0
         position = max(self._end() if self._tail is None else self._tail, own) + 1
         put: dict[str, Any] = {"TableName": self.table, "Item": item}
         put["ConditionExpression"] = condition

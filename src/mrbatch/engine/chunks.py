@@ -131,7 +131,7 @@ class ChunkStage(RunDriver):
                     source_key, source_version = run.source()
                     progress.chunk_futures[index] = self.executor.submit(
                         tasks.chunk_task,
-                        self.config_path,
+                        self._config(progress),
                         self.region,
                         run.run_id,
                         source_key,
@@ -204,7 +204,7 @@ class ChunkStage(RunDriver):
                 chunk.attempts += 1
             chunk.last_error = f"{type(exc).__name__}: {exc}"
             exhausted = (
-                chunk.attempts >= self.pipeline.chunk_attempts
+                chunk.attempts >= self._pipeline(progress).chunk_attempts
                 or progress.worker_losses >= MAX_WORKER_LOSSES
             )
             if exhausted:
@@ -290,7 +290,7 @@ class ChunkStage(RunDriver):
             merged: MergeResult = future.result()
         except (ConflictError, NotFoundError) as exc:
             # A chunk output is missing or does not match its record: recompute, bounded.
-            if progress.attempts + 1 >= self.pipeline.chunk_attempts:
+            if progress.attempts + 1 >= self._pipeline(progress).chunk_attempts:
                 self._fail(progress, f"MERGE failed: {exc}")
             else:
                 self._redo_chunks(progress, str(exc))
@@ -299,7 +299,7 @@ class ChunkStage(RunDriver):
             self._backoff(progress, f"MERGE waits for {exc}", outage=True)
             return
         except Exception as exc:
-            if progress.attempts + 1 >= self.pipeline.chunk_attempts:
+            if progress.attempts + 1 >= self._pipeline(progress).chunk_attempts:
                 self._fail(progress, f"MERGE failed {progress.attempts + 1} times: {exc}")
             else:
                 self._backoff(progress, f"MERGE failed: {exc}")
@@ -321,7 +321,7 @@ class ChunkStage(RunDriver):
                 f" {merged.rows_rejected} rejected",
             )
             return
-        limit = self.pipeline.max_rejected_fraction
+        limit = self._pipeline(progress).max_rejected_fraction
         if rows_in and merged.rows_rejected / rows_in > limit:
             self._fail(
                 progress,

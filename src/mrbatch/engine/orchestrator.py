@@ -41,18 +41,18 @@ from ..ports import (
 from . import tasks
 from .chunks import ChunkStage
 from .driver import PERMANENT, Progress
+from .failmail import FailureMailStage
 from .publish import PublishStage
-
-__all__ = ["Orchestrator"]
 
 __all__ = ["Orchestrator"]
 
 log = logging.getLogger("mrbatch.orchestrator")
 
 
-class Orchestrator(ChunkStage, PublishStage):
+class Orchestrator(ChunkStage, PublishStage, FailureMailStage):
     """Claims runs and advances each through its states; the chunk and publish stages are in
-    :mod:`.chunks` and :mod:`.publish`, the shared primitives in :mod:`.driver`."""
+    :mod:`.chunks` and :mod:`.publish`, the failure mails in :mod:`.failmail`, the shared
+    primitives in :mod:`.driver`."""
 
     def activate(self, routing: Routing) -> None:
         """Start driving runs in ``routing``'s epoch; the region hands them over with ``adopt``.
@@ -65,7 +65,7 @@ class Orchestrator(ChunkStage, PublishStage):
         """Drive ``run`` (owned by this region in the current epoch) from its recorded status."""
         if run.run_id in self.runs or run.status.terminal:
             return
-        self.runs[run.run_id] = Progress(run, version)
+        self.runs[run.run_id] = Progress(run, version, config=self.config_ref)
         log.info("driving run %s (%s) from %s", run.run_id, run.input_key, run.status)
 
     def deactivate(self, why: str) -> None:
@@ -75,6 +75,7 @@ class Orchestrator(ChunkStage, PublishStage):
         for progress in self.runs.values():
             self._cancel(progress)
         self.runs.clear()
+        self.failure_mails.clear()  # the active region sends them
         self.epoch = None
 
     def shutdown(self) -> None:
@@ -119,7 +120,7 @@ class Orchestrator(ChunkStage, PublishStage):
             record = self.table.insert(run_pk(run.run_id), RUN, run.to_body(), epoch=routing.epoch)
         except ConflictError:
             return None
-        self.runs[run.run_id] = Progress(run, record.version)
+        self.runs[run.run_id] = Progress(run, record.version, config=self.config_ref)
         self.stats["executions_started"] += 1
         self.faults.crash_point("after-claim", self.region)
         log.info(
@@ -158,6 +159,8 @@ class Orchestrator(ChunkStage, PublishStage):
             except Exception as exc:  # a bug must not kill the loop; the run is retried
                 log.exception("run %s: unexpected error", run_id)
                 self._backoff(progress, f"unexpected error: {exc!r}")
+        if self.failure_mails:
+            self._failure_mails()
 
     def _advance(self, progress: Progress, routing: Routing) -> None:
         status = progress.run.status
@@ -176,7 +179,7 @@ class Orchestrator(ChunkStage, PublishStage):
 
     def _split(self, progress: Progress) -> None:
         run = progress.run
-        enrichment = self.pipeline.enrichment
+        enrichment = self._pipeline(progress).enrichment
         if (
             enrichment is not None
             and run.reference_version is None
@@ -186,7 +189,7 @@ class Orchestrator(ChunkStage, PublishStage):
         if enrichment is not None and progress.ref_future is None and run.reference_key:
             progress.ref_future = self.executor.submit(
                 tasks.reference_task,
-                self.config_path,
+                self._config(progress),
                 self.region,
                 run.reference_key,
                 run.reference_version,
@@ -195,7 +198,7 @@ class Orchestrator(ChunkStage, PublishStage):
             source_key, source_version = run.source()
             progress.future = self.executor.submit(
                 tasks.split_task,
-                self.config_path,
+                self._config(progress),
                 self.region,
                 source_key,
                 source_version,
@@ -226,7 +229,7 @@ class Orchestrator(ChunkStage, PublishStage):
             self._backoff(progress, f"SPLIT waits for {exc}", outage=True)
             return
         except Exception as exc:
-            if progress.attempts + 1 >= self.pipeline.chunk_attempts:
+            if progress.attempts + 1 >= self._pipeline(progress).chunk_attempts:
                 self._fail(progress, f"SPLIT failed {progress.attempts + 1} times: {exc}")
             else:
                 self._backoff(progress, f"SPLIT failed: {exc}")

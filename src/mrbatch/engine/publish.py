@@ -1,6 +1,7 @@
 """The last two steps of a run: PUBLISH (the version's own results, then output/<p> unless a
 newer version is already shown there) and NOTIFY (one mail per run, linking that version's own
 output), each fenced by the control plane: ``MERGED`` -> ``PUBLISHED`` -> ``COMPLETED``.
+A FAILED run's own mail is sent by :mod:`.failmail`.
 """
 
 from __future__ import annotations

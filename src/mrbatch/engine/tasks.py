@@ -17,6 +17,7 @@ from functools import cache
 from pathlib import Path
 
 from .. import backends
+from ..config.reload import ConfigRef
 from ..config.workspace import Workspace
 from ..errors import ConflictError, TaskError
 from ..faults import FaultPoints
@@ -52,9 +53,30 @@ class _Context:
     faults: FaultPoints
 
 
+# One context per configuration a region sent tasks with (a worker may outlive an edit).
+_CONTEXTS: dict[tuple[str, str, str], _Context] = {}
+
+
+def _context(config: str | ConfigRef, region: str) -> _Context:
+    """The worker's context for ``region`` under ``config``: the validated configuration the
+    region sent (a ``ConfigRef``, never an edit of the file the region has not applied), or
+    for a plain path, the file as it is."""
+    if isinstance(config, str):
+        return _file_context(config, region)
+    key = (config.path, config.digest, region)
+    if key not in _CONTEXTS:
+        if len(_CONTEXTS) >= 4:  # older configurations: their runs are finished or gone
+            _CONTEXTS.pop(next(iter(_CONTEXTS)))
+        _CONTEXTS[key] = _build(Workspace(Path(config.path), config.config), region)
+    return _CONTEXTS[key]
+
+
 @cache
-def _context(config_path: str, region: str) -> _Context:
-    ws = Workspace.load(Path(config_path))
+def _file_context(config_path: str, region: str) -> _Context:
+    return _build(Workspace.load(Path(config_path)), region)
+
+
+def _build(ws: Workspace, region: str) -> _Context:
     pipeline = ws.config.pipeline
     enrichment = None
     if pipeline.enrichment is not None:
@@ -83,7 +105,7 @@ class SplitResult:
 
 
 def split_task(
-    config_path: str,
+    config_path: str | ConfigRef,
     region: str,
     source_key: str,
     version: str | None,
@@ -175,7 +197,7 @@ def _reference_table(path: str) -> ReferenceTable:
     return ReferenceTable(path)
 
 
-def reference_task(config_path: str, region: str, key: str, version: str) -> int:
+def reference_task(config_path: str | ConfigRef, region: str, key: str, version: str) -> int:
     """Prepare the reference version ahead of the chunks; returns 0 (the work is the cache)."""
     ctx = _context(config_path, region)
     if ctx.enrichment is not None:
@@ -203,7 +225,7 @@ class ChunkResult:
 
 
 def chunk_task(
-    config_path: str,
+    config_path: str | ConfigRef,
     region: str,
     run_id: str,
     source_key: str,

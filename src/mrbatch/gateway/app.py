@@ -16,8 +16,11 @@ traceback leaves the process.
 from __future__ import annotations
 
 import logging
+import os
+import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -28,7 +31,9 @@ from prometheus_client import CollectorRegistry
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from .. import __version__, backends
 from ..access.accesspoint import AccessPoint
+from ..config.reload import ConfigWatcher
 from ..config.workspace import Workspace
 from ..errors import (
     ConflictError,
@@ -43,7 +48,7 @@ from .api import DASHBOARD_DIR, api_router
 from .guard import RequestGuard
 from .objects import ObjectMetrics, objects_router
 
-__all__ = ["create_app", "serve", "status_for"]
+__all__ = ["LiveGateway", "Metrics", "create_app", "serve", "status_for"]
 
 log = logging.getLogger("mrbatch.gateway")
 
@@ -89,13 +94,29 @@ class _SecurityHeaders:
         await self.app(scope, receive, send_with_headers)
 
 
-def create_app(ws: Workspace, *, sampler: Sampler | None = None) -> FastAPI:
+@dataclass
+class Metrics:
+    """The gateway's metrics registry and its own counters, kept across configuration reloads
+    so its counters stay monotonic."""
+
+    registry: CollectorRegistry
+    objects: ObjectMetrics
+
+    @classmethod
+    def create(cls, ws: Workspace, sampler: Sampler) -> Metrics:
+        registry = CollectorRegistry(auto_describe=False)
+        registry.register(DeploymentCollector(ws, sampler))
+        return cls(registry, ObjectMetrics(registry))
+
+
+def create_app(
+    ws: Workspace, *, sampler: Sampler | None = None, metrics: Metrics | None = None
+) -> FastAPI:
     """The gateway application for ``ws``. While it runs (its lifespan), ``sampler`` (one is
     made when None) samples the deployment every second for the dashboard's history."""
     sampler = sampler or Sampler(ws)
-    registry = CollectorRegistry(auto_describe=False)
-    registry.register(DeploymentCollector(ws, sampler))
-    object_metrics = ObjectMetrics(registry)
+    metrics = metrics or Metrics.create(ws, sampler)
+    registry, object_metrics = metrics.registry, metrics.objects
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -140,6 +161,70 @@ def create_app(ws: Workspace, *, sampler: Sampler | None = None) -> FastAPI:
     return app
 
 
+class LiveGateway:
+    """The gateway as ``serve`` runs it: the application of :func:`create_app`, built again
+    when ``mrbatch.toml`` is edited (links, upload limits, allowed hosts... apply to the
+    requests that arrive afterwards; the address it listens on needs a restart), and a
+    heartbeat with its version and the digest of the configuration it runs with."""
+
+    def __init__(self, ws: Workspace) -> None:
+        self.watcher = ConfigWatcher(ws, "gateway")
+        self.sampler = Sampler(ws)
+        self.metrics = Metrics.create(ws, self.sampler)
+        self.app = create_app(ws, sampler=self.sampler, metrics=self.metrics)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "lifespan":
+            await self.app(scope, receive, send)
+            return
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                self.start()
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                self.stop()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    def start(self) -> None:
+        self.sampler.start()
+        self._thread = threading.Thread(target=self._follow, name="config", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+        self.sampler.stop()
+
+    def _follow(self) -> None:
+        while True:
+            try:
+                edited = self.watcher.poll()
+                if edited is not None:
+                    self.sampler.ws = edited
+                    self.app = create_app(edited, sampler=self.sampler, metrics=self.metrics)
+                self.heartbeat()
+            except Exception:  # a bad moment must not end the gateway's reloads
+                log.exception("following the configuration failed")
+            if self._stop.wait(1.0):
+                return
+
+    def heartbeat(self) -> None:
+        ws = self.watcher.ws
+        try:
+            backends.open_control_plane(ws).heartbeat(
+                "gateway",
+                os.getpid(),
+                {"version": __version__, "config": self.watcher.report(), "url": ws.gateway_url},
+            )
+        except MrbatchError as exc:
+            log.warning("gateway heartbeat failed: %s", exc)
+
+
 def serve(ws: Workspace, *, host: str | None = None, port: int | None = None) -> None:
     """Run the gateway until SIGINT/SIGTERM, on ``gateway.host``/``gateway.port`` from the
     config unless ``host``/``port`` say otherwise."""
@@ -147,7 +232,7 @@ def serve(ws: Workspace, *, host: str | None = None, port: int | None = None) ->
 
     gateway = ws.config.gateway
     uvicorn.run(
-        create_app(ws),
+        LiveGateway(ws),
         host=host or gateway.host,
         port=gateway.port if port is None else port,
         log_level="warning",

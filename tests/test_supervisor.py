@@ -59,8 +59,10 @@ def _wide() -> dict[str, str]:
 
 def _status(ws: Workspace) -> dict[str, Any]:
     result = mrbatch(ws, "status", "--json")
-    assert result.returncode == 0, result.stderr
-    return json.loads(result.stdout)  # type: ignore[no-any-return]
+    data: dict[str, Any] = json.loads(result.stdout)
+    # exit 1 exactly when the verdict finds a problem (a process down, say)
+    assert result.returncode == (0 if data["verdict"]["ok"] else 1), result.stderr
+    return data
 
 
 def _record(ws: Workspace, proc: supervisor.Proc) -> dict[str, Any]:

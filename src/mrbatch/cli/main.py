@@ -20,6 +20,7 @@ COMMAND_MODULES = (
     "gateway_cmd",
     "chaos_cmds",
     "gc_cmd",
+    "config_cmd",
     "demo",
 )
 for _module in COMMAND_MODULES:

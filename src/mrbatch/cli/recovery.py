@@ -6,7 +6,6 @@ import sys
 from typing import Any
 
 import typer
-from rich.table import Table
 
 from ..config.plans import StepConfig
 from ..recovery.evaluate import evaluate_plans
@@ -19,10 +18,13 @@ from ..recovery.operations import (
 from ..recovery.plan import Execution, StepLog, history
 from ..recovery.runbook import Runbook
 from ..recovery.watch import Watcher
-from .app import app, console, err_console, print_json, state, styled
+from .app import HELP, app, console, duration, err_console, json_option, print_json, state, styled
+from .tables import Col, clock, emit, seconds
 
 plan_app = typer.Typer(
-    help="Recovery plans as code: show, evaluate, history.", no_args_is_help=True
+    help="Recovery plans as code: show, evaluate, history.",
+    no_args_is_help=True,
+    **HELP,  # type: ignore[arg-type]
 )
 app.add_typer(plan_app, name="plan")
 
@@ -78,44 +80,66 @@ def _print_execution(execution: Execution) -> None:
             f" {execution.desired_rto:.0f}s); epoch {execution.epoch_before} ->"
             f" {execution.epoch_after}"
         )
-    console.print(_steps_table(execution.steps))
+    _print_steps(execution.steps)
 
 
-def _steps_table(steps: list[StepLog]) -> Table:
-    table = Table(title_justify="left")
-    for column in ("step", "outcome", "seconds", "message"):
-        table.add_column(column)
+def _print_steps(steps: list[StepLog]) -> None:
+    rows: list[list[str]] = []
 
     def add(step: StepLog, indent: str = "") -> None:
-        table.add_row(
-            indent + step.name,
-            step.outcome,
-            "-" if step.seconds is None else f"{step.seconds:.2f}",
-            step.message,
+        rows.append(
+            [
+                indent + step.name,
+                step.outcome,
+                clock(step.started),
+                seconds(step.seconds),
+                step.message,
+            ]
         )
         for child in step.children:
             add(child, indent + "  ")
 
     for step in steps:
         add(step)
-    return table
+    emit(
+        (Col("step"), Col("outcome"), Col("at", drop=2), Col("took", drop=1, justify="right"),
+         Col("message", wrap=True)),
+        rows,
+    )  # fmt: skip
+
+
+def _yes() -> Any:
+    return typer.Option(False, "--yes", "-y", help="Approve without a prompt.")
+
+
+def _max_wait() -> Any:
+    return duration(
+        None,
+        "--max-wait",
+        help="Bound on waiting for replication, e.g. 60s (default: failover.max_wait).",
+    )
+
+
+def _force() -> Any:
+    return typer.Option(
+        False, "--force", help="Override readiness and the minimum time between switches."
+    )
+
+
+_PLAN_JSON = "Print the plan's execution (steps, evidence, RTO) as JSON."
 
 
 @app.command()
 def failover(
     to: str | None = typer.Option(None, "--to", help="Region to activate (default: the standby)."),
-    yes: bool = typer.Option(False, "--yes", "-y", help="Approve without a prompt."),
-    max_wait: str | None = typer.Option(
-        None, "--max-wait", help="Bound on waiting for replication (e.g. 60s)."
-    ),
-    force: bool = typer.Option(
-        False, "--force", help="Override readiness and the minimum time between switches."
-    ),
-    json_output: bool = typer.Option(False, "--json"),
+    yes: bool = _yes(),
+    max_wait: float | None = _max_wait(),
+    force: bool = _force(),
+    json_output: bool = json_option(_PLAN_JSON),
 ) -> None:
     """Run the failover plan against the region being activated."""
     ws = state.workspace()
-    _run_plan("failover", failover_target(ws, to), yes, force, _seconds(max_wait), json_output)
+    _run_plan("failover", failover_target(ws, to), yes, force, max_wait, json_output)
 
 
 @app.command()
@@ -123,38 +147,29 @@ def failback(
     to: str | None = typer.Option(
         None, "--to", help="Region to return to (default: the first listed)."
     ),
-    yes: bool = typer.Option(False, "--yes", "-y"),
-    max_wait: str | None = typer.Option(None, "--max-wait"),
-    force: bool = typer.Option(False, "--force"),
-    json_output: bool = typer.Option(False, "--json"),
+    yes: bool = _yes(),
+    max_wait: float | None = _max_wait(),
+    force: bool = _force(),
+    json_output: bool = json_option(_PLAN_JSON),
 ) -> None:
     """Run the failback plan: catch the returning region up, hand runs over, activate it."""
     ws = state.workspace()
-    _run_plan("failback", failback_target(ws, to), yes, force, _seconds(max_wait), json_output)
-
-
-def _seconds(value: str | None) -> float | None:
-    if value is None:
-        return None
-    from ..config.values import parse_duration
-
-    try:
-        return parse_duration(value)
-    except ValueError as exc:
-        raise typer.BadParameter(str(exc), param_hint="--max-wait") from exc
+    _run_plan("failback", failback_target(ws, to), yes, force, max_wait, json_output)
 
 
 @app.command()
 def reconcile(
-    max_wait: str | None = typer.Option(
-        None, "--max-wait", help="How long to watch for inputs still arriving."
+    max_wait: float | None = duration(
+        None,
+        "--max-wait",
+        help="How long to watch for inputs still arriving (default: failover.max_wait).",
     ),
-    json_output: bool = typer.Option(False, "--json"),
+    json_output: bool = json_option("Print the report (re-driven, at risk...) as JSON."),
 ) -> None:
     """Re-drive every unfinished run in the active region; report each by name."""
     ws = state.workspace()
     echo = (lambda _l: None) if json_output else (lambda line: err_console.print(line))
-    report = reconcile_now(ws, max_wait=_seconds(max_wait), echo=echo)
+    report = reconcile_now(ws, max_wait=max_wait, echo=echo)
     if json_output:
         print_json(report)
     else:
@@ -188,8 +203,12 @@ def _print_report(report: dict[str, Any]) -> None:
 
 @app.command(name="redrive")
 def redrive_command(
-    key: str = typer.Argument(..., help="Input key or run id of a FAILED run."),
-    json_output: bool = typer.Option(False, "--json"),
+    key: str = typer.Argument(
+        ...,
+        metavar="KEY|RUN",
+        help="Input key, or run id (or its start, as `mrbatch runs` shows it), of a FAILED run.",
+    ),
+    json_output: bool = json_option("Print where the run resumes as JSON."),
 ) -> None:
     """Run a FAILED run again in the active region from its last good step."""
     result = redrive(state.workspace(), key)
@@ -211,7 +230,9 @@ def watch(
         "--auto-failover",
         help="Run the failover plan when the active region is unhealthy and the standby is ready.",
     ),
-    iterations: int | None = typer.Option(None, "--iterations", help="Stop after N checks."),
+    iterations: int | None = typer.Option(
+        None, "--iterations", min=1, help="Stop after N checks (default: run until Ctrl-C)."
+    ),
 ) -> None:
     """Watch the active region's health; recommend (or run) a failover, with the evidence."""
     ws = state.workspace()
@@ -227,7 +248,7 @@ def watch(
 
 
 @plan_app.command("show")
-def plan_show(json_output: bool = typer.Option(False, "--json")) -> None:
+def plan_show(json_output: bool = json_option("Print both plans' steps as JSON.")) -> None:
     """The failover and failback plans as configured."""
     plans = state.workspace().config.plans
     if json_output:
@@ -257,27 +278,25 @@ def _describe(step: StepConfig, indent: str = "") -> str:
 
 
 @plan_app.command("evaluate")
-def plan_evaluate(json_output: bool = typer.Option(False, "--json")) -> None:
+def plan_evaluate(json_output: bool = json_option("Print every check as JSON.")) -> None:
     """Check now that every step of both plans could run."""
     checks = evaluate_plans(state.workspace())
     if json_output:
         print_json(checks)
     else:
-        table = Table(title_justify="left")
-        for column in ("plan", "check", "status", "detail"):
-            table.add_column(column)
+        rows = []
         for c in checks:
             colour = {"ok": "green", "warning": "yellow"}.get(c["status"], "red")
-            table.add_row(c["plan"], c["check"], styled((c["status"], colour)), c["detail"])
-        console.print(table)
+            rows.append([c["plan"], c["check"], styled((c["status"], colour)), c["detail"]])
+        emit((Col("plan"), Col("check"), Col("status"), Col("detail", wrap=True)), rows)
     if any(c["status"] == "failed" for c in checks):
         raise typer.Exit(1)
 
 
 @plan_app.command("history")
 def plan_history(
-    json_output: bool = typer.Option(False, "--json"),
-    last: int = typer.Option(10, "--last", help="How many executions (0 = all)."),
+    json_output: bool = json_option("Print the executions with their steps as JSON."),
+    last: int = typer.Option(10, "--last", min=0, help="How many executions (0: all)."),
 ) -> None:
     """Past plan executions with their step logs and RTO."""
     executions = history(state.workspace())

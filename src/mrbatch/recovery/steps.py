@@ -115,6 +115,25 @@ def _heartbeat_age(ctx: PlanContext, name: str) -> float | None:
     return None if beat is None else round(time.time() - beat.at, 3)
 
 
+def too_soon(ctx: PlanContext) -> str | None:
+    """Why the anti-flap rule would refuse a switch now (and when it will not), or None. Checked
+    before the approval, so nobody approves a switch the fence then refuses."""
+    if ctx.force:
+        return None
+    routing = ctx.control.routing()
+    rule = ctx.ws.config.failover.min_switch_interval
+    since = time.time() - routing.switched_at
+    if since >= rule:
+        return None
+    left = rule - since
+    at = time.strftime("%H:%M:%S", time.localtime(time.time() + left))
+    return (
+        f"rule 'min-switch-interval': the last switch was {since:.0f}s ago and"
+        f" failover.min_switch_interval is {rule:.0f}s: try again in {left:.0f}s (at {at}),"
+        " or pass --force"
+    )
+
+
 def readiness(ctx: PlanContext) -> Result:
     """Can the target take over? Its bucket and state replica answer, its process and its
     replicator are alive, and how much of the source region has not replicated yet."""
@@ -161,11 +180,17 @@ def readiness(ctx: PlanContext) -> Result:
             evidence["backlog_from_source"] = f"unknown: {ctx.source} unreachable ({exc})"
     if problems and not ctx.force:
         raise StepFailed("; ".join(problems) + " (--force to go on anyway)")
+    refused = too_soon(ctx)
+    if refused:
+        raise StepFailed(refused)
     outcome = "warning" if problems else "ok"
     return outcome, "; ".join(problems) or f"{ctx.target} is ready", evidence
 
 
 def approval(ctx: PlanContext) -> Result:
+    refused = too_soon(ctx)
+    if refused:
+        raise StepFailed(refused)
     if ctx.yes:
         return "ok", "approved with --yes", {"approved_by": "--yes"}
     prompt = (

@@ -17,6 +17,8 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from mrbatch import __version__, backends
 from mrbatch.cli.app import console
 from mrbatch.cli.chaos_cmds import print_chaos
@@ -26,6 +28,7 @@ from mrbatch.model.records import RunStatus
 from mrbatch.proof.chaos import ChaosReport
 from mrbatch.runtime import supervisor
 from tests.conftest import Deployment
+from tests.gateway_support import get_json
 from tests.helpers import eventually, finished, mrbatch, put
 
 
@@ -71,9 +74,10 @@ def test_runs_rejects_unknown_status(tmp_path: Path) -> None:
     assert result.returncode == 2 and "SLEEPING" in result.stderr
 
 
+@pytest.mark.timeout(200)  # the demo takes 15-60 s; the command is bounded at 150 s
 def test_demo_runs_end_to_end_and_cleans_up(tmp_path: Path) -> None:
     before = set(Path("/tmp").glob("mrbatch-demo-*"))
-    result = mrbatch(tmp_path, "demo", timeout=300)
+    result = mrbatch(tmp_path, "demo", timeout=150)
     assert result.returncode == 0, result.stdout + result.stderr
     text = " ".join(result.stdout.split())  # rich wraps lines at the terminal width
     assert "Summary." in text
@@ -178,6 +182,8 @@ def test_a_run_id_prefix_names_the_run_everywhere(deployment: Deployment) -> Non
     detail = json.loads(mrbatch(ws, "runs", "show", prefix, "--json").stdout)
     assert detail["run_id"] == run.run_id and detail["history"][-1]["status"] == "FAILED"
     assert detail["chunk_records"] and detail["chunk_records"][0]["status"] == "DONE"
+    code, api = get_json(ws, f"/api/runs/{prefix}")
+    assert code == 200 and isinstance(api, dict) and api["run_id"] == run.run_id
     waited = mrbatch(ws, "wait", prefix, "--timeout", "3s")
     assert waited.returncode == 1 and "FAILED" in waited.stdout, waited.stderr
     again = mrbatch(ws, "redrive", prefix)

@@ -48,9 +48,7 @@ app = typer.Typer(
 # Piped (not a terminal), a line is never broken at some width: `mrbatch put ... | cat` shows
 # each line whole.
 console = Console(markup=False, highlight=False, soft_wrap=not sys.stdout.isatty())
-err_console = Console(
-    stderr=True, markup=False, highlight=False, soft_wrap=not sys.stderr.isatty()
-)
+err_console = Console(stderr=True, markup=False, highlight=False, soft_wrap=not sys.stderr.isatty())
 
 
 def styled(*parts: str | tuple[str, str]) -> Text:

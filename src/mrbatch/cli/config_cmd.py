@@ -8,6 +8,7 @@ from typing import Any
 import typer
 
 from ..config.reload import fingerprint, request_reload
+from ..errors import ConfigError
 from ..observe import views
 from .app import app, console, duration, json_option, print_json, state, styled
 from .tables import Col, emit
@@ -54,7 +55,14 @@ def reload(
     or applied but for settings that need a restart (regions, data_dir, backends,
     gateway.host, gateway.port, pipeline.workers, replication.nice). Exits 1 unless every
     process applied all of it."""
-    ws = state.workspace()  # an edit that does not load fails here, before anyone is asked
+    try:
+        ws = state.workspace()  # an edit that does not load fails here, before anyone is asked
+    except ConfigError as exc:
+        raise ConfigError(
+            exc.message,
+            hint="nothing was applied: running processes keep the configuration they run with;"
+            " fix the file, then `mrbatch reload` again",
+        ) from exc
     digest = fingerprint(ws)
     request_reload(ws)
     deadline = time.monotonic() + timeout

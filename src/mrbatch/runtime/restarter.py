@@ -223,7 +223,7 @@ class Restarter:
 
     def _died(self, proc: Proc, watch: _Watch, now: float) -> None:
         assert watch.pid is not None
-        code = supervisor.exit_status(watch.pid)
+        code = supervisor.exit_status(watch.pid, stop=self.stop)
         record = watch.record
         record.last_exit, record.exit_code, record.exit_signal = describe_exit(code)
         record.pid, record.up_since, record.died_at = None, None, time.time()

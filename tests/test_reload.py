@@ -103,6 +103,7 @@ def test_a_bad_edit_is_refused_and_reported_and_nothing_goes_down(
     # The CLI refuses the file as it is; the gateway (running the old one) says what is wrong.
     cli = mrbatch(ws, "status")
     assert cli.returncode == 2 and "did you mean pipeline.chunk_attempts?" in cli.stderr
+    assert "processes already running keep the configuration they run with" in cli.stderr
     forced = mrbatch(ws, "reload")
     assert forced.returncode == 2 and "nothing was applied" in forced.stderr
     code, api = get_json(ws, "/api/status")

@@ -17,7 +17,7 @@ from rich.text import Text
 from .. import backends
 from ..config.initialize import DEFAULT_REGIONS, init_workspace
 from ..config.workspace import Workspace
-from ..errors import MrbatchError, UnavailableError, UsageError
+from ..errors import ConfigError, MrbatchError, UnavailableError, UsageError
 from ..observe import views
 from ..runtime import supervisor
 from ..runtime.restarter import Restarter
@@ -329,7 +329,17 @@ def status(
 
     Ends with one line of verdict; exits 1 when a process is down or a threshold (heartbeat,
     replication lag) is crossed, or a process refuses an edit of mrbatch.toml."""
-    data = views.status(state.workspace())
+    try:
+        ws = state.workspace()
+    except ConfigError as exc:
+        if state.config is None and "no mrbatch.toml" in exc.message:
+            raise
+        raise ConfigError(
+            exc.message,
+            hint=f"{exc.hint + '; ' if exc.hint else ''}processes already running keep the"
+            " configuration they run with (the gateway's /api/status reports them)",
+        ) from exc
+    data = views.status(ws)
     if json_output:
         print_json(data)
     else:

@@ -23,6 +23,7 @@ COMMAND_MODULES = (
     "gc_cmd",
     "backup_cmds",
     "ingest_cmd",
+    "config_cmd",
     "demo",
 )
 for _module in COMMAND_MODULES:

@@ -7,7 +7,6 @@ from datetime import UTC
 from typing import Any
 
 import typer
-from rich.table import Table
 
 from ..config.plans import StepConfig
 from ..recovery.evaluate import evaluate_plans
@@ -21,7 +20,8 @@ from ..recovery.operations import (
 from ..recovery.plan import MODES, Execution, StepLog, history
 from ..recovery.runbook import Runbook
 from ..recovery.watch import Watcher
-from .app import app, console, err_console, print_json, state, styled
+from .app import HELP, app, console, duration, err_console, json_option, print_json, state, styled
+from .tables import Col, clock, emit, seconds
 
 MODE_HELP = (
     "ungraceful",
@@ -31,7 +31,9 @@ MODE_HELP = (
 LOSS_HELP = "Accept leaving this input (key or run id) behind at the RPO gate; repeatable."
 
 plan_app = typer.Typer(
-    help="Recovery plans as code: show, evaluate, history.", no_args_is_help=True
+    help="Recovery plans as code: show, evaluate, history.",
+    no_args_is_help=True,
+    **HELP,  # type: ignore[arg-type]
 )
 app.add_typer(plan_app, name="plan")
 
@@ -104,7 +106,7 @@ def _print_execution(execution: Execution) -> None:
             f" {execution.desired_rto:.0f}s); epoch {execution.epoch_before} ->"
             f" {execution.epoch_after}"
         )
-    console.print(_steps_table(execution.steps))
+    _print_steps(execution.steps)
     if execution.report:
         console.print(
             f"recovery report {execution.report['seq']}:"
@@ -113,39 +115,69 @@ def _print_execution(execution: Execution) -> None:
         )
 
 
-def _steps_table(steps: list[StepLog]) -> Table:
-    table = Table(title_justify="left")
-    for column in ("step", "outcome", "seconds", "message"):
-        table.add_column(column)
+def _print_steps(steps: list[StepLog]) -> None:
+    rows: list[list[str]] = []
 
     def add(step: StepLog, indent: str = "") -> None:
-        table.add_row(
-            indent + step.name,
-            step.outcome,
-            "-" if step.seconds is None else f"{step.seconds:.2f}",
-            step.message,
+        rows.append(
+            [
+                indent + step.name,
+                step.outcome,
+                clock(step.started),
+                seconds(step.seconds),
+                step.message,
+            ]
         )
         for child in step.children:
             add(child, indent + "  ")
 
     for step in steps:
         add(step)
-    return table
+    emit(
+        (Col("step"), Col("outcome"), Col("at", drop=2), Col("took", drop=1, justify="right"),
+         Col("message", wrap=True)),
+        rows,
+    )  # fmt: skip
+
+
+def _yes() -> Any:
+    return typer.Option(False, "--yes", "-y", help="Approve without a prompt.")
+
+
+def _max_wait() -> Any:
+    return duration(
+        None,
+        "--max-wait",
+        help="Bound on waiting for replication, e.g. 60s (default: failover.max_wait).",
+    )
+
+
+def _force() -> Any:
+    return typer.Option(
+        False, "--force", help="Override readiness and the minimum time between switches."
+    )
+
+
+def _mode_option() -> Any:
+    return typer.Option(MODE_HELP[0], "--mode", help=MODE_HELP[1])
+
+
+def _accept_loss() -> Any:
+    return typer.Option([], "--accept-loss", help=LOSS_HELP)
+
+
+_PLAN_JSON = "Print the plan's execution (steps, evidence, RTO) as JSON."
 
 
 @app.command()
 def failover(
     to: str | None = typer.Option(None, "--to", help="Region to activate (default: the standby)."),
-    yes: bool = typer.Option(False, "--yes", "-y", help="Approve without a prompt."),
-    max_wait: str | None = typer.Option(
-        None, "--max-wait", help="Bound on waiting for replication (e.g. 60s)."
-    ),
-    force: bool = typer.Option(
-        False, "--force", help="Override readiness and the minimum time between switches."
-    ),
-    json_output: bool = typer.Option(False, "--json"),
-    mode: str = typer.Option(MODE_HELP[0], "--mode", help=MODE_HELP[1]),
-    accept_loss: list[str] = typer.Option([], "--accept-loss", help=LOSS_HELP),
+    yes: bool = _yes(),
+    max_wait: float | None = _max_wait(),
+    force: bool = _force(),
+    json_output: bool = json_option(_PLAN_JSON),
+    mode: str = _mode_option(),
+    accept_loss: list[str] = _accept_loss(),
 ) -> None:
     """Run the failover plan against the region being activated."""
     ws = state.workspace()
@@ -154,7 +186,7 @@ def failover(
         failover_target(ws, to),
         yes,
         force,
-        _seconds(max_wait),
+        max_wait,
         json_output,
         _mode(mode),
         accept_loss,
@@ -166,12 +198,12 @@ def failback(
     to: str | None = typer.Option(
         None, "--to", help="Region to return to (default: the first listed)."
     ),
-    yes: bool = typer.Option(False, "--yes", "-y"),
-    max_wait: str | None = typer.Option(None, "--max-wait"),
-    force: bool = typer.Option(False, "--force"),
-    json_output: bool = typer.Option(False, "--json"),
-    mode: str = typer.Option(MODE_HELP[0], "--mode", help=MODE_HELP[1]),
-    accept_loss: list[str] = typer.Option([], "--accept-loss", help=LOSS_HELP),
+    yes: bool = _yes(),
+    max_wait: float | None = _max_wait(),
+    force: bool = _force(),
+    json_output: bool = json_option(_PLAN_JSON),
+    mode: str = _mode_option(),
+    accept_loss: list[str] = _accept_loss(),
 ) -> None:
     """Run the failback plan: catch the returning region up, hand runs over, activate it."""
     ws = state.workspace()
@@ -180,7 +212,7 @@ def failback(
         failback_target(ws, to),
         yes,
         force,
-        _seconds(max_wait),
+        max_wait,
         json_output,
         _mode(mode),
         accept_loss,
@@ -193,28 +225,19 @@ def _mode(value: str) -> str:
     return value
 
 
-def _seconds(value: str | None) -> float | None:
-    if value is None:
-        return None
-    from ..config.values import parse_duration
-
-    try:
-        return parse_duration(value)
-    except ValueError as exc:
-        raise typer.BadParameter(str(exc), param_hint="--max-wait") from exc
-
-
 @app.command()
 def reconcile(
-    max_wait: str | None = typer.Option(
-        None, "--max-wait", help="How long to watch for inputs still arriving."
+    max_wait: float | None = duration(
+        None,
+        "--max-wait",
+        help="How long to watch for inputs still arriving (default: failover.max_wait).",
     ),
-    json_output: bool = typer.Option(False, "--json"),
+    json_output: bool = json_option("Print the report (re-driven, at risk...) as JSON."),
 ) -> None:
     """Re-drive every unfinished run in the active region; report each by name."""
     ws = state.workspace()
     echo = (lambda _l: None) if json_output else (lambda line: err_console.print(line))
-    report = reconcile_now(ws, max_wait=_seconds(max_wait), echo=echo)
+    report = reconcile_now(ws, max_wait=max_wait, echo=echo)
     if json_output:
         print_json(report)
     else:
@@ -248,7 +271,12 @@ def _print_report(report: dict[str, Any]) -> None:
 
 @app.command(name="redrive")
 def redrive_command(
-    key: str | None = typer.Argument(None, help="Input key or run id of a FAILED run."),
+    key: str | None = typer.Argument(
+        None,
+        metavar="KEY|RUN",
+        help="Input key, or run id (or its start, as `mrbatch runs` shows it), of a FAILED run;"
+        " or --status instead.",
+    ),
     status: str | None = typer.Option(
         None, "--status", help="Every run with this status (FAILED) instead of one."
     ),
@@ -256,7 +284,9 @@ def redrive_command(
         None, "--since", help="With --status: updated at or after (ISO 8601 or @unix)."
     ),
     prefix: str | None = typer.Option(None, "--prefix", help="With --status: input key prefix."),
-    json_output: bool = typer.Option(False, "--json"),
+    json_output: bool = json_option(
+        "Print where the run resumes as JSON (with --status: a list, one per run)."
+    ),
 ) -> None:
     """Run a FAILED run (or every matching one) again in the active region from its last good
     step; says what it did per run."""
@@ -317,7 +347,9 @@ def watch(
         "--auto-failover",
         help="Run the failover plan when the active region is unhealthy and the standby is ready.",
     ),
-    iterations: int | None = typer.Option(None, "--iterations", help="Stop after N checks."),
+    iterations: int | None = typer.Option(
+        None, "--iterations", min=1, help="Stop after N checks (default: run until Ctrl-C)."
+    ),
 ) -> None:
     """Watch the active region's health; recommend (or run) a failover, with the evidence."""
     ws = state.workspace()
@@ -333,7 +365,7 @@ def watch(
 
 
 @plan_app.command("show")
-def plan_show(json_output: bool = typer.Option(False, "--json")) -> None:
+def plan_show(json_output: bool = json_option("Print both plans' steps as JSON.")) -> None:
     """The failover and failback plans as configured."""
     plans = state.workspace().config.plans
     if json_output:
@@ -363,27 +395,27 @@ def _describe(step: StepConfig, indent: str = "") -> str:
 
 
 @plan_app.command("evaluate")
-def plan_evaluate(json_output: bool = typer.Option(False, "--json")) -> None:
+def plan_evaluate(json_output: bool = json_option("Print every check as JSON.")) -> None:
     """Check now that every step of both plans could run."""
     checks = evaluate_plans(state.workspace())
     if json_output:
         print_json(checks)
     else:
-        table = Table(title_justify="left")
-        for column in ("plan", "check", "status", "detail"):
-            table.add_column(column)
+        rows = []
         for c in checks:
             colour = {"ok": "green", "warning": "yellow"}.get(c["status"], "red")
-            table.add_row(c["plan"], c["check"], styled((c["status"], colour)), c["detail"])
-        console.print(table)
+            rows.append([c["plan"], c["check"], styled((c["status"], colour)), c["detail"]])
+        emit((Col("plan"), Col("check"), Col("status"), Col("detail", wrap=True)), rows)
     if any(c["status"] == "failed" for c in checks):
         raise typer.Exit(1)
 
 
 @plan_app.command("history")
 def plan_history(
-    json_output: bool = typer.Option(False, "--json"),
-    last: int = typer.Option(10, "--last", help="How many executions of each kind (0 = all)."),
+    json_output: bool = json_option("Print the executions with their steps as JSON."),
+    last: int = typer.Option(
+        10, "--last", min=0, help="How many executions of each kind (0: all)."
+    ),
     kind: str = typer.Option("all", "--kind", help="recovery, drill or all."),
 ) -> None:
     """Past plan executions with their step logs and RTO: real recoveries, then drills."""

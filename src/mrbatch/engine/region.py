@@ -19,9 +19,10 @@ import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, wait
 
-from .. import backends
+from .. import __version__, backends
 from ..access.ledger import accept, accepted_in
-from ..config.fingerprint import fingerprint
+from ..config.fingerprint import fingerprint as parity_hashes
+from ..config.reload import ConfigWatcher
 from ..config.workspace import Workspace
 from ..errors import MrbatchError, UnavailableError
 from ..maintain.gc import collect_garbage, purge_region, retention_window
@@ -54,6 +55,8 @@ class RegionProcess:
         self.ws = ws
         self.region = region
         self.timing = ws.config.timing
+        # Edits of mrbatch.toml are applied while running (see config.reload).
+        self.config = ConfigWatcher(ws, f"region {region}")
         self.store = backends.open_object_store(ws, region)
         self.table = backends.open_state_table(ws, region)
         self.control = backends.open_control_plane(ws, caller=region)
@@ -66,16 +69,18 @@ class RegionProcess:
             control=self.control,
             notifier=backends.open_notifier(ws),
             executor=self.executor,
+            config=self.config.ref(),
         )
         self.stop = threading.Event()
         # The loop's pause after failing passes in a row (a healthy pass waits poll_interval).
         self.loop_backoff = Backoff(base=2 * self.timing.poll_interval, cap=5.0)
         self.state = "starting"
-        self.fingerprint = fingerprint(ws)  # reported in heartbeats: standby parity
+        self.fingerprint = parity_hashes(ws)  # reported in heartbeats: standby parity
         self.last_error: str | None = None
         self.loop_errors = 0
         self._last_heartbeat = 0.0
-        self._last_reported: tuple[str, int | None] = ("", None)  # a change is reported at once
+        # A change of state, epoch or configuration is reported at once.
+        self._last_reported: tuple[str, int | None, str, str | None] = ("", None, "", None)
         self._last_rescan = 0.0
         self._last_bucket_scan = 0.0
         self._cursor: int | None = None
@@ -97,6 +102,9 @@ class RegionProcess:
     # ------------------------------------------------------------------ one pass
     def tick(self) -> None:
         self.ticks += 1
+        edited = self.config.poll()
+        if edited is not None:
+            self.reconfigure(edited)
         try:
             routing = self.control.routing()
         except UnavailableError as exc:
@@ -266,6 +274,8 @@ class RegionProcess:
         run = FileRun.from_record(record)
         if run.status.terminal:
             self.waiting.pop(run.run_id, None)
+            if self.orch.wants_failure_mail(run):
+                self.orch.queue_failure_mail(run, record.version)
             if run.result_key and (run.region, run.epoch) != (self.region, routing.epoch):
                 # Published elsewhere or earlier: output/<p> must still show the newest
                 # accepted version, whatever replication let win meanwhile.
@@ -305,13 +315,26 @@ class RegionProcess:
             if fresh is not None:
                 self.orch.adopt(FileRun.from_record(fresh), fresh.version)
 
+    def reconfigure(self, ws: Workspace) -> None:
+        """Apply an edited configuration (see config.reload): timing, retention, mail and the
+        pipeline settings of the runs that start or are re-driven from now on."""
+        notify_changed = ws.config.notify != self.ws.config.notify
+        self.ws = ws
+        self.fingerprint = parity_hashes(ws)  # what it runs with now: standby parity
+        self.timing = ws.config.timing
+        self.loop_backoff = Backoff(base=2 * self.timing.poll_interval, cap=5.0)
+        self.orch.reconfigure(ws, self.config.ref())
+        if notify_changed:
+            self.orch.notifier = backends.open_notifier(ws)
+
     def _heartbeat(self, routing: Routing | None) -> None:
         now = time.monotonic()
-        changed = (self.state, self.orch.epoch) != self._last_reported
+        reported = (self.state, self.orch.epoch, self.config.digest, self.config.error)
+        changed = reported != self._last_reported
         if not changed and now - self._last_heartbeat < self.timing.heartbeat_interval:
             return
         self._last_heartbeat = now
-        self._last_reported = (self.state, self.orch.epoch)
+        self._last_reported = reported
         pids = self.executor.pids()
         try:
             self.control.heartbeat(
@@ -344,6 +367,8 @@ class RegionProcess:
                     "loop_errors": self.loop_errors,
                     "last_error": self.last_error,
                     **self.fingerprint,
+                    "version": __version__,
+                    "config": self.config.report(),
                 },
             )
         except MrbatchError as exc:

@@ -13,7 +13,14 @@ from ..errors import MrbatchError, NotFoundError
 from ..model.keys import OUTPUT, REJECTED, VERSIONS, run_id_for, version_input_key
 from ..model.records import FileRun, RunStatus
 from ..ports import ObjectInfo, Record
-from .evidence import accepted_versions, epoch_owners, merged_runs, outbox_message_ids, read_region
+from .evidence import (
+    accepted_versions,
+    epoch_owners,
+    mail_problem,
+    merged_runs,
+    outbox_message_ids,
+    read_region,
+)
 from .recount import recount
 
 __all__ = ["Checker"]
@@ -319,12 +326,10 @@ class Checker:
                         DUPLICATED,
                         "output",
                     )
-        known = {f"<{run_id}@mrbatch>" for run_id in self.runs}
-        for message_id in self.mails:
-            if message_id not in known:
-                self.violate(
-                    None, message_id, "-", "a mail for a run no region knows", DUPLICATED, "mail"
-                )
+        for message_id, count in self.mails.items():
+            problem = mail_problem(message_id, count, self.runs)
+            if problem:
+                self.violate(None, message_id, "-", problem, DUPLICATED, "mail")
 
     # ------------------------------------------------------------------ convergence
     def check_convergence(self) -> None:

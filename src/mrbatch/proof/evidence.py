@@ -4,6 +4,7 @@ among them), the epoch log of the control plane and the outbox's message ids. Re
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from dataclasses import dataclass, field
 from email.parser import BytesHeaderParser
@@ -84,6 +85,25 @@ def outbox_message_ids(ws: Workspace) -> tuple[Counter[str], str | None]:
             with open(path, "rb") as handle:
                 ids[str(parser.parse(handle).get("Message-ID", "")).strip()] += 1
     return ids, None
+
+
+# The Message-ID of a FAILED run's mail: <run-id.failed.N@mrbatch>, N the run's round.
+_FAILURE_MAIL = re.compile(r"^<([0-9a-f]+)\.failed\.(\d+)@mrbatch>$")
+
+
+def mail_problem(message_id: str, count: int, runs: dict[str, FileRun]) -> str | None:
+    """What is wrong with the outbox's ``count`` mail(s) of ``message_id``, if anything: a mail
+    for a run no region knows. A FAILED run's mail (one per failure) is not a completion mail
+    and never a duplicate of one; the completion mails are counted per run elsewhere."""
+    failed = _FAILURE_MAIL.match(message_id)
+    if failed is None:
+        if message_id.removeprefix("<").removesuffix("@mrbatch>") in runs:
+            return None
+        return "a mail for a run no region knows"
+    run = runs.get(failed.group(1))
+    if run is None or int(failed.group(2)) > run.redriven:
+        return "a failure mail for a run (or a round of it) no region knows"
+    return f"{count} mails for one failure" if count > 1 else None
 
 
 def merged_runs(regions: list[RegionSnapshot]) -> dict[str, FileRun]:

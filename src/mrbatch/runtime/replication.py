@@ -30,7 +30,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from .. import backends
+from .. import __version__, backends
+from ..config.reload import ConfigWatcher
 from ..config.workspace import Workspace
 from ..errors import MrbatchError, UnavailableError
 from ..faults import FaultPoints
@@ -105,6 +106,7 @@ class Replicator:
         self.errors: dict[str, str] = {}
         self._generations: dict[str, int] = {}  # source -> the generation our cursors follow
         self._reclaim: dict[tuple[str, str], bool] = {}  # (kind, source) -> flag is up
+        self.config = ConfigWatcher(ws, f"replicator {dest}")
 
     def blocked(self, source: str, kind: str | None = None) -> str | None:
         """Why replication (of ``kind``: objects or records) from ``source`` cannot run now
@@ -247,6 +249,8 @@ class Replicator:
                     "blocked": {s: why for s in self.sources if (why := self.blocked(s))},
                     "errors": dict(self.errors),
                     "last_error": last_error,
+                    "version": __version__,
+                    "config": self.config.report(),
                 },
             )
         except MrbatchError as exc:
@@ -261,6 +265,14 @@ class Replicator:
         last_beat = 0.0
         last_error: str | None = None
         while not stop.is_set():
+            edited = self.config.poll()
+            if edited is not None:  # an edit of mrbatch.toml: interval, batch, heartbeat
+                self.ws = edited
+                self.batch = edited.config.replication.batch
+                interval = edited.config.replication.interval
+                beat_every = edited.config.timing.heartbeat_interval
+                backoff = Backoff(base=2 * interval, cap=5.0)
+                last_beat = 0.0  # report the configuration it now runs with at once
             if time.monotonic() - last_beat >= beat_every:
                 self.heartbeat(last_error)
                 last_beat = time.monotonic()

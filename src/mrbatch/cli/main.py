@@ -17,6 +17,7 @@ COMMAND_MODULES = (
     "objects",
     "runs",
     "recovery",
+    "plan_cmds",
     "drill_cmd",
     "gateway_cmd",
     "chaos_cmds",

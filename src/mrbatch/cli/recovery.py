@@ -1,4 +1,5 @@
-"""``mrbatch failover``, ``failback``, ``reconcile``, ``redrive``, ``watch`` and ``plan``."""
+"""``mrbatch failover``, ``failback``, ``reconcile``, ``redrive`` and ``watch``; ``plan`` is in
+:mod:`.plan_cmds`."""
 
 from __future__ import annotations
 
@@ -8,8 +9,6 @@ from typing import Any
 
 import typer
 
-from ..config.plans import StepConfig
-from ..recovery.evaluate import evaluate_plans
 from ..recovery.operations import (
     failback_target,
     failover_target,
@@ -17,10 +16,10 @@ from ..recovery.operations import (
     redrive,
     redrive_matching,
 )
-from ..recovery.plan import MODES, Execution, StepLog, history
+from ..recovery.plan import MODES, Execution, StepLog
 from ..recovery.runbook import Runbook
 from ..recovery.watch import Watcher
-from .app import HELP, app, console, duration, err_console, json_option, print_json, state, styled
+from .app import app, console, duration, err_console, json_option, print_json, state, styled
 from .tables import Col, clock, emit, seconds
 
 MODE_HELP = (
@@ -29,13 +28,6 @@ MODE_HELP = (
     " the bounded wait (--max-wait), naming what is left behind.",
 )
 LOSS_HELP = "Accept leaving this input (key or run id) behind at the RPO gate; repeatable."
-
-plan_app = typer.Typer(
-    help="Recovery plans as code: show, evaluate, history.",
-    no_args_is_help=True,
-    **HELP,  # type: ignore[arg-type]
-)
-app.add_typer(plan_app, name="plan")
 
 
 def _confirm(prompt: str) -> bool:
@@ -76,7 +68,7 @@ def _run_plan(
     if json_output:
         print_json(execution.to_dict())
     else:
-        _print_execution(execution)
+        print_execution(execution)
     if execution.outcome != "succeeded":
         raise typer.Exit(1)
     if execution.at_risk:
@@ -88,7 +80,7 @@ def _run_plan(
         raise typer.Exit(1)
 
 
-def _print_execution(execution: Execution) -> None:
+def print_execution(execution: Execution) -> None:
     colour = {"succeeded": "green", "aborted": "yellow"}.get(execution.outcome, "red")
     console.print(
         styled(
@@ -288,8 +280,9 @@ def redrive_command(
         "Print where the run resumes as JSON (with --status: a list, one per run)."
     ),
 ) -> None:
-    """Run a FAILED run (or every matching one) again in the active region from its last good
-    step; says what it did per run."""
+    """Run a FAILED run (or every matching one) again in the active region, from its last step.
+
+    Says per run where it resumes and how many chunks run again, or why it was not re-driven."""
     if (key is None) == (status is None):
         raise typer.BadParameter("give a KEY or --status FAILED", param_hint="KEY")
     ws = state.workspace()
@@ -362,79 +355,3 @@ def watch(
         watcher.run(iterations)
     except KeyboardInterrupt:
         pass
-
-
-@plan_app.command("show")
-def plan_show(json_output: bool = json_option("Print both plans' steps as JSON.")) -> None:
-    """The failover and failback plans as configured."""
-    plans = state.workspace().config.plans
-    if json_output:
-        print_json(
-            {
-                name: [s.model_dump(exclude_none=True) for s in getattr(plans, name).steps]
-                for name in ("failover", "failback")
-            }
-        )
-        return
-    for name in ("failover", "failback"):
-        console.print(styled((name, "bold"), f" (from {plans.file})" if plans.file else ""))
-        for n, step in enumerate(getattr(plans, name).steps, 1):
-            console.print(f"  {n}. {_describe(step)}", markup=False, highlight=False)
-
-
-def _describe(step: StepConfig, indent: str = "") -> str:
-    timeout = f" (timeout {step.timeout:.0f}s)" if step.timeout else ""
-    if step.parallel:
-        inner = "; ".join(_describe(s) for s in step.parallel)
-        return f"{step.name}: in parallel [{inner}]"
-    if step.run:
-        return f"{step.name}: run `{step.run}`{timeout}"
-    if step.call:
-        return f"{step.name}: call {step.call}{timeout}"
-    return f"{step.name}" + ("" if step.action == step.name else f": {step.action}")
-
-
-@plan_app.command("evaluate")
-def plan_evaluate(json_output: bool = json_option("Print every check as JSON.")) -> None:
-    """Check now that every step of both plans could run."""
-    checks = evaluate_plans(state.workspace())
-    if json_output:
-        print_json(checks)
-    else:
-        rows = []
-        for c in checks:
-            colour = {"ok": "green", "warning": "yellow"}.get(c["status"], "red")
-            rows.append([c["plan"], c["check"], styled((c["status"], colour)), c["detail"]])
-        emit((Col("plan"), Col("check"), Col("status"), Col("detail", wrap=True)), rows)
-    if any(c["status"] == "failed" for c in checks):
-        raise typer.Exit(1)
-
-
-@plan_app.command("history")
-def plan_history(
-    json_output: bool = json_option("Print the executions with their steps as JSON."),
-    last: int = typer.Option(
-        10, "--last", min=0, help="How many executions of each kind (0: all)."
-    ),
-    kind: str = typer.Option("all", "--kind", help="recovery, drill or all."),
-) -> None:
-    """Past plan executions with their step logs and RTO: real recoveries, then drills."""
-    if kind not in ("all", "recovery", "drill"):
-        raise typer.BadParameter("one of recovery, drill, all", param_hint="--kind")
-    executions = history(state.workspace())
-    groups = {
-        name: [e for e in executions if e.kind == name][-last if last else 0 :]
-        for name in ("recovery", "drill")
-        if kind in ("all", name)
-    }
-    if json_output:
-        chosen = sorted((e for group in groups.values() for e in group), key=lambda e: e.started)
-        print_json([{**e.to_dict(), "kind": e.kind} for e in chosen])
-        return
-    for name, group in groups.items():
-        console.print(styled((f"{name.capitalize()} executions", "bold"), f" ({len(group)})"))
-        if not group:
-            console.print(f"  no {name} has run yet")
-        for execution in group:
-            console.rule(execution.id + (f" (drill {execution.drill})" if execution.drill else ""))
-            _print_execution(execution)

@@ -4,15 +4,17 @@ among them), the epoch log of the control plane and the outbox's message ids. Re
 
 from __future__ import annotations
 
+import json
 import re
 from collections import Counter
 from dataclasses import dataclass, field
 from email.parser import BytesHeaderParser
+from typing import Any
 
 from .. import backends
 from ..config.workspace import Workspace
 from ..errors import MrbatchError
-from ..model.keys import INPUT, VERSIONS, run_id_for
+from ..model.keys import INPUT, OUTPUT, REJECTED, VERSIONS, run_id_for
 from ..model.records import ACCEPTED, CHUNK, RUN, Accepted, FileRun
 from ..ports import ObjectInfo, ObjectStore, Record
 
@@ -20,9 +22,13 @@ __all__ = [
     "RegionSnapshot",
     "accepted_versions",
     "epoch_owners",
+    "mail_problem",
     "merged_runs",
+    "object_state",
     "outbox_message_ids",
+    "published_kind",
     "read_region",
+    "record_state",
 ]
 
 
@@ -142,3 +148,30 @@ def accepted_versions(
     for run in runs.values():
         versions[run.run_id] = (run.input_key, run.input_sha256)
     return versions
+
+
+def published_kind(key: str) -> str | None:
+    """OUTPUT or REJECTED for a published object (output/<p>, rejected/<p> or a version's own
+    versions/<run-id>/output|rejected/<p>), None for anything else."""
+    if key.startswith(VERSIONS):
+        parts = key.split("/", 2)
+        key = parts[2] if len(parts) == 3 else ""
+    for kind in (OUTPUT, REJECTED):
+        if key.startswith(kind):
+            return kind
+    return None
+
+
+def object_state(info: ObjectInfo) -> tuple[str, int, str, str]:
+    """What two regions' copies of an object must agree on once converged: replication
+    converges to the winning version itself, writer and metadata included."""
+    return info.sha256, info.epoch, info.origin, _canonical(dict(info.meta))
+
+
+def record_state(record: Record) -> tuple[int, int, Any]:
+    """What two regions' copies of a state record must agree on once converged."""
+    return record.version, record.epoch, _canonical(record.body)
+
+
+def _canonical(body: Any) -> str:
+    return json.dumps(body, sort_keys=True)

@@ -14,6 +14,7 @@ from mrbatch.config.initialize import sample_bytes
 from mrbatch.config.reload import ConfigWatcher, fingerprint, live_part, restart_needed
 from mrbatch.config.workspace import Workspace
 from mrbatch.model.records import RunStatus
+from mrbatch.recovery.operations import redrive
 from mrbatch.runtime import supervisor
 from tests.conftest import Deployment, _set
 from tests.gateway_support import get_json
@@ -81,6 +82,32 @@ def test_an_edit_applies_to_the_next_redrive_without_a_restart(deployment: Deplo
     assert verified.returncode == 0, verified.stdout[-3000:]
     ids = sorted(m["Message-ID"] for m in mails(ws))
     assert ids == [f"<{run.run_id}.failed.0@mrbatch>", f"<{run.run_id}@mrbatch>"]
+
+
+def test_a_redrive_right_after_an_edit_runs_with_the_edit(deployment: Deployment) -> None:
+    """The redrive pins the pipeline as the file declares it now; the active region, which
+    may not have looked at the file yet, is made to apply it first, so it never refuses the
+    run as one whose configuration changed under it."""
+    ws = deployment.ws
+    run = finished(ws, put(ws, "input/edited.csv", _mostly_bad()))
+    assert run.status is RunStatus.FAILED
+    _edit(ws, "pipeline", "max_rejected_fraction", 0.25)
+    # At once, in this process (no `mrbatch reload`, not even a command's start-up time): the
+    # region looks at the file about once a second, so it has not applied the edit yet.
+    redriven = redrive(Workspace.load(ws.config_path), run.run_id)
+    assert redriven["pipeline_changed"] is True
+    done = eventually(
+        lambda: (
+            (r := run_of(ws, run.input_key, run.input_sha256))
+            and r.status.terminal
+            and r.redriven == 1
+            and r
+        ),
+        60,
+        "the redriven run to end",
+    )
+    assert done.status is RunStatus.COMPLETED, done.reason
+    assert (done.rows_out, done.rows_rejected) == (20, 5)
 
 
 def test_a_bad_edit_is_refused_and_reported_and_nothing_goes_down(

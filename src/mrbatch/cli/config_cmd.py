@@ -53,8 +53,8 @@ def reload(
     Processes also notice an edit by themselves within a second or two; this asks at once and
     reports each one: applied, refused (it keeps the configuration it runs with, and says why),
     or applied but for settings that need a restart (regions, data_dir, backends,
-    gateway.host, gateway.port, pipeline.workers, replication.nice). Exits 1 unless every
-    process applied all of it."""
+    gateway.host, gateway.port, pipeline.workers, replication.nice, ingest.node). Exits 1
+    unless every process applied all of it."""
     try:
         ws = state.workspace()  # an edit that does not load fails here, before anyone is asked
     except ConfigError as exc:

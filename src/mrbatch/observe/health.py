@@ -5,10 +5,11 @@ Problems (the deployment does not do its work, or will not when it must): the co
 cannot be read; a region, replicator or gateway process is down, or silent for longer than
 ``watch.heartbeat_timeout``; a region's bucket or state table cannot be read; replication lags
 more than ``watch.max_lag``; a process refuses an edit of ``mrbatch.toml`` (it keeps the
-configuration it runs with). Warnings (worth knowing, nothing down): no supervisor, a recovery
-plan between fence and activation, a fenced region, mails being retried, inputs not arrived, a
-process still on an older configuration or on another version of mrbatch, a setting that needs
-a restart.
+configuration it runs with); on etcd, a region process that holds no lease (self-fenced).
+Warnings (worth knowing, nothing down): no supervisor, a recovery plan between fence and
+activation, a fenced region, mails being retried, inputs not arrived, a process still on an
+older configuration or on another version of mrbatch, a setting that needs a restart, a failed
+plan evaluation or standby parity (the last one ``mrbatch watch`` stored).
 """
 
 from __future__ import annotations
@@ -67,6 +68,11 @@ def _liveness(
             problems.append(f"{name}'s process is silent (heartbeat {_age(age)})")
         elif region.get("process_state") == "control-plane-unreachable":
             problems.append(f"{name}'s process cannot reach the control plane")
+        elif region.get("lease_held") is False:  # etcd: cut off, or not yet renewed
+            problems.append(
+                f"{name}'s process holds no lease on the control plane"
+                f" ({region.get('process_state')}): it claims, publishes and mails nothing"
+            )
         age = region.get("replicator_heartbeat_age")
         if not region.get("replicator_alive"):
             problems.append(f"{name}'s replicator is down")
@@ -90,6 +96,15 @@ def _liveness(
         warnings.append("no supervisor: a process that dies stays down (`mrbatch up --detach`)")
     if data.get("phase") not in (None, "ACTIVE"):
         warnings.append(f"phase {data['phase']}: a recovery plan has fenced but not activated")
+    evaluation = data.get("plan_evaluation")
+    if evaluation and not evaluation.get("ok"):
+        failed = "; ".join((evaluation.get("failed_checks") or [])[:3]) or "see `plan evaluate`"
+        warnings.append(
+            f"the last plan evaluation ({_age(evaluation.get('age_seconds'))}) failed: {failed}"
+        )
+    if evaluation and evaluation.get("parity_ok") is False:
+        differences = ", ".join(map(str, evaluation.get("parity_differences") or [])) or "?"
+        warnings.append(f"the standby is not in parity: {differences}")
 
 
 def _configuration(data: dict[str, Any], problems: list[str], warnings: list[str]) -> None:

@@ -163,7 +163,8 @@ def test_concurrent_writers_never_tear(store: ObjectStore) -> None:
     for t in threads:
         t.start()
     for t in threads:
-        t.join()
+        t.join(timeout=60)
+    assert not any(t.is_alive() for t in threads), "a write did not return"
     assert not errors
     assert store.get("contended") in payloads
 

@@ -47,7 +47,7 @@ def test_only_one_of_many_concurrent_claims_wins(
     table_factory: Callable[[str], StateTable], table_workspace: Workspace
 ) -> None:
     wins: list[int] = []
-    barrier = threading.Barrier(8)
+    barrier = threading.Barrier(8, timeout=30)
 
     def claim(i: int) -> None:
         mine = table_factory(table_workspace.regions[0])
@@ -62,7 +62,8 @@ def test_only_one_of_many_concurrent_claims_wins(
     for t in threads:
         t.start()
     for t in threads:
-        t.join()
+        t.join(timeout=60)
+    assert not any(t.is_alive() for t in threads), "a claim did not return"
     assert len(wins) == 1
 
 

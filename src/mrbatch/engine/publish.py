@@ -1,6 +1,7 @@
 """The last two steps of a run: PUBLISH (the version's own results, then output/<p> unless a
 newer version is already shown there) and NOTIFY (one mail per run, linking that version's own
 output), each fenced by the control plane: ``MERGED`` -> ``PUBLISHED`` -> ``COMPLETED``.
+A FAILED run's own mail is sent by :mod:`.failmail`.
 """
 
 from __future__ import annotations
@@ -281,7 +282,7 @@ class PublishStage(RunDriver):
         """The pipeline's webhook, once the mail is recorded; retried with backoff like the
         mail; COMPLETED only once it is recorded delivered."""
         run = progress.run
-        spec = self._spec(run)
+        spec = self._spec(progress)
         hook = spec.webhook if spec is not None else None
         if progress.future is None:
             if not self._confirm(progress, "webhook"):

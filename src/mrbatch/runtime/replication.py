@@ -35,7 +35,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from .. import backends
+from .. import __version__, backends
+from ..config.reload import ConfigWatcher
 from ..config.workspace import Workspace
 from ..errors import MrbatchError, NotFoundError, UnavailableError
 from ..faults import FaultPoints
@@ -116,6 +117,7 @@ class Replicator:
         self._cursors: dict[str, int] = {}
         self._generations: dict[str, int] = {}  # source -> the generation our cursors follow
         self._reclaim: dict[tuple[str, str], bool] = {}  # (kind, source) -> flag is up
+        self.config = ConfigWatcher(ws, f"replicator {dest}")
 
     def _cursor(self, name: str) -> int:
         if name not in self._cursors:
@@ -309,6 +311,8 @@ class Replicator:
                     "blocked": {s: why for s in self.sources if (why := self.blocked(s))},
                     "errors": dict(self.errors),
                     "last_error": last_error,
+                    "version": __version__,
+                    "config": self.config.report(),
                 },
             )
         except MrbatchError as exc:
@@ -323,6 +327,14 @@ class Replicator:
         last_beat = 0.0
         last_error: str | None = None
         while not stop.is_set():
+            edited = self.config.poll()
+            if edited is not None:  # an edit of mrbatch.toml: interval, batch, heartbeat
+                self.ws = edited
+                self.batch = edited.config.replication.batch
+                interval = edited.config.replication.interval
+                beat_every = edited.config.timing.heartbeat_interval
+                backoff = Backoff(base=2 * interval, cap=5.0)
+                last_beat = 0.0  # report the configuration it now runs with at once
             if time.monotonic() - last_beat >= beat_every:
                 self.heartbeat(last_error)
                 last_beat = time.monotonic()

@@ -5,8 +5,10 @@ Every task is a module-level function of picklable arguments, opens the region's
 state table. Each task is deterministic and overwrites its own outputs with identical bytes when
 run again, so a task repeated after a crash or a failover never doubles an effect.
 
-Each task runs the pipeline its run pinned at claim (name, configuration hash, code version);
-a worker whose configuration or code differs reloads once, and refuses when it still differs.
+Each task runs the pipeline its run pinned at claim (name, configuration hash, code version),
+loaded from the configuration it is given: the one the region drives the run with (a
+``ConfigRef``), or the file at a path. Code that differs is imported again once (and a path's
+workspace loaded again once); a task refuses when its pins still differ.
 """
 
 from __future__ import annotations

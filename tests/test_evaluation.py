@@ -68,10 +68,12 @@ def test_watch_evaluates_checks_parity_and_schedules_drills(tmp_path: Path) -> N
         assert _metric(ws.gateway_url, "mrbatch_standby_parity_ok") == 1.0
         assert history(ws) == []  # no drill ran outside its window
 
-        # The file changes under the running processes: parity says they differ from it, and
-        # the window now includes this moment, so the due drill runs.
+        # The file changes under the running processes in a setting they apply only when
+        # restarted (most edits they apply within a second): parity says they differ from it,
+        # and the window now includes this moment, so the due drill runs.
         text = ws.config_path.read_text().replace(f'windows = ["{elsewhere}"]', "windows = []")
-        ws.config_path.write_text(text.replace("attempts = 10", "attempts = 9"))
+        assert "\nworkers = 0 " in text
+        ws.config_path.write_text(text.replace("\nworkers = 0 ", "\nworkers = 1 "))
         watch = mrbatch(ws, "watch", "--iterations", "1", timeout=300)
         assert watch.returncode == 0, watch.stdout + watch.stderr
         flat = " ".join(watch.stdout.split())

@@ -1,25 +1,33 @@
-"""Reference data for enrichment: a columnar cache of one reference version (Parquet, with a
-64-bit hash of each key), built once per region, and the per-chunk lookup that reads only the
-rows a chunk's keys need, so no worker holds the whole reference table."""
+"""Reference data for enrichment: a columnar cache of one reference version (Parquet parts, with
+a 64-bit hash of each key), built once per region in bounded memory, and the per-chunk lookup
+that reads only the rows a chunk's keys need, so no worker holds the whole reference table.
+(`extract.py` batches the lookups of several chunks when the reference is large.)"""
 
 from __future__ import annotations
 
+import io
+import math
 import os
 import secrets
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Final
+from typing import Final, Protocol
 
 import polars as pl
 
 from ..config.settings import RESERVED_COLUMN_PREFIX
-from ..errors import ConfigError, ReferenceDataError
+from ..errors import ConfigError, InputError, ReferenceDataError
+from .csvsplit import split_csv
 
 __all__ = [
+    "REFERENCE_HASH_COLUMN",
     "REFERENCE_KEY_COLUMN",
     "Enrichment",
     "ReferenceInfo",
+    "ReferenceLookup",
     "ReferenceTable",
+    "key_hashes",
     "prepare_reference",
     "reference_cache_tag",
 ]
@@ -36,12 +44,23 @@ REFERENCE_KEY_COLUMN = RESERVED_COLUMN_PREFIX + "_key"
 # sorted by key 70 ms (random keys skip no row group); lazy semi-join instead of is_in 51 ms
 # but +190 MiB (it reads every column of every row); parallel="prefiltered" same as "auto";
 # reading the whole cache is 22 ms but materialises the whole reference in every worker.
-# A u64-hash prefilter took 31 ms, but polars' hash is not stable across versions or CPUs, and
-# a cache built by one worker is read by others, so it was not adopted.
 _REF_COMPRESSION: Final = "lz4"
 
 
 _REF_ROW_GROUP = 65_536
+
+
+# Rows per part file. The cache is written part by part from the CSV, so preparing it holds one
+# part, never the whole reference: polars' own streaming CSV-to-Parquet sink peaked at 431 MB
+# for a 10M-row reference (583 MB of CSV), 4 parts of 262k rows at a time stay under 150 MB.
+_PART_ROWS: Final = 262_144
+
+
+# The duplicate-key check groups the key hashes in passes of about this many rows (hash modulo
+# the number of passes), so its memory does not grow with the reference: one group-by over 10M
+# string keys peaked at 916 MB, over 10M hashes at 666 MB, ten passes over hashes at 193 MB
+# (0.9 s).
+_DUPLICATE_PASS_ROWS: Final = 1_000_000
 
 
 # The cache also holds a 64-bit hash of each key, so a lookup filters on integers (61 ms
@@ -49,7 +68,7 @@ _REF_ROW_GROUP = 65_536
 # real keys, so a hash collision can only fetch one row too many, never a wrong one. polars'
 # hash may change between polars versions and CPUs: reference_cache_tag() goes into the cache
 # file name, so a cache built with another hash is never read, only rebuilt.
-_REF_HASH_COLUMN: Final = "__mrbatch_hash"
+REFERENCE_HASH_COLUMN: Final = "__mrbatch_hash"
 
 
 _REF_HASH_SEED: Final = 7_919
@@ -85,84 +104,132 @@ class ReferenceInfo:
     rows: int
 
 
+class ReferenceLookup(Protocol):
+    """What a chunk needs of reference data: the rows for its keys."""
+
+    def lookup(self, keys: pl.Series) -> pl.DataFrame: ...
+
+
+def key_hashes(keys: pl.Series) -> pl.Series:
+    """The hashes a reference cache files its keys under (nulls dropped)."""
+    return keys.drop_nulls().cast(pl.String).hash(_REF_HASH_SEED)
+
+
 def prepare_reference(
     csv_path: str | Path, cache_path: str | Path, enrichment: Enrichment, *, source: str
 ) -> ReferenceInfo:
     """Check a reference CSV and write its columnar cache atomically; return its row count.
 
-    Every value is read as text. The cache (Parquet) holds the key as
+    Every value is read as text. The cache is a directory of Parquet parts holding the key as
     ``REFERENCE_KEY_COLUMN`` and the listed columns under their output names. Raises
     ReferenceDataError (naming ``source``) for a missing file or column, no rows, an empty key or
-    duplicate keys; on error no cache file is left behind. Streams, so memory stays low.
+    duplicate keys; on error no cache is left behind. Memory is one part of ``_PART_ROWS`` rows
+    plus the duplicate check's passes, whatever the size of the reference.
     """
     csv_path, cache_path = Path(csv_path), Path(cache_path)
-    lf = pl.scan_csv(csv_path, infer_schema=False, raise_if_empty=False)
-    try:
-        names = lf.collect_schema().names()
-    except (OSError, pl.exceptions.PolarsError) as exc:
-        raise _ref_error(source, f"cannot read the reference data: {_first_line(exc)}") from exc
-    wanted = [enrichment.reference_key, *enrichment.columns]
-    missing = [c for c in dict.fromkeys(wanted) if c not in names]
-    if missing:
-        raise _ref_error(
-            source,
-            f"reference data lacks column {', '.join(map(repr, missing))} "
-            f"(it has {', '.join(map(repr, names))})",
-        )
-    lf = lf.select(
-        pl.col(enrichment.reference_key).alias(REFERENCE_KEY_COLUMN),
-        *[pl.col(src).alias(dst) for src, dst in enrichment.columns.items()],
-        pl.col(enrichment.reference_key).hash(_REF_HASH_SEED).alias(_REF_HASH_COLUMN),
-    )
     cache_path.parent.mkdir(parents=True, exist_ok=True)
     tmp = cache_path.with_name(f".{cache_path.name}.{secrets.token_hex(6)}.tmp")
+    tmp.mkdir()
     try:
-        try:
-            # Synced before the rename: a cache truncated by a crash would fail every run.
-            lf.sink_parquet(
-                tmp,
-                compression=_REF_COMPRESSION,
-                row_group_size=_REF_ROW_GROUP,
-                sync_on_close="all",
-            )
-        except pl.exceptions.PolarsError as exc:
-            detail = _first_line(exc)
-            raise _ref_error(source, f"cannot parse the reference data: {detail}") from exc
-        rows = _check_reference(tmp, enrichment, source)
-        os.replace(tmp, cache_path)
+        rows = _write_parts(csv_path, tmp, enrichment, source)
+        _check_duplicates(_parts(tmp), rows, enrichment, source)
+        # Synced before the rename: a cache truncated by a crash would fail every run.
+        _fsync_path(tmp)
+        _swap_in(tmp, cache_path)
     finally:
-        tmp.unlink(missing_ok=True)
+        shutil.rmtree(tmp, ignore_errors=True)
     return ReferenceInfo(rows=rows)
 
 
 def reference_cache_tag() -> str:
-    """A short tag naming the key hash this polars computes (see _REF_HASH_COLUMN)."""
+    """A short tag naming the key hash this polars computes (see REFERENCE_HASH_COLUMN)."""
     probe = pl.Series(["mrbatch-reference-probe"]).hash(_REF_HASH_SEED).item()
     return f"{int(probe) & 0xFFFFFFFF:08x}"
 
 
-def _check_reference(path: Path, enrichment: Enrichment, source: str) -> int:
-    keys = pl.scan_parquet(path).select(REFERENCE_KEY_COLUMN)
-    stats = keys.select(
-        pl.len().alias("rows"), pl.col(REFERENCE_KEY_COLUMN).null_count().alias("nulls")
-    ).collect()
-    rows, nulls = stats.item(0, "rows"), stats.item(0, "nulls")
+def _write_parts(csv_path: Path, directory: Path, enrichment: Enrichment, source: str) -> int:
+    """Stream the CSV into part files of whole records; return the row count."""
+    rows = nulls = 0
+    try:
+        stream = open(csv_path, "rb")  # noqa: SIM115 - closed by the with below
+    except OSError as exc:
+        raise _ref_error(source, f"cannot read the reference data: {_first_line(exc)}") from exc
+    with stream:
+        try:
+            for part in split_csv(stream, chunk_rows=_PART_ROWS, source=source):
+                frame = _read_part(part.data, enrichment, source)
+                if frame.height == 0:
+                    continue
+                nulls += frame.get_column(REFERENCE_KEY_COLUMN).null_count()
+                path = directory / f"part-{part.index:05d}.parquet"
+                # Sorted by hash: extract.py matches a part against many keys in one merge.
+                frame.sort(REFERENCE_HASH_COLUMN).write_parquet(
+                    path, compression=_REF_COMPRESSION, row_group_size=_REF_ROW_GROUP
+                )
+                _fsync_path(path)
+                rows += frame.height
+        except InputError as exc:
+            raise _ref_error(source, f"cannot read the reference data: {exc.message}") from exc
     if rows == 0:
         raise _ref_error(source, "reference data has no rows")
     if nulls:
         raise _ref_error(
             source, f"reference key column {enrichment.reference_key!r} is empty on {nulls} row(s)"
         )
+    return rows
+
+
+def _read_part(data: bytes, enrichment: Enrichment, source: str) -> pl.DataFrame:
+    try:
+        frame = pl.read_csv(io.BytesIO(data), infer_schema=False, raise_if_empty=False)
+    except pl.exceptions.PolarsError as exc:
+        raise _ref_error(source, f"cannot parse the reference data: {_first_line(exc)}") from exc
+    wanted = [enrichment.reference_key, *enrichment.columns]
+    missing = [c for c in dict.fromkeys(wanted) if c not in frame.columns]
+    if missing:
+        raise _ref_error(
+            source,
+            f"reference data lacks column {', '.join(map(repr, missing))} "
+            f"(it has {', '.join(map(repr, frame.columns))})",
+        )
+    key = pl.col(enrichment.reference_key)
+    return frame.select(
+        key.alias(REFERENCE_KEY_COLUMN),
+        *[pl.col(src).alias(dst) for src, dst in enrichment.columns.items()],
+        key.hash(_REF_HASH_SEED).alias(REFERENCE_HASH_COLUMN),
+    )
+
+
+def _check_duplicates(parts: list[Path], rows: int, enrichment: Enrichment, source: str) -> None:
+    """Refuse duplicate keys. Equal keys have equal hashes, so hashes seen twice are found pass
+    by pass (a share of the hash space each), then only those are compared as text."""
+    passes = max(1, math.ceil(rows / _DUPLICATE_PASS_ROWS))
+    hashes = pl.scan_parquet(parts).select(REFERENCE_HASH_COLUMN)
+    seen_twice: list[pl.Series] = []
+    for share in range(passes):
+        mine = (
+            hashes.filter(pl.col(REFERENCE_HASH_COLUMN) % passes == share) if passes > 1 else hashes
+        )
+        repeated = (
+            mine.group_by(REFERENCE_HASH_COLUMN).len().filter(pl.col("len") > 1).collect()
+        ).get_column(REFERENCE_HASH_COLUMN)
+        if len(repeated):
+            seen_twice.append(repeated)
+    if not seen_twice:
+        return
+    candidates = pl.concat(seen_twice)
     dupes = (
-        keys.group_by(REFERENCE_KEY_COLUMN)
+        pl.scan_parquet(parts)
+        .filter(pl.col(REFERENCE_HASH_COLUMN).is_in(candidates.implode()))
+        .group_by(REFERENCE_KEY_COLUMN)
         .len()
         .filter(pl.col("len") > 1)
         .select(REFERENCE_KEY_COLUMN)
         .sort(REFERENCE_KEY_COLUMN)
-        .collect(engine="streaming")
+        .collect()
         .to_series()
     )
-    if len(dupes):
+    if len(dupes):  # else: only distinct keys sharing a hash, which lookups cope with
         shown = ", ".join(repr(k) for k in dupes.head(5).to_list())
         more = f" and {len(dupes) - 5} more" if len(dupes) > 5 else ""
         raise _ref_error(
@@ -170,7 +237,34 @@ def _check_reference(path: Path, enrichment: Enrichment, source: str) -> int:
             f"reference data has duplicate keys in column {enrichment.reference_key!r}: "
             f"{shown}{more}",
         )
-    return int(rows)
+
+
+def _fsync_path(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _swap_in(tmp: Path, cache_path: Path) -> None:
+    """Rename the finished cache into place, replacing an older one (a directory, or a single
+    file as earlier versions wrote)."""
+    old = None
+    if cache_path.exists():
+        old = cache_path.with_name(f".{cache_path.name}.{secrets.token_hex(6)}.old")
+        os.replace(cache_path, old)
+    os.replace(tmp, cache_path)
+    _fsync_path(cache_path.parent)
+    if old is not None:
+        if old.is_dir():
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            old.unlink(missing_ok=True)
+
+
+def _parts(path: Path) -> list[Path]:
+    return sorted(path.glob("part-*.parquet")) if path.is_dir() else [path]
 
 
 def _ref_error(source: str, text: str) -> ReferenceDataError:
@@ -185,6 +279,25 @@ class ReferenceTable:
 
     def __init__(self, cache_path: str | Path) -> None:
         self.path = Path(cache_path)
+        self._rows: int | None = None
+
+    @property
+    def parts(self) -> list[Path]:
+        """The cache's Parquet files (a single file for caches of earlier versions)."""
+        parts = _parts(self.path)
+        if not parts or not parts[0].exists():
+            raise self._unreadable(FileNotFoundError(f"no reference cache at {self.path}"))
+        return parts
+
+    @property
+    def rows(self) -> int:
+        """Rows in the cache (from the Parquet footers: no data is read)."""
+        if self._rows is None:
+            try:
+                self._rows = int(pl.scan_parquet(self.parts).select(pl.len()).collect().item())
+            except (OSError, pl.exceptions.PolarsError) as exc:
+                raise self._unreadable(exc) from exc
+        return self._rows
 
     def lookup(self, keys: pl.Series) -> pl.DataFrame:
         """Reference rows whose key is in ``keys`` (key column ``REFERENCE_KEY_COLUMN`` first).
@@ -192,19 +305,25 @@ class ReferenceTable:
         The filter is pushed into the Parquet scan, so only matching rows are materialised.
         """
         # Not .unique(): is_in copes with repeats and unique() costs more than it saves.
-        wanted = keys.drop_nulls().cast(pl.String).hash(_REF_HASH_SEED)
+        return self.lookup_hashes(key_hashes(keys))
+
+    def lookup_hashes(self, hashes: pl.Series, parts: list[Path] | None = None) -> pl.DataFrame:
+        """Rows filed under ``hashes`` (see :func:`key_hashes`), from ``parts`` or all parts."""
         try:
             return (
-                pl.scan_parquet(self.path)
-                .filter(pl.col(_REF_HASH_COLUMN).is_in(wanted.implode()))
-                .drop(_REF_HASH_COLUMN)
+                pl.scan_parquet(parts if parts is not None else self.parts)
+                .filter(pl.col(REFERENCE_HASH_COLUMN).is_in(hashes.implode()))
+                .drop(REFERENCE_HASH_COLUMN)
                 .collect()
             )
         except (OSError, pl.exceptions.PolarsError) as exc:
-            raise ReferenceDataError(
-                f"reference cache {self.path.name} is unreadable: {_first_line(exc)}",
-                hint="prepare the reference data again",
-            ) from exc
+            raise self._unreadable(exc) from exc
+
+    def _unreadable(self, exc: BaseException) -> ReferenceDataError:
+        return ReferenceDataError(
+            f"reference cache {self.path.name} is unreadable: {_first_line(exc)}",
+            hint="prepare the reference data again",
+        )
 
 
 def _first_line(exc: BaseException) -> str:

@@ -170,8 +170,20 @@ def test_a_run_shares_reference_scans_and_leaves_no_extract(
     finally:
         process.orch.shutdown()
         process.executor.shutdown()
-    assert sorted(sorted(group) for group in made) == [
-        [g, g + 5, g + 10, g + 15] for g in range(5)
-    ]
+    assert sorted(sorted(group) for group in made) == [[g, g + 5, g + 10, g + 15] for g in range(5)]
     leftovers = list((ws.region_dir(region) / "cache" / "extracts").iterdir())
     assert leftovers == [], leftovers
+
+
+def test_an_extract_of_an_unsorted_cache_answers_the_same(tmp_path: Path) -> None:
+    table = _table(tmp_path)  # a cache as earlier versions wrote it: one file, in CSV order
+    single = tmp_path / "single.parquet"
+    pl.read_parquet(table.parts).sample(fraction=1.0, shuffle=True, seed=2).write_parquet(single)
+    old = ReferenceTable(single)
+    assert not pl.read_parquet(single).get_column(REFERENCE_HASH_COLUMN).is_sorted()
+    requests = {0: key_hashes(pl.Series(["k2", "k4", "k5"])), 3: key_hashes(pl.Series(["k4"]))}
+    extract_group(old, requests, tmp_path / "group")
+    for index, keys in ((0, ["k2", "k4", "k5", "k8"]), (3, ["k4"])):
+        asked = pl.Series(keys)
+        mine = ExtractedReference(old, tmp_path / "group" / f"{index:05d}")
+        assert _sorted(mine.lookup(asked)) == _sorted(table.lookup(asked))

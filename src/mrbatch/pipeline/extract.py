@@ -128,42 +128,45 @@ def _extract(table: ReferenceTable, requests: dict[int, pl.Series], tmp: Path) -
 
 
 def _wanted(requests: dict[int, pl.Series]) -> pl.DataFrame:
-    """Every (hash, chunk) asked for, sorted by hash."""
+    """Every hash asked for, sorted, with the chunks that asked for it."""
     frames = [
         pl.DataFrame({REFERENCE_HASH_COLUMN: hashes.unique().cast(pl.UInt64)}).with_columns(
             pl.lit(index, pl.UInt32).alias(_CHUNK_COLUMN)
         )
         for index, hashes in requests.items()
     ]
-    return pl.concat(frames).sort(REFERENCE_HASH_COLUMN)
+    return (
+        pl.concat(frames)
+        .group_by(REFERENCE_HASH_COLUMN)
+        .agg(pl.col(_CHUNK_COLUMN))
+        .sort(REFERENCE_HASH_COLUMN)
+    )
 
 
 def _match(part: Path, wanted: pl.DataFrame) -> pl.DataFrame | None:
     """The part's rows whose hash is wanted, once per chunk that wants it (with its number).
 
-    Both sides sorted by hash, so matching is a binary search per row rather than building a
+    Both sides sorted by hash, so matching is one binary search per row rather than building a
     hash set of every wanted key for every part (measured: 15 ms instead of 70 ms for a part of
     262k rows against 2M keys)."""
+    if not wanted.height:
+        return None
     hashes = pl.read_parquet(part, columns=[REFERENCE_HASH_COLUMN]).to_series()
-    if not hashes.is_sorted():  # a cache of an earlier version: sort the hashes here
+    if not hashes.is_sorted():  # a cache of an earlier version
         return _match_unsorted(part, wanted)
     wanted_hashes = wanted.get_column(REFERENCE_HASH_COLUMN).set_sorted()
-    lo = wanted_hashes.search_sorted(hashes, side="left")
-    hi = wanted_hashes.search_sorted(hashes, side="right")
-    hit = hi > lo
+    at = wanted_hashes.search_sorted(hashes, side="left").clip(0, len(wanted_hashes) - 1)
+    hit = wanted_hashes.gather(at) == hashes
     if not hit.any():
         return None
-    rows = pl.read_parquet(part).filter(hit)
-    spans = pl.DataFrame({"lo": lo.filter(hit), "hi": hi.filter(hit)})
-    positions = spans.select(pl.int_ranges("lo", "hi").alias("at")).get_column("at")
-    rows = rows.with_columns(positions.alias("\0at")).explode("\0at")
-    chunks = wanted.get_column(_CHUNK_COLUMN).gather(rows.get_column("\0at"))
-    return rows.drop("\0at").with_columns(chunks.alias(_CHUNK_COLUMN))
+    chunks = wanted.get_column(_CHUNK_COLUMN).gather(at.filter(hit))
+    rows = pl.read_parquet(part).filter(hit).with_columns(chunks.alias(_CHUNK_COLUMN))
+    return rows.explode(_CHUNK_COLUMN)
 
 
 def _match_unsorted(part: Path, wanted: pl.DataFrame) -> pl.DataFrame | None:
     found = pl.scan_parquet(part).join(wanted.lazy(), on=REFERENCE_HASH_COLUMN).collect()
-    return found if found.height else None
+    return found.explode(_CHUNK_COLUMN) if found.height else None
 
 
 def _file(held: list[pl.DataFrame], directory: Path, number: int) -> None:

@@ -39,12 +39,12 @@ REFERENCE_KEY_COLUMN = RESERVED_COLUMN_PREFIX + "_key"
 
 # Reference cache layout and lookup, chosen by measurement (1M-row reference, 250k random keys
 # per lookup, 2 cores, best of 4): Parquet lz4 with 64k-row groups + is_in filter pushed into
-# the scan 68 ms / +77 MiB RSS; zstd 64k 81 ms; zstd 16k 100 ms; uncompressed 69 ms but 27 MB
-# on disk vs 22 MB; IPC (scan_ipc + filter) 89 ms / +233 MiB, no row-level pushdown; Parquet
-# sorted by key 70 ms (random keys skip no row group); lazy semi-join instead of is_in 51 ms
-# but +190 MiB (it reads every column of every row); parallel="prefiltered" same as "auto";
-# reading the whole cache is 22 ms but materialises the whole reference in every worker.
-_REF_COMPRESSION: Final = "lz4"
+# the scan 68 ms / +77 MiB RSS; zstd 64k 81 ms; zstd 16k 100 ms; IPC (scan_ipc + filter) 89 ms
+# / +233 MiB, no row-level pushdown; lazy semi-join instead of is_in 51 ms but +190 MiB (it
+# reads every column of every row); reading the whole cache is 22 ms but materialises the whole
+# reference in every worker. At 10M rows (100k keys) decompression dominates: uncompressed
+# 0.52 s of CPU against lz4's 0.75 s, for 740 MB on disk against 541 MB.
+_REF_COMPRESSION: Final = "uncompressed"
 
 
 _REF_ROW_GROUP = 65_536
@@ -52,8 +52,9 @@ _REF_ROW_GROUP = 65_536
 
 # Rows per part file. The cache is written part by part from the CSV, so preparing it holds one
 # part, never the whole reference: polars' own streaming CSV-to-Parquet sink peaked at 431 MB
-# for a 10M-row reference (583 MB of CSV), 4 parts of 262k rows at a time stay under 150 MB.
-_PART_ROWS: Final = 262_144
+# for a 10M-row reference (583 MB of CSV); parts of 131k rows peaked at 236 MB (168 MB
+# anonymous), parts of 262k rows at 330 MB, in 12 s of CPU either way.
+_PART_ROWS: Final = 131_072
 
 
 # The duplicate-key check groups the key hashes in passes of about this many rows (hash modulo

@@ -19,13 +19,10 @@ from ..errors import (
 from ..model.records import (
     CHUNK,
     ChunkRun,
-    ChunkSpec,
     ChunkStatus,
-    FileRun,
     RunStatus,
     chunk_pk,
 )
-from ..pipeline.extract import group_members
 from . import tasks
 from .driver import MAX_WORKER_LOSSES, PERMANENT, Progress, RunDriver
 from .merge import MergeInput, MergeResult, StreamingMerge
@@ -149,7 +146,6 @@ class ChunkStage(RunDriver):
                         run.input_format,
                         (run.pipeline_hash, run.code_version),
                         run.input_size,
-                        self._extract_group(run, index, specs),
                     )
                     self.stats["chunk_executions_started"] += 1
                 continue
@@ -161,17 +157,6 @@ class ChunkStage(RunDriver):
         self._feed_merge(progress)
         if progress.merger is not None and progress.merger.future.done():
             self._merged(progress)
-
-    @staticmethod
-    def _extract_group(
-        run: FileRun, index: int, specs: dict[int, ChunkSpec]
-    ) -> tuple[ChunkSpec, ...]:
-        """The chunks that share one scan of the reference with chunk ``index`` (CSV inputs
-        enriched from reference data; the task decides whether the reference is large enough)."""
-        if not run.reference_key or run.input_format != "csv" or len(specs) < 2:
-            return ()
-        lines = [specs[i].lines for i in sorted(specs)]
-        return tuple(specs[i] for i in group_members(lines, index))
 
     def _reference_reason(self, progress: Progress, exc: ReferenceDataError) -> str:
         spec = self._spec(progress.run)

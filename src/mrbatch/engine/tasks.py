@@ -35,14 +35,8 @@ from ..pipeline.http_enrich import DurableAnswers
 from ..pipeline.jsonl import parse_jsonl
 from ..pipeline.parquet import footer_length, group_row_groups, read_footer, read_row_groups
 from ..pipeline.parse import LINE, ROW, Dialect, parse_header
-from ..pipeline.reference import (
-    ReferenceLookup,
-    ReferenceTable,
-    prepare_reference,
-    reference_cache_tag,
-)
+from ..pipeline.reference import ReferenceTable, prepare_reference, reference_cache_tag
 from ..ports import ObjectStore
-from . import extracts
 from .pipelines import LoadedPipeline, load_pipeline
 
 __all__ = ["ChunkResult", "SplitResult", "chunk_task", "reference_task", "split_task"]
@@ -223,8 +217,7 @@ def _reference_cache(ctx: _Context, loaded: LoadedPipeline, version: str) -> Pat
     assert loaded.enrichment is not None
     e = loaded.enrichment
     fingerprint = hashlib.sha256(repr((e.key, e.reference_key, e.columns)).encode()).hexdigest()
-    # "v2": a directory of parts sorted by key hash (earlier versions wrote one unsorted file).
-    name = f"reference-{version[:24]}-{fingerprint[:12]}-{reference_cache_tag()}-v2.parquet"
+    name = f"reference-{version[:24]}-{fingerprint[:12]}-{reference_cache_tag()}.parquet"
     return ctx.ws.region_dir(ctx.region) / "cache" / name
 
 
@@ -306,10 +299,7 @@ def chunk_task(
     input_format: str = "csv",
     pinned: tuple[str | None, str | None] = (None, None),
     size: int = 0,
-    group: tuple[ChunkSpec, ...] = (),
 ) -> ChunkResult:
-    """Process one chunk. ``group``: the chunks sharing a reference scan with this one (see
-    engine/extracts.py), empty when each chunk looks its keys up itself."""
     started = time.perf_counter()
     ctx, loaded = _pipeline(config_path, region, pipeline, input_key, pinned)
     fault = ctx.faults.active("chunk-error", region)
@@ -320,25 +310,10 @@ def chunk_task(
     )
     if hashlib.sha256(body).hexdigest() != spec.sha256:
         raise ConflictError(f"chunk {spec.index} of {input_key} does not match its checksum")
-    pipe = loaded.spec
-    reference: ReferenceLookup | None = None
+    reference = None
     if loaded.enrichment is not None and reference_key and reference_version:
         reference = _ensure_reference(ctx, loaded, reference_key, reference_version)
-        if group and input_format == "csv":
-            dialect = Dialect.of(delimiter_for(pipe, input_key), pipe.quote)
-            reference = extracts.reference_for_chunk(
-                reference,
-                cache_dir=_reference_cache(ctx, loaded, reference_version).parent,
-                store=ctx.store,
-                source=(source_key, source_version),
-                run_id=run_id,
-                spec=spec,
-                group=group,
-                data=header.encode("utf-8") + body,
-                header=header.encode("utf-8"),
-                key=loaded.enrichment.key,
-                dialect=dialect,
-            )
+    pipe = loaded.spec
     api = None
     if loaded.api is not None:
         answers_key = run_key(run_id, f"api/{spec.index:05d}.json")
@@ -379,8 +354,6 @@ def chunk_task(
     output = ctx.store.put(chunk_output_key(run_id, spec.index), out.output, epoch=epoch)
     rejected = ctx.store.put(chunk_rejected_key(run_id, spec.index), out.rejected, epoch=epoch)
     ctx.faults.crash_point("chunk-written", region)
-    if reference is not None:
-        extracts.release(reference)
     return ChunkResult(
         index=spec.index,
         rows_in=out.rows_in,

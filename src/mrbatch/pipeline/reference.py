@@ -1,18 +1,19 @@
 """Reference data for enrichment: a columnar cache of one reference version (Parquet parts, with
-a 64-bit hash of each key), built once per region in bounded memory, and the per-chunk lookup
-that reads only the rows a chunk's keys need, so no worker holds the whole reference table.
-(`extract.py` batches the lookups of several chunks when the reference is large.)"""
+a 64-bit hash of each key and the output columns packed into one), built once per region in
+bounded memory, and the per-chunk lookup that reads only the rows a chunk's keys need, so no
+worker holds the whole reference table."""
 
 from __future__ import annotations
 
 import io
+import json
 import math
 import os
 import secrets
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Final, Protocol
+from typing import Final
 
 import polars as pl
 
@@ -21,13 +22,10 @@ from ..errors import ConfigError, InputError, ReferenceDataError
 from .csvsplit import split_csv
 
 __all__ = [
-    "REFERENCE_HASH_COLUMN",
     "REFERENCE_KEY_COLUMN",
     "Enrichment",
     "ReferenceInfo",
-    "ReferenceLookup",
     "ReferenceTable",
-    "key_hashes",
     "prepare_reference",
     "reference_cache_tag",
 ]
@@ -42,8 +40,9 @@ REFERENCE_KEY_COLUMN = RESERVED_COLUMN_PREFIX + "_key"
 # the scan 68 ms / +77 MiB RSS; zstd 64k 81 ms; zstd 16k 100 ms; IPC (scan_ipc + filter) 89 ms
 # / +233 MiB, no row-level pushdown; lazy semi-join instead of is_in 51 ms but +190 MiB (it
 # reads every column of every row); reading the whole cache is 22 ms but materialises the whole
-# reference in every worker. At 10M rows (100k keys) decompression dominates: uncompressed
-# 0.52 s of CPU against lz4's 0.75 s, for 740 MB on disk against 541 MB.
+# reference in every worker. At 10M rows (100k keys, CPU seconds) decoding dominates: six
+# columns lz4 0.75 s, uncompressed 0.52 s; the six packed into one column lz4 0.59 s,
+# uncompressed 0.27 s (740 MB on disk against lz4's 541 MB).
 _REF_COMPRESSION: Final = "uncompressed"
 
 
@@ -69,10 +68,19 @@ _DUPLICATE_PASS_ROWS: Final = 1_000_000
 # real keys, so a hash collision can only fetch one row too many, never a wrong one. polars'
 # hash may change between polars versions and CPUs: reference_cache_tag() goes into the cache
 # file name, so a cache built with another hash is never read, only rebuilt.
-REFERENCE_HASH_COLUMN: Final = "__mrbatch_hash"
+_REF_HASH_COLUMN: Final = "__mrbatch_hash"
 
 
 _REF_HASH_SEED: Final = 7_919
+
+
+# A row's key and output columns, packed into one text column (one column to decode instead of
+# seven): the key, then each value as "v" + the value or "" when empty (null), joined by NUL,
+# which reference text never holds (a file with NUL is refused as binary). The cache
+# directory's columns.json names the output columns.
+_PAYLOAD: Final = RESERVED_COLUMN_PREFIX + "_payload"
+_SEPARATOR: Final = "\0"
+_COLUMNS_FILE: Final = "columns.json"
 
 
 @dataclass(frozen=True)
@@ -105,24 +113,14 @@ class ReferenceInfo:
     rows: int
 
 
-class ReferenceLookup(Protocol):
-    """What a chunk needs of reference data: the rows for its keys."""
-
-    def lookup(self, keys: pl.Series) -> pl.DataFrame: ...
-
-
-def key_hashes(keys: pl.Series) -> pl.Series:
-    """The hashes a reference cache files its keys under (nulls dropped)."""
-    return keys.drop_nulls().cast(pl.String).hash(_REF_HASH_SEED)
-
-
 def prepare_reference(
     csv_path: str | Path, cache_path: str | Path, enrichment: Enrichment, *, source: str
 ) -> ReferenceInfo:
     """Check a reference CSV and write its columnar cache atomically; return its row count.
 
-    Every value is read as text. The cache is a directory of Parquet parts holding the key as
-    ``REFERENCE_KEY_COLUMN`` and the listed columns under their output names. Raises
+    Every value is read as text. The cache is a directory of Parquet parts holding
+    a 64-bit hash of the key and one text column packing the key and the listed columns (see
+    ``_PAYLOAD``); lookups give them back as ``REFERENCE_KEY_COLUMN`` and the output names. Raises
     ReferenceDataError (naming ``source``) for a missing file or column, no rows, an empty key or
     duplicate keys; on error no cache is left behind. Memory is one part of ``_PART_ROWS`` rows
     plus the duplicate check's passes, whatever the size of the reference.
@@ -133,6 +131,7 @@ def prepare_reference(
     tmp.mkdir()
     try:
         rows = _write_parts(csv_path, tmp, enrichment, source)
+        (tmp / _COLUMNS_FILE).write_text(json.dumps(list(enrichment.columns.values())))
         _check_duplicates(_parts(tmp), rows, enrichment, source)
         # Synced before the rename: a cache truncated by a crash would fail every run.
         _fsync_path(tmp)
@@ -143,7 +142,7 @@ def prepare_reference(
 
 
 def reference_cache_tag() -> str:
-    """A short tag naming the key hash this polars computes (see REFERENCE_HASH_COLUMN)."""
+    """A short tag naming the key hash this polars computes (see _REF_HASH_COLUMN)."""
     probe = pl.Series(["mrbatch-reference-probe"]).hash(_REF_HASH_SEED).item()
     return f"{int(probe) & 0xFFFFFFFF:08x}"
 
@@ -161,10 +160,9 @@ def _write_parts(csv_path: Path, directory: Path, enrichment: Enrichment, source
                 frame = _read_part(part.data, enrichment, source)
                 if frame.height == 0:
                     continue
-                nulls += frame.get_column(REFERENCE_KEY_COLUMN).null_count()
+                nulls += frame.get_column(_PAYLOAD).null_count()  # null exactly when the key is
                 path = directory / f"part-{part.index:05d}.parquet"
-                # Sorted by hash: extract.py matches a part against many keys in one merge.
-                frame.sort(REFERENCE_HASH_COLUMN).write_parquet(
+                frame.write_parquet(
                     path, compression=_REF_COMPRESSION, row_group_size=_REF_ROW_GROUP
                 )
                 _fsync_path(path)
@@ -195,9 +193,37 @@ def _read_part(data: bytes, enrichment: Enrichment, source: str) -> pl.DataFrame
         )
     key = pl.col(enrichment.reference_key)
     return frame.select(
-        key.alias(REFERENCE_KEY_COLUMN),
-        *[pl.col(src).alias(dst) for src, dst in enrichment.columns.items()],
-        key.hash(_REF_HASH_SEED).alias(REFERENCE_HASH_COLUMN),
+        key.hash(_REF_HASH_SEED).alias(_REF_HASH_COLUMN),
+        _pack(enrichment.reference_key, list(enrichment.columns)).alias(_PAYLOAD),
+    )
+
+
+def _pack(key: str, columns: list[str]) -> pl.Expr:
+    """The key, then each output value marked ("v" + value, or "" when empty), NUL-separated."""
+    marked = [
+        pl.when(pl.col(c).is_null()).then(pl.lit("")).otherwise(pl.lit("v") + pl.col(c))
+        for c in columns
+    ]
+    return pl.concat_str([pl.col(key), *marked], separator=_SEPARATOR)
+
+
+# The key, out of a packed row.
+_KEY: Final = pl.col(_PAYLOAD).str.split(_SEPARATOR).list.first().alias(REFERENCE_KEY_COLUMN)
+
+
+def _unpack(found: pl.DataFrame, names: list[str]) -> pl.DataFrame:
+    """The key and the output columns of packed rows (split_exact: 0.05 s for 100k rows of
+    seven fields, against 0.2 s through lists)."""
+    fields = found.select(
+        pl.col(_PAYLOAD).str.split_exact(_SEPARATOR, len(names)).alias("\0fields")
+    ).unnest("\0fields")
+    key, *values = fields.columns
+    return fields.select(
+        pl.col(key).alias(REFERENCE_KEY_COLUMN),
+        *[
+            pl.when(pl.col(v) == "").then(None).otherwise(pl.col(v).str.slice(1)).alias(name)
+            for v, name in zip(values, names, strict=True)
+        ],
     )
 
 
@@ -205,15 +231,13 @@ def _check_duplicates(parts: list[Path], rows: int, enrichment: Enrichment, sour
     """Refuse duplicate keys. Equal keys have equal hashes, so hashes seen twice are found pass
     by pass (a share of the hash space each), then only those are compared as text."""
     passes = max(1, math.ceil(rows / _DUPLICATE_PASS_ROWS))
-    hashes = pl.scan_parquet(parts).select(REFERENCE_HASH_COLUMN)
+    hashes = pl.scan_parquet(parts).select(_REF_HASH_COLUMN)
     seen_twice: list[pl.Series] = []
     for share in range(passes):
-        mine = (
-            hashes.filter(pl.col(REFERENCE_HASH_COLUMN) % passes == share) if passes > 1 else hashes
-        )
+        mine = hashes.filter(pl.col(_REF_HASH_COLUMN) % passes == share) if passes > 1 else hashes
         repeated = (
-            mine.group_by(REFERENCE_HASH_COLUMN).len().filter(pl.col("len") > 1).collect()
-        ).get_column(REFERENCE_HASH_COLUMN)
+            mine.group_by(_REF_HASH_COLUMN).len().filter(pl.col("len") > 1).collect()
+        ).get_column(_REF_HASH_COLUMN)
         if len(repeated):
             seen_twice.append(repeated)
     if not seen_twice:
@@ -221,7 +245,8 @@ def _check_duplicates(parts: list[Path], rows: int, enrichment: Enrichment, sour
     candidates = pl.concat(seen_twice)
     dupes = (
         pl.scan_parquet(parts)
-        .filter(pl.col(REFERENCE_HASH_COLUMN).is_in(candidates.implode()))
+        .filter(pl.col(_REF_HASH_COLUMN).is_in(candidates.implode()))
+        .select(_KEY)
         .group_by(REFERENCE_KEY_COLUMN)
         .len()
         .filter(pl.col("len") > 1)
@@ -265,7 +290,7 @@ def _swap_in(tmp: Path, cache_path: Path) -> None:
 
 
 def _parts(path: Path) -> list[Path]:
-    return sorted(path.glob("part-*.parquet")) if path.is_dir() else [path]
+    return sorted(path.glob("part-*.parquet"))
 
 
 def _ref_error(source: str, text: str) -> ReferenceDataError:
@@ -280,45 +305,44 @@ class ReferenceTable:
 
     def __init__(self, cache_path: str | Path) -> None:
         self.path = Path(cache_path)
-        self._rows: int | None = None
+        self._columns: list[str] | None = None
 
     @property
     def parts(self) -> list[Path]:
-        """The cache's Parquet files (a single file for caches of earlier versions)."""
+        """The cache's Parquet files."""
         parts = _parts(self.path)
-        if not parts or not parts[0].exists():
+        if not parts:
             raise self._unreadable(FileNotFoundError(f"no reference cache at {self.path}"))
         return parts
 
     @property
-    def rows(self) -> int:
-        """Rows in the cache (from the Parquet footers: no data is read)."""
-        if self._rows is None:
+    def columns(self) -> list[str]:
+        """The output column names, in order."""
+        if self._columns is None:
             try:
-                self._rows = int(pl.scan_parquet(self.parts).select(pl.len()).collect().item())
-            except (OSError, pl.exceptions.PolarsError) as exc:
+                self._columns = list(json.loads((self.path / _COLUMNS_FILE).read_text()))
+            except (OSError, ValueError) as exc:
                 raise self._unreadable(exc) from exc
-        return self._rows
+        return self._columns
 
     def lookup(self, keys: pl.Series) -> pl.DataFrame:
-        """Reference rows whose key is in ``keys`` (key column ``REFERENCE_KEY_COLUMN`` first).
+        """Reference rows whose key is in ``keys`` (key column ``REFERENCE_KEY_COLUMN`` first,
+        then the output columns).
 
         The filter is pushed into the Parquet scan, so only matching rows are materialised.
         """
         # Not .unique(): is_in copes with repeats and unique() costs more than it saves.
-        return self.lookup_hashes(key_hashes(keys))
-
-    def lookup_hashes(self, hashes: pl.Series, parts: list[Path] | None = None) -> pl.DataFrame:
-        """Rows filed under ``hashes`` (see :func:`key_hashes`), from ``parts`` or all parts."""
+        hashes = keys.drop_nulls().cast(pl.String).hash(_REF_HASH_SEED)
         try:
-            return (
-                pl.scan_parquet(parts if parts is not None else self.parts)
-                .filter(pl.col(REFERENCE_HASH_COLUMN).is_in(hashes.implode()))
-                .drop(REFERENCE_HASH_COLUMN)
+            found = (
+                pl.scan_parquet(self.parts)
+                .filter(pl.col(_REF_HASH_COLUMN).is_in(hashes.implode()))
+                .select(_PAYLOAD)
                 .collect()
             )
         except (OSError, pl.exceptions.PolarsError) as exc:
             raise self._unreadable(exc) from exc
+        return _unpack(found, self.columns)
 
     def _unreadable(self, exc: BaseException) -> ReferenceDataError:
         return ReferenceDataError(

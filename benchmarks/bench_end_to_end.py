@@ -2,7 +2,7 @@
 
     python benchmarks/bench_end_to_end.py [ROWS ...] [--reference-rows N] [--chunk-rows N]
         [--repeat 3] [--quoted] [--without-standby-replicator] [--work DIR] [--json]
-        [--executor process-pool|dask] [--workers N]
+        [--executor process-pool|dask] [--workers N] [--aws]
 
 For each size: generate an orders file (uuids from a reference of --reference-rows; with
 --quoted every field is quoted, as spreadsheet and database exports write them) and, in
@@ -20,11 +20,20 @@ mail, and how long `wait` took to notice; then the peak RSS (VmHWM) of every mrb
 --without-standby-replicator stops the standby's replicator, to show what replication costs
 the active region. --executor dask runs the chunk tasks on a Dask LocalCluster of --workers
 worker processes in each region process (the process pool's default is one worker per core).
+
+With --aws, the same file also goes through a deployment on S3 + DynamoDB served by moto's
+server mode (started here on 127.0.0.1; polls at 250 ms, every idle poll being a request),
+alternating bare script -> embedded stack -> S3 + DynamoDB stack, each deployment running only
+during its own runs (an idle one would add noise to the others). Every S3 and DynamoDB request
+of every mrbatch process (regions, their workers, replicators, gateway, the `put` command; not
+the polling of `wait`) is counted (MRBATCH_AWS_TRACE) and reported per file, with the peak RSS
+of the mrbatch processes and, apart, of the test server.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import os
@@ -33,6 +42,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from statistics import median
 from typing import Any
@@ -49,6 +59,7 @@ from mrbatch.proof.generate import write_orders, write_reference
 from mrbatch.runtime import supervisor
 
 HERE = Path(__file__).resolve().parent
+TRACE_ENV = "MRBATCH_AWS_TRACE"  # mrbatch.backends.aws logs every request there when set
 PHASES = ("upload", "claim", "split", "chunks", "merge", "publish", "mail", "notice")
 
 
@@ -108,10 +119,13 @@ def process_peaks(ws: Workspace) -> dict[str, int]:
     return peaks
 
 
-def _cli(ws: Workspace, *args: str) -> subprocess.CompletedProcess[str]:
+def _cli(ws: Workspace, *args: str, traced: bool = True) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ)
+    if not traced:  # its requests are not the file's work (`wait` polling for the result)
+        env.pop(TRACE_ENV, None)
     return subprocess.run(
         [sys.executable, "-m", "mrbatch.cli.main", *args],
-        cwd=ws.root, capture_output=True, text=True, timeout=1800,
+        cwd=ws.root, capture_output=True, text=True, timeout=1800, env=env,
     )  # fmt: skip
 
 
@@ -123,7 +137,7 @@ def user_path(ws: Workspace, orders: Path, key: str) -> dict[str, Any]:
     if put.returncode:
         raise SystemExit(f"mrbatch put failed: {put.stderr}")
     sha256 = json.loads(put.stdout)["sha256"]
-    waited = _cli(ws, "wait", key, "--timeout", "1800")
+    waited = _cli(ws, "wait", key, "--timeout", "1800", traced=False)
     end = time.time()
     if waited.returncode:
         raise SystemExit(f"mrbatch wait failed: {waited.stdout}{waited.stderr}")
@@ -145,6 +159,7 @@ def user_path(ws: Workspace, orders: Path, key: str) -> dict[str, Any]:
     }
     return {
         "total_s": end - start,
+        "window": (start, end),
         "phases": phases,
         "chunks": len(run.chunks),
         "sha256": run.output_sha256 or "",
@@ -157,45 +172,148 @@ def _quote_all(source: Path, target: Path) -> Path:
     return target
 
 
-def run_size(args: argparse.Namespace, work: Path, reference: Path, rows: int) -> dict[str, Any]:
-    orders = write_orders(work / f"orders-{rows}.csv", rows, reference_rows=args.reference_rows)
-    if args.quoted:
-        orders = _quote_all(orders, work / f"orders-{rows}-quoted.csv")
-    ws = init_workspace(
-        work / f"ws-{rows}", port=_free_port(), chunk_rows=args.chunk_rows, executor=args.executor
+class Moto:
+    """moto's server mode on a free port, its requests not logged (mrbatch counts its own)."""
+
+    def __init__(self) -> None:
+        import urllib.request
+
+        os.environ.update(AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench")
+        os.environ["AWS_EC2_METADATA_DISABLED"] = "true"
+        self.port = _free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        for _ in range(300):
+            try:
+                with urllib.request.urlopen(f"{self.url}/moto-api/", timeout=2):
+                    return
+            except OSError:
+                time.sleep(0.1)
+        self.stop()
+        raise SystemExit("moto_server did not start")
+
+    def stop(self) -> int:
+        """Stop it (by its pid); returns its peak RSS (bytes)."""
+        try:
+            peak = _peak_rss(self.proc.pid)
+        except OSError:
+            peak = 0
+        self.proc.terminate()
+        self.proc.wait(timeout=30)
+        return peak
+
+
+def requests_between(trace: Path, start: float, end: float) -> dict[str, int]:
+    """Requests logged by the mrbatch processes in [start, end], by service and operation
+    (this process's own, reading the result after the window, are not in it)."""
+    counts: dict[str, int] = {}
+    mine = str(os.getpid())
+    if trace.exists():
+        for line in trace.read_text().splitlines():
+            at, pid, service, operation, *_ = line.split()
+            if pid != mine and start <= float(at) <= end:
+                counts[f"{service} {operation}"] = counts.get(f"{service} {operation}", 0) + 1
+    return counts
+
+
+def _workspace(
+    args: argparse.Namespace, root: Path, reference: Path, moto: Moto | None = None
+) -> Workspace:
+    aws = (
+        {"object_store": "s3", "state_table": "dynamodb", "endpoint_url": moto.url}
+        if moto is not None
+        else {}
     )
+    ws = init_workspace(
+        root, port=_free_port(), chunk_rows=args.chunk_rows, executor=args.executor, **aws
+    )
+    text = ws.config_path.read_text()
     if args.workers:
-        text = ws.config_path.read_text().replace("\nworkers = 0 ", f"\nworkers = {args.workers} ")
-        ws.config_path.write_text(text)
-        ws = Workspace.load(ws.config_path)
+        text = text.replace("\nworkers = 0 ", f"\nworkers = {args.workers} ")
+    if moto is not None:  # every idle poll is a request: 4 a second per process
+        text = text.replace('poll_interval = "50ms"', 'poll_interval = "250ms"')
+        text = text.replace('\ninterval = "100ms"', '\ninterval = "250ms"')
+    ws.config_path.write_text(text)
+    ws = Workspace.load(ws.config_path)
     for region in ws.regions:
         backends.open_object_store(ws, region).put(
             "reference/financial.csv", reference.read_bytes()
         )
-    warm = write_orders(work / "warm.csv", 1_000, reference_rows=args.reference_rows, seed=7)
+    return ws
+
+
+@contextlib.contextmanager
+def deployed(ws: Workspace, args: argparse.Namespace, warm: Path | None) -> Iterator[None]:
+    """The deployment runs inside; warmed first with ``warm`` when given: the region prepares
+    its columnar copy of this reference version once, as a deployment that already processed
+    a file has."""
     since = time.time()
     supervisor.start(ws)
-    bare_runs: list[tuple[float, int]] = []
-    ours: list[dict[str, Any]] = []
     try:
         wait_until_up(ws, since)
         if args.without_standby_replicator:
             supervisor.stop(ws, only=[supervisor.Proc("replicator", ws.regions[1])])
-        # Warm-up: the region prepares its columnar copy of this reference version once, as a
-        # deployment that already processed a file has.
-        user_path(ws, warm, "input/warm.csv")
-        for n in range(args.repeat):
-            # Alternate the two, so background noise hits both alike; medians reported.
-            bare_runs.append(bare(orders, reference, work / f"bare-{rows}.csv"))
-            ours.append(user_path(ws, orders, f"input/orders-{rows}-{n}.csv"))
-        peaks = process_peaks(ws)
+        if warm is not None:
+            user_path(ws, warm, "input/warm.csv")
+        yield
     finally:
         supervisor.stop(ws)
+
+
+def run_size(
+    args: argparse.Namespace, work: Path, reference: Path, rows: int, moto: Moto | None
+) -> list[dict[str, Any]]:
+    orders = write_orders(work / f"orders-{rows}.csv", rows, reference_rows=args.reference_rows)
+    if args.quoted:
+        orders = _quote_all(orders, work / f"orders-{rows}-quoted.csv")
+    stacks = {"embedded": _workspace(args, work / f"ws-{rows}", reference)}
+    if moto is not None:
+        stacks["aws"] = _workspace(args, work / f"ws-{rows}-aws", reference, moto)
+    warm = write_orders(work / "warm.csv", 1_000, reference_rows=args.reference_rows, seed=7)
+    trace = Path(os.environ.get(TRACE_ENV, work / "aws-requests.log"))
+    bare_runs: list[tuple[float, int]] = []
+    ours: dict[str, list[dict[str, Any]]] = {name: [] for name in stacks}
+    peaks: dict[str, dict[str, int]] = {name: {} for name in stacks}
+    with contextlib.ExitStack() as alone:
+        if len(stacks) == 1:  # one deployment: up throughout, as a user's is
+            alone.enter_context(deployed(stacks["embedded"], args, warm))
+        for n in range(args.repeat):
+            # Alternate, so background noise hits every one alike; medians reported.
+            bare_runs.append(bare(orders, reference, work / f"bare-{rows}.csv"))
+            for name, ws in stacks.items():
+                with contextlib.ExitStack() as turn:
+                    if len(stacks) > 1:  # several: each runs only during its own runs
+                        turn.enter_context(deployed(ws, args, warm if n == 0 else None))
+                    ours[name].append(user_path(ws, orders, f"input/orders-{rows}-{n}.csv"))
+                    ours[name][-1]["requests"] = requests_between(trace, *ours[name][-1]["window"])
+                    for label, peak in process_peaks(ws).items():
+                        peaks[name][label] = max(peaks[name].get(label, 0), peak)
     bare_sha = hashlib.sha256((work / f"bare-{rows}.csv").read_bytes()).hexdigest()
     bare_s = median(t for t, _ in bare_runs)
-    ours_s = median(o["total_s"] for o in ours)
-    shares = {p: median(o["phases"][p] for o in ours) for p in PHASES}
-    return {
+    return [
+        _figures(args, rows, name, ours[name], peaks[name], bare_runs, bare_s, bare_sha)
+        for name in stacks
+    ]
+
+
+def _figures(
+    args: argparse.Namespace,
+    rows: int,
+    stack: str,
+    runs: list[dict[str, Any]],
+    peaks: dict[str, int],
+    bare_runs: list[tuple[float, int]],
+    bare_s: float,
+    bare_sha: str,
+) -> dict[str, Any]:
+    ours_s = median(o["total_s"] for o in runs)
+    shares = {p: median(o["phases"][p] for o in runs) for p in PHASES}
+    figures: dict[str, Any] = {
+        "stack": stack,
         "rows": rows,
         "executor": args.executor,
         "quoted": args.quoted,
@@ -205,14 +323,27 @@ def run_size(args: argparse.Namespace, work: Path, reference: Path, rows: int) -
         "bare_runs_s": [round(t, 3) for t, _ in bare_runs],
         "bare_peak_rss_mb": round(max(m for _, m in bare_runs) / 2**20, 1),
         "user_path_s": round(ours_s, 3),
-        "user_path_runs_s": [round(o["total_s"], 3) for o in ours],
+        "user_path_runs_s": [round(o["total_s"], 3) for o in runs],
         "ratio": round(ours_s / bare_s, 2),
         "phases_s": {p: round(v, 3) for p, v in shares.items()},
-        "chunks": ours[0]["chunks"],
-        "identical_output": all(o["sha256"] == bare_sha for o in ours),
+        "chunks": runs[0]["chunks"],
+        "identical_output": all(o["sha256"] == bare_sha for o in runs),
         "peak_rss_mb": {k: round(v / 2**20, 1) for k, v in sorted(peaks.items())},
         "largest_process_mb": round(max(peaks.values()) / 2**20, 1),
     }
+    counted = [o["requests"] for o in runs]
+    if any(counted):
+        for service in ("s3", "dynamodb"):
+            per_run = [sum(v for k, v in c.items() if k.startswith(service)) for c in counted]
+            figures[f"{service}_requests_per_file"] = int(median(per_run))
+        totals: dict[str, int] = {}
+        for c in counted:
+            for k, v in c.items():
+                totals[k] = totals.get(k, 0) + v
+        figures["requests_by_operation"] = {
+            k: round(v / len(counted)) for k, v in sorted(totals.items(), key=lambda kv: -kv[1])
+        }
+    return figures
 
 
 def main() -> int:
@@ -229,32 +360,45 @@ def main() -> int:
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
     parser.add_argument("--executor", choices=["process-pool", "dask"], default="process-pool")
     parser.add_argument("--workers", type=int, default=0, help="chunk workers (0: one per core)")
+    parser.add_argument("--aws", action="store_true", help="also on S3 + DynamoDB (moto)")
     args = parser.parse_args()
     work = args.work.resolve()
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     reference = write_reference(work / "financial.csv", args.reference_rows)
-    results = [run_size(args, work, reference, rows) for rows in args.rows]
+    moto = Moto() if args.aws else None
+    if moto is not None:
+        os.environ[TRACE_ENV] = str(work / "aws-requests.log")
+    try:
+        results = [r for rows in args.rows for r in run_size(args, work, reference, rows, moto)]
+    finally:
+        moto_peak = moto.stop() if moto is not None else 0
     shutil.rmtree(work, ignore_errors=True)
+    if moto is not None:
+        print(f"moto_server peak RSS: {moto_peak / 2**20:.0f} MB (the test endpoint)")
     if args.json:
         print(json.dumps(results, indent=2))
         return 0
     print(
-        f"{'rows':>10} {'bare s':>8} {'put+wait s':>11} {'ratio':>6} {'largest RSS MB':>15}"
-        f" {'identical':>9}"
+        f"{'stack':>8} {'rows':>10} {'bare s':>8} {'put+wait s':>11} {'ratio':>6}"
+        f" {'largest RSS MB':>15} {'identical':>9} {'S3 req':>7} {'DDB req':>7}"
     )
     for r in results:
+        s3, ddb = r.get("s3_requests_per_file", "-"), r.get("dynamodb_requests_per_file", "-")
         print(
-            f"{r['rows']:>10,} {r['bare_s']:>8.2f} {r['user_path_s']:>11.2f} {r['ratio']:>6.2f}"
-            f" {r['largest_process_mb']:>15.1f} {r['identical_output']!s:>9}"
+            f"{r['stack']:>8} {r['rows']:>10,} {r['bare_s']:>8.2f} {r['user_path_s']:>11.2f}"
+            f" {r['ratio']:>6.2f} {r['largest_process_mb']:>15.1f}"
+            f" {r['identical_output']!s:>9} {s3!s:>7} {ddb!s:>7}"
         )
     for r in results:
         total = sum(r["phases_s"].values()) or 1.0
         parts = "  ".join(
             f"{p} {v:.2f}s ({v / total:.0%})" for p, v in r["phases_s"].items() if p != "merge"
         )
-        print(f"\n{r['rows']:,} rows: {parts}")
+        print(f"\n{r['stack']}, {r['rows']:,} rows: {parts}")
         print(f"  peak RSS per process (MB): {r['peak_rss_mb']}")
+        if "requests_by_operation" in r:
+            print(f"  requests per file by operation: {r['requests_by_operation']}")
     return 0
 
 

@@ -6,10 +6,12 @@ fails loudly if a region, replicator or gateway process outlives its test."""
 from __future__ import annotations
 
 import contextlib
+import faulthandler
 import os
 import signal
 import socket
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -77,11 +79,17 @@ def _set(text: str, section: str, key: str, value: object) -> str:
 
 @pytest.fixture(scope="session", autouse=True)
 def _shared_servers() -> Iterator[None]:
-    """Servers several tests share (the contract suites' etcd cluster) stop with the session."""
+    """Servers several tests share (the contract suites' etcd cluster, the S3/DynamoDB test
+    server of tests/moto_server.py), each started on first use, stop with the session, before
+    it checks that nothing it started outlived it."""
     yield
     from tests.etcd_cluster import stop_shared_cluster
+    from tests.moto_server import stop_shared
 
-    stop_shared_cluster()
+    try:
+        stop_shared_cluster()
+    finally:
+        stop_shared()
 
 
 @pytest.fixture
@@ -167,6 +175,57 @@ def _marked_processes() -> dict[int, str]:
             continue  # this process's own tracker (pool tests): it ends when pytest does
         found[int(entry.name)] = cmdline.strip()[:160]
     return found
+
+
+# --------------------------------------------------------------------------- no hang goes unnamed
+# pytest-timeout (pyproject: a bound per test, the "signal" method) fails a test that runs too
+# long with every thread's stack, and the session goes on (its teardown stops what it started).
+# Should a test block where that signal cannot reach (a C call that never returns), this
+# watchdog ends the session a little later instead of letting it wait for ever: it names the
+# test, prints every thread's stack, kills every process the session started and exits.
+WATCHDOG_GRACE = float(os.environ.get("MRBATCH_WATCHDOG_GRACE", "30"))
+
+
+def _limit(item: pytest.Item) -> float:
+    marker = item.get_closest_marker("timeout")
+    if marker is not None and marker.args:
+        return float(marker.args[0])
+    return float(item.config.getini("timeout") or 0)
+
+
+def _watchdog(item: pytest.Item, after: float) -> None:
+    capture = item.config.pluginmanager.getplugin("capturemanager")
+    if capture is not None:  # what follows must reach the real stderr, not a capture file
+        with contextlib.suppress(Exception):
+            capture.suspend_global_capture(in_=True)
+    sys.stderr.write(
+        f"\nWATCHDOG: {item.nodeid} is still running {after:.0f}s after it started (its"
+        " timeout did not stop it); every thread's stack:\n"
+    )
+    sys.stderr.flush()
+    faulthandler.dump_traceback(file=sys.stderr, all_threads=True)
+    for pid in _marked_processes():
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    sys.stderr.write("WATCHDOG: killed the session's processes; exiting\n")
+    sys.stderr.flush()
+    os._exit(3)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item: pytest.Item) -> Iterator[None]:
+    limit = _limit(item)
+    timer = None
+    if limit > 0:
+        after = limit + WATCHDOG_GRACE
+        timer = threading.Timer(after, _watchdog, args=(item, after))
+        timer.daemon = True
+        timer.start()
+    try:
+        yield
+    finally:
+        if timer is not None:
+            timer.cancel()
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -9,7 +12,7 @@ from collections.abc import Callable, Mapping
 from email import message_from_bytes
 from email.message import Message
 from pathlib import Path
-from typing import TypeVar
+from typing import NoReturn, TypeVar
 
 from mrbatch import backends
 from mrbatch.access.accesspoint import AccessPoint
@@ -85,21 +88,75 @@ def mail_link(message: Message) -> str:
     return next(line for line in body.splitlines() if line.startswith("http"))
 
 
+# The longest a command of the test suite may take by default; longer ones say so (demo).
+CLI_TIMEOUT = 90.0
+
+
 def mrbatch(
     where: Workspace | Path,
     *args: str,
-    timeout: float = 180,
+    timeout: float = CLI_TIMEOUT,
     env: Mapping[str, str] | None = None,
 ) -> subprocess.CompletedProcess[str]:
-    """Run the real command line (a new process) in a workspace (or any directory)."""
-    return subprocess.run(
-        [sys.executable, "-m", "mrbatch.cli.main", *args],
+    """Run the real command line (a new process) in a workspace (or any directory).
+
+    Never waits without a bound, and a command that does not finish names itself and where it
+    was: it runs with no terminal on stdin (a prompt cannot wait for a person), in a process
+    group of its own, with faulthandler on; after ``timeout`` it is sent SIGABRT, which makes
+    Python print every thread's stack, and the test fails with that stack. A command that
+    exited while a process it started still holds its stdout or stderr open is a failure too
+    (that is how a leaked child makes a test wait for ever)."""
+    environment = dict(env if env is not None else os.environ)
+    environment.setdefault("PYTHONFAULTHANDLER", "1")
+    command = [sys.executable, "-m", "mrbatch.cli.main", *args]
+    proc = subprocess.Popen(
+        command,
         cwd=where.root if isinstance(where, Workspace) else where,
-        capture_output=True,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
-        timeout=timeout,
-        env=dict(env) if env is not None else None,
+        env=environment,
+        start_new_session=True,
     )
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        _abort(proc, args, timeout)
+    except BaseException:  # the test's own timeout, Ctrl-C: the command goes with it
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.communicate(timeout=10)
+        raise
+    return subprocess.CompletedProcess(command, proc.returncode, out, err)
+
+
+def _abort(proc: subprocess.Popen[str], args: tuple[str, ...], timeout: float) -> NoReturn:
+    """Stop a command that overran its bound and fail with where it was."""
+    exited = proc.poll() is not None
+    if not exited:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(proc.pid, signal.SIGABRT)  # faulthandler: every thread's stack
+    try:
+        out, err = proc.communicate(timeout=10)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        try:
+            out, err = proc.communicate(timeout=10)
+        except subprocess.TimeoutExpired:
+            out, err = "", "(its output could not be read: something still holds it)"
+    what = "mrbatch " + " ".join(args)
+    if exited:
+        raise AssertionError(
+            f"`{what}` exited ({proc.returncode}) but a process it started kept its"
+            f" output open for {timeout:.0f}s\nstdout: {out[-2000:]}\nstderr: {err[-4000:]}"
+        ) from None
+    raise AssertionError(
+        f"`{what}` did not finish within {timeout:.0f}s; where its threads were:\n"
+        f"{err[-8000:]}\nstdout: {out[-2000:]}"
+    ) from None
 
 
 def daemon_processes(ws: Workspace) -> dict[int, str]:

@@ -135,7 +135,8 @@ def test_rapid_overwrites_through_the_gateway_and_put(deployment: Deployment) ->
     for thread in pair:
         thread.start()
     for thread in pair:
-        thread.join()
+        thread.join(timeout=60)
+    assert not any(thread.is_alive() for thread in pair), "an upload did not return"
     assert {a["run_id"] for a in answers} == {run_id_for("input/hot.csv", _sha(b)) for b in bodies}
     # and through `mrbatch put`, the same key from files, one after another
     files = []

@@ -17,6 +17,7 @@ from mrbatch import backends
 from mrbatch.config.initialize import sample_bytes
 from mrbatch.config.workspace import Workspace
 from mrbatch.maintain.backup import take_backup
+from mrbatch.maintain.restore import restore
 from mrbatch.model.records import RunStatus
 from tests.conftest import Deployment, make_workspace
 from tests.helpers import drained, eventually, finished, mrbatch, put
@@ -83,7 +84,7 @@ def test_a_deleted_region_is_restored_and_catches_up(tmp_path: Path) -> None:
         assert refused.returncode == 1 and f"{lost} still holds data" in refused.stderr
         assert "--force" in refused.stderr
 
-        shutil.rmtree(ws.region_dir(lost))  # its bucket and its state, entirely
+        _delete_region(ws.region_dir(lost))  # its bucket and its state, entirely
         started = time.monotonic()
         done = mrbatch(ws, "restore", "--from", str(dest), "--region", lost)
         assert done.returncode == 0, done.stderr
@@ -129,7 +130,7 @@ def test_point_in_time_restore_before_a_bad_reference_upload(tmp_path: Path) -> 
         assert second["objects"] >= 1  # the bad reference is in the second backup
         dep.down()
 
-        shutil.rmtree(ws.region_dir(region))
+        _delete_region(ws.region_dir(region))
         at = datetime.fromtimestamp(good_until, UTC).isoformat()
         restored = cli_json(ws, "restore", "--from", str(dest), "--region", region, "--at", at)
         assert restored["rpo"] <= good_until and restored["backups"] >= 1
@@ -186,7 +187,7 @@ def test_bad_input_is_refused_clearly(tmp_path: Path) -> None:
 
 # --------------------------------------------------------------------------- the replicator
 def _wipe(ws: Workspace, region: str) -> None:
-    shutil.rmtree(ws.region_dir(region))
+    _delete_region(ws.region_dir(region))
 
 
 def _busy_history(ws: Workspace, region: str, writes: int = 6) -> None:
@@ -329,3 +330,31 @@ def test_a_lost_control_plane_comes_back_from_the_newest_snapshot(tmp_path: Path
     _wipe(ws, first)
     kept = restore(ws, str(dest), region=first)
     assert kept.control_plane.startswith("kept")
+
+
+def test_a_deleted_record_is_restored_deleted(tmp_path: Path) -> None:
+    """A tombstone in a backup (a record garbage collection deleted) comes back as a
+    tombstone, not as a live record with an empty body."""
+    ws = make_workspace(tmp_path / "ws")
+    region = ws.regions[0]
+    table = backends.open_state_table(ws, region)
+    table.insert("note/gone", "note", {"n": 1}, epoch=1)
+    table.delete("note/gone", epoch=1)
+    table.insert("note/kept", "note", {"n": 2}, epoch=1)
+    take_backup(ws, str(tmp_path / "backup"), region=region)
+    _wipe(ws, region)
+    restore(ws, str(tmp_path / "backup"), region=region)
+    table = backends.open_state_table(ws, region)
+    assert table.get("note/gone") is None and [r.pk for r in table.scan("note")] == ["note/kept"]
+    assert [r.deleted for r in table.changes(0) if r.pk == "note/gone"] == [True]
+
+
+def _delete_region(path: Path) -> None:
+    """Delete a region's data, as a lost disk would. SQLite removes its -wal file when the last
+    connection closes, which a connection of this process being collected may do mid-walk."""
+
+    def gone_already(function: object, name: str, exc_info: tuple[type, Exception, object]) -> None:
+        if not isinstance(exc_info[1], FileNotFoundError):
+            raise exc_info[1]
+
+    shutil.rmtree(path, onerror=gone_already)

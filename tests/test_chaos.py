@@ -33,7 +33,9 @@ def dep(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
 
 
 def chaos(ws: Workspace, experiment: str, *args: str) -> dict[str, Any]:
-    result = mrbatch(ws, "chaos", experiment, "--json", *args)
+    # The experiment's own bound on recovery is well inside the command's and the test's: one
+    # that does not recover reports it (with its events) instead of being cut short.
+    result = mrbatch(ws, "chaos", experiment, "--json", "--recover-timeout", "45s", *args)
     report: dict[str, Any] = json.loads(result.stdout)
     assert result.returncode == 0, json.dumps(report, indent=1)[-3000:] + result.stderr[-2000:]
     return report
@@ -43,7 +45,7 @@ def test_load_reports_latency_and_rejections(dep: Deployment) -> None:
     ws = dep.ws
     result = mrbatch(
         ws, "load", "--files", "3", "--rows", "2000", "--invalid-fraction", "0.05",
-        "--seed", "5", "--json",
+        "--seed", "5", "--timeout", "60s", "--json",
     )  # fmt: skip
     assert result.returncode == 0, result.stdout + result.stderr
     data = json.loads(result.stdout)
@@ -54,7 +56,7 @@ def test_load_reports_latency_and_rejections(dep: Deployment) -> None:
     assert data["files_per_second"] > 0 and data["rows_per_second"] > 0
     # Above the tolerated share of rejected rows a run FAILS: expected, and said so.
     over = mrbatch(ws, "load", "--files", "1", "--rows", "500", "--invalid-fraction", "0.4",
-                   "--seed", "6", "--json")  # fmt: skip
+                   "--seed", "6", "--timeout", "60s", "--json")  # fmt: skip
     assert over.returncode == 0, over.stdout + over.stderr
     data = json.loads(over.stdout)
     assert data["failed"] == data["failed_expected"] == 1
@@ -132,7 +134,8 @@ def test_ctrl_c_restores_everything(dep: Deployment) -> None:
     proc = subprocess.Popen(
         [sys.executable, "-m", "mrbatch.cli.main", "chaos", "region-outage", "--duration",
          "120s", "--files", "2", "--rows", "1000", "--json"],
-        cwd=ws.root, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        cwd=ws.root, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True,
     )  # fmt: skip
     try:
         eventually(lambda: len(faults.all()) == 3, 30, "the outage to be armed")
@@ -142,6 +145,7 @@ def test_ctrl_c_restores_everything(dep: Deployment) -> None:
     finally:
         if proc.poll() is None:
             proc.kill()
+            proc.wait(timeout=10)
     assert proc.returncode == 1, err
     assert faults.all() == []  # restored long before the faults' own 120 s expiry
     report = json.loads(out)

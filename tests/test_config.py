@@ -24,15 +24,16 @@ def _config(tmp_path: Path, text: str, schema: str | None = None) -> Path:
     return path
 
 
-ENRICH = 'regions = ["a-1"]\n[pipeline.enrichment]\n'
+TWO = 'regions = ["a-1", "b-2"]\n'  # one region is refused
+ENRICH = TWO + "[pipeline.enrichment]\n"
 
 
 @pytest.mark.parametrize(
     ("text", "key", "words"),
     [
-        ('regions = ["us-east-1"]\n[pipeline]\nchunk_rows = 0\n', "pipeline.chunk_rows", "greater"),
+        (TWO + "[pipeline]\nchunk_rows = 0\n", "pipeline.chunk_rows", "greater"),
         (
-            'regions = ["us-east-1"]\n[pipeline]\nchunck_rows = 5\n',
+            TWO + "[pipeline]\nchunck_rows = 5\n",
             "pipeline.chunck_rows",
             "unknown key",
         ),
@@ -40,22 +41,22 @@ ENRICH = 'regions = ["a-1"]\n[pipeline.enrichment]\n'
         ('regions = ["a-1", "a-1"]\n', "regions", "listed twice"),
         ("data_dir = 'x'\n", "regions", "required key is missing"),
         (
-            'regions = ["a-1"]\n[backends]\nobject_store = "ftp"\n',
+            TWO + '[backends]\nobject_store = "ftp"\n',
             "backends.object_store",
             "unknown backend",
         ),
         (
-            'regions = ["a-1"]\n[gateway]\nlink_expiry = "soon"\n',
+            TWO + '[gateway]\nlink_expiry = "soon"\n',
             "gateway.link_expiry",
             "not a duration",
         ),
         (
-            'regions = ["a-1"]\n[pipeline]\nmax_rejected_fraction = 2\n',
+            TWO + "[pipeline]\nmax_rejected_fraction = 2\n",
             "pipeline.max_rejected_fraction",
             "less",
         ),
-        ('regions = ["a-1"]\n[backends]\nnotifier = "smtp"\n', "notify.smtp_host", "not set"),
-        ('regions = ["a-1"]\n[notify]\nsmtp_host = "h"\n', "notify.smtp_host", "outbox"),
+        (TWO + '[backends]\nnotifier = "smtp"\n', "notify.smtp_host", "not set"),
+        (TWO + '[notify]\nsmtp_host = "h"\n', "notify.smtp_host", "outbox"),
         # Pipeline settings that could only fail inside a worker fail here, at load.
         (ENRICH + 'key = ""\n', "pipeline.enrichment.key", "at least 1 character"),
         (ENRICH + 'reference_key = ""\n', "pipeline.enrichment.reference_key", "at least 1"),
@@ -79,10 +80,61 @@ ENRICH = 'regions = ["a-1"]\n[pipeline.enrichment]\n'
             "pipeline.enrichment.columns",
             "also a property of the schema orders.schema.json",
         ),
-        ('regions = ["a-1"]\n[pipeline]\nschema = "nope.json"\n', "pipeline.schema", "cannot read"),
-        ('regions = ["a-1"]\n[gateway]\npublic_url = "ftp://x"\n', "gateway.public_url", "http"),
-        ('regions = ["a-1"]\n[notify]\nto = ["ops"]\n', "notify.to", "not a mail address"),
-        ('regions = ["a-1"]\n[notify]\nto = []\n', "notify.to", "at least 1"),
+        (TWO + '[pipeline]\nschema = "nope.json"\n', "pipeline.schema", "cannot read"),
+        (TWO + '[gateway]\npublic_url = "ftp://x"\n', "gateway.public_url", "http"),
+        (TWO + '[notify]\nto = ["ops"]\n', "notify.to", "not a mail address"),
+        (TWO + "[notify]\nto = []\n", "notify.to", "at least 1"),
+        # One region is refused at load, as `mrbatch init` refuses it.
+        ('regions = ["a-1"]\n', "regions", "at least two different regions"),
+        # An unknown key suggests the nearest one.
+        (
+            TWO + "[pipeline]\nchunck_rows = 5\n",
+            "pipeline.chunck_rows",
+            "did you mean pipeline.chunk_rows?",
+        ),
+        (TWO + "[wach]\n", "wach", "did you mean watch?"),
+        (
+            TWO + '[gateway]\nlink_expiry = "1h"\nmax_link_lifetim = "2h"\n',
+            "gateway.max_link_lifetim",
+            "did you mean gateway.max_link_lifetime?",
+        ),
+        # The AWS backends' settings: the key, and never a credential.
+        (TWO + '[s3]\nendpoint_url = "localhost:9000"\n', "s3.endpoint_url", "URL"),
+        (
+            TWO + '[s3.regions.a-1]\nendpoint_url = "ftp://x"\n',
+            "s3.regions.a-1.endpoint_url",
+            "not an endpoint URL",
+        ),
+        (
+            TWO + '[dynamodb]\nendpoint_url = "http://h:1/path"\n',
+            "dynamodb.endpoint_url",
+            "scheme, host and port only",
+        ),
+        (
+            TWO + '[s3]\naws_secret_access_key = "x"\n',
+            "s3",
+            "credentials are never read from mrbatch.toml",
+        ),
+        (
+            TWO + '[dynamodb.regions.a-1]\naws_access_key_id = "x"\n',
+            "dynamodb.regions.a-1",
+            "standard AWS chain",
+        ),
+        (TWO + '[s3]\nbucket = "Bad_Name-{region}"\n', "s3.bucket", "bucket name"),
+        (
+            TWO + '[s3.regions.a-1]\nbucket = "x"\n',
+            "s3.regions.a-1.bucket",
+            "bucket name",
+        ),
+        (TWO + '[dynamodb]\ntable = "t"\n', "dynamodb.table", "table name"),
+        (TWO + '[s3.regions.c-3]\nbucket = "ccc"\n', "s3.regions.c-3", "not one"),
+        (TWO + '[s3]\nprofile = "a b"\n', "s3.profile", "not a profile name"),
+        (
+            TWO + '[backends]\nreplication = "native"\n',
+            "backends.replication",
+            "object_store = 's3'",
+        ),
+        (TWO + '[backends]\nreplication = "crr"\n', "backends.replication", "'"),
     ],
 )
 def test_errors_name_the_file_and_the_key(tmp_path: Path, text: str, key: str, words: str) -> None:
@@ -106,11 +158,31 @@ def test_errors_name_the_file_and_the_key(tmp_path: Path, text: str, key: str, w
 def test_a_schema_that_cannot_be_enforced_fails_at_load(
     tmp_path: Path, schema: str, words: str
 ) -> None:
-    path = _config(tmp_path, 'regions = ["a-1"]\n', schema=schema)
+    path = _config(tmp_path, TWO, schema=schema)
     with pytest.raises(ConfigError) as caught:
         load_config(path)
     message = str(caught.value)
     assert str(path) in message and "pipeline.schema" in message and words in message, message
+
+
+def test_rules_across_sections_are_not_at_the_top_level(tmp_path: Path) -> None:
+    for text, start in (
+        (TWO + '[backends]\nobject_store = "ftp"\n', "backends.object_store: "),
+        (TWO + '[backends]\nnotifier = "smtp"\n', "backends.notifier is"),
+    ):
+        path = _config(tmp_path, text)
+        with pytest.raises(ConfigError) as caught:
+            load_config(path)
+        assert caught.value.message.startswith(f"{path}: {start}"), caught.value.message
+        assert "(top level)" not in caught.value.message
+
+
+def test_a_toml_syntax_error_names_line_and_column(tmp_path: Path) -> None:
+    path = _config(tmp_path, TWO + "[pipeline]\nchunk_rows = = 5\n")
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    assert caught.value.message.startswith(f"{path}:3:14: not valid TOML at line 3, column 14")
+    assert caught.value.hint == "line 3 reads: 'chunk_rows = = 5'"
 
 
 def test_not_toml_and_missing_file(tmp_path: Path) -> None:
@@ -121,9 +193,7 @@ def test_not_toml_and_missing_file(tmp_path: Path) -> None:
 
 
 def test_defaults_and_durations(tmp_path: Path) -> None:
-    config = load_config(
-        _config(tmp_path, 'regions = ["a-1", "b-2"]\n[gateway]\nlink_expiry = "15m"\n')
-    )
+    config = load_config(_config(tmp_path, TWO + '[gateway]\nlink_expiry = "15m"\n'))
     assert config.gateway.link_expiry == 900.0
     assert config.gateway.host == "127.0.0.1"
     assert config.backends.object_store == "local"

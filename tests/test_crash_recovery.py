@@ -45,7 +45,7 @@ def test_kill_9_at_random_moments(tmp_path: Path) -> None:
                 kills += 1
             supervisor.start(ws, only=[supervisor.Proc("region", active)])
         assert kills >= 5
-        runs = [finished(ws, info, timeout=120) for info in infos]
+        runs = [finished(ws, info, timeout=80) for info in infos]
         for run in runs:
             assert run.status is RunStatus.COMPLETED, run.reason
             assert (run.rows_in, run.rows_out, run.rows_rejected) == (10_000, 10_000, 0)
@@ -141,7 +141,7 @@ def test_a_storage_outage_longer_than_the_retry_budget_fails_nothing(tmp_path: P
         eventually(lambda: any(True for _ in table.scan("chunk")), 30, "chunks to start")
         FaultPoints(ws.faults_path).arm("storage", region=active, duration=6.0)
         for info in infos:
-            run = finished(ws, info, timeout=120)
+            run = finished(ws, info, timeout=80)
             assert run.status is RunStatus.COMPLETED, run.reason
         store = backends.open_object_store(ws, active)
         for info in infos:

@@ -13,6 +13,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
+from mrbatch import __version__
 from mrbatch.config.initialize import sample_bytes
 from mrbatch.model.records import RunStatus
 from mrbatch.recovery import runbook
@@ -85,6 +86,10 @@ def test_the_dashboard_shows_regions_runs_and_a_failover_live(dep: Deployment) -
             )
             assert old_panel.locator('svg[data-chart="files"] polyline').count() == 3
             expect(page.locator("#plans-empty")).to_be_visible()
+            # Every process's version of mrbatch: one version, so not marked as mixed.
+            expect(page.locator("#versions")).to_have_text(__version__, timeout=WAIT_MS)
+            expect(page.locator("#versions")).to_have_attribute("data-mixed", "false")
+            expect(old_panel.locator(".stat-version")).to_contain_text(__version__)
 
             # A failover, while the page stays open: it must show without a reload.
             page.evaluate("window.__sameDocument = true")

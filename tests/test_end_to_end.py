@@ -7,6 +7,7 @@ import json
 import time
 import urllib.error
 import urllib.request
+from email.message import Message
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,7 @@ import pytest
 from mrbatch import backends
 from mrbatch.access.links import presign
 from mrbatch.config.initialize import sample_bytes
+from mrbatch.config.workspace import Workspace
 from mrbatch.faults import FaultPoints
 from mrbatch.model.records import RunStatus
 from mrbatch.observe import views
@@ -110,6 +112,16 @@ def test_sample_file_end_to_end(deployment: Deployment) -> None:
     }
 
 
+def _failure_mails(ws: Workspace, count: int) -> list[Message]:
+    """The FAILED runs' mails of the outbox, once there are ``count`` of them."""
+
+    def found() -> list[Message] | None:
+        failed = [m for m in mails(ws) if ".failed." in m["Message-ID"]]
+        return failed if len(failed) >= count else None
+
+    return eventually(found, 30, f"{count} failure mail(s)")
+
+
 def test_links_refuse_altered_expired_and_missing(deployment: Deployment) -> None:
     ws = deployment.ws
     put(ws, "output/direct.csv", b"a,b\n1,2\n")
@@ -186,7 +198,10 @@ def test_chunk_failures_retry_then_fail_with_a_reason(deployment: Deployment) ->
     assert run.status is RunStatus.FAILED
     assert "gave up after 4 attempt(s)" in (run.reason or "")
     assert "poisoned dependency" in (run.reason or "")
-    assert not mails(ws)
+    # Its owners are told: a mail of its own (not the completion mail's Message-ID).
+    (failure,) = _failure_mails(ws, 1)
+    assert failure["Message-ID"] == f"<{run.run_id}.failed.0@mrbatch>"
+    assert "poisoned.csv FAILED" in failure["Subject"]
     # a fault that clears before the attempts run out is absorbed by the retries
     faults.arm("chunk-error", region=ws.regions[0], duration=0.8)
     info = put(ws, "input/transient.csv", SAMPLE)
@@ -249,7 +264,21 @@ def test_a_reference_without_rows_fails_the_run_with_a_reason(deployment: Deploy
     run = finished(ws, put(ws, "input/no-reference.csv", SAMPLE))
     assert run.status is RunStatus.FAILED
     assert "reference/financial.csv" in (run.reason or "") and "no rows" in (run.reason or "")
-    assert not mails(ws)
+    # No completion mail; one failure mail with the reason, and no rows to link to.
+    (failure,) = _failure_mails(ws, 1)
+    body = failure.get_payload(decode=True).decode()  # type: ignore[union-attr]
+    assert "no rows" in body and "No rejected rows were kept" in body
+    assert not [m for m in mails(ws) if ".failed." not in m["Message-ID"]]
+    recorded = eventually(
+        lambda: (
+            (r := run_of(ws, run.input_key, run.input_sha256))
+            and (r.failure_mail or {}).get("sent_at")
+            and r
+        ),
+        30,
+        "the failure mail to be recorded on the run",
+    )
+    assert recorded.status is RunStatus.FAILED and recorded.failure_mail["attempts"] == 1  # type: ignore[index]
 
 
 def test_wait_and_get_from_the_command_line(deployment: Deployment, tmp_path: Path) -> None:
@@ -265,8 +294,13 @@ def test_wait_and_get_from_the_command_line(deployment: Deployment, tmp_path: Pa
     assert mrbatch(ws.root, "put", str(bad)).returncode == 0
     failed = mrbatch(ws.root, "wait", "input/bad.csv", "--timeout", "60")
     assert failed.returncode == 1 and "FAILED" in failed.stdout and "empty" in failed.stdout
-    never = mrbatch(ws.root, "wait", "input/never-uploaded.csv", "--timeout", "0.5")
-    assert never.returncode == 1 and "PENDING" in never.stdout
+    # A key never uploaded fails at once (exit 1), with durations everywhere.
+    started = time.monotonic()
+    never = mrbatch(ws.root, "wait", "input/never-uploaded.csv", "--timeout", "5m")
+    assert never.returncode == 1 and "nothing to wait for" in never.stderr
+    assert "input/never-uploaded.csv" in never.stderr and time.monotonic() - started < 30
+    bad = mrbatch(ws.root, "wait", "--timeout", "soon")
+    assert bad.returncode == 2 and "not a duration" in bad.stderr
     # get serves the output from whichever region holds it, also while the active one is down
     active, standby = ws.regions
     replica = backends.open_object_store(ws, standby)

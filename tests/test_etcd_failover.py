@@ -110,12 +110,15 @@ def test_a_region_cut_off_from_etcd_fences_itself_while_the_other_takes_over(
     cut_at = time.time()
     try:
         # Its lease runs out: status shows it, while the region process itself is alive.
-        entry = eventually(
-            lambda: (e := views.status(ws)["regions"][cut]).get("lease_held") is False and e,
+        seen = eventually(
+            lambda: (s := views.status(ws))["regions"][cut].get("lease_held") is False and s,
             15,
             "the cut-off region's lease to expire",
         )
+        entry = seen["regions"][cut]
         assert entry["process_state"] == "self-fenced (no lease)" and entry["alive"]
+        # and its verdict calls it a problem (`mrbatch status` exits 1)
+        assert any(f"{cut}'s process holds no lease" in p for p in seen["verdict"]["problems"])
         result = mrbatch(ws, "failover", "--yes", "--json")
         assert result.returncode == 0, result.stdout + result.stderr
         for info in infos:

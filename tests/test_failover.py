@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -88,7 +89,7 @@ def test_kill_the_active_region_mid_run_and_fail_over(dep: Deployment) -> None:
         "reconcile",
     ]
     for info in infos:
-        run = finished(ws, info, timeout=120)
+        run = finished(ws, info, timeout=80)
         if info.key not in done_before:  # in flight at the kill: finished by the new region
             assert run.region == new and run.epoch == 2, (run.region, run.epoch)
     _all_completed_once(ws, bodies)
@@ -194,7 +195,8 @@ def test_failback_round_trip_under_a_trickle_of_uploads(dep: Deployment) -> None
         time.sleep(1.0)
     finally:
         stop.set()
-        uploader.join()
+        uploader.join(timeout=60)
+    assert not uploader.is_alive(), "the uploader did not stop"
     routing = backends.open_control_plane(ws).routing()
     assert routing.active_region == home and routing.epoch == 3
     assert routing.regions == {home: "ACTIVE", away: "STANDBY"}
@@ -218,11 +220,22 @@ def test_two_concurrent_failovers_one_wins(dep: Deployment) -> None:
     command = [sys.executable, "-m", "mrbatch.cli.main", "failover", "--yes"]
     procs = [
         subprocess.Popen(
-            command, cwd=ws.root, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+            command,
+            cwd=ws.root,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
         )
         for _ in range(2)
     ]
-    outputs = [p.communicate(timeout=120) for p in procs]
+    try:
+        outputs = [p.communicate(timeout=90) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait(timeout=10)
     codes = sorted(p.returncode for p in procs)
     assert codes == [0, 1], outputs
     loser = next(out for p, out in zip(procs, outputs, strict=True) if p.returncode == 1)
@@ -247,6 +260,11 @@ def test_safety_rules_refuse_and_change_nothing(dep: Deployment) -> None:
     again = mrbatch(ws, "failback", "--yes")
     assert again.returncode == 1
     assert "min-switch-interval" in " ".join(again.stdout.split())
+    # Refused before anyone is asked to approve, naming the seconds left.
+    refused = json.loads(mrbatch(ws, "failback", "--json").stdout)
+    assert [s["name"] for s in refused["steps"]] == ["readiness"], refused["steps"]
+    assert refused["outcome"] == "aborted" and "try again in" in refused["reason"]
+    assert re.search(r"try again in \d+s \(at \d\d:\d\d:\d\d\)", refused["reason"])
     routing = backends.open_control_plane(ws).routing()
     assert routing.epoch == 2 and routing.active_region == new
     forced = mrbatch(ws, "failback", "--yes", "--force")
@@ -342,7 +360,7 @@ def test_plans_as_code_custom_steps(tmp_path: Path) -> None:
         ws = dep.ws
 
         def cli(*args: str) -> subprocess.CompletedProcess[str]:
-            return mrbatch(ws, *args, timeout=120, env=env)
+            return mrbatch(ws, *args, env=env)
 
         shown = " ".join(cli("plan", "show").stdout.split())
         assert "page: run `echo" in shown and "hook: call hooks_for_test:before" in shown

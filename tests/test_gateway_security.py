@@ -194,6 +194,7 @@ def test_the_gateway_binds_to_loopback_unless_configured(tmp_path: Path) -> None
         proc = subprocess.Popen(
             [sys.executable, "-m", "mrbatch.cli.main", "gateway"],
             cwd=ws.root,
+            stdin=subprocess.DEVNULL,
             stdout=out,
             stderr=subprocess.STDOUT,
             start_new_session=True,
@@ -208,7 +209,7 @@ def test_the_gateway_binds_to_loopback_unless_configured(tmp_path: Path) -> None
             proc.wait(timeout=20)
         except subprocess.TimeoutExpired:
             proc.kill()
-            proc.wait()
+            proc.wait(timeout=10)
     assert proc.returncode == 0, (tmp_path / "gateway.out").read_text()
     assert listening_addresses(ws.config.gateway.port) == set()
 

@@ -27,7 +27,7 @@ def _config(tmp_path: Path, extra: str) -> Path:
     (tmp_path / "pipeline").mkdir(exist_ok=True)
     (tmp_path / "pipeline" / "orders.schema.json").write_bytes(sample_bytes("orders.schema.json"))
     (tmp_path / "pipeline" / "my_rules.py").write_text(RULES)
-    path.write_text('regions = ["a-1"]\n' + extra)
+    path.write_text('regions = ["a-1", "b-1"]\n' + extra)
     return path
 
 

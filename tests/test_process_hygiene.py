@@ -1,15 +1,22 @@
-"""Nothing is left behind: a region's pool workers die with it, however it dies."""
+"""Nothing is left behind: a region's pool workers die with it, however it dies. And nothing
+waits for ever: a command or a test that hangs fails fast and says where it was."""
 
 from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
+import pytest
+
 from mrbatch import backends
+from mrbatch.config.workspace import Workspace
 from mrbatch.runtime import supervisor
 from tests.conftest import Deployment
-from tests.helpers import eventually
+from tests.helpers import eventually, mrbatch
 
 
 def _alive(pid: int) -> bool:
@@ -37,3 +44,39 @@ def test_pool_workers_die_with_a_region_killed_alone(deployment: Deployment) -> 
     os.kill(pid, signal.SIGKILL)
     eventually(lambda: not _alive(pid), 10, "the region process to die")
     eventually(lambda: not any(_alive(p) for p in pool), 10, "its pool workers to die with it")
+
+
+def test_a_command_that_hangs_fails_fast_and_says_where(workspace: Workspace) -> None:
+    # `watch` runs until Ctrl-C: as a command that never returns would.
+    with pytest.raises(AssertionError) as caught:
+        mrbatch(workspace, "watch", timeout=20)
+    text = str(caught.value)
+    assert "`mrbatch watch` did not finish within 20s; where its threads were:" in text
+    assert "most recent call first" in text and "watch.py" in text, text
+
+
+def test_a_test_that_blocks_the_timeout_signal_ends_the_session(tmp_path: Path) -> None:
+    blocked = tmp_path / "test_blocked.py"
+    blocked.write_text(
+        textwrap.dedent(
+            """
+            import signal, time
+            import pytest
+
+            @pytest.mark.timeout(1)
+            def test_stuck_where_no_signal_reaches():
+                signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGALRM])
+                time.sleep(60)
+            """
+        )
+    )
+    root = Path(__file__).resolve().parents[1]
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-p", "tests.conftest", "-q", "-p", "no:cacheprovider",
+         "--rootdir", str(tmp_path), str(blocked)],
+        cwd=root, env={**os.environ, "MRBATCH_WATCHDOG_GRACE": "1"}, stdin=subprocess.DEVNULL,
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 3, result.stdout + result.stderr
+    assert "WATCHDOG: test_blocked.py::test_stuck_where_no_signal_reaches" in result.stderr
+    assert "time.sleep(60)" in result.stderr or "test_blocked.py" in result.stderr

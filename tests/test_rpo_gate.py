@@ -18,11 +18,11 @@ from mrbatch import backends
 from mrbatch.config.initialize import sample_bytes
 from mrbatch.config.workspace import Workspace
 from mrbatch.faults import FaultPoints
-from mrbatch.model.records import ACCEPTED
+from mrbatch.model.records import ACCEPTED, RunStatus
 from mrbatch.recovery.plan import Execution, history
 from mrbatch.recovery.rpo import snapshot
 from tests.conftest import Deployment, make_workspace
-from tests.helpers import eventually, mrbatch, put
+from tests.helpers import eventually, finished, mrbatch, put
 
 SMALL = b"\n".join(sample_bytes("orders.csv").split(b"\n")[:301]) + b"\n"
 
@@ -55,6 +55,10 @@ def test_the_gate_lists_refuses_approves_per_key_and_closes(tmp_path: Path) -> N
         faults.arm("chunk-error", region=old)  # the old region cannot finish it before the switch
         stall = faults.arm("replication:objects", region=new, note="bytes lag behind")
         info = put(ws, "input/late.csv", SMALL)
+        # FAILED in the old region before any switch (its chunk attempts take a few seconds):
+        # a run still in flight at the fence would be taken over and completed by the new one.
+        failed = finished(ws, info, timeout=60)
+        assert failed.status is RunStatus.FAILED and failed.region == old, failed
         eventually(
             lambda: list(backends.open_state_table(ws, new).scan(ACCEPTED)),
             30,

@@ -70,6 +70,7 @@ def test_a_seeded_scenario_loses_and_doubles_nothing(dep: Deployment, seed: int)
 
 
 @pytest.mark.soak
+@pytest.mark.timeout(0)  # as long as it takes: MRBATCH_SOAK_EVENTS decides
 def test_soak(tmp_path: Path) -> None:
     """A long scenario: MRBATCH_SOAK_EVENTS events (default 60) from MRBATCH_SOAK_SEED."""
     events = int(os.environ.get("MRBATCH_SOAK_EVENTS", "60"))

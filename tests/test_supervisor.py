@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -30,7 +31,7 @@ SUPERVISOR = supervisor.SUPERVISOR
 
 
 def _up(ws: Workspace) -> None:
-    result = mrbatch(ws, "up", "--detach", timeout=120)
+    result = mrbatch(ws, "up", "--detach")
     assert result.returncode == 0, result.stdout + result.stderr
     assert "started supervisor" in result.stdout
 
@@ -59,8 +60,10 @@ def _wide() -> dict[str, str]:
 
 def _status(ws: Workspace) -> dict[str, Any]:
     result = mrbatch(ws, "status", "--json")
-    assert result.returncode == 0, result.stderr
-    return json.loads(result.stdout)  # type: ignore[no-any-return]
+    data: dict[str, Any] = json.loads(result.stdout)
+    # exit 1 exactly when the verdict finds a problem (a process down, say)
+    assert result.returncode == (0 if data["verdict"]["ok"] else 1), result.stderr
+    return data
 
 
 def _record(ws: Workspace, proc: supervisor.Proc) -> dict[str, Any]:
@@ -110,8 +113,11 @@ def test_a_killed_region_comes_back_with_a_new_pid(tmp_path: Path) -> None:
         assert record["died_at"] <= record["restarted_at"] and record["next_due"] is None
         # the human table shows the restart too
         table = mrbatch(ws, "status", env=_wide()).stdout
-        row = next(line for line in table.splitlines() if line.startswith(f"│ {region} "))
-        assert [cell.strip() for cell in row.split("│")][5] == "1", table
+        header = next(line for line in table.splitlines() if line.startswith("region "))
+        row = next(line for line in table.splitlines() if line.startswith(f"{region} "))
+        # piped: plain columns, two spaces apart, nothing cut
+        cells = dict(zip(re.split(r"\s{2,}", header), re.split(r"\s{2,}", row), strict=True))
+        assert cells["restarts"] == "1", table
         assert "restarts" in table and f"supervisor pid {keeper['pid']}" in table
         down = mrbatch(ws, "down")
         assert down.returncode == 0 and down.stdout.startswith("stopped supervisor, "), down.stdout
@@ -283,7 +289,7 @@ def test_concurrent_starts_never_start_two_processes_for_one_role(tmp_path: Path
         proc = supervisor.Proc("replicator", ws.regions[0])
         for _ in range(5):
             # four restorers (a chaos experiment's, say) race the supervisor the moment it dies
-            gate = threading.Barrier(5)
+            gate = threading.Barrier(5, timeout=30)
             results: list[tuple[int, bool]] = []
             threads = [
                 threading.Thread(target=_restore, args=(ws, proc, gate, results)) for _ in range(4)
@@ -293,7 +299,8 @@ def test_concurrent_starts_never_start_two_processes_for_one_role(tmp_path: Path
             supervisor.kill(ws, proc)
             gate.wait()
             for thread in threads:
-                thread.join()
+                thread.join(timeout=60)
+            assert not any(t.is_alive() for t in threads), "a restorer did not return"
             assert len({pid for pid, _ in results}) == 1, results
             assert sum(new for _, new in results) <= 1, results
             _passes(ws, 3)  # the supervisor has looked again, and adopted rather than started
@@ -307,6 +314,7 @@ def test_up_in_the_foreground_supervises_and_ctrl_c_stops_everything(tmp_path: P
     cli = subprocess.Popen(
         [sys.executable, "-m", "mrbatch.cli.main", "up"],
         cwd=ws.root,
+        stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
     )
@@ -329,7 +337,7 @@ def test_up_in_the_foreground_supervises_and_ctrl_c_stops_everything(tmp_path: P
     finally:
         if cli.poll() is None:
             cli.kill()
-            cli.wait()
+            cli.wait(timeout=10)
         _down_and_check(ws)
     assert cli.returncode == 0, output
     assert b"stopped 5 process(es)" in output, output

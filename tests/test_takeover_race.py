@@ -12,6 +12,8 @@ applied by hand, the routing switched by hand."""
 
 from __future__ import annotations
 
+import time
+from concurrent.futures import wait
 from pathlib import Path
 
 from mrbatch import backends
@@ -89,12 +91,17 @@ def test_a_losing_taker_writes_nothing_and_the_winner_finishes(tmp_path: Path) -
     assert run.region == new and run.epoch == 2 and run.redo_chunks
     second = RegionProcess(ws, new)
     try:
-        for _ in range(300):
+        # Ticks as the region loop makes them, waiting (bounded) between two for what is in
+        # flight: the merge runs in a thread of its own, and on a busy machine 300 ticks in a
+        # row could pass before it finished (the test then failed now and then).
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
             second.tick()
             record = table.get(run_pk(run_id))
             assert record is not None
             if FileRun.from_record(record).status.terminal:
                 break
+            wait([f for f in second.orch.futures() if not f.done()], timeout=0.5)
     finally:
         second.orch.shutdown()
         second.executor.shutdown()

@@ -211,6 +211,33 @@ def test_a_second_mail_is_duplicated_and_the_cli_exits_1(ws: Workspace) -> None:
     ]
 
 
+def test_a_failure_mail_is_not_a_duplicate_but_one_for_no_known_run_is(ws: Workspace) -> None:
+    run = a_run(ws)
+    [original] = [
+        p for p in ws.outbox_dir.glob("*.eml") if run.run_id in p.read_text(errors="replace")
+    ]
+    text = original.read_text()
+
+    def mail(message_id: str, name: str) -> None:
+        (ws.outbox_dir / name).write_text(
+            text.replace(f"Message-ID: <{run.run_id}@mrbatch>", f"Message-ID: {message_id}")
+        )
+
+    # The mail of a failure before its redrive (round 0): the run still has one completion
+    # mail, and a failure mail is no second one.
+    mail(f"<{run.run_id}.failed.0@mrbatch>", "failed-0.eml")
+    assert verify(ws).ok
+    # A failure mail for a round the run never had, or for a run nobody knows, is.
+    mail(f"<{run.run_id}.failed.7@mrbatch>", "failed-7.eml")
+    mail("<0123456789abcdef0123.failed.0@mrbatch>", "stranger.eml")
+    found = problems(verify(ws), "mail")
+    assert sorted(p[1] for p in found) == [
+        "<0123456789abcdef0123.failed.0@mrbatch>",
+        f"<{run.run_id}.failed.7@mrbatch>",
+    ], found
+    assert all(p[0] == "duplicated" for p in found)
+
+
 def test_a_missing_mail_is_lost(ws: Workspace) -> None:
     run = a_run(ws)
     for path in ws.outbox_dir.glob("*.eml"):

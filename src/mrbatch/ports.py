@@ -36,10 +36,12 @@ __all__ = [
 class ObjectInfo:
     """What a store knows about one version of an object.
 
-    ``version`` identifies the bytes (the local store uses the SHA-256; S3 a VersionId) and can
-    be passed back to ``open`` to read exactly those bytes even after the key moved on.
+    ``version`` names the bytes: their SHA-256 in every store (S3's too, never a bucket's own
+    VersionId), so a version recorded in one region can be passed back to ``open`` in any region
+    holding it, to read exactly those bytes even after the key moved on.
     ``epoch`` is the routing epoch the writer held (0 for user uploads); replication resolves
-    conflicts by (epoch, modified, origin). ``seq`` is the position in the store's change feed.
+    conflicts by (epoch, modified, origin). ``seq`` is the position in the store's change feed
+    (0 from ``head`` and ``list`` where knowing it would cost a request per object: S3).
     """
 
     key: str

@@ -51,11 +51,28 @@ def _embedded(port: str, name: str) -> BackendFixture[Workspace]:
     return start
 
 
+def _on_moto(init: dict[str, str]) -> BackendFixture[Workspace]:
+    """A backend served by moto's server mode: the session's server (started on first use),
+    emptied before each test; the workspace's buckets or tables are created by init."""
+
+    @contextmanager
+    def start(root: Path) -> Iterator[Workspace]:
+        from tests.moto_server import shared
+
+        server = shared()
+        server.reset()
+        yield make_workspace(root / "ws", init={**init, "endpoint_url": server.url})
+
+    return start
+
+
 OBJECT_STORES: dict[str, BackendFixture[Workspace]] = {
     "local": _embedded("object_store", "local"),
+    "s3": _on_moto({"object_store": "s3"}),
 }
 STATE_TABLES: dict[str, BackendFixture[Workspace]] = {
     "sqlite": _embedded("state_table", "sqlite"),
+    "dynamodb": _on_moto({"state_table": "dynamodb"}),
 }
 
 

@@ -67,7 +67,7 @@ def test_switch_rules_refuse_and_change_nothing(
 def test_two_concurrent_switches_one_wins(control_workspace: Workspace) -> None:
     second = control_workspace.regions[1]
     outcomes: list[str] = []
-    barrier = threading.Barrier(4)
+    barrier = threading.Barrier(4, timeout=30)
 
     def switch() -> None:
         plane = backends.open_control_plane(control_workspace)
@@ -82,7 +82,8 @@ def test_two_concurrent_switches_one_wins(control_workspace: Workspace) -> None:
     for t in threads:
         t.start()
     for t in threads:
-        t.join()
+        t.join(timeout=60)
+    assert not any(t.is_alive() for t in threads), "a switch did not return"
     assert outcomes.count("won") == 1
     assert backends.open_control_plane(control_workspace).routing().epoch == 2
 

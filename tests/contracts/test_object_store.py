@@ -163,7 +163,8 @@ def test_concurrent_writers_never_tear(store: ObjectStore) -> None:
     for t in threads:
         t.start()
     for t in threads:
-        t.join()
+        t.join(timeout=60)
+    assert not any(t.is_alive() for t in threads), "a write did not return"
     assert not errors
     assert store.get("contended") in payloads
 
@@ -201,6 +202,70 @@ def test_get_range_reads_a_slice_of_a_version(store: ObjectStore) -> None:
         store.get_range("nope", 0, 1)
 
 
+def test_a_version_opens_in_every_region_by_its_name(
+    store_factory: Callable[[str], ObjectStore], store_workspace: Workspace
+) -> None:
+    """The rule every caller relies on: ``version`` names the bytes, not one bucket's copy.
+    A version recorded in one region (a run's input, its reference, a chunk's output) opens
+    in another after replication, even once the key has moved on there."""
+    a = store_factory(store_workspace.regions[0])
+    b = store_factory(store_workspace.regions[1])
+    old = a.put("k", b"version one")
+    assert b.apply_replica(old, a.open("k", version=old.version)) is True
+    assert b.head("k").version == old.version  # type: ignore[union-attr]
+    newer = a.put("k", b"version two")
+    assert b.apply_replica(newer, a.open("k", version=newer.version)) is True
+    assert b.get("k") == b"version two"
+    assert b.get("k", version=old.version) == b"version one"
+    assert b.get_range("k", 8, 3, version=old.version) == b"one"
+    with b.open("k", version=newer.version) as stream:
+        assert stream.read() == b"version two"
+    assert b.copy("k", "k-old", version=old.version).version == old.version
+    assert b.get("k-old") == b"version one"
+
+
+def test_concurrent_replicas_converge_on_the_merge_rule(
+    store_factory: Callable[[str], ObjectStore], store_workspace: Workspace
+) -> None:
+    """Two replicators applying versions of one key at once never let the lesser one win."""
+    a = store_factory(store_workspace.regions[0])
+    dest = store_workspace.regions[1]
+    versions = [a.put(f"src/{i}", f"payload {i}".encode(), epoch=i % 3) for i in range(6)]
+    infos = [
+        ObjectInfo(
+            key="contended",
+            size=v.size,
+            sha256=v.sha256,
+            version=v.version,
+            modified=v.modified,
+            origin=a.region,
+            epoch=v.epoch,
+        )
+        for v in versions
+    ]
+    errors: list[BaseException] = []
+
+    def replicate(order: list[int]) -> None:
+        mine = store_factory(dest)
+        try:
+            for i in order:
+                mine.apply_replica(infos[i], a.open(versions[i].key))
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [
+        threading.Thread(target=replicate, args=(order,))
+        for order in ([0, 1, 2, 3, 4, 5], [5, 4, 3, 2, 1, 0], [2, 5, 0, 3, 1, 4])
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    best = max(infos, key=lambda i: (i.epoch, i.modified, i.origin))
+    assert store_factory(dest).get("contended") == a.get(versions[infos.index(best)].key)
+
+
 def test_purge_frees_superseded_versions_and_old_tombstones(store: ObjectStore) -> None:
     old = store.put("k", b"old bytes")
     new = store.put("k", b"new bytes")
@@ -231,3 +296,22 @@ def test_purge_never_gives_a_feed_position_out_twice(store: ObjectStore) -> None
     newest = store.last_seq()
     store.purge(older_than=time.time() + 1)
     assert store.put("fresh", b"y").seq > newest
+
+
+def test_after_a_purge_a_writer_that_knows_no_positions_writes_after_the_end(
+    store_factory: Callable[[str], ObjectStore], store_workspace: Workspace
+) -> None:
+    """Another process knows nothing of the feed: after a purge freed the changes at earlier
+    positions, its write still lands after every position a reader has passed."""
+    region = store_workspace.regions[0]
+    store = store_factory(region)
+    store.put("k", b"one")
+    store.put("k", b"two")
+    store.put("gone", b"x")
+    store.delete("gone")
+    store.put("last", b"a later change")
+    store.purge(older_than=time.time() + 1)
+    seen = store.last_seq()
+    written = store_factory(region).put("fresh", b"y")
+    assert written.seq > seen
+    assert [c.key for c in store.changes(seen)] == ["fresh"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import secrets
 import threading
 import time
 from collections.abc import Callable
@@ -12,7 +13,7 @@ import pytest
 from mrbatch.config.workspace import Workspace
 from mrbatch.errors import ConflictError, NotFoundError, UnavailableError
 from mrbatch.faults import FaultPoints
-from mrbatch.ports import StateTable
+from mrbatch.ports import Record, StateTable
 
 
 def test_insert_get_and_conflict(table: StateTable) -> None:
@@ -46,7 +47,7 @@ def test_only_one_of_many_concurrent_claims_wins(
     table_factory: Callable[[str], StateTable], table_workspace: Workspace
 ) -> None:
     wins: list[int] = []
-    barrier = threading.Barrier(8)
+    barrier = threading.Barrier(8, timeout=30)
 
     def claim(i: int) -> None:
         mine = table_factory(table_workspace.regions[0])
@@ -61,7 +62,8 @@ def test_only_one_of_many_concurrent_claims_wins(
     for t in threads:
         t.start()
     for t in threads:
-        t.join()
+        t.join(timeout=60)
+    assert not any(t.is_alive() for t in threads), "a claim did not return"
     assert len(wins) == 1
 
 
@@ -123,6 +125,45 @@ def test_state_fault(table: StateTable, table_workspace: Workspace) -> None:
     assert table.get("x") is None
 
 
+def test_a_large_record_round_trips(
+    table_factory: Callable[[str], StateTable], table_workspace: Workspace
+) -> None:
+    """A body larger than a DynamoDB item may hold (400 KB) is stored all the same, and its
+    every path (insert, update, get, scan, the change feed, replication) keeps it whole."""
+    a, b = table_factory(table_workspace.regions[0]), table_factory(table_workspace.regions[1])
+    # Random hex compresses to about half: 1.2 MB of it is still 600 KB compressed.
+    big = {"history": [secrets.token_hex(600) for _ in range(1000)]}
+    start = a.last_seq()
+    rec = a.insert("run/big", "run", big, epoch=1)
+    assert a.get("run/big").body == big  # type: ignore[union-attr]
+    smaller = {"history": big["history"][:400], "n": 2}
+    rec = a.update("run/big", smaller, expected_version=1, epoch=1)
+    assert a.get("run/big").body == smaller  # type: ignore[union-attr]
+    assert [r.body for r in a.scan("run", prefix="run/big")] == [smaller]
+    fed = [r for r in a.changes(start) if r.pk == "run/big"]
+    assert [r.body for r in fed] == [smaller]
+    assert b.apply_replica(rec) is True
+    assert b.get("run/big").body == smaller  # type: ignore[union-attr]
+    small = a.update("run/big", {"n": 3}, expected_version=2, epoch=1)
+    assert a.get("run/big").body == {"n": 3} and small.version == 3  # type: ignore[union-attr]
+
+
+def test_another_handle_replicates_over_a_local_record(
+    table_factory: Callable[[str], StateTable], table_workspace: Workspace
+) -> None:
+    """The replicator is another process than the region that wrote a record: its write over
+    that record, and its updates after, keep the change feed in order."""
+    a, b = table_factory(table_workspace.regions[0]), table_factory(table_workspace.regions[1])
+    b.insert("run/1", "run", {"n": "b"}, epoch=1)
+    newer = a.insert("run/1", "run", {"n": "a"}, epoch=2)
+    start = b.last_seq()
+    replicator = table_factory(table_workspace.regions[1])  # knows nothing of b's positions
+    assert replicator.apply_replica(newer) is True
+    assert b.get("run/1").body == {"n": "a"}  # type: ignore[union-attr]
+    fed = b.changes(start)
+    assert [r.pk for r in fed] == ["run/1"] and fed[0].seq > start
+
+
 def test_delete_leaves_a_tombstone_that_replicates(
     table_factory: Callable[[str], StateTable], table_workspace: Workspace
 ) -> None:
@@ -164,3 +205,48 @@ def test_purge_never_gives_a_feed_position_out_twice(table: StateTable) -> None:
     table.purge(older_than=time.time() + 1)
     fresh = table.insert("run/b", "run", {}, epoch=1)
     assert fresh.seq > newest  # a replicator whose cursor is at `newest` must see it
+
+
+def test_a_writer_that_knows_no_positions_writes_after_the_end(
+    table_factory: Callable[[str], StateTable], table_workspace: Workspace
+) -> None:
+    """Another process (a `put`, a replicator) knows nothing of the feed: its write still
+    lands after every position a reader has passed, even where writing a record again or
+    deleting it left no change at an earlier position."""
+    region = table_workspace.regions[0]
+    a = table_factory(region)
+    a.insert("run/1", "run", {}, epoch=1)
+    a.update("run/1", {"n": 2}, expected_version=1, epoch=1)
+    a.insert("run/2", "run", {}, epoch=1)
+    a.delete("run/2", epoch=1)
+    seen = a.last_seq()
+    fresh = table_factory(region)
+    written = fresh.insert("run/3", "run", {}, epoch=1)
+    assert written.seq > seen
+    assert [r.pk for r in a.changes(seen)] == ["run/3"]
+
+
+def test_a_writer_that_saw_the_feed_long_ago_writes_over_a_record_moved_on(
+    table_factory: Callable[[str], StateTable], table_workspace: Workspace
+) -> None:
+    """A replicator saw the feed's end a while ago; meanwhile the region's own process wrote a
+    record at the next position, or again at later ones. The replicator's write over that
+    record still lands after it, and the feed stays in order."""
+    region = table_workspace.regions[0]
+    replicator, process = table_factory(region), table_factory(region)
+    replicator.insert("note/seen", "note", {}, epoch=1)  # the replicator knows the end here
+    rec = process.insert("run/1", "run", {"n": 1}, epoch=1)  # the position after it
+    rec = _over(replicator, process, rec, start=process.last_seq())
+    rec = process.update("run/1", {"n": 2}, expected_version=rec.version, epoch=2)
+    rec = process.update("run/1", {"n": 3}, expected_version=rec.version, epoch=2)
+    _over(replicator, process, rec, start=process.last_seq())
+
+
+def _over(replicator: StateTable, process: StateTable, rec: Record, start: int) -> Record:
+    newer = replace(rec, body={"n": "replica"}, writer="elsewhere", updated=rec.updated + 1)
+    assert replicator.apply_replica(newer) is True
+    fed = process.changes(start)
+    assert [r.pk for r in fed] == ["run/1"] and fed[0].seq > rec.seq
+    stored = process.get("run/1")
+    assert stored is not None and stored.body == {"n": "replica"}
+    return stored

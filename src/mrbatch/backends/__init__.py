@@ -28,6 +28,7 @@ __all__ = [
     "open_object_store",
     "open_state_table",
     "open_webhook",
+    "provision",
 ]
 
 
@@ -37,7 +38,29 @@ def _factory(port: str, name: str) -> Any:
     except KeyError as exc:
         raise ConfigError(f"backends.{port}: unknown backend {name!r}") from exc
     module_name, _, attr = target.partition(":")
-    return getattr(importlib.import_module(module_name), attr)
+    return getattr(_module(port, name, module_name), attr)
+
+
+def _module(port: str, name: str, module_name: str) -> Any:
+    try:
+        return importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name is None or exc.name.startswith("mrbatch"):
+            raise
+        raise ConfigError(
+            f"backends.{port}: {name!r} needs the package {exc.name!r}, which is not installed",
+            hint=_EXTRAS.get(exc.name.partition(".")[0]),
+        ) from exc
+
+
+# The optional extra that installs a backend's third-party package.
+_EXTRAS = {
+    "boto3": "pip install 'mrbatch[aws]'",
+    "botocore": "pip install 'mrbatch[aws]'",
+    "etcd3gw": "pip install 'mrbatch[etcd]'",
+    "dask": "pip install 'mrbatch[dask]'",
+    "distributed": "pip install 'mrbatch[dask]'",
+}
 
 
 def _faults(ws: Workspace) -> FaultPoints:
@@ -68,6 +91,20 @@ def open_notifier(ws: Workspace) -> Notifier:
 def open_executor(ws: Workspace) -> Executor:
     executor: Executor = _factory("executor", ws.config.backends.executor)(ws)
     return executor
+
+
+def provision(ws: Workspace) -> list[str]:
+    """Create what the configured object store and state table need in every region when it
+    is missing (a bucket with versioning, a table); idempotent. Embedded backends need
+    nothing. Returns one line per thing checked or made."""
+    done: list[str] = []
+    for port in ("object_store", "state_table"):
+        name = getattr(ws.config.backends, port)
+        module = _module(port, name, REGISTRY[port][name].partition(":")[0])
+        hook = getattr(module, "provision", None)
+        if hook is not None:
+            done.extend(f"{region}: {hook(ws, region)}" for region in ws.regions)
+    return done
 
 
 def open_webhook(ws: Workspace) -> WebhookSender:

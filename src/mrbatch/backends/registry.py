@@ -12,8 +12,14 @@ __all__ = ["REGISTRY", "WEBHOOK", "check_backend_names"]
 # object store and state table, (workspace, caller) for the control plane and (workspace)
 # for the notifier and the executor, and returns an object satisfying the port's protocol.
 REGISTRY: dict[str, dict[str, str]] = {
-    "object_store": {"local": "mrbatch.backends.localfs:open_store"},
-    "state_table": {"sqlite": "mrbatch.backends.sqlite_state:open_table"},
+    "object_store": {
+        "local": "mrbatch.backends.localfs:open_store",
+        "s3": "mrbatch.backends.s3:open_store",
+    },
+    "state_table": {
+        "sqlite": "mrbatch.backends.sqlite_state:open_table",
+        "dynamodb": "mrbatch.backends.dynamodb:open_table",
+    },
     "control_plane": {
         "sqlite": "mrbatch.backends.sqlite_control:open_control_plane",
         "etcd": "mrbatch.backends.etcd_control:open_control_plane",

@@ -144,7 +144,7 @@ class SqliteControlPlane:
             if since < min_interval and not force:
                 raise SafetyRuleError(
                     f"rule 'min-switch-interval': the last switch was {since:.0f}s ago,"
-                    f" the minimum is {min_interval:.0f}s",
+                    f" the minimum is {min_interval:.0f}s ({min_interval - since:.0f}s left)",
                     hint="wait, or pass --force if flapping is what you want",
                 )
             now = time.time()

@@ -13,9 +13,26 @@ import typer
 from rich.console import Console
 from rich.text import Text
 
+from .. import __version__
+from ..config.values import parse_duration
 from ..config.workspace import Workspace
 
-__all__ = ["State", "app", "console", "err_console", "print_json", "state", "styled"]
+__all__ = [
+    "DURATION",
+    "State",
+    "app",
+    "console",
+    "duration",
+    "err_console",
+    "json_option",
+    "print_json",
+    "state",
+    "styled",
+]
+
+# Help texts are rich markup (typer's default, named here so a new typer cannot change it):
+# write no [square brackets] in a help text; tests/test_help.py renders every command's help.
+HELP = {"rich_markup_mode": "rich", "context_settings": {"help_option_names": ["-h", "--help"]}}
 
 app = typer.Typer(
     name="mrbatch",
@@ -24,11 +41,14 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    **HELP,  # type: ignore[arg-type]
 )
 # Data (keys, reasons, values) is printed as it is: never read as rich markup, never
 # highlighted; the few words mrbatch styles itself go through ``styled``.
-console = Console(markup=False, highlight=False)
-err_console = Console(stderr=True, markup=False, highlight=False)
+# Piped (not a terminal), a line is never broken at some width: `mrbatch put ... | cat` shows
+# each line whole.
+console = Console(markup=False, highlight=False, soft_wrap=not sys.stdout.isatty())
+err_console = Console(stderr=True, markup=False, highlight=False, soft_wrap=not sys.stderr.isatty())
 
 
 def styled(*parts: str | tuple[str, str]) -> Text:
@@ -52,6 +72,12 @@ class State:
 state = State()
 
 
+def _version(value: bool) -> None:
+    if value:
+        console.print(f"mrbatch {__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
 def _options(
     config: Path | None = typer.Option(
@@ -64,6 +90,14 @@ def _options(
     debug: bool = typer.Option(
         False, "--debug", help="Show tracebacks on errors, and the library's log."
     ),
+    _show_version: bool = typer.Option(
+        False,
+        "--version",
+        "-V",
+        callback=_version,
+        is_eager=True,
+        help="Print the version of mrbatch and exit.",
+    ),
 ) -> None:
     state.config = config
     state.debug = debug
@@ -75,6 +109,26 @@ def _options(
         level=logging.INFO if debug else logging.ERROR,
         format="%(levelname)s %(name)s: %(message)s",
     )
+
+
+def _duration(value: str) -> float:
+    try:
+        return parse_duration(value)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from exc
+
+
+def duration(default: str | None, *names: str, help: str) -> Any:
+    """An option that takes a duration (``90``, ``500ms``, ``60s``, ``15m``, ``2h``, ``7d``)
+    and gives seconds, as every command's durations do."""
+    return typer.Option(default, *names, parser=_duration, metavar="DURATION", help=help)
+
+
+DURATION = "90, 500ms, 60s, 15m, 2h or 7d"
+
+
+def json_option(what: str = "Print the result as JSON instead of a table.") -> Any:
+    return typer.Option(False, "--json", help=what)
 
 
 def print_json(value: Any) -> None:

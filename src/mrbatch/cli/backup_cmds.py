@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import typer
-from rich.table import Table
 
 from ..maintain.backup import take_backup
 from ..maintain.catalog import catalog, iso, parse_time
 from ..maintain.restore import restore as restore_region
 from ..maintain.target import open_target
-from .app import app, err_console, print_json, state, styled
+from .app import app, err_console, json_option, print_json, state, styled
 from .app import console as _console
+from .tables import Col, emit
 
 
 def _print(*parts: object) -> None:
@@ -34,10 +34,11 @@ def backup(
         None, "--region", help="The region whose replica to read (default: the active one)."
     ),
     full: bool = typer.Option(False, "--full", help="Copy everything, not only what changed."),
-    json_output: bool = typer.Option(False, "--json"),
+    json_output: bool = json_option("Print the backup's report (counts, bytes, times) as JSON."),
 ) -> None:
-    """Back up state records, the objects they reference and the control plane into TO
-    (incremental: only what changed since the last backup of that region there)."""
+    """Back up state records, the objects they reference and the control plane into TO.
+
+    Incremental: only what changed since the last backup of that region there."""
     report = take_backup(state.workspace(), to, region=region, full=full)
     if json_output:
         print_json(report.to_json())
@@ -70,9 +71,10 @@ def restore(
     force: bool = typer.Option(
         False, "--force", help="Merge into a region that still holds data (newer wins)."
     ),
-    json_output: bool = typer.Option(False, "--json"),
+    json_output: bool = json_option("Print the restore's report (counts, RPO, time) as JSON."),
 ) -> None:
     """Rebuild REGION from the backups in FROM, as of AT; it then catches up by replication.
+
     The region's processes must be stopped."""
     ws = state.workspace()
     when = parse_time(at) if at is not None else None
@@ -112,26 +114,28 @@ def restore(
 @app.command()
 def backups(
     source: str = typer.Option(..., "--from", help="The backup target."),
-    json_output: bool = typer.Option(False, "--json"),
+    json_output: bool = json_option("Print every complete backup as JSON."),
 ) -> None:
     """List the complete backups in FROM, oldest first (their times are what --at takes)."""
     entries = catalog(open_target(source))
     if json_output:
         print_json([{**e.to_json(), "taken_at_iso": iso(e.taken_at)} for e in entries])
         return
-    table = Table(title=f"backups in {source}", title_justify="left")
-    # The time is the id's too, and what --at takes: printed whole.
-    table.add_column("taken at (--at)", no_wrap=True, min_width=27)
-    table.add_column("region", no_wrap=True)
-    for column in ("kind", "records", "objects", "copied"):
-        table.add_column(column, no_wrap=True)
-    for entry in entries:
-        table.add_row(
+    rows = [
+        [
             iso(entry.taken_at),
             entry.region,
             "full" if entry.base is None else "incremental",
             str(entry.records.count),
             str(entry.objects.count),
             _size(entry.blobs.get("bytes_copied", 0)),
-        )
-    _console.print(table)
+        ]
+        for entry in entries
+    ]
+    # The time is the id's too, and what --at takes: printed whole, never dropped.
+    columns = (
+        Col("taken at (--at)"), Col("region"), Col("kind", drop=3),
+        Col("records", drop=2, justify="right"), Col("objects", drop=2, justify="right"),
+        Col("copied", drop=1, justify="right"),
+    )  # fmt: skip
+    emit(columns, rows, title=f"backups in {source}")

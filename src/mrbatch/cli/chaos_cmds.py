@@ -11,9 +11,7 @@ from typing import Any
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
-from rich.table import Table
 
-from ..config.values import parse_duration
 from ..errors import UsageError
 from ..faults import FaultPoints
 from ..proof.chaos import EXPERIMENTS, ChaosOptions, ChaosReport, run_experiment
@@ -21,18 +19,10 @@ from ..proof.loadgen import FileResult, LoadGenerator, LoadOptions
 from ..proof.scenario import ScenarioOptions, run_scenario
 from ..proof.verify import VerifyReport
 from ..proof.verify import verify as verify_invariants
-from .app import app, console, err_console, print_json, state, styled
+from .app import app, console, duration, err_console, json_option, print_json, state, styled
+from .tables import Col, emit, seconds
 
 __all__ = ["interruptible"]
-
-
-def _seconds(value: str | None, option: str) -> float | None:
-    if value is None:
-        return None
-    try:
-        return parse_duration(value)
-    except ValueError as exc:
-        raise typer.BadParameter(str(exc), param_hint=option) from exc
 
 
 @contextmanager
@@ -71,32 +61,33 @@ def print_verify(report: VerifyReport) -> None:
         )
     )
     if report.violations:
-        table = Table(title=f"{len(report.violations)} violation(s)", title_justify="left")
-        for column in ("kind", "check", "key", "region", "problem"):
-            table.add_column(column)
-        for v in report.violations:
-            table.add_row(v.kind, v.check, v.key, v.region, v.problem)
-        console.print(table)
+        emit(
+            (Col("kind"), Col("check", drop=2), Col("key"), Col("region", drop=1),
+             Col("problem", wrap=True)),
+            [[v.kind, v.check, v.key, v.region, v.problem] for v in report.violations],
+            title=f"{len(report.violations)} violation(s)",
+        )  # fmt: skip
     for note in report.notes:
         console.print(f"note: {note}", soft_wrap=True)
 
 
 @app.command()
 def verify(
-    wait: str | None = typer.Option(
+    wait: float | None = duration(
         None, "--wait", help="Wait up to this long (e.g. 60s) for pending work and replication."
     ),
     final: bool = typer.Option(False, "--final", help="Count work still pending as lost."),
     quick: bool = typer.Option(False, "--quick", help="Skip recounting rows from the objects."),
-    json_output: bool = typer.Option(False, "--json"),
+    json_output: bool = json_option("Print the report as JSON (the documented contract)."),
 ) -> None:
-    """Check the five invariants across all regions; exit 1 on any lost, duplicated or
-    diverged item."""
+    """Check the five invariants across all regions.
+
+    Exits 1 on any lost, duplicated or diverged item."""
     report = verify_invariants(
         state.workspace(),
         deep=not quick,
         final=final,
-        wait=_seconds(wait, "--wait") or 0.0,
+        wait=wait or 0.0,
         echo=_echo(json_output),
     )
     if json_output:
@@ -110,6 +101,37 @@ def verify(
 # --------------------------------------------------------------------------- chaos
 
 
+# Why an experiment's hold ended, for people.
+_STOPPED = {
+    "deadline": "the fault held for its whole duration",
+    "interrupted": "interrupted (Ctrl-C or SIGTERM) before the end of the fault",
+    "deployment-down": "stopped early: a region or replicator process died",
+    "run-failed": "stopped early: a run FAILED",
+    "no-work": "no chunk task was in flight to kill",
+}
+
+
+def _observed(observed: dict[str, Any]) -> list[str]:
+    """The evidence that the fault bit, one line each."""
+    lines = []
+    by_region = observed.get("uploads_by_region") or {}
+    if by_region:
+        shown = ", ".join(f"{n} to {region}" for region, n in sorted(by_region.items()))
+        lines.append(f"uploads landed: {shown}")
+    if observed.get("max_heartbeat_age") is not None:
+        lines.append(f"longest heartbeat silence: {observed['max_heartbeat_age']:.2f}s")
+    backlogs = {k.removeprefix("max_backlog_"): v for k, v in observed.items()
+                if k.startswith("max_backlog_") and v}  # fmt: skip
+    if backlogs:
+        shown = ", ".join(f"{pair} {n}" for pair, n in sorted(backlogs.items()))
+        lines.append(f"largest replication backlog: {shown}")
+    for region, delta in sorted((observed.get("stats_delta") or {}).items()):
+        counted = {k.replace("_", " "): v for k, v in delta.items() if v}
+        if counted:
+            lines.append(f"{region}: " + ", ".join(f"{k} +{v}" for k, v in counted.items()))
+    return lines
+
+
 def print_chaos(report: ChaosReport) -> None:
     data = report.to_dict()
     summary = data["summary"]
@@ -121,31 +143,38 @@ def print_chaos(report: ChaosReport) -> None:
             + (f" / {report.peer}" if report.peer else "")
             + f" for {report.duration:g}s: ",
             ("passed" if report.ok else "FAILED", colour),
-            f" (stopped by {report.stop_reason})",
-        )
+            f"; {_STOPPED.get(report.stop_reason, report.stop_reason)}",
+        ),
+        soft_wrap=True,
     )
-    table = Table(title="faults", title_justify="left")
-    for column in ("point", "region", "armed at", "disarmed at"):
-        table.add_column(column)
-    for fault in report.faults:
-        table.add_row(
+    rows = [
+        [
             fault["point"],
             str(fault["region"] or "*") + (f" / {fault['peer']}" if fault["peer"] else ""),
             f"{fault['armed_at']:.2f}s",
             "-" if fault["disarmed_at"] is None else f"{fault['disarmed_at']:.2f}s",
-        )
-    for kill in report.observed.get("kills", []):
-        table.add_row("SIGKILL", f"worker {kill['pid']}", f"{kill['at']:.2f}s", "-")
-    console.print(table)
+        ]
+        for fault in report.faults
+    ]
+    rows += [
+        ["SIGKILL", f"worker {kill['pid']}", f"{kill['at']:.2f}s", "-"]
+        for kill in report.observed.get("kills", [])
+    ]
+    emit(
+        (Col("fault"), Col("region"), Col("armed at"), Col("disarmed at")),
+        rows,
+        title="faults (seconds from the start)",
+    )
     ttr = summary["time_to_recover"]
     console.print(
         f"files in {summary['files_in']}, completed {summary['completed']}, failed"
         f" {summary['failed']}, pending {summary['pending']}, lost {summary['lost']},"
         f" duplicates {summary['duplicates']}, violations {summary['violations']};"
-        f" time to recover {'-' if ttr is None else f'{ttr:.2f}s'}"
+        f" time to recover {'-' if ttr is None else seconds(ttr)}",
+        soft_wrap=True,
     )
-    shown = {k: v for k, v in report.observed.items() if k != "kills"}
-    console.print(f"observed: {shown}", soft_wrap=True, highlight=False)
+    for line in _observed(report.observed):
+        console.print(f"  {line}", soft_wrap=True)
 
 
 @app.command()
@@ -154,14 +183,16 @@ def chaos(
         ..., help=f"One of: {', '.join(EXPERIMENTS)}; or `faults` (list armed), `clear`."
     ),
     region: str | None = typer.Option(None, "--region", help="Target region (default: active)."),
-    duration: str = typer.Option("5s", "--duration", help="How long the fault lasts."),
+    hold: float = duration("5s", "--duration", help="How long the fault lasts."),
     files: int = typer.Option(4, "--files", min=1, help="Files uploaded during the experiment."),
-    rows: int | None = typer.Option(None, "--rows", min=1, help="Rows per file."),
-    seed: int = typer.Option(1, "--seed"),
-    recover_timeout: str = typer.Option(
+    rows: int | None = typer.Option(
+        None, "--rows", min=1, help="Rows per file (default 2000; kill-worker 100000)."
+    ),
+    seed: int = typer.Option(1, "--seed", help="Seeds the generated files."),
+    recover_timeout: float = duration(
         "120s", "--recover-timeout", help="Bound on waiting for recovery after the restore."
     ),
-    json_output: bool = typer.Option(False, "--json"),
+    json_output: bool = json_option("Print the report as JSON."),
 ) -> None:
     """Inject a fault into the running deployment, restore, verify and report."""
     ws = state.workspace()
@@ -185,11 +216,11 @@ def chaos(
     options = ChaosOptions(
         experiment=experiment,
         region=region,
-        duration=_seconds(duration, "--duration") or 0.0,
+        duration=hold,
         files=files,
         rows=rows,
         seed=seed,
-        recover_timeout=_seconds(recover_timeout, "--recover-timeout") or 0.0,
+        recover_timeout=recover_timeout,
     )
     with interruptible() as stop:
         report = run_experiment(ws, options, stop=stop, echo=_echo(json_output))
@@ -207,25 +238,27 @@ def chaos(
 @app.command()
 def load(
     files: int = typer.Option(..., "--files", min=1, help="How many files to upload."),
-    interval: str = typer.Option("0s", "--interval", help="Pause between two uploads."),
+    interval: float = duration("0s", "--interval", help="Pause between two uploads."),
     rows: int = typer.Option(1_000, "--rows", min=1, help="Rows per file."),
     invalid_fraction: float = typer.Option(
         0.0, "--invalid-fraction", min=0.0, max=1.0, help="Share of rows generated invalid."
     ),
-    seed: int = typer.Option(1, "--seed"),
-    timeout: str = typer.Option("300s", "--timeout", help="Bound on waiting for the runs."),
-    json_output: bool = typer.Option(False, "--json"),
+    seed: int = typer.Option(1, "--seed", help="Seeds the generated files."),
+    timeout: float = duration("300s", "--timeout", help="Bound on waiting for the runs."),
+    json_output: bool = json_option("Print the report as JSON."),
 ) -> None:
-    """Generate orders files, upload them through the access point and measure throughput,
+    """Upload generated orders files and measure throughput and latency.
+
+    Generates orders files, uploads them through the access point and measures throughput,
     latency (upload -> published output) and rejections expected versus got."""
     ws = state.workspace()
     options = LoadOptions(
         files=files,
-        interval=_seconds(interval, "--interval") or 0.0,
+        interval=interval,
         rows=rows,
         invalid_fraction=invalid_fraction,
         seed=seed,
-        timeout=_seconds(timeout, "--timeout") or 0.0,
+        timeout=timeout,
     )
     limit = ws.config.pipeline.max_rejected_fraction
     with (
@@ -301,20 +334,24 @@ def scenario(
     seed: int = typer.Option(1, "--seed", help="Seeds the schedule of faults and the load."),
     events: int = typer.Option(4, "--events", min=0, help="How many faults to schedule."),
     files: int = typer.Option(8, "--files", min=1, help="Files uploaded over the scenario."),
-    rows: int = typer.Option(2_000, "--rows", min=1),
-    max_fault: str = typer.Option("2s", "--max-fault", help="Longest fault."),
-    recover_timeout: str = typer.Option("120s", "--recover-timeout"),
-    json_output: bool = typer.Option(False, "--json"),
+    rows: int = typer.Option(2_000, "--rows", min=1, help="Rows per file."),
+    max_fault: float = duration("2s", "--max-fault", help="Longest fault."),
+    recover_timeout: float = duration(
+        "120s", "--recover-timeout", help="Bound on waiting for recovery after each event."
+    ),
+    json_output: bool = json_option("Print the report as JSON."),
 ) -> None:
-    """A seeded random schedule of chaos experiments, failovers and failbacks over a load,
-    ending in verify. The same seed gives the same schedule."""
+    """A seeded schedule of faults, failovers and failbacks over a load, then verify.
+
+    The schedule of chaos experiments, failovers and failbacks is a pure function of the seed:
+    the same seed gives the same schedule."""
     options = ScenarioOptions(
         seed=seed,
         events=events,
         files=files,
         rows=rows,
-        max_fault=_seconds(max_fault, "--max-fault") or 0.0,
-        recover_timeout=_seconds(recover_timeout, "--recover-timeout") or 0.0,
+        max_fault=max_fault,
+        recover_timeout=recover_timeout,
     )
     with interruptible() as stop:
         report = run_scenario(state.workspace(), options, stop=stop, echo=_echo(json_output))
@@ -322,11 +359,41 @@ def scenario(
     if json_output:
         print_json(data)
     else:
-        console.print(
-            f"scenario seed {seed}: {'passed' if report.ok else 'FAILED'}; {data['summary']}",
-            soft_wrap=True,
-        )
-        for step in data["schedule"]:
-            console.print(f"  {step}", soft_wrap=True, highlight=False)
+        _print_scenario(seed, report.ok, data)
     if not report.ok:
         raise typer.Exit(1)
+
+
+def _print_scenario(seed: int, ok: bool, data: dict[str, Any]) -> None:
+    summary = data["summary"]
+    ttr = summary.get("time_to_recover")
+    console.print(
+        styled(
+            f"scenario seed {seed}: ",
+            ("passed" if ok else "FAILED", "green" if ok else "red"),
+            f"; {summary['events']} event(s) in {seconds(summary['seconds'])}; files in"
+            f" {summary['files_in']}, completed {summary['completed']}, failed"
+            f" {summary['failed']}, lost {summary['lost']}, duplicated"
+            f" {summary['duplicated']}, recovered {summary['recovered']}, violations"
+            f" {summary['violations']}; time to recover {'-' if ttr is None else seconds(ttr)}",
+        ),
+        soft_wrap=True,
+    )
+    rows = [
+        [
+            str(step["index"]),
+            step["kind"],
+            step.get("region") or step["role"],
+            seconds(step["duration"]),
+            step["outcome"],
+            ", ".join(f"{k} {v}" for k, v in (step.get("detail") or {}).items()
+                      if isinstance(v, str | int | float)),
+        ]
+        for step in data["schedule"]
+    ]  # fmt: skip
+    emit(
+        (Col("#", justify="right"), Col("event"), Col("region"), Col("for", justify="right"),
+         Col("outcome"), Col("detail", drop=1, wrap=True)),
+        rows,
+        title="schedule",
+    )  # fmt: skip

@@ -28,7 +28,7 @@ from ..recovery.plan import Execution
 from ..recovery.runbook import Runbook
 from ..runtime import supervisor
 from .app import app, console, styled
-from .deploy import status_table, wait_until_up
+from .deploy import print_status, wait_until_up
 
 __all__ = ["free_port", "wait_for_run"]
 
@@ -219,7 +219,9 @@ def _audit(story: _Story) -> list[str]:
 def demo(
     keep: bool = typer.Option(False, "--keep", help="Keep the temporary workspace."),
 ) -> None:
-    """Two regions in a temp dir: process the sample file, fail over with the active region
+    """The whole system end to end in a temporary workspace, then cleaned up.
+
+    Two regions in a temp dir: process the sample file, fail over with the active region
     killed mid-run, fail back, check that nothing was lost or doubled, clean up."""
     root = Path(tempfile.mkdtemp(prefix="mrbatch-demo-"))
     ws: Workspace | None = None
@@ -247,7 +249,7 @@ def demo(
         _step("5. replication: the output reaches the standby region")
         same = _replicated(ws, run.output_key or "", run.output_sha256)
         console.print(f"  {away} holds {run.output_key}: {'yes, same bytes' if same else 'NO'}")
-        console.print(status_table(views.status(ws)))
+        print_status(views.status(ws))
         _failover(story)
         _failback(story)
 
@@ -260,7 +262,7 @@ def demo(
                 f"  {len(story.uploads)} uploads: each one run, COMPLETED, rows"
                 " conserved, one mail, identical output in both regions"
             )
-        console.print(status_table(views.status(ws)))
+        print_status(views.status(ws))
         _step("9. mrbatch down")
         console.print(f"  stopped {len(supervisor.stop(ws))} processes")
         over, back = story.executions

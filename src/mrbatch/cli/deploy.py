@@ -10,19 +10,21 @@ from pathlib import Path
 from typing import Any
 
 import typer
+from rich.console import Group, RenderableType
 from rich.live import Live
-from rich.table import Table
+from rich.text import Text
 
 from .. import backends
-from ..config.initialize import DEFAULT_REGIONS, init_workspace
+from ..config.initialize import DEFAULT_REGIONS, init_workspace, seed_reference
 from ..config.workspace import Workspace
-from ..errors import MrbatchError, UnavailableError, UsageError
+from ..errors import ConfigError, MrbatchError, UnavailableError, UsageError
 from ..observe import views
 from ..runtime import supervisor
 from ..runtime.restarter import Restarter
-from .app import app, console, print_json, state, styled
+from .app import app, console, json_option, print_json, state, styled
+from .tables import Col, ago, emit, render
 
-__all__ = ["status_table", "wait_until_up"]
+__all__ = ["print_status", "status_table", "verdict_line", "wait_until_up"]
 
 
 @app.command()
@@ -50,6 +52,18 @@ def init(
         None, "--example", help="Also set up a worked example: events (JSONL, API, transform)."
     ),
     api_port: int = typer.Option(8741, "--api-port", help="Port of the example's API."),
+    object_store: str = typer.Option(
+        "local", "--object-store", help="local (a directory per region) or s3 (a bucket each)."
+    ),
+    state_table: str = typer.Option(
+        "sqlite", "--state-table", help="sqlite (a file per region) or dynamodb (a table each)."
+    ),
+    endpoint_url: str | None = typer.Option(
+        None,
+        "--endpoint-url",
+        help="S3/DynamoDB endpoint for every region (an S3-compatible store, a test server);"
+        " credentials come from the standard AWS chain, never from mrbatch.toml.",
+    ),
 ) -> None:
     """Create a workspace: mrbatch.toml, the sample pipeline and the data dir."""
     names = [r.strip() for r in regions.split(",") if r.strip()]
@@ -65,11 +79,16 @@ def init(
         dask_scheduler=dask_scheduler or None,
         example=example,
         api_port=api_port,
+        object_store=object_store,
+        state_table=state_table,
+        endpoint_url=endpoint_url,
     )
     console.print(styled("Workspace ready: ", (str(ws.config_path), "bold")))
     console.print(f"  regions: {', '.join(names)} ({names[0]} ACTIVE)")
     console.print(f"  data:    {ws.data_dir}")
     chosen = ws.config.backends
+    if (chosen.object_store, chosen.state_table) != ("local", "sqlite"):
+        console.print(f"  storage: {chosen.object_store} + {chosen.state_table} (see mrbatch.toml)")
     if chosen.control_plane != "sqlite" or chosen.executor != "process-pool":
         console.print(f"  control: {chosen.control_plane}, executor: {chosen.executor}")
     console.print("  sample:  pipeline/orders.schema.json, reference/financial.csv uploaded")
@@ -132,14 +151,18 @@ def wait_until_up(
 def up(
     detach: bool = typer.Option(False, "--detach", "-d", help="Run in the background."),
 ) -> None:
-    """Start one process per region, the replicators and the gateway, and keep them running:
-    a process that dies is started again (see [supervisor] in mrbatch.toml)."""
+    """Start one process per region, the replicators and the gateway, and keep them running.
+
+    A process that dies is started again, as the supervisor section of mrbatch.toml says."""
     ws = state.workspace()
     control = backends.open_control_plane(ws)
     try:
         control.routing()
     except MrbatchError:
         control.initialize(ws.regions, ws.regions[0])
+    for line in backends.provision(ws):  # buckets and tables, created when missing
+        console.print(line)
+    seed_reference(ws)
     running = supervisor.running(ws)
     everything = all(pid is not None for pid in running.values())
     keeper = supervisor.pid_of(ws, supervisor.SUPERVISOR)
@@ -270,62 +293,113 @@ def _restarts(count: Any, record: dict[str, Any] | None) -> str:
     return text
 
 
-def status_table(data: dict[str, Any]) -> Table:
+_STATUS_COLUMNS = (
+    Col("region"),
+    Col("state"),
+    Col("process"),
+    Col("pid", drop=9, justify="right"),
+    Col("restarts", drop=7),
+    Col("in flight", drop=8, justify="right"),
+    Col("backlog", drop=5, justify="right"),
+    Col("lag", drop=4, justify="right"),
+    Col("replicator", drop=3),
+    Col("heartbeat", drop=6),
+)
+
+
+def _status_parts(data: dict[str, Any]) -> tuple[str, list[list[str]], str]:
     title = (
         f"active region {data.get('active_region')}  epoch {data.get('epoch')}"
         f"  phase {data.get('phase')}"
     )
-    table = Table(title=title, title_justify="left")
-    for column in (
-        "region",
-        "state",
-        "process",
-        "pid",
-        "restarts",
-        "in flight",
-        "backlog",
-        "lag",
-        "replicator",
-        "heartbeat",
-    ):
-        table.add_column(column)
     keeper = data.get("supervisor", {})
     records = keeper.get("processes", {})
+    rows = []
     for name, info in data["regions"].items():
-        age = info.get("heartbeat_age")
         replicator = "alive" if info.get("replicator_alive") else "down"
         if info.get("replicator_restarts"):
             replicator += f", {info['replicator_restarts']} restart(s)"
-        table.add_row(
-            name,
-            str(info.get("state")),
-            str(info.get("process_state") or "-"),
-            str(info.get("pid") or "-"),
-            _restarts(info.get("restarts"), records.get(f"region:{name}")),
-            str(info.get("runs_in_flight") if info.get("runs_in_flight") is not None else "-"),
-            str(info.get("backlog") if info.get("backlog") is not None else "?"),
-            f"{info['lag_seconds']:.1f}s" if info.get("lag_seconds") is not None else "?",
-            replicator,
-            f"{age:.1f}s ago" if age is not None else "never",
+        rows.append(
+            [
+                name,
+                str(info.get("state")),
+                str(info.get("process_state") or "-"),
+                str(info.get("pid") or "-"),
+                _restarts(info.get("restarts"), records.get(f"region:{name}")),
+                str(info.get("runs_in_flight") if info.get("runs_in_flight") is not None else "-"),
+                str(info.get("backlog") if info.get("backlog") is not None else "?"),
+                f"{info['lag_seconds']:.1f}s" if info.get("lag_seconds") is not None else "?",
+                replicator,
+                ago(info.get("heartbeat_age")),
+            ]
         )
     gateway = data.get("gateway", {})
     restarts = _restarts(gateway.get("restarts"), records.get("gateway"))
     supervised = (
         f"supervisor pid {keeper.get('pid')}" if keeper.get("alive") else "no supervisor running"
     )
-    table.caption = (
+    caption = (
         f"gateway {gateway.get('url')} {'alive' if gateway.get('alive') else 'down'}"
         f" (restarts {restarts}); {supervised}"
         + ("" if keeper.get("restart", True) else ", restart off")
     )
-    return table
+    return title, rows, caption
+
+
+def verdict_line(data: dict[str, Any]) -> Text:
+    """The one line that says whether the deployment is well: OK, or the problems."""
+    verdict = data.get("verdict") or {}
+    if not verdict.get("ok", True):
+        return styled(("PROBLEM", "bold red"), f": {verdict.get('summary')}")
+    if verdict.get("warnings"):
+        return styled(("OK", "bold yellow"), f", but {'; '.join(verdict['warnings'])}")
+    return styled(("OK", "bold green"), f": {verdict.get('summary', '').removeprefix('ok: ')}")
+
+
+def status_table(data: dict[str, Any], width: int | None = None) -> RenderableType:
+    """The status table and its verdict, fitted to a terminal ``width`` (the live table of
+    `up`, the demo)."""
+    title, rows, caption = _status_parts(data)
+    table = render(
+        _STATUS_COLUMNS,
+        rows,
+        title=title,
+        caption=caption,
+        terminal=True,
+        width=width or console.width,
+    )
+    return Group(table, verdict_line(data))
+
+
+def print_status(data: dict[str, Any]) -> None:
+    """The status table (plain text when not printed to a terminal) and its verdict line."""
+    title, rows, caption = _status_parts(data)
+    emit(_STATUS_COLUMNS, rows, title=title, caption=caption)
+    console.print(verdict_line(data), soft_wrap=True)
 
 
 @app.command()
-def status(json_output: bool = typer.Option(False, "--json", help="Machine-readable.")) -> None:
-    """Active region, epoch, and per region: state, process, backlog and lag."""
-    data = views.status(state.workspace())
+def status(
+    json_output: bool = json_option("Print the status as JSON (the documented contract)."),
+) -> None:
+    """Active region, epoch, and per region: state, process, backlog and lag.
+
+    Ends with one line of verdict; exits 1 when a process is down or a threshold (heartbeat,
+    replication lag) is crossed, or a process refuses an edit of mrbatch.toml."""
+    try:
+        ws = state.workspace()
+    except ConfigError as exc:
+        if state.config is None and "no mrbatch.toml" in exc.message:
+            raise
+        raise ConfigError(
+            exc.message,
+            hint=f"{exc.hint + '; ' if exc.hint else ''}processes already running keep the"
+            " configuration they run with (the gateway's /api/status reports them)",
+        ) from exc
+    data = views.status(ws)
     if json_output:
         print_json(data)
     else:
-        console.print(status_table(data))
+        print_status(data)
+    if not data["verdict"]["ok"]:
+        raise typer.Exit(1)

@@ -8,21 +8,24 @@ from pathlib import Path
 from typing import Any
 
 import typer
-from rich.table import Table
 
 from ..recovery.answers import answer, switch_mode
 from ..recovery.chain import load_reports, verify_chain
 from ..recovery.drill import blocked, freeze, last_drill, run_drill
 from ..recovery.report import render_markdown
-from .app import app, console, err_console, print_json, state, styled
-from .recovery import plan_app
+from .app import HELP, app, console, err_console, json_option, print_json, state, styled
+from .plan_cmds import plan_app
+from .tables import Col, emit
 
 drill_app = typer.Typer(
     help="Practise recovery on the live deployment: load, failover, failback, verify.",
     invoke_without_command=True,
+    **HELP,  # type: ignore[arg-type]
 )
 report_app = typer.Typer(
-    help="Recovery reports: list, show, verify the chain.", no_args_is_help=True
+    help="Recovery reports: list, show, verify the chain.",
+    no_args_is_help=True,
+    **HELP,  # type: ignore[arg-type]
 )
 app.add_typer(drill_app, name="drill")
 app.add_typer(report_app, name="report")
@@ -38,7 +41,7 @@ def drill(
         None, "--report", help="Also write the drill's report here (.md: Markdown, else JSON)."
     ),
     force: bool = typer.Option(False, "--force", help="Start even while a block says no."),
-    json_output: bool = typer.Option(False, "--json"),
+    json_output: bool = json_option("Print the drill's result (failures, plans, report) as JSON."),
 ) -> None:
     """Run a drill now; exit 1 on any violation or a missed RTO budget."""
     if ctx.invoked_subcommand is not None:
@@ -73,7 +76,11 @@ def drill(
 
 
 @drill_app.command("freeze")
-def drill_freeze(reason: str | None = typer.Option(None, "--reason")) -> None:
+def drill_freeze(
+    reason: str | None = typer.Option(
+        None, "--reason", help="Why, shown by `drill status` and in the blocked drills' log."
+    ),
+) -> None:
     """Stop every drill from starting (scheduled or not) until `drill unfreeze`."""
     freeze(state.workspace(), True, reason=reason)
     console.print("drills are frozen")
@@ -87,7 +94,9 @@ def drill_unfreeze() -> None:
 
 
 @drill_app.command("status")
-def drill_status(json_output: bool = typer.Option(False, "--json")) -> None:
+def drill_status(
+    json_output: bool = json_option("Print what blocks a drill and the last drill as JSON."),
+) -> None:
     """Whether a drill could start now, and how the last one went."""
     ws = state.workspace()
     info: dict[str, Any] = {"blocked": blocked(ws, scheduled=False), "last": last_drill(ws)}
@@ -108,7 +117,7 @@ def drill_status(json_output: bool = typer.Option(False, "--json")) -> None:
 
 
 @report_app.command("list")
-def report_list(json_output: bool = typer.Option(False, "--json")) -> None:
+def report_list(json_output: bool = json_option("Print the reports' summaries as JSON.")) -> None:
     """Every recovery report, oldest first."""
     reports = load_reports(state.workspace())
     if json_output:
@@ -120,22 +129,24 @@ def report_list(json_output: bool = typer.Option(False, "--json")) -> None:
             ]
         )
         return
-    table = Table(title_justify="left")
-    for column in ("seq", "kind", "execution / drill", "outcome", "hash"):
-        table.add_column(column)
+    rows = []
     for r in reports:
         outcome = r.get("outcome") or ("passed" if r.get("passed") else "failed")
-        table.add_row(
-            str(r["seq"]), r.get("kind", ""), r.get("execution") or r.get("drill") or "",
-            outcome, r["hash"][:16],
+        rows.append(
+            [str(r["seq"]), r.get("kind", ""), r.get("execution") or r.get("drill") or "",
+             outcome, r["hash"][:16]]
         )  # fmt: skip
-    console.print(table)
+    columns = (
+        Col("seq", justify="right"), Col("kind"), Col("execution / drill"), Col("outcome"),
+        Col("hash", drop=1),
+    )  # fmt: skip
+    emit(columns, rows)
 
 
 @report_app.command("show")
 def report_show(
     seq: int = typer.Argument(..., help="The report's number (`mrbatch report list`)."),
-    json_output: bool = typer.Option(False, "--json"),
+    json_output: bool = json_option("Print the report's JSON instead of its Markdown."),
 ) -> None:
     """One report, as Markdown (or its JSON)."""
     found = [r for r in load_reports(state.workspace()) if r.get("seq") == seq]
@@ -149,7 +160,9 @@ def report_show(
 
 
 @report_app.command("verify")
-def report_verify(json_output: bool = typer.Option(False, "--json")) -> None:
+def report_verify(
+    json_output: bool = json_option("Print the verdict with every problem as JSON."),
+) -> None:
     """Check the chain of reports: every gap, edit or broken link is named (exit 1)."""
     result = verify_chain(state.workspace(), render_markdown)
     if json_output:
@@ -191,8 +204,8 @@ def plan_approve(
     key: list[str] = typer.Option(
         [], "--key", help="Approve leaving this input behind at the RPO gate (repeatable)."
     ),
-    note: str | None = typer.Option(None, "--note"),
-    json_output: bool = typer.Option(False, "--json"),
+    note: str | None = typer.Option(None, "--note", help="A note kept with the answer."),
+    json_output: bool = json_option("Print the answer as recorded, as JSON."),
 ) -> None:
     """Approve a plan waiting at its approval step (or, with --key, the loss of inputs)."""
     _answered(answer(state.workspace(), execution, "approve", keys=key, note=note), json_output)
@@ -201,8 +214,8 @@ def plan_approve(
 @plan_app.command("deny")
 def plan_deny(
     execution: str | None = typer.Argument(None, help="Execution id (default: the running one)."),
-    note: str | None = typer.Option(None, "--note"),
-    json_output: bool = typer.Option(False, "--json"),
+    note: str | None = typer.Option(None, "--note", help="A note kept with the answer."),
+    json_output: bool = json_option("Print the answer as recorded, as JSON."),
 ) -> None:
     """Deny a plan waiting at its approval step: it aborts with nothing changed."""
     _answered(answer(state.workspace(), execution, "deny", note=note), json_output)
@@ -211,7 +224,7 @@ def plan_deny(
 @plan_app.command("ungraceful")
 def plan_ungraceful(
     execution: str | None = typer.Argument(None, help="Execution id (default: the running one)."),
-    json_output: bool = typer.Option(False, "--json"),
+    json_output: bool = json_option("Print the switch as recorded, as JSON."),
 ) -> None:
     """Switch a running plan to ungraceful: its wait for replication becomes the bounded one."""
     _answered(switch_mode(state.workspace(), execution, "ungraceful"), json_output)

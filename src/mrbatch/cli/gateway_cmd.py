@@ -13,13 +13,14 @@ from ..access.links import SigningKeys
 from ..config.workspace import Workspace
 from ..errors import UnavailableError, UsageError
 from ..runtime import supervisor
-from .app import app, console, err_console, print_json, state
+from .app import HELP, app, console, err_console, json_option, print_json, state
 
 __all__ = ["gateway_app"]
 
 gateway_app = typer.Typer(
     help="The HTTP gateway: uploads, presigned links, status API, /metrics and the dashboard.",
     no_args_is_help=False,
+    **HELP,  # type: ignore[arg-type]
 )
 app.add_typer(gateway_app, name="gateway")
 
@@ -98,10 +99,12 @@ def rotate_key(
         "--revoke",
         help="Also drop the old keys: every link signed so far stops working at once.",
     ),
-    json_output: bool = typer.Option(False, "--json", help="Print the outcome as JSON."),
+    json_output: bool = json_option("Print the outcome as JSON."),
 ) -> None:
-    """Sign links with a new key. Links signed with the old one stay valid until they expire
-    (at most gateway.max_link_lifetime), unless --revoke; a running gateway picks it up."""
+    """Sign links with a new key; a running gateway picks it up.
+
+    Links signed with the old one stay valid until they expire (at most
+    gateway.max_link_lifetime), unless --revoke."""
     ws = state.workspace()
     ws.signing_key  # noqa: B018 -- a current key to retire (created if there is none yet)
     keys = SigningKeys(ws.data_dir, ws.config.gateway.max_link_lifetime)

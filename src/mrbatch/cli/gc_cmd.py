@@ -4,10 +4,10 @@ every ``retention.interval``)."""
 from __future__ import annotations
 
 import typer
-from rich.table import Table
 
 from ..maintain.gc import collect_garbage
-from .app import app, console, print_json, state
+from .app import app, console, json_option, print_json, state
+from .tables import Col, emit
 
 __all__ = ["gc"]
 
@@ -17,10 +17,12 @@ def gc(
     dry_run: bool = typer.Option(
         False, "--dry-run", help="Report what would be removed; remove nothing."
     ),
-    json_output: bool = typer.Option(False, "--json", help="Print the report as JSON."),
+    json_output: bool = json_option("Print the report as JSON."),
 ) -> None:
-    """Remove what finished runs leave behind (intermediates at once; their versions and
-    records past retention.age), in every region, and free superseded bytes."""
+    """Remove what finished runs leave behind, in every region.
+
+    Intermediates at once; a run's versions and records past retention.age; and the bytes of
+    superseded versions."""
     report = collect_garbage(state.workspace(), dry_run=dry_run)
     if json_output:
         print_json(report.to_dict())
@@ -36,18 +38,15 @@ def gc(
     for reason, count in sorted(report.kept.items()):
         console.print(f"  kept {count} run(s): {reason}")
     if report.purged:
-        table = Table(title="purged", title_justify="left")
-        for column in ("region", "object tombstones", "versions freed", "bytes freed",
-                       "record tombstones"):  # fmt: skip
-            table.add_column(column)
-        for region, counts in report.purged.items():
-            table.add_row(
-                region,
-                str(counts.get("object_tombstones", 0)),
-                str(counts.get("versions_freed", 0)),
-                str(counts.get("bytes_freed", 0)),
-                str(counts.get("record_tombstones", 0)),
-            )
-        console.print(table)
+        emit(
+            (Col("region"), Col("object tombstones", justify="right"),
+             Col("versions freed", justify="right"), Col("bytes freed", justify="right"),
+             Col("record tombstones", justify="right")),
+            [[region, str(counts.get("object_tombstones", 0)),
+              str(counts.get("versions_freed", 0)), str(counts.get("bytes_freed", 0)),
+              str(counts.get("record_tombstones", 0))]
+             for region, counts in report.purged.items()],
+            title="purged",
+        )  # fmt: skip
     for note in report.notes:
         console.print(f"  note: {note}")

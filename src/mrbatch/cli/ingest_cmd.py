@@ -14,15 +14,17 @@ import typer
 from ..access.accesspoint import AccessPoint
 from ..access.ingest import Ingestor, Sealed, split_records
 from ..errors import UsageError
-from .app import app, console, print_json, state
+from .app import app, console, json_option, print_json, state
 
 
 @app.command()
 def ingest(
-    pipeline: str = typer.Argument(..., help="A pipeline declared in [pipelines.NAME]."),
+    pipeline: str = typer.Argument(
+        ..., help="The name of a pipeline declared in mrbatch.toml (pipelines.NAME)."
+    ),
     node: str = typer.Option("cli", "--node", help="Names this spool in the sealed keys."),
     batch: int = typer.Option(1000, "--batch", help="Records made durable at a time."),
-    json_output: bool = typer.Option(False, "--json"),
+    json_output: bool = json_option("Print the records accepted and the files sealed as JSON."),
 ) -> None:
     """Stream records (CSV records or NDJSON lines) from stdin into sealed input files."""
     ws = state.workspace()

@@ -17,12 +17,14 @@ COMMAND_MODULES = (
     "objects",
     "runs",
     "recovery",
+    "plan_cmds",
     "drill_cmd",
     "gateway_cmd",
     "chaos_cmds",
     "gc_cmd",
     "backup_cmds",
     "ingest_cmd",
+    "config_cmd",
     "demo",
 )
 for _module in COMMAND_MODULES:

@@ -4,22 +4,23 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Any, BinaryIO, cast
 
 import typer
 from rich.markup import escape
 from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
-from rich.table import Table
 
 from ..access.accesspoint import AccessPoint
 from ..access.links import presign
-from ..config.values import parse_duration
-from ..errors import NotFoundError, UsageError
+from ..config.workspace import Workspace
+from ..errors import MrbatchError, NotFoundError
 from ..model.keys import INPUT, check_key
 from ..observe import views
 from ..pipeline.formats import csv_line, read_rejected
-from .app import app, console, err_console, print_json, state
+from .app import app, console, duration, err_console, json_option, print_json, state
+from .tables import Col, clock, emit
 
 
 class _Counting:
@@ -54,31 +55,54 @@ def _progress(show: bool) -> Progress:
 
 @app.command()
 def put(
-    file: Path = typer.Argument(..., exists=True, dir_okay=False, readable=True),
+    file: Path = typer.Argument(
+        ..., exists=True, dir_okay=False, readable=True, help="The file to upload."
+    ),
     key: str | None = typer.Option(None, "--key", help="Object key (default input/<name>)."),
     region: str | None = typer.Option(None, "--region", help="Upload to exactly this region."),
-    json_output: bool = typer.Option(False, "--json"),
+    json_output: bool = json_option("Print where it landed (and its run id) as JSON."),
 ) -> None:
     """Upload FILE through the access point to the preferred healthy region."""
     ws = state.workspace()
     target = check_key(key or INPUT + file.name)
     size = file.stat().st_size
+    started = time.time()
     with file.open("rb") as handle, _progress(not json_output and sys.stderr.isatty()) as bar:
         task = bar.add_task(escape(f"put {target}"), total=size)
         counting = cast(BinaryIO, _Counting(handle, lambda n: bar.advance(task, n)))
         located = AccessPoint(ws).put(target, counting, region=region)
-    result = {
+    result: dict[str, Any] = {
         "region": located.region,
         "key": located.info.key,
         "sha256": located.info.sha256,
         "size": located.info.size,
     }
-    if located.accepted is not None:
-        result["run_id"] = located.accepted.run_id  # the id of this input version's run
+    accepted = located.accepted
+    # The same bytes under the same key were accepted before: the same version, no new run.
+    again = accepted is not None and accepted.at < started
+    if accepted is not None:
+        result["run_id"] = accepted.run_id  # the id of this input version's run
+        result["new_version"] = not again
     if json_output:
         print_json(result)
-    else:
-        console.print(f"{located.region}  {located.info.key}  sha256:{located.info.sha256}")
+        return
+    console.print(f"{located.region}  {located.info.key}  sha256:{located.info.sha256}")
+    if again and accepted is not None:
+        run = _run_status(ws, accepted.run_id)
+        console.print(
+            f"no new run: the same bytes as run {accepted.run_id[:12]}"
+            f" (accepted {clock(accepted.at)}{f', {run}' if run else ''})",
+            soft_wrap=True,
+        )
+
+
+def _run_status(ws: Workspace, run_id: str) -> str | None:
+    """``COMPLETED``, ``FAILED``... of one run, if a region can tell (best effort)."""
+    try:
+        run = next((r for r in views.all_runs(ws) if r.run_id == run_id), None)
+    except MrbatchError:
+        return None
+    return str(run.status) if run is not None else None
 
 
 @app.command()
@@ -88,7 +112,11 @@ def get(
 ) -> None:
     """Download KEY from whichever region holds it."""
     ws = state.workspace()
-    located, stream = AccessPoint(ws).open(check_key(key))
+    access = AccessPoint(ws)
+    try:
+        located, stream = access.open(check_key(key))
+    except NotFoundError as exc:
+        raise NotFoundError(exc.message, hint=_suggest(access, key)) from exc
     show = output is not None and sys.stderr.isatty()
     with stream, _progress(show) as bar:
         task = bar.add_task(escape(f"get {key}"), total=located.info.size)
@@ -104,6 +132,28 @@ def get(
         err_console.print(f"{located.region}  {key} -> {output} ({located.info.size} bytes)")
 
 
+_PREFIXES = ("output/", "rejected/", "input/", "reference/")
+
+
+def _suggest(access: AccessPoint, key: str) -> str:
+    """What the user may have meant by a key no region holds: the same name under output/
+    (and the others), if one exists."""
+    name = key.split("/", 1)[1] if key.startswith(_PREFIXES) else key
+    for prefix in _PREFIXES:
+        candidate = prefix + name
+        if candidate == key:
+            continue
+        try:
+            access.locate(candidate)
+        except MrbatchError:
+            continue
+        return f"did you mean {candidate}? (`mrbatch get {candidate}`)"
+    return (
+        f"results are under output/ and rejected/, e.g. output/{name}; `mrbatch runs` lists"
+        " the inputs and their outputs"
+    )
+
+
 def _user_file(path: Path) -> BinaryIO:
     """``path`` opened for writing with the user's own umask (the command's is private)."""
     private = os.umask(state.user_umask)
@@ -116,7 +166,7 @@ def _user_file(path: Path) -> BinaryIO:
 @app.command()
 def url(
     key: str = typer.Argument(..., help="Object key, e.g. output/orders.csv"),
-    expires: str | None = typer.Option(
+    expires: float | None = duration(
         None,
         "--expires",
         help="How long the link stays valid, e.g. 90s, 30m, 2h (default: gateway.link_expiry).",
@@ -125,12 +175,13 @@ def url(
     """Print a presigned link to KEY, served by the gateway from any region holding it."""
     ws = state.workspace()
     gateway = ws.config.gateway
-    try:
-        lifetime = gateway.link_expiry if expires is None else parse_duration(expires)
-    except ValueError as exc:
-        raise UsageError(f"--expires: {exc}") from exc
+    lifetime = gateway.link_expiry if expires is None else expires
     check_key(key)
-    AccessPoint(ws).locate(key)  # refuse links to nothing
+    access = AccessPoint(ws)
+    try:
+        access.locate(key)  # refuse links to nothing
+    except NotFoundError as exc:
+        raise NotFoundError(exc.message, hint=_suggest(access, key)) from exc
     link = presign(
         ws.signing_key,
         ws.gateway_url,
@@ -143,19 +194,34 @@ def url(
 
 @app.command()
 def errors(
-    key: str = typer.Argument(..., help="Input key (input/x.csv or x.csv) or run id."),
-    json_output: bool = typer.Option(False, "--json"),
-    limit: int = typer.Option(50, "--limit", help="Rows to show in the table (0 = all)."),
+    key: str = typer.Argument(
+        ..., metavar="KEY|RUN", help="Input key (input/x.csv or x.csv) or run id (or its start)."
+    ),
+    json_output: bool = json_option("Print every rejected row as JSON."),
+    limit: int = typer.Option(50, "--limit", min=0, help="Rows to show in the table (0: all)."),
 ) -> None:
     """The rejected rows of an input's latest run: row number, values, reason."""
     ws = state.workspace()
     run = views.find_run(ws, key)
     source = run.rejected_key or run.merged_rejected_key
     if source is None:
-        raise UsageError(
-            f"run {run.run_id} ({run.input_key}) has no rejected rows to show: it is"
-            f" {run.status}" + (f" ({run.reason})" if run.reason else ""),
+        if json_output:
+            print_json(
+                {"run_id": run.run_id, "input_key": run.input_key, "status": str(run.status),
+                 "rows_rejected": None, "rejected": []}
+            )  # fmt: skip
+            return
+        when = "yet" if not run.status.terminal else "kept"
+        console.print(
+            f"{run.input_key}: no rejected rows {when}; run {run.run_id[:12]} is {run.status}"
+            + (
+                f", before its rows were checked: {run.reason}"
+                if run.reason
+                else " (its rows are checked before the merge)"
+            ),
+            soft_wrap=True,
         )
+        return
     try:
         _, stream = AccessPoint(ws).open(source)
     except NotFoundError as exc:
@@ -177,19 +243,26 @@ def errors(
             }
         )
         return
-    table = Table(
-        title=f"{run.input_key}: {len(rows)} rejected row(s), run {run.run_id} ({run.status})",
-        title_justify="left",
-    )
-    table.add_column("row", justify="right")
-    table.add_column("line", justify="right")
-    table.add_column("reason")
-    table.add_column("values")
+    if not rows:
+        console.print(
+            f"{run.input_key}: no rejected rows; run {run.run_id[:12]} is {run.status}"
+            f" ({run.rows_in} row(s) in, {run.rows_out} out)"
+            + (f": {run.reason}" if run.reason else ""),
+            soft_wrap=True,
+        )
+        return
+    table_rows = []
     for item in rows[: limit or None]:
         values = ", ".join(f"{k}={v!r}" for k, v in item["values"].items())
         if item.get("extra"):
             values += f" +extra {item['extra']}"
-        table.add_row(str(item["row"]), str(item["line"]), item["reason"], values)
-    console.print(table)
+        table_rows.append([str(item["row"]), str(item["line"]), item["reason"], values])
+    emit(
+        (Col("row", justify="right"), Col("line", drop=1, justify="right"),
+         Col("reason", wrap=True), Col("values", wrap=True)),
+        table_rows,
+        title=f"{run.input_key}: {len(rows)} rejected row(s), run {run.run_id[:12]}"
+        f" ({run.status})",
+    )  # fmt: skip
     if limit and len(rows) > limit:
         console.print(f"... {len(rows) - limit} more (--limit 0 or --json for all)")

@@ -1,4 +1,5 @@
-"""``mrbatch failover``, ``failback``, ``reconcile``, ``redrive``, ``watch`` and ``plan``."""
+"""``mrbatch failover``, ``failback``, ``reconcile``, ``redrive`` and ``watch``; ``plan`` is in
+:mod:`.plan_cmds`."""
 
 from __future__ import annotations
 
@@ -7,10 +8,7 @@ from datetime import UTC
 from typing import Any
 
 import typer
-from rich.table import Table
 
-from ..config.plans import StepConfig
-from ..recovery.evaluate import evaluate_plans
 from ..recovery.operations import (
     failback_target,
     failover_target,
@@ -18,10 +16,11 @@ from ..recovery.operations import (
     redrive,
     redrive_matching,
 )
-from ..recovery.plan import MODES, Execution, StepLog, history
+from ..recovery.plan import MODES, Execution, StepLog
 from ..recovery.runbook import Runbook
 from ..recovery.watch import Watcher
-from .app import app, console, err_console, print_json, state, styled
+from .app import app, console, duration, err_console, json_option, print_json, state, styled
+from .tables import Col, clock, emit, seconds
 
 MODE_HELP = (
     "ungraceful",
@@ -29,11 +28,6 @@ MODE_HELP = (
     " the bounded wait (--max-wait), naming what is left behind.",
 )
 LOSS_HELP = "Accept leaving this input (key or run id) behind at the RPO gate; repeatable."
-
-plan_app = typer.Typer(
-    help="Recovery plans as code: show, evaluate, history.", no_args_is_help=True
-)
-app.add_typer(plan_app, name="plan")
 
 
 def _confirm(prompt: str) -> bool:
@@ -74,7 +68,7 @@ def _run_plan(
     if json_output:
         print_json(execution.to_dict())
     else:
-        _print_execution(execution)
+        print_execution(execution)
     if execution.outcome != "succeeded":
         raise typer.Exit(1)
     if execution.at_risk:
@@ -86,7 +80,7 @@ def _run_plan(
         raise typer.Exit(1)
 
 
-def _print_execution(execution: Execution) -> None:
+def print_execution(execution: Execution) -> None:
     colour = {"succeeded": "green", "aborted": "yellow"}.get(execution.outcome, "red")
     console.print(
         styled(
@@ -104,7 +98,7 @@ def _print_execution(execution: Execution) -> None:
             f" {execution.desired_rto:.0f}s); epoch {execution.epoch_before} ->"
             f" {execution.epoch_after}"
         )
-    console.print(_steps_table(execution.steps))
+    _print_steps(execution.steps)
     if execution.report:
         console.print(
             f"recovery report {execution.report['seq']}:"
@@ -113,39 +107,69 @@ def _print_execution(execution: Execution) -> None:
         )
 
 
-def _steps_table(steps: list[StepLog]) -> Table:
-    table = Table(title_justify="left")
-    for column in ("step", "outcome", "seconds", "message"):
-        table.add_column(column)
+def _print_steps(steps: list[StepLog]) -> None:
+    rows: list[list[str]] = []
 
     def add(step: StepLog, indent: str = "") -> None:
-        table.add_row(
-            indent + step.name,
-            step.outcome,
-            "-" if step.seconds is None else f"{step.seconds:.2f}",
-            step.message,
+        rows.append(
+            [
+                indent + step.name,
+                step.outcome,
+                clock(step.started),
+                seconds(step.seconds),
+                step.message,
+            ]
         )
         for child in step.children:
             add(child, indent + "  ")
 
     for step in steps:
         add(step)
-    return table
+    emit(
+        (Col("step"), Col("outcome"), Col("at", drop=2), Col("took", drop=1, justify="right"),
+         Col("message", wrap=True)),
+        rows,
+    )  # fmt: skip
+
+
+def _yes() -> Any:
+    return typer.Option(False, "--yes", "-y", help="Approve without a prompt.")
+
+
+def _max_wait() -> Any:
+    return duration(
+        None,
+        "--max-wait",
+        help="Bound on waiting for replication, e.g. 60s (default: failover.max_wait).",
+    )
+
+
+def _force() -> Any:
+    return typer.Option(
+        False, "--force", help="Override readiness and the minimum time between switches."
+    )
+
+
+def _mode_option() -> Any:
+    return typer.Option(MODE_HELP[0], "--mode", help=MODE_HELP[1])
+
+
+def _accept_loss() -> Any:
+    return typer.Option([], "--accept-loss", help=LOSS_HELP)
+
+
+_PLAN_JSON = "Print the plan's execution (steps, evidence, RTO) as JSON."
 
 
 @app.command()
 def failover(
     to: str | None = typer.Option(None, "--to", help="Region to activate (default: the standby)."),
-    yes: bool = typer.Option(False, "--yes", "-y", help="Approve without a prompt."),
-    max_wait: str | None = typer.Option(
-        None, "--max-wait", help="Bound on waiting for replication (e.g. 60s)."
-    ),
-    force: bool = typer.Option(
-        False, "--force", help="Override readiness and the minimum time between switches."
-    ),
-    json_output: bool = typer.Option(False, "--json"),
-    mode: str = typer.Option(MODE_HELP[0], "--mode", help=MODE_HELP[1]),
-    accept_loss: list[str] = typer.Option([], "--accept-loss", help=LOSS_HELP),
+    yes: bool = _yes(),
+    max_wait: float | None = _max_wait(),
+    force: bool = _force(),
+    json_output: bool = json_option(_PLAN_JSON),
+    mode: str = _mode_option(),
+    accept_loss: list[str] = _accept_loss(),
 ) -> None:
     """Run the failover plan against the region being activated."""
     ws = state.workspace()
@@ -154,7 +178,7 @@ def failover(
         failover_target(ws, to),
         yes,
         force,
-        _seconds(max_wait),
+        max_wait,
         json_output,
         _mode(mode),
         accept_loss,
@@ -166,12 +190,12 @@ def failback(
     to: str | None = typer.Option(
         None, "--to", help="Region to return to (default: the first listed)."
     ),
-    yes: bool = typer.Option(False, "--yes", "-y"),
-    max_wait: str | None = typer.Option(None, "--max-wait"),
-    force: bool = typer.Option(False, "--force"),
-    json_output: bool = typer.Option(False, "--json"),
-    mode: str = typer.Option(MODE_HELP[0], "--mode", help=MODE_HELP[1]),
-    accept_loss: list[str] = typer.Option([], "--accept-loss", help=LOSS_HELP),
+    yes: bool = _yes(),
+    max_wait: float | None = _max_wait(),
+    force: bool = _force(),
+    json_output: bool = json_option(_PLAN_JSON),
+    mode: str = _mode_option(),
+    accept_loss: list[str] = _accept_loss(),
 ) -> None:
     """Run the failback plan: catch the returning region up, hand runs over, activate it."""
     ws = state.workspace()
@@ -180,7 +204,7 @@ def failback(
         failback_target(ws, to),
         yes,
         force,
-        _seconds(max_wait),
+        max_wait,
         json_output,
         _mode(mode),
         accept_loss,
@@ -193,28 +217,19 @@ def _mode(value: str) -> str:
     return value
 
 
-def _seconds(value: str | None) -> float | None:
-    if value is None:
-        return None
-    from ..config.values import parse_duration
-
-    try:
-        return parse_duration(value)
-    except ValueError as exc:
-        raise typer.BadParameter(str(exc), param_hint="--max-wait") from exc
-
-
 @app.command()
 def reconcile(
-    max_wait: str | None = typer.Option(
-        None, "--max-wait", help="How long to watch for inputs still arriving."
+    max_wait: float | None = duration(
+        None,
+        "--max-wait",
+        help="How long to watch for inputs still arriving (default: failover.max_wait).",
     ),
-    json_output: bool = typer.Option(False, "--json"),
+    json_output: bool = json_option("Print the report (re-driven, at risk...) as JSON."),
 ) -> None:
     """Re-drive every unfinished run in the active region; report each by name."""
     ws = state.workspace()
     echo = (lambda _l: None) if json_output else (lambda line: err_console.print(line))
-    report = reconcile_now(ws, max_wait=_seconds(max_wait), echo=echo)
+    report = reconcile_now(ws, max_wait=max_wait, echo=echo)
     if json_output:
         print_json(report)
     else:
@@ -248,7 +263,12 @@ def _print_report(report: dict[str, Any]) -> None:
 
 @app.command(name="redrive")
 def redrive_command(
-    key: str | None = typer.Argument(None, help="Input key or run id of a FAILED run."),
+    key: str | None = typer.Argument(
+        None,
+        metavar="KEY|RUN",
+        help="Input key, or run id (or its start, as `mrbatch runs` shows it), of a FAILED run;"
+        " or --status instead.",
+    ),
     status: str | None = typer.Option(
         None, "--status", help="Every run with this status (FAILED) instead of one."
     ),
@@ -256,10 +276,13 @@ def redrive_command(
         None, "--since", help="With --status: updated at or after (ISO 8601 or @unix)."
     ),
     prefix: str | None = typer.Option(None, "--prefix", help="With --status: input key prefix."),
-    json_output: bool = typer.Option(False, "--json"),
+    json_output: bool = json_option(
+        "Print where the run resumes as JSON (with --status: a list, one per run)."
+    ),
 ) -> None:
-    """Run a FAILED run (or every matching one) again in the active region from its last good
-    step; says what it did per run."""
+    """Run a FAILED run (or every matching one) again in the active region, from its last step.
+
+    Says per run where it resumes and how many chunks run again, or why it was not re-driven."""
     if (key is None) == (status is None):
         raise typer.BadParameter("give a KEY or --status FAILED", param_hint="KEY")
     ws = state.workspace()
@@ -317,7 +340,9 @@ def watch(
         "--auto-failover",
         help="Run the failover plan when the active region is unhealthy and the standby is ready.",
     ),
-    iterations: int | None = typer.Option(None, "--iterations", help="Stop after N checks."),
+    iterations: int | None = typer.Option(
+        None, "--iterations", min=1, help="Stop after N checks (default: run until Ctrl-C)."
+    ),
 ) -> None:
     """Watch the active region's health; recommend (or run) a failover, with the evidence."""
     ws = state.workspace()
@@ -330,79 +355,3 @@ def watch(
         watcher.run(iterations)
     except KeyboardInterrupt:
         pass
-
-
-@plan_app.command("show")
-def plan_show(json_output: bool = typer.Option(False, "--json")) -> None:
-    """The failover and failback plans as configured."""
-    plans = state.workspace().config.plans
-    if json_output:
-        print_json(
-            {
-                name: [s.model_dump(exclude_none=True) for s in getattr(plans, name).steps]
-                for name in ("failover", "failback")
-            }
-        )
-        return
-    for name in ("failover", "failback"):
-        console.print(styled((name, "bold"), f" (from {plans.file})" if plans.file else ""))
-        for n, step in enumerate(getattr(plans, name).steps, 1):
-            console.print(f"  {n}. {_describe(step)}", markup=False, highlight=False)
-
-
-def _describe(step: StepConfig, indent: str = "") -> str:
-    timeout = f" (timeout {step.timeout:.0f}s)" if step.timeout else ""
-    if step.parallel:
-        inner = "; ".join(_describe(s) for s in step.parallel)
-        return f"{step.name}: in parallel [{inner}]"
-    if step.run:
-        return f"{step.name}: run `{step.run}`{timeout}"
-    if step.call:
-        return f"{step.name}: call {step.call}{timeout}"
-    return f"{step.name}" + ("" if step.action == step.name else f": {step.action}")
-
-
-@plan_app.command("evaluate")
-def plan_evaluate(json_output: bool = typer.Option(False, "--json")) -> None:
-    """Check now that every step of both plans could run."""
-    checks = evaluate_plans(state.workspace())
-    if json_output:
-        print_json(checks)
-    else:
-        table = Table(title_justify="left")
-        for column in ("plan", "check", "status", "detail"):
-            table.add_column(column)
-        for c in checks:
-            colour = {"ok": "green", "warning": "yellow"}.get(c["status"], "red")
-            table.add_row(c["plan"], c["check"], styled((c["status"], colour)), c["detail"])
-        console.print(table)
-    if any(c["status"] == "failed" for c in checks):
-        raise typer.Exit(1)
-
-
-@plan_app.command("history")
-def plan_history(
-    json_output: bool = typer.Option(False, "--json"),
-    last: int = typer.Option(10, "--last", help="How many executions of each kind (0 = all)."),
-    kind: str = typer.Option("all", "--kind", help="recovery, drill or all."),
-) -> None:
-    """Past plan executions with their step logs and RTO: real recoveries, then drills."""
-    if kind not in ("all", "recovery", "drill"):
-        raise typer.BadParameter("one of recovery, drill, all", param_hint="--kind")
-    executions = history(state.workspace())
-    groups = {
-        name: [e for e in executions if e.kind == name][-last if last else 0 :]
-        for name in ("recovery", "drill")
-        if kind in ("all", name)
-    }
-    if json_output:
-        chosen = sorted((e for group in groups.values() for e in group), key=lambda e: e.started)
-        print_json([{**e.to_dict(), "kind": e.kind} for e in chosen])
-        return
-    for name, group in groups.items():
-        console.print(styled((f"{name.capitalize()} executions", "bold"), f" ({len(group)})"))
-        if not group:
-            console.print(f"  no {name} has run yet")
-        for execution in group:
-            console.rule(execution.id + (f" (drill {execution.drill})" if execution.drill else ""))
-            _print_execution(execution)

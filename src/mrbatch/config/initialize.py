@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import uuid
 from importlib import resources
 from pathlib import Path
@@ -14,7 +15,13 @@ from .examples import example_config, write_example
 from .settings import CONFIG_NAME, REGION_NAME
 from .workspace import PRIVATE_UMASK, Workspace
 
-__all__ = ["DEFAULT_REGIONS", "SAMPLE_ENRICHMENT", "init_workspace", "sample_bytes"]
+__all__ = [
+    "DEFAULT_REGIONS",
+    "SAMPLE_ENRICHMENT",
+    "init_workspace",
+    "sample_bytes",
+    "seed_reference",
+]
 
 DEFAULT_REGIONS = ["us-east-1", "us-west-2"]
 SAMPLE_ENRICHMENT = {
@@ -37,11 +44,12 @@ regions = {regions}
 data_dir = ".mrbatch"
 
 [backends]
-object_store = "local"        # one directory per region
-state_table = "sqlite"        # one SQLite replica per region
+object_store = "{object_store}"{store_note}
+state_table = "{state_table}"{table_note}
 control_plane = "{control_plane}"{control_pad}# the routing control: "sqlite" (a file) or "etcd"
 notifier = "outbox"           # "outbox" writes .eml files; "smtp" needs notify.smtp_host
 executor = "{executor}"{executor_pad}# or "inline" (in the region process) or "dask"
+replication = "builtin"       # "native": S3 CRR and DynamoDB global tables copy, mrbatch watches
 
 [pipeline]
 schema = "pipeline/orders.schema.json"   # JSON Schema (draft-07) every row is checked against
@@ -161,6 +169,35 @@ steps = ["readiness", "catch-up", "approval", "rpo-gate", "fence", "wait-replica
          "activate", "reconcile", "standby-previous"]
 """
 
+_NOTES = {
+    "local": "        # one directory per region",
+    "sqlite": "        # one SQLite replica per region",
+    "s3": "           # one versioned bucket per region, see [s3]",
+    "dynamodb": "  # one table per region, see [dynamodb]",
+}
+
+# Credentials are never written here: boto3's standard chain finds them.
+_S3 = """
+[s3]
+# One versioned bucket per region ({region}: the region's name), created by `mrbatch up`.
+bucket = "mrbatch-SUFFIX-{region}"
+ENDPOINTmultipart_threshold = 67108864    # larger objects are uploaded in parts of part_size
+part_size = 16777216
+presign_mail = false                # true: the mail also carries S3's own presigned URL
+# Per region: another bucket, endpoint (an S3-compatible store), signing region or profile.
+# [s3.regions.us-west-2]
+# endpoint_url = "https://minio.example.com:9000"
+# aws_region = "us-west-2"
+# profile = "west"
+"""
+
+_DYNAMODB = """
+[dynamodb]
+# One table per region ({region}: the region's name), created by `mrbatch up`.
+table = "mrbatch-SUFFIX-{region}"
+ENDPOINT# [dynamodb.regions.us-west-2]     # per region: table, endpoint_url, aws_region, profile
+"""
+
 
 def sample_bytes(name: str) -> bytes:
     return resources.files("mrbatch.config.samples").joinpath(name).read_bytes()
@@ -183,6 +220,9 @@ def init_workspace(
     dask_scheduler: str | None = None,
     example: str | None = None,
     api_port: int = 8741,
+    object_store: str = "local",
+    state_table: str = "sqlite",
+    endpoint_url: str | None = None,
 ) -> Workspace:
     regions = regions or list(DEFAULT_REGIONS)
     if control_plane == "etcd" and not etcd_endpoints:
@@ -190,12 +230,20 @@ def init_workspace(
             "--control-plane etcd needs the cluster's client URLs",
             hint="pass --etcd-endpoints http://HOST:2379,http://HOST2:2379,...",
         )
-    for kind, name in (("control_plane", control_plane), ("executor", executor)):
+    chosen = {
+        "object_store": object_store,
+        "state_table": state_table,
+        "control_plane": control_plane,
+        "executor": executor,
+    }
+    for kind, name in chosen.items():
         if name not in backends.REGISTRY[kind]:
             known = ", ".join(sorted(backends.REGISTRY[kind]))
             raise UsageError(f"unknown {kind.replace('_', ' ')} {name!r} (known: {known})")
     if dask_scheduler and executor != "dask":
         raise UsageError("--dask-scheduler goes with --executor dask")
+    if endpoint_url and object_store != "s3" and state_table != "dynamodb":
+        raise UsageError("--endpoint-url goes with --object-store s3 or --state-table dynamodb")
     for name in regions:
         if not REGION_NAME.match(name):
             raise UsageError(
@@ -225,7 +273,18 @@ def init_workspace(
         etcd_prefix=f"/mrbatch/{uuid.uuid4().hex[:12]}",
         dask_scheduler=scheduler,
         dask_pad=_pad(scheduler, 16),
+        object_store=object_store,
+        state_table=state_table,
+        store_note=_NOTES.get(object_store, ""),
+        table_note=_NOTES.get(state_table, ""),
     )
+    # Bucket names are global: a random part keeps two workspaces' buckets apart.
+    suffix = secrets.token_hex(4)
+    endpoint = f'endpoint_url = "{endpoint_url}"   # every region on this endpoint\n'
+    for aws, section in ((object_store == "s3", _S3), (state_table == "dynamodb", _DYNAMODB)):
+        if aws:
+            section = section.replace("SUFFIX", suffix)
+            text += section.replace("ENDPOINT", endpoint if endpoint_url else "")
     if example is not None:
         text += example_config(example, api_port=api_port)
     pipeline_dir = directory / "pipeline"
@@ -254,13 +313,29 @@ def init_workspace(
                 f" {exc.message}",
                 hint="`mrbatch up` creates it once the control plane answers",
             ) from exc
-        reference = ws.config.pipeline.enrichment
-        for region in regions:
-            backends.open_state_table(ws, region)
-            store = backends.open_object_store(ws, region)
-            if reference is not None:
-                # Seeded in every region, as a deployment would; later versions replicate.
-                store.put(reference.reference, sample_bytes("financial.csv"))
+        try:
+            backends.provision(ws)
+            seed_reference(ws)
+        except UnavailableError as exc:
+            raise UnavailableError(
+                f"{exc.message} (the workspace is written: {config_path})",
+                hint="`mrbatch up` creates the buckets and tables and seeds the reference data"
+                " once the endpoint answers",
+            ) from exc
     finally:
         os.umask(previous)
     return ws
+
+
+def seed_reference(ws: Workspace) -> list[str]:
+    """Put the sample reference data in every region that has none (as a deployment would;
+    later versions replicate). Returns the regions seeded."""
+    reference = ws.config.pipeline.enrichment
+    seeded: list[str] = []
+    for region in ws.regions:
+        backends.open_state_table(ws, region)
+        store = backends.open_object_store(ws, region)
+        if reference is not None and store.head(reference.reference) is None:
+            store.put(reference.reference, sample_bytes("financial.csv"))
+            seeded.append(region)
+    return seeded

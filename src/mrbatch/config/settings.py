@@ -7,23 +7,22 @@ Unknown keys are refused rather than ignored, so a typo never silently falls bac
 from __future__ import annotations
 
 import re
-import tomllib
 from pathlib import Path
-from typing import Any, TypeVar
 
 from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
-    ValidationError,
     ValidationInfo,
     field_validator,
     model_validator,
 )
 
-from ..backends.registry import check_backend_names
 from ..errors import ConfigError, SchemaError
+from .aws import DynamoDBConfig, S3Config
+from .choices import BackendsConfig, check_backends
 from .clusters import DaskConfig, EtcdConfig
+from .parsing import read_toml, validate
 from .pipelines import (
     DEFAULT_PIPELINE,
     RESERVED_COLUMN_PREFIX,
@@ -62,18 +61,7 @@ __all__ = [
 ]
 
 CONFIG_NAME = "mrbatch.toml"
-_M = TypeVar("_M", bound=BaseModel)
 REGION_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
-
-
-class BackendsConfig(Section):
-    """Which backend serves each port; names are looked up in ``mrbatch.backends.registry``."""
-
-    object_store: str = "local"
-    state_table: str = "sqlite"
-    control_plane: str = "sqlite"
-    notifier: str = "outbox"
-    executor: str = "process-pool"
 
 
 class OutputConfig(Section):
@@ -200,7 +188,10 @@ class RetentionConfig(Section):
 
 
 class WatchConfig(Section):
+    # A process whose last heartbeat is older is down (watch, readiness, `mrbatch status`).
     heartbeat_timeout: Duration = 5.0
+    # Replication lagging more is a problem in `mrbatch status` (exit 1).
+    max_lag: Duration = 60.0
     max_error_rate: float = Field(default=0.5, ge=0.0, le=1.0)
     interval: Duration = 1.0
     # Consecutive unhealthy checks before --auto-failover acts (one missed beat is not a failure).
@@ -216,7 +207,7 @@ class Config(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    regions: list[str] = Field(min_length=1)
+    regions: list[str]
     data_dir: str = ".mrbatch"
     backends: BackendsConfig = Field(default_factory=BackendsConfig)
     pipeline: PipelineConfig = Field(default_factory=PipelineConfig)
@@ -228,6 +219,8 @@ class Config(BaseModel):
     failover: FailoverConfig = Field(default_factory=FailoverConfig)
     plans: PlansConfig = Field(default_factory=PlansConfig)
     watch: WatchConfig = Field(default_factory=WatchConfig)
+    s3: S3Config = Field(default_factory=S3Config)
+    dynamodb: DynamoDBConfig = Field(default_factory=DynamoDBConfig)
     retention: RetentionConfig = Field(default_factory=RetentionConfig)
     supervisor: SupervisorConfig = Field(default_factory=SupervisorConfig)
     etcd: EtcdConfig = Field(default_factory=EtcdConfig)
@@ -294,16 +287,16 @@ class Config(BaseModel):
                 )
         if len(set(names)) != len(names):
             raise ValueError("a region is listed twice")
+        if len(names) < 2:
+            # As `mrbatch init` refuses it: with one region nothing can fail over.
+            raise ValueError(
+                'give at least two different regions, e.g. regions = ["us-east-1", "us-west-2"]'
+            )
         return names
 
     @model_validator(mode="after")
     def _backends_known(self) -> Config:
-        check_backend_names(self.backends.model_dump())
-        if self.backends.control_plane == "etcd" and not self.etcd.endpoints:
-            raise ValueError(
-                "backends.control_plane is 'etcd' but etcd.endpoints is empty; list the"
-                ' client URLs of the members, e.g. ["http://127.0.0.1:2379"]'
-            )
+        check_backends(self)
         smtp_chosen = self.backends.notifier == "smtp"
         if smtp_chosen and not self.notify.smtp_host:
             raise ValueError("backends.notifier is 'smtp' but notify.smtp_host is not set")
@@ -320,20 +313,10 @@ class Config(BaseModel):
         return self
 
 
-def _dotted(loc: tuple[Any, ...]) -> str:
-    parts: list[str] = []
-    for item in loc:
-        if isinstance(item, int):
-            parts[-1:] = [f"{parts[-1]}[{item}]"] if parts else [f"[{item}]"]
-        else:
-            parts.append(str(item))
-    return ".".join(parts)
-
-
 def load_config(path: Path) -> Config:
     """Read and validate ``path``; raise ConfigError naming the file and the key at fault."""
-    raw = _read_toml(path)
-    config = _validate(Config, raw, path)
+    raw = read_toml(path)
+    config = validate(Config, raw, path)
     inline = set(raw.get("plans", {})) & {"failover", "failback"}
     if config.plans.file and inline:
         raise ConfigError(
@@ -343,8 +326,8 @@ def load_config(path: Path) -> Config:
         )
     if config.plans.file:
         plan_path = (path.parent / config.plans.file).resolve()
-        plan_raw = _read_toml(plan_path)
-        plans = _validate(PlansConfig, {**plan_raw, "file": config.plans.file}, plan_path)
+        plan_raw = read_toml(plan_path)
+        plans = validate(PlansConfig, {**plan_raw, "file": config.plans.file}, plan_path)
         config = config.model_copy(update={"plans": plans})
     _check_pipeline(config, path)
     return config
@@ -383,37 +366,3 @@ def _check_pipeline(config: Config, path: Path) -> None:
                 hint="fix the declaration; user functions are imported from the workspace"
                 " and its python_path",
             )
-
-
-def _read_toml(path: Path) -> dict[str, Any]:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError as exc:
-        raise ConfigError(
-            f"{path}: no such configuration file",
-            hint="run `mrbatch init` to create a workspace, or pass --config PATH",
-        ) from exc
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path}: cannot read: {exc}") from exc
-    try:
-        return tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
-
-
-def _validate(model: type[_M], raw: dict[str, Any], path: Path) -> _M:
-    try:
-        return model.model_validate(raw)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        key = _dotted(tuple(first["loc"])) or "(top level)"
-        message = first["msg"].removeprefix("Value error, ")
-        if first["type"] == "extra_forbidden":
-            message = "unknown key"
-        elif first["type"] == "missing":
-            message = "required key is missing"
-        more = f" (and {exc.error_count() - 1} more problem(s))" if exc.error_count() > 1 else ""
-        raise ConfigError(
-            f"{path}: {key}: {message}{more}",
-            hint="fix the key in the file; `mrbatch init` writes a commented example",
-        ) from exc

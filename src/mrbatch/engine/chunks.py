@@ -131,7 +131,7 @@ class ChunkStage(RunDriver):
                     source_key, source_version = run.source()
                     progress.chunk_futures[index] = self.executor.submit(
                         tasks.chunk_task,
-                        self.config_path,
+                        self._config(progress),
                         self.region,
                         run.run_id,
                         source_key,
@@ -159,7 +159,7 @@ class ChunkStage(RunDriver):
             self._merged(progress)
 
     def _reference_reason(self, progress: Progress, exc: ReferenceDataError) -> str:
-        spec = self._spec(progress.run)
+        spec = self._spec(progress)
         enrichment = spec.enrichment if spec is not None else None
         if enrichment is None:  # the HTTP API refused: nothing to upload
             return f"{exc}"
@@ -215,7 +215,7 @@ class ChunkStage(RunDriver):
                 chunk.attempts += 1
             chunk.last_error = f"{type(exc).__name__}: {exc}"
             exhausted = (
-                chunk.attempts >= self.pipeline.chunk_attempts
+                chunk.attempts >= self._pipeline(progress).chunk_attempts
                 or progress.worker_losses >= MAX_WORKER_LOSSES
             )
             if exhausted:
@@ -304,7 +304,7 @@ class ChunkStage(RunDriver):
             merged: MergeResult = future.result()
         except (ConflictError, NotFoundError) as exc:
             # A chunk output is missing or does not match its record: recompute, bounded.
-            if progress.attempts + 1 >= self.pipeline.chunk_attempts:
+            if progress.attempts + 1 >= self._pipeline(progress).chunk_attempts:
                 self._fail(progress, f"MERGE failed: {exc}")
             else:
                 self._redo_chunks(progress, str(exc))
@@ -313,7 +313,7 @@ class ChunkStage(RunDriver):
             self._backoff(progress, f"MERGE waits for {exc}", outage=True)
             return
         except Exception as exc:
-            if progress.attempts + 1 >= self.pipeline.chunk_attempts:
+            if progress.attempts + 1 >= self._pipeline(progress).chunk_attempts:
                 self._fail(progress, f"MERGE failed {progress.attempts + 1} times: {exc}")
             else:
                 self._backoff(progress, f"MERGE failed: {exc}")
@@ -335,12 +335,16 @@ class ChunkStage(RunDriver):
                 f" {merged.rows_rejected} rejected",
             )
             return
-        spec = self._spec(run)
+        spec = self._spec(progress)
         problem = _file_problem(spec, rows_in, chunks) if spec is not None else None
         if problem is not None:
             self._fail(progress, f"{run.input_key}: {problem}")
             return
-        limit = spec.max_rejected_fraction if spec else self.pipeline.max_rejected_fraction
+        limit = (
+            spec.max_rejected_fraction
+            if spec is not None
+            else self._pipeline(progress).max_rejected_fraction
+        )
         if rows_in and merged.rows_rejected / rows_in > limit:
             self._fail(
                 progress,

@@ -15,7 +15,8 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..config.pipelines import PipelineSpec
+from ..config.pipelines import PipelineConfig, PipelineSpec
+from ..config.reload import ConfigRef, fingerprint
 from ..config.workspace import Workspace
 from ..errors import (
     ConflictError,
@@ -30,6 +31,7 @@ from ..model.records import (
     ChunkRun,
     FileRun,
     RunStatus,
+    failure_message_id,
     run_pk,
 )
 from ..observe.tracing import trace_run
@@ -43,7 +45,13 @@ from ..ports import (
 from ..retry import Backoff
 from .merge import StreamingMerge
 
-__all__ = ["MAX_WORKER_LOSSES", "OUTAGE_POLL", "PERMANENT", "Progress", "RunDriver"]
+__all__ = [
+    "MAX_WORKER_LOSSES",
+    "OUTAGE_POLL",
+    "PERMANENT",
+    "Progress",
+    "RunDriver",
+]
 
 log = logging.getLogger("mrbatch.orchestrator")
 
@@ -80,6 +88,9 @@ class Progress:
     retry_at: float = 0.0
     merger: StreamingMerge | None = None
     confirm_waiting: bool = False  # the control plane could not confirm yet (logged once)
+    # The configuration this run is driven with (pinned when the driving starts here): an
+    # edit of mrbatch.toml applies to new runs and redrives, never to half of a run's chunks.
+    config: ConfigRef | None = None
 
 
 class RunDriver:
@@ -97,8 +108,8 @@ class RunDriver:
         executor: Executor,
         clock: Callable[[], float] = time.time,
         rng: random.Random | None = None,
+        config: ConfigRef | None = None,
     ) -> None:
-        self.ws = ws
         self.region = region
         self.store = store
         self.table = table
@@ -106,26 +117,49 @@ class RunDriver:
         self.notifier = notifier
         self.executor = executor
         self.clock = clock
-        self.config_path = str(ws.config_path)
-        self.pipeline = ws.config.pipeline
-        rng = rng or random.Random()
-        pause = self.pipeline.retry_backoff
-        # A run's step that failed, a chunk that failed, a chunk whose bucket or state is down
-        # (polled briefly: the run resumes soon after the dependency), a mail not sent.
-        self.run_backoff = Backoff(base=2 * pause, cap=30.0, rng=rng)
-        self.chunk_backoff = Backoff(base=pause, cap=30.0, rng=rng)
-        self.outage_backoff = Backoff(base=pause, cap=OUTAGE_POLL, rng=rng)
-        self.mail_backoff = Backoff(base=2 * ws.config.notify.retry_backoff, cap=60.0, rng=rng)
+        self._rng = rng or random.Random()
+        self.reconfigure(ws, config or ConfigRef(str(ws.config_path), fingerprint(ws), ws.config))
         self.runs: dict[str, Progress] = {}
+        # FAILED runs whose owners are being told (best effort, recorded on the run).
+        self.failure_mails: dict[str, Any] = {}
         self.epoch: int | None = None
         self.stats: Counter[str] = Counter()
         self._mailer = ThreadPoolExecutor(max_workers=2, thread_name_prefix="notify")
         # Named crash points (armed by tests) sit in the windows between an effect and its record.
         self.faults = FaultPoints(ws.faults_path)
 
-    def _spec(self, run: FileRun) -> PipelineSpec | None:
-        """The pipeline ``run`` pinned (None when the configuration no longer declares it)."""
-        return self.ws.config.spec_for_run(run.pipeline, run.input_key)
+    def reconfigure(self, ws: Workspace, config: ConfigRef) -> None:
+        """Use ``config`` from now on: for the runs that start (or are re-driven) afterwards,
+        mail, links and retries. Runs in flight keep the configuration they started with."""
+        self.ws = ws
+        self.config_ref = config
+        self.pipeline = ws.config.pipeline
+        pause = self.pipeline.retry_backoff
+        # A run's step that failed, a chunk that failed, a chunk whose bucket or state is down
+        # (polled briefly: the run resumes soon after the dependency), a mail not sent.
+        self.run_backoff = Backoff(base=2 * pause, cap=30.0, rng=self._rng)
+        self.chunk_backoff = Backoff(base=pause, cap=30.0, rng=self._rng)
+        self.outage_backoff = Backoff(base=pause, cap=OUTAGE_POLL, rng=self._rng)
+        self.mail_backoff = Backoff(
+            base=2 * ws.config.notify.retry_backoff, cap=60.0, rng=self._rng
+        )
+
+    def _config(self, progress: Progress) -> ConfigRef:
+        """The configuration ``progress``'s run is driven with."""
+        if progress.config is None:
+            progress.config = self.config_ref
+        return progress.config
+
+    def _pipeline(self, progress: Progress) -> PipelineConfig:
+        """The ``[pipeline]`` section of the configuration the run is driven with (retries,
+        backoff and the defaults of declared pipelines)."""
+        return self._config(progress).config.pipeline
+
+    def _spec(self, progress: Progress) -> PipelineSpec | None:
+        """The pipeline the run pinned, as the configuration it is driven with declares it
+        (None when that configuration no longer declares it)."""
+        run = progress.run
+        return self._config(progress).config.spec_for_run(run.pipeline, run.input_key)
 
     @staticmethod
     def _cancel(progress: Progress) -> None:
@@ -178,12 +212,25 @@ class RunDriver:
         return saved
 
     def _fail(self, progress: Progress, reason: str) -> None:
-        progress.run.reason = reason
+        run = progress.run
+        run.reason = reason
+        # Its owners are told too, in a mail of its own (recorded on the run, best effort).
+        run.failure_mail = {
+            "message_id": failure_message_id(run.run_id, run.redriven),
+            "round": run.redriven,
+            "attempts": 0,
+            "sent_at": None,
+            "error": None,
+        }
         if self._transition(progress, RunStatus.FAILED, note=reason):
             self.stats["executions_failed"] += 1
-            log.error("run %s (%s) FAILED: %s", progress.run.run_id, progress.run.input_key, reason)
+            log.error("run %s (%s) FAILED: %s", run.run_id, run.input_key, reason)
+            self.queue_failure_mail(run, progress.version)
         self._cancel(progress)
-        self.runs.pop(progress.run.run_id, None)
+        self.runs.pop(run.run_id, None)
+
+    def queue_failure_mail(self, run: FileRun, version: int) -> None:
+        """Overridden by the publish stage, which sends it."""
 
     def _confirm(self, progress: Progress, what: str) -> bool:
         run = progress.run

@@ -41,6 +41,7 @@ from ..ports import (
 from . import tasks
 from .chunks import ChunkStage
 from .driver import PERMANENT, Progress
+from .failmail import FailureMailStage
 from .pipelines import pins
 from .publish import PublishStage
 
@@ -53,9 +54,10 @@ _PASSES = 6
 log = logging.getLogger("mrbatch.orchestrator")
 
 
-class Orchestrator(ChunkStage, PublishStage):
+class Orchestrator(ChunkStage, PublishStage, FailureMailStage):
     """Claims runs and advances each through its states; the chunk and publish stages are in
-    :mod:`.chunks` and :mod:`.publish`, the shared primitives in :mod:`.driver`."""
+    :mod:`.chunks` and :mod:`.publish`, the failure mails in :mod:`.failmail`, the shared
+    primitives in :mod:`.driver`."""
 
     def activate(self, routing: Routing) -> None:
         """Start driving runs in ``routing``'s epoch; the region hands them over with ``adopt``.
@@ -68,7 +70,7 @@ class Orchestrator(ChunkStage, PublishStage):
         """Drive ``run`` (owned by this region in the current epoch) from its recorded status."""
         if run.run_id in self.runs or run.status.terminal:
             return
-        self.runs[run.run_id] = Progress(run, version)
+        self.runs[run.run_id] = Progress(run, version, config=self.config_ref)
         log.info("driving run %s (%s) from %s", run.run_id, run.input_key, run.status)
 
     def deactivate(self, why: str) -> None:
@@ -78,6 +80,7 @@ class Orchestrator(ChunkStage, PublishStage):
         for progress in self.runs.values():
             self._cancel(progress)
         self.runs.clear()
+        self.failure_mails.clear()  # the active region sends them
         self.epoch = None
 
     def shutdown(self) -> None:
@@ -98,7 +101,8 @@ class Orchestrator(ChunkStage, PublishStage):
         conditional insert keyed by key + content hash, so a duplicate notification, a second
         pass or identical bytes never start a second run."""
         now = self.clock()
-        spec = self.ws.config.spec_for_key(accepted.key)
+        # A new run is driven with the configuration applied now (its Progress pins it).
+        spec = self.config_ref.config.spec_for_key(accepted.key)
         pipeline_hash, code = pins(self.ws, spec)
         run = FileRun(
             run_id=accepted.run_id,
@@ -129,7 +133,7 @@ class Orchestrator(ChunkStage, PublishStage):
             record = self.table.insert(run_pk(run.run_id), RUN, run.to_body(), epoch=routing.epoch)
         except ConflictError:
             return None
-        self.runs[run.run_id] = Progress(run, record.version)
+        self.runs[run.run_id] = Progress(run, record.version, config=self.config_ref)
         self.stats["executions_started"] += 1
         self.faults.crash_point("after-claim", self.region)
         log.info(
@@ -147,7 +151,9 @@ class Orchestrator(ChunkStage, PublishStage):
         in the same pass, not one poll interval later."""
         for _ in range(_PASSES):
             if not self._pass(routing):
-                return
+                break
+        if self.failure_mails:
+            self._failure_mails()
 
     def _pass(self, routing: Routing) -> bool:
         """One pass over the runs; True when any of them changed status."""
@@ -198,7 +204,7 @@ class Orchestrator(ChunkStage, PublishStage):
 
     def _split(self, progress: Progress) -> None:
         run = progress.run
-        spec = self._spec(run)
+        spec = self._spec(progress)
         if spec is None:
             self._fail(
                 progress,
@@ -216,7 +222,7 @@ class Orchestrator(ChunkStage, PublishStage):
         if enrichment is not None and progress.ref_future is None and run.reference_key:
             progress.ref_future = self.executor.submit(
                 tasks.reference_task,
-                self.config_path,
+                self._config(progress),
                 self.region,
                 run.reference_key,
                 run.reference_version,
@@ -227,7 +233,7 @@ class Orchestrator(ChunkStage, PublishStage):
             source_key, source_version = run.source()
             progress.future = self.executor.submit(
                 tasks.split_task,
-                self.config_path,
+                self._config(progress),
                 self.region,
                 source_key,
                 source_version,
@@ -261,7 +267,7 @@ class Orchestrator(ChunkStage, PublishStage):
             if isinstance(exc, self.executor.lost_worker_errors):
                 self._backoff(progress, "a worker died during SPLIT", outage=True)
                 return
-            if progress.attempts + 1 >= self.pipeline.chunk_attempts:
+            if progress.attempts + 1 >= self._pipeline(progress).chunk_attempts:
                 self._fail(progress, f"SPLIT failed {progress.attempts + 1} times: {exc}")
             else:
                 self._backoff(progress, f"SPLIT failed: {exc}")

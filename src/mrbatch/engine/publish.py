@@ -1,6 +1,7 @@
 """The last two steps of a run: PUBLISH (the version's own results, then output/<p> unless a
 newer version is already shown there) and NOTIFY (one mail per run, linking that version's own
 output), each fenced by the control plane: ``MERGED`` -> ``PUBLISHED`` -> ``COMPLETED``.
+A FAILED run's own mail is sent by :mod:`.failmail`.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from typing import Any
 
 from .. import backends
 from ..access.links import presign
-from ..errors import UnavailableError
+from ..errors import MrbatchError, UnavailableError
 from ..model.keys import (
     output_key_for,
     rejected_key_for,
@@ -167,6 +168,9 @@ class PublishStage(RunDriver):
             f" (`mrbatch errors {run.run_id}`)\n"
             f"Run {run.run_id}, processed in {run.region} (epoch {run.epoch}).\n"
         )
+        direct = self._bucket_link(result_key)
+        if direct:
+            body += f"\nOr straight from the bucket in {self.region}:\n{direct}\n"
         return Mail(
             message_id=f"<{run.run_id}@mrbatch>",
             sender=notify.sender,
@@ -175,6 +179,18 @@ class PublishStage(RunDriver):
             f" {run.rows_rejected} rejected)",
             body=body,
         )
+
+    def _bucket_link(self, key: str) -> str | None:
+        """The object store's own presigned URL of ``key`` (S3's), when ``s3.presign_mail``
+        asks for it and the store can make one; None otherwise, or when it cannot now."""
+        make = getattr(self.store, "presigned_url", None)
+        if not self.ws.config.s3.presign_mail or make is None:
+            return None
+        try:
+            return str(make(key, self.ws.config.gateway.link_expiry))
+        except MrbatchError as exc:
+            log.warning("no bucket link for %s: %s", key, exc)
+            return None
 
     def _notify(self, progress: Progress, routing: Routing) -> None:
         run = progress.run
@@ -266,7 +282,7 @@ class PublishStage(RunDriver):
         """The pipeline's webhook, once the mail is recorded; retried with backoff like the
         mail; COMPLETED only once it is recorded delivered."""
         run = progress.run
-        spec = self._spec(run)
+        spec = self._spec(progress)
         hook = spec.webhook if spec is not None else None
         if progress.future is None:
             if not self._confirm(progress, "webhook"):

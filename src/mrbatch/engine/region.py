@@ -1,11 +1,11 @@
 """One region's process: trigger -> orchestrate -> execute, in one loop.
 
-Every region watches its own bucket and records each input version that appears there without
-an ``Accepted`` record (a write that bypassed the access point, or one whose acknowledgement was
-cut short). Only the ACTIVE region of the current epoch claims runs, one for every ``Accepted``
-record its state replica holds, and drives them. A standby (or fenced) region keeps
-heartbeating and publishes nothing, so a fenced region that comes back stays quiet until it is
-made active again.
+Every region watches its own bucket (:mod:`.bucket_watch`) and records each input version that
+appears there without an ``Accepted`` record (a write that bypassed the access point, or one
+whose acknowledgement was cut short). Only the ACTIVE region of the current epoch claims runs,
+one for every ``Accepted`` record its state replica holds, and drives them. A standby (or
+fenced) region keeps heartbeating and publishes nothing, so a fenced region that comes back
+stays quiet until it is made active again.
 The loop never dies on an error: it logs, backs off with jitter and goes on. Signal handlers
 only set a flag.
 """
@@ -19,23 +19,23 @@ import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, wait
 
-from .. import backends
-from ..access.ledger import accept, accepted_in
-from ..config.fingerprint import fingerprint
+from .. import __version__, backends
+from ..access.ledger import accepted_in
+from ..config.fingerprint import fingerprint as parity_hashes
+from ..config.reload import ConfigWatcher
 from ..config.workspace import Workspace
 from ..errors import MrbatchError, UnavailableError
 from ..maintain.gc import collect_garbage, purge_region, retention_window
-from ..model.keys import INPUT, VERSIONS, run_id_for
-from ..model.records import ACCEPTED, RUN, Accepted, FileRun, accepted_pk, run_pk
-from ..ports import Executor, ObjectInfo, Record, RegionState, Routing
+from ..model.records import ACCEPTED, RUN, Accepted, FileRun, run_pk
+from ..ports import Executor, Record, RegionState, Routing
 from ..retry import Backoff
+from .bucket_watch import BucketWatch
 from .orchestrator import Orchestrator
 from .takeover import Missing, Takeover, take_over
 
 __all__ = ["RegionProcess", "is_active"]
 
 log = logging.getLogger("mrbatch.region")
-TRIGGER_CURSOR = "trigger"
 UNREACHABLE = "control-plane-unreachable"
 
 
@@ -54,8 +54,11 @@ class RegionProcess:
         self.ws = ws
         self.region = region
         self.timing = ws.config.timing
+        # Edits of mrbatch.toml are applied while running (see config.reload).
+        self.config = ConfigWatcher(ws, f"region {region}")
         self.store = backends.open_object_store(ws, region)
         self.table = backends.open_state_table(ws, region)
+        self.bucket = BucketWatch(region, self.store, self.table)
         self.control = backends.open_control_plane(ws, caller=region)
         self.executor = executor or backends.open_executor(ws)
         self.orch = Orchestrator(
@@ -66,19 +69,19 @@ class RegionProcess:
             control=self.control,
             notifier=backends.open_notifier(ws),
             executor=self.executor,
+            config=self.config.ref(),
         )
         self.stop = threading.Event()
         # The loop's pause after failing passes in a row (a healthy pass waits poll_interval).
         self.loop_backoff = Backoff(base=2 * self.timing.poll_interval, cap=5.0)
         self.state = "starting"
-        self.fingerprint = fingerprint(ws)  # reported in heartbeats: standby parity
+        self.fingerprint = parity_hashes(ws)  # reported in heartbeats: standby parity
         self.last_error: str | None = None
         self.loop_errors = 0
         self._last_heartbeat = 0.0
-        self._last_reported: tuple[str, int | None] = ("", None)  # a change is reported at once
+        # A change of state, epoch or configuration is reported at once.
+        self._last_reported: tuple[str, int | None, str, str | None] = ("", None, "", None)
         self._last_rescan = 0.0
-        self._last_bucket_scan = 0.0
-        self._cursor: int | None = None
         self._state_cursor = 0
         # Runs this region should take over but cannot yet (their input has not arrived).
         self.waiting: dict[str, Missing] = {}
@@ -97,6 +100,9 @@ class RegionProcess:
     # ------------------------------------------------------------------ one pass
     def tick(self) -> None:
         self.ticks += 1
+        edited = self.config.poll()
+        if edited is not None:
+            self.reconfigure(edited)
         try:
             routing = self.control.routing()
         except UnavailableError as exc:
@@ -130,7 +136,9 @@ class RegionProcess:
         self._heartbeat(routing)
         self._maybe_collect(active)
         try:
-            self._watch_bucket()
+            arrived = self.bucket.poll(self.timing.rescan_interval)
+            if arrived & self.waiting_inputs.keys():
+                self._retry_now = True  # bytes we waited for: claim them now, not on a retry
         except UnavailableError as exc:
             self.loop_errors += 1
             self.last_error = str(exc)
@@ -169,50 +177,6 @@ class RegionProcess:
             self._last_inputs_retry = now
             for accepted in list(self.waiting_inputs.values()):
                 self._claim(accepted, routing)
-
-    def _watch_bucket(self) -> None:
-        """Every region, active or not: give each input version that appears in this bucket
-        (written to it directly, or replicated in) its ``Accepted`` record if it has none, so
-        a version whose acknowledgement was cut short is processed all the same."""
-        now = time.monotonic()
-        if now - self._last_bucket_scan >= self.timing.rescan_interval:
-            # Position first, then list: anything written meanwhile is seen by the feed too.
-            cursor = self.store.last_seq()
-            for info in self.store.list(INPUT):
-                self._accept_seen(info)
-            self._save_cursor(cursor)
-            self._last_bucket_scan = now
-            return
-        changes = self.store.changes(self._feed_position(), limit=500)
-        for info in changes:
-            if info.deleted:
-                continue
-            if info.key.startswith(INPUT):
-                self._accept_seen(info)
-            elif info.key.startswith(VERSIONS):
-                # The bytes of a version we were waiting for: claim it now, not on a retry.
-                waiting = self.waiting_inputs.get(info.key[len(VERSIONS) :].split("/", 1)[0])
-                if waiting is not None:
-                    self._retry_now = True
-        if changes:
-            self._save_cursor(changes[-1].seq)
-
-    def _accept_seen(self, info: ObjectInfo) -> None:
-        if self.table.get(accepted_pk(run_id_for(info.key, info.sha256))) is None:
-            accept(self.store, self.table, info, source="bucket")
-            log.info(
-                "%s: recorded %s (sha256 %s) as accepted", self.region, info.key, info.sha256[:12]
-            )
-
-    def _feed_position(self) -> int:
-        if self._cursor is None:
-            self._cursor = self.table.get_cursor(TRIGGER_CURSOR)
-        return self._cursor
-
-    def _save_cursor(self, value: int) -> None:
-        if value != self._cursor:
-            self.table.set_cursor(TRIGGER_CURSOR, value)
-            self._cursor = value
 
     def _claim(self, accepted: Accepted, routing: Routing) -> None:
         """Claim one accepted version once its bytes are here (else wait for them)."""
@@ -266,6 +230,8 @@ class RegionProcess:
         run = FileRun.from_record(record)
         if run.status.terminal:
             self.waiting.pop(run.run_id, None)
+            if self.orch.wants_failure_mail(run):
+                self.orch.queue_failure_mail(run, record.version)
             if run.result_key and (run.region, run.epoch) != (self.region, routing.epoch):
                 # Published elsewhere or earlier: output/<p> must still show the newest
                 # accepted version, whatever replication let win meanwhile.
@@ -305,13 +271,26 @@ class RegionProcess:
             if fresh is not None:
                 self.orch.adopt(FileRun.from_record(fresh), fresh.version)
 
+    def reconfigure(self, ws: Workspace) -> None:
+        """Apply an edited configuration (see config.reload): timing, retention, mail and the
+        pipeline settings of the runs that start or are re-driven from now on."""
+        notify_changed = ws.config.notify != self.ws.config.notify
+        self.ws = ws
+        self.fingerprint = parity_hashes(ws)  # what it runs with now: standby parity
+        self.timing = ws.config.timing
+        self.loop_backoff = Backoff(base=2 * self.timing.poll_interval, cap=5.0)
+        self.orch.reconfigure(ws, self.config.ref())
+        if notify_changed:
+            self.orch.notifier = backends.open_notifier(ws)
+
     def _heartbeat(self, routing: Routing | None) -> None:
         now = time.monotonic()
-        changed = (self.state, self.orch.epoch) != self._last_reported
+        reported = (self.state, self.orch.epoch, self.config.digest, self.config.error)
+        changed = reported != self._last_reported
         if not changed and now - self._last_heartbeat < self.timing.heartbeat_interval:
             return
         self._last_heartbeat = now
-        self._last_reported = (self.state, self.orch.epoch)
+        self._last_reported = reported
         pids = self.executor.pids()
         try:
             self.control.heartbeat(
@@ -344,6 +323,8 @@ class RegionProcess:
                     "loop_errors": self.loop_errors,
                     "last_error": self.last_error,
                     **self.fingerprint,
+                    "version": __version__,
+                    "config": self.config.report(),
                 },
             )
         except MrbatchError as exc:

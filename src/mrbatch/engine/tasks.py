@@ -5,8 +5,10 @@ Every task is a module-level function of picklable arguments, opens the region's
 state table. Each task is deterministic and overwrites its own outputs with identical bytes when
 run again, so a task repeated after a crash or a failover never doubles an effect.
 
-Each task runs the pipeline its run pinned at claim (name, configuration hash, code version);
-a worker whose configuration or code differs reloads once, and refuses when it still differs.
+Each task runs the pipeline its run pinned at claim (name, configuration hash, code version),
+loaded from the configuration it is given: the one the region drives the run with (a
+``ConfigRef``), or the file at a path. Code that differs is imported again once (and a path's
+workspace loaded again once); a task refuses when its pins still differ.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import polars as pl
 
 from .. import backends
 from ..config.pipelines import delimiter_for
+from ..config.reload import ConfigRef
 from ..config.workspace import Workspace
 from ..errors import ConflictError, InputError, TaskError, UserCodeError
 from ..faults import FaultPoints
@@ -50,9 +53,31 @@ class _Context:
     faults: FaultPoints
 
 
+# One context per configuration a region sent tasks with (a worker may outlive an edit).
+_CONTEXTS: dict[tuple[str, str, str], _Context] = {}
+_MAX_CONFIGS = 4  # older configurations: their runs are finished or gone
+
+
+def _context(config: str | ConfigRef, region: str) -> _Context:
+    """The worker's context for ``region`` under ``config``: the validated configuration the
+    region sent (a ``ConfigRef``, never an edit of the file the region has not applied), or
+    for a plain path, the file as it is."""
+    if isinstance(config, str):
+        return _file_context(config, region)
+    key = (config.path, config.digest, region)
+    if key not in _CONTEXTS:
+        if len(_CONTEXTS) >= _MAX_CONFIGS:
+            _CONTEXTS.pop(next(iter(_CONTEXTS)))
+        _CONTEXTS[key] = _build(Workspace(Path(config.path), config.config), region)
+    return _CONTEXTS[key]
+
+
 @cache
-def _context(config_path: str, region: str) -> _Context:
-    ws = Workspace.load(Path(config_path))
+def _file_context(config_path: str, region: str) -> _Context:
+    return _build(Workspace.load(Path(config_path)), region)
+
+
+def _build(ws: Workspace, region: str) -> _Context:
     return _Context(
         ws=ws,
         region=region,
@@ -65,15 +90,19 @@ _loaded: dict[tuple[str, str, str, str | None, str | None], LoadedPipeline] = {}
 
 
 def _pipeline(
-    config_path: str,
+    config: str | ConfigRef,
     region: str,
     name: str,
     input_key: str,
     pinned: tuple[str | None, str | None] = (None, None),
 ) -> tuple[_Context, LoadedPipeline]:
-    """The run's pipeline as pinned; the workspace is loaded again once when it differs."""
-    cache_key = (config_path, region, name or input_key, *pinned)
-    ctx = _context(config_path, region)
+    """The run's pipeline as pinned, from the configuration the task was given: the one its
+    region sent (a ``ConfigRef``: exactly what the run is driven with) or the file at a path
+    (loaded again once when it differs: maybe only this worker's copy is stale). Either way
+    the user code is imported again once when it differs, and a pin still not met refuses."""
+    source = config if isinstance(config, str) else f"{config.path}#{config.digest}"
+    cache_key = (source, region, name or input_key, *pinned)
+    ctx = _context(config, region)
     if cache_key in _loaded:
         return ctx, _loaded[cache_key]
     for attempt in (1, 2):
@@ -87,10 +116,11 @@ def _pipeline(
             loaded = load_pipeline(ctx.ws, spec, *pinned)
             break
         except UserCodeError:
-            if attempt == 2:
+            # A ConfigRef is the region's own configuration: loading it again changes nothing.
+            if attempt == 2 or not isinstance(config, str):
                 raise
-            _context.cache_clear()  # maybe only this worker's copy is stale
-            ctx = _context(config_path, region)
+            _file_context.cache_clear()
+            ctx = _context(config, region)
     _loaded[cache_key] = loaded
     return ctx, loaded
 
@@ -105,7 +135,7 @@ class SplitResult:
 
 
 def split_task(
-    config_path: str,
+    config_path: str | ConfigRef,
     region: str,
     source_key: str,
     version: str | None,
@@ -254,7 +284,12 @@ def _reference_table(path: str) -> ReferenceTable:
 
 
 def reference_task(
-    config_path: str, region: str, key: str, version: str, pipeline: str = "", input_key: str = ""
+    config_path: str | ConfigRef,
+    region: str,
+    key: str,
+    version: str,
+    pipeline: str = "",
+    input_key: str = "",
 ) -> int:
     """Prepare the reference version ahead of the chunks; returns 0 (the work is the cache)."""
     ctx, loaded = _pipeline(config_path, region, pipeline, input_key)
@@ -284,7 +319,7 @@ class ChunkResult:
 
 
 def chunk_task(
-    config_path: str,
+    config_path: str | ConfigRef,
     region: str,
     run_id: str,
     source_key: str,

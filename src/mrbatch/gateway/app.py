@@ -18,8 +18,11 @@ traceback leaves the process.
 from __future__ import annotations
 
 import logging
+import os
+import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -30,7 +33,9 @@ from prometheus_client import CollectorRegistry
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from .. import __version__, backends
 from ..access.accesspoint import AccessPoint
+from ..config.reload import ConfigWatcher
 from ..config.workspace import Workspace
 from ..errors import (
     ConflictError,
@@ -48,7 +53,7 @@ from .ingest import IngestService, ingest_router
 from .objects import ObjectMetrics, objects_router
 from .plans import plans_router
 
-__all__ = ["create_app", "serve", "status_for"]
+__all__ = ["LiveGateway", "Metrics", "create_app", "serve", "status_for"]
 
 log = logging.getLogger("mrbatch.gateway")
 
@@ -94,32 +99,57 @@ class _SecurityHeaders:
         await self.app(scope, receive, send_with_headers)
 
 
-def create_app(ws: Workspace, *, sampler: Sampler | None = None) -> FastAPI:
+@dataclass
+class Metrics:
+    """The gateway's metrics registry and its own counters, kept across configuration reloads
+    so its counters stay monotonic."""
+
+    registry: CollectorRegistry
+    objects: ObjectMetrics
+
+    @classmethod
+    def create(cls, ws: Workspace, sampler: Sampler) -> Metrics:
+        registry = CollectorRegistry(auto_describe=False)
+        registry.register(DeploymentCollector(ws, sampler))
+        registry.register(RecoveryCollector(ws))
+        return cls(registry, ObjectMetrics(registry))
+
+
+def create_app(
+    ws: Workspace,
+    *,
+    sampler: Sampler | None = None,
+    metrics: Metrics | None = None,
+    ingest: IngestService | None = None,
+) -> FastAPI:
     """The gateway application for ``ws``. While it runs (its lifespan), ``sampler`` (one is
-    made when None) samples the deployment every second for the dashboard's history."""
+    made when None) samples the deployment every second for the dashboard's history, and the
+    ingest spool is sealed — by the app's own :class:`IngestService` unless ``ingest`` is
+    given, which its owner starts and stops (it outlives a reload: it holds the spool)."""
     sampler = sampler or Sampler(ws)
-    registry = CollectorRegistry(auto_describe=False)
-    registry.register(DeploymentCollector(ws, sampler))
-    registry.register(RecoveryCollector(ws))
-    object_metrics = ObjectMetrics(registry)
+    metrics = metrics or Metrics.create(ws, sampler)
+    registry, object_metrics = metrics.registry, metrics.objects
     access = AccessPoint(ws)
-    ingest = IngestService(ws, access)
+    owned = ingest is None
+    service = IngestService(ws, access) if ingest is None else ingest
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         sampler.start()
-        ingest.start()
+        if owned:
+            service.start()
         try:
             yield
         finally:
-            ingest.stop()
+            if owned:
+                service.stop()
             sampler.stop()
 
     app = FastAPI(title="mrbatch gateway", docs_url=None, redoc_url=None, lifespan=lifespan)
     app.state.sampler = sampler
     app.state.registry = registry
     app.include_router(objects_router(ws, access, object_metrics))
-    app.include_router(ingest_router(ws, ingest))
+    app.include_router(ingest_router(ws, service))
     app.include_router(api_router(ws, sampler, registry))
     app.include_router(plans_router(ws))
     app.mount("/static", StaticFiles(directory=DASHBOARD_DIR), name="static")
@@ -152,6 +182,77 @@ def create_app(ws: Workspace, *, sampler: Sampler | None = None) -> FastAPI:
     return app
 
 
+class LiveGateway:
+    """The gateway as ``serve`` runs it: the application of :func:`create_app`, built again
+    when ``mrbatch.toml`` is edited (links, upload limits, allowed hosts... apply to the
+    requests that arrive afterwards; the address it listens on needs a restart), and a
+    heartbeat with its version and the digest of the configuration it runs with."""
+
+    def __init__(self, ws: Workspace) -> None:
+        self.watcher = ConfigWatcher(ws, "gateway")
+        self.sampler = Sampler(ws)
+        self.metrics = Metrics.create(ws, self.sampler)
+        self.ingest = IngestService(ws, AccessPoint(ws))
+        self.app = self._build(ws)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "lifespan":
+            await self.app(scope, receive, send)
+            return
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                self.start()
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                self.stop()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    def _build(self, ws: Workspace) -> FastAPI:
+        return create_app(ws, sampler=self.sampler, metrics=self.metrics, ingest=self.ingest)
+
+    def start(self) -> None:
+        self.sampler.start()
+        self.ingest.start()
+        self._thread = threading.Thread(target=self._follow, name="config", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+        self.ingest.stop()
+        self.sampler.stop()
+
+    def _follow(self) -> None:
+        while True:
+            try:
+                edited = self.watcher.poll()
+                if edited is not None:
+                    self.sampler.ws = edited
+                    self.ingest.reconfigure(edited)
+                    self.app = self._build(edited)
+                self.heartbeat()
+            except Exception:  # a bad moment must not end the gateway's reloads
+                log.exception("following the configuration failed")
+            if self._stop.wait(1.0):
+                return
+
+    def heartbeat(self) -> None:
+        ws = self.watcher.ws
+        try:
+            backends.open_control_plane(ws).heartbeat(
+                "gateway",
+                os.getpid(),
+                {"version": __version__, "config": self.watcher.report(), "url": ws.gateway_url},
+            )
+        except MrbatchError as exc:
+            log.warning("gateway heartbeat failed: %s", exc)
+
+
 def serve(ws: Workspace, *, host: str | None = None, port: int | None = None) -> None:
     """Run the gateway until SIGINT/SIGTERM, on ``gateway.host``/``gateway.port`` from the
     config unless ``host``/``port`` say otherwise."""
@@ -159,7 +260,7 @@ def serve(ws: Workspace, *, host: str | None = None, port: int | None = None) ->
 
     gateway = ws.config.gateway
     uvicorn.run(
-        create_app(ws),
+        LiveGateway(ws),
         host=host or gateway.host,
         port=gateway.port if port is None else port,
         log_level="warning",

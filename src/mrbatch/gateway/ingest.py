@@ -44,6 +44,13 @@ class IngestService:
                 self.ingestors[name] = Ingestor(self.ws, spec, self.node, self.access)
             return self.ingestors[name]
 
+    def reconfigure(self, ws: Workspace) -> None:
+        """Follow an edit of mrbatch.toml: pipelines declared since can be ingested; a spool
+        already open keeps the declaration it was opened with until the gateway restarts (its
+        records are sealed as they were written), and so does the node (its lock)."""
+        with self._lock:
+            self.ws = ws
+
     def start(self) -> None:
         # What a crash left in the spool is sealed first, then new records as they come.
         spool = self.ws.data_dir / "ingest" / self.node

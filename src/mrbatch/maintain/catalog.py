@@ -119,6 +119,7 @@ def record_line(record: Record) -> dict[str, Any]:
         "writer": record.writer,
         "updated": record.updated,
         "seq": record.seq,
+        "deleted": record.deleted,  # a tombstone: restored as one (lines without it: live)
     }
 
 

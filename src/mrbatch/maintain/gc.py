@@ -33,7 +33,7 @@ from .. import backends
 from ..config.workspace import Workspace
 from ..errors import MrbatchError
 from ..model.keys import INPUT, OUTPUT, REJECTED, VERSIONS, run_id_for, run_key
-from ..model.records import CHUNK, RUN, FileRun, RunStatus, accepted_pk
+from ..model.records import CHUNK, RUN, FileRun, RunStatus, accepted_pk, failure_message_id
 from ..ports import ObjectStore, StateTable
 
 __all__ = ["GcReport", "collect_garbage", "purge_region", "retention_window"]
@@ -186,6 +186,8 @@ def _collect_runs(
             for pk in pks:
                 table.delete(pk, epoch=epoch)
             notifier.forget(f"<{run.run_id}@mrbatch>")  # the outbox's copy of its mail
+            for round_ in range(run.redriven + 1):  # and of the mails of its failures
+                notifier.forget(failure_message_id(run.run_id, round_))
         report.records += len(pks)
         report.runs_collected.append(run.run_id)
     if report.runs_collected:

@@ -2,7 +2,8 @@
 
 1. Refuse a region whose process or replicator is running, or that still holds data (unless
    ``force``: then the backup is *merged* into what it holds, by the merge rule; a restore
-   never deletes or downgrades anything).
+   never deletes or downgrades anything). A bucket or table that a service keeps (S3,
+   DynamoDB) and that is gone is created again first, empty.
 2. Read every backup's change files and keep, for each key, the version the merge rule picks
    (higher epoch, then the later write, then the writer's name) among the versions written at
    or before ``at`` (by the writer's clock: ``modified`` for objects, ``updated`` for records).
@@ -233,6 +234,7 @@ def restore(
             hint="`mrbatch backups --from DEST` lists the backups and their times",
         )
     _refuse_running(ws, region)
+    backends.provision(ws)  # a lost bucket or table (S3, DynamoDB) is made again, empty
     store = backends.open_object_store(ws, region)
     table = backends.open_state_table(ws, region)
     if not force:

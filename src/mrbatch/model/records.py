@@ -29,6 +29,7 @@ __all__ = [
     "RunStatus",
     "accepted_pk",
     "chunk_pk",
+    "failure_message_id",
     "run_pk",
 ]
 
@@ -66,6 +67,13 @@ def chunk_pk(run_id: str, index: int) -> str:
 
 def accepted_pk(run_id: str) -> str:
     return f"accepted/{run_id}"
+
+
+def failure_message_id(run_id: str, round_: int) -> str:
+    """The Message-ID of the mail telling a run's owners it FAILED (in its ``round_``-th
+    round): never the completion mail's ``<run-id@mrbatch>``, so a run that fails, is
+    re-driven and completes sends one failure mail and one completion mail."""
+    return f"<{run_id}.failed.{round_}@mrbatch>"
 
 
 @dataclass(frozen=True)
@@ -173,6 +181,10 @@ class FileRun:
     mail_sent_at: float | None = None
     mail_attempts: int = 0
     mail_error: str | None = None
+    # The mail telling the owners this run FAILED: message_id (one per failure, never the
+    # completion mail's), round, attempts, sent_at, error. None for runs that never failed
+    # (and for those that failed before mrbatch sent such mails).
+    failure_mail: dict[str, Any] | None = None
     link: str | None = None
     # How many times the run was taken over or re-driven; each time is a new "round".
     redriven: int = 0
@@ -242,6 +254,7 @@ class FileRun:
             "chunks": len(self.chunks),
             "mail_sent_at": self.mail_sent_at,
             "mail_error": self.mail_error,
+            "failure_mail": self.failure_mail,
             "redriven": self.redriven,
             "result_key": self.result_key,
             "result_rejected_key": self.result_rejected_key,

@@ -176,6 +176,9 @@ class Sampler:
                 "backlog_records": entry.get("backlog_records"),
                 "lag_seconds": entry.get("lag_seconds"),
                 "replicator_alive": bool(entry.get("replicator_alive")),
+                "version": entry.get("version"),
+                "replicator_version": entry.get("replicator_version"),
+                "config_digest": (entry.get("config") or {}).get("digest"),
                 "last_error": entry.get("last_error") or entry.get("error"),
                 "counters": self._counters.update(
                     name, beat.pid if beat is not None else None, counts
@@ -192,6 +195,8 @@ class Sampler:
             "epoch": status.get("epoch"),
             "phase": status.get("phase"),
             "regions": regions,
+            "versions": _versions(status),
+            "verdict": status.get("verdict", {}).get("summary"),
         }
         if status.get("control_plane_error"):
             sample["error"] = status["control_plane_error"]
@@ -226,6 +231,22 @@ class Sampler:
                 log.exception("sampling the deployment failed")
             if self._stop.wait(backoff.delay(failures) if failures else self.interval):
                 return
+
+
+def _versions(status: Mapping[str, Any]) -> dict[str, str]:
+    """The version of mrbatch every running process reports (label -> version), so a
+    deployment running two versions shows it."""
+    found: dict[str, str] = {}
+    for name, entry in status.get("regions", {}).items():
+        if entry.get("alive") and entry.get("version"):
+            found[f"region:{name}"] = str(entry["version"])
+        if entry.get("replicator_alive") and entry.get("replicator_version"):
+            found[f"replicator:{name}"] = str(entry["replicator_version"])
+    for label in ("gateway", "supervisor"):
+        entry = status.get(label) or {}
+        if entry.get("alive") and entry.get("version"):
+            found[label] = str(entry["version"])
+    return found
 
 
 def _plan_summary(execution: Execution) -> dict[str, Any]:

@@ -6,17 +6,27 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from .. import backends
+from .. import __version__, backends
+from ..config.reload import fingerprint
 from ..config.workspace import Workspace
 from ..errors import MrbatchError, NotFoundError, UsageError
 from ..model.keys import INPUT, run_id_for
-from ..model.records import RUN, FileRun, run_pk
+from ..model.records import CHUNK, RUN, ChunkRun, FileRun, run_pk
 from ..runtime import supervisor
 from ..runtime.replication import region_backlog
 from ..runtime.restarter import read_state
+from .health import verdict
 from .recovery_metrics import EVALUATION_DOC, evaluation_summary
 
-__all__ = ["all_runs", "find_run", "input_key", "status"]
+__all__ = [
+    "MIN_PREFIX",
+    "all_runs",
+    "find_run",
+    "input_key",
+    "run_chunks",
+    "runs_by_prefix",
+    "status",
+]
 
 
 def input_key(key: str) -> str:
@@ -24,8 +34,20 @@ def input_key(key: str) -> str:
     return key if key.startswith(INPUT) else INPUT + key
 
 
+def _process(beat: Any, now: float) -> dict[str, Any]:
+    """What a process's heartbeat says of its code and configuration."""
+    if beat is None:
+        return {"heartbeat_age": None, "version": None, "config": None}
+    return {
+        "heartbeat_age": round(now - beat.at, 3),
+        "version": beat.info.get("version"),
+        "config": beat.info.get("config"),
+    }
+
+
 def status(ws: Workspace) -> dict[str, Any]:
-    """The ``mrbatch status --json`` contract."""
+    """The ``mrbatch status --json`` contract, with a ``verdict``: ``ok`` false when a process
+    is down or a threshold is crossed (the CLI then exits 1)."""
     now = time.time()
     procs = supervisor.running(ws)
     restarts_state = read_state(ws)
@@ -88,6 +110,12 @@ def status(ws: Workspace) -> dict[str, Any]:
                     # Stopped, or cut off from the control plane: it publishes nothing.
                     fenced = entry["state"] == "ACTIVE"
                     entry["process_state"] = "self-fenced (no lease)" if fenced else "no lease"
+        own = _process(beat, now)
+        entry["version"], entry["config"] = own["version"], own["config"]
+        other = _process(heartbeats.get(f"replicator:{region}"), now)
+        entry["replicator_heartbeat_age"] = other["heartbeat_age"]
+        entry["replicator_version"] = other["version"]
+        entry["replicator_config"] = other["config"]
         result["regions"][region] = entry
     gateway = supervisor.Proc("gateway", "gateway")
     gateway_pid = procs.get(gateway)
@@ -96,6 +124,7 @@ def status(ws: Workspace) -> dict[str, Any]:
         "alive": gateway_pid is not None,
         "url": ws.gateway_url,
         "restarts": restarts(gateway),
+        **_process(heartbeats.get("gateway") if gateway_pid is not None else None, now),
     }
     keeper = supervisor.pid_of(ws, supervisor.SUPERVISOR)
     # What the running supervisor loaded, which an edit of mrbatch.toml since has not changed.
@@ -104,9 +133,15 @@ def status(ws: Workspace) -> dict[str, Any]:
         "pid": keeper,
         "alive": keeper is not None,
         "restart": restarts_state.get("restart") if live else ws.config.supervisor.restart,
+        "version": restarts_state.get("version") if live else None,
+        "config": restarts_state.get("config") if live else None,
         # per process label: restarts, deaths in a row, last exit, pause and next_due, ...
         "processes": records,
     }
+    # The configuration as it is on disk now, and the code looking at it.
+    result["config"] = {"path": str(ws.config_path), "digest": fingerprint(ws)}
+    result["version"] = __version__
+    result["verdict"] = verdict(ws, result)
     return result
 
 
@@ -135,10 +170,31 @@ def all_runs(ws: Workspace, *, status_filter: str | None = None) -> list[FileRun
     return runs
 
 
+# A run id is 64 hex digits; `mrbatch runs` shows the first 12. Any unique prefix this long
+# or longer names a run wherever a run id is accepted.
+MIN_PREFIX = 6
+
+
+def runs_by_prefix(runs: list[FileRun], prefix: str) -> list[FileRun]:
+    """The runs whose id starts with ``prefix`` (one for a unique prefix)."""
+    wanted = prefix.strip().lower()
+    if len(wanted) < MIN_PREFIX or not all(c in "0123456789abcdef" for c in wanted):
+        return []
+    return [r for r in runs if r.run_id.startswith(wanted)]
+
+
 def find_run(ws: Workspace, key_or_id: str) -> FileRun:
-    """The run of the current version of an input key, or the run with that id."""
+    """The run with that id (or unique id prefix, as ``mrbatch runs`` shows it), or the run of
+    the current version of an input key. NotFoundError when there is none, UsageError when a
+    prefix names several runs."""
     runs = all_runs(ws)
-    by_id = [r for r in runs if r.run_id == key_or_id]
+    by_id = runs_by_prefix(runs, key_or_id)
+    if len(by_id) > 1:
+        shown = ", ".join(f"{r.run_id[:16]} ({r.input_key})" for r in by_id[:5])
+        raise UsageError(
+            f"{key_or_id} is the beginning of {len(by_id)} run ids: {shown}",
+            hint="give more of the run id",
+        )
     if by_id:
         return by_id[0]
     key = input_key(key_or_id)
@@ -160,6 +216,26 @@ def find_run(ws: Workspace, key_or_id: str) -> FileRun:
     for run in reversed(runs):  # the input is gone: its latest run is still the answer
         if run.input_key == key:
             return run
-    raise UsageError(
-        f"no input {key} and no run with id {key_or_id}", hint="`mrbatch runs` lists the runs"
+    raise NotFoundError(
+        f"no input {key} and no run with id {key_or_id}",
+        hint="`mrbatch runs` lists the runs; a run id may be shortened to its first"
+        f" {MIN_PREFIX} or more characters",
     )
+
+
+def run_chunks(ws: Workspace, run: FileRun) -> list[ChunkRun]:
+    """The chunk records of ``run``'s current round, from the first region that holds them
+    (the run's own region first)."""
+    order = [run.region, *(r for r in ws.regions if r != run.region)]
+    for region in order:
+        if region not in ws.regions:
+            continue
+        try:
+            records = list(
+                backends.open_state_table(ws, region).scan(CHUNK, prefix=f"chunk/{run.run_id}/")
+            )
+        except MrbatchError:
+            continue
+        if records:
+            return sorted((ChunkRun.from_record(r) for r in records), key=lambda c: c.index)
+    return []

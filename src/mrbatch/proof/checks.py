@@ -3,22 +3,29 @@ fencing and convergence, read from a snapshot of every region."""
 
 from __future__ import annotations
 
-import json
 import time
 from collections import Counter
-from typing import Any
 
 from ..config.workspace import Workspace
 from ..errors import MrbatchError, NotFoundError
-from ..model.keys import OUTPUT, REJECTED, VERSIONS, run_id_for, version_input_key
+from ..maintain.gc import retention_window
+from ..model.keys import OUTPUT, VERSIONS, run_id_for, version_input_key
 from ..model.records import FileRun, RunStatus
-from ..ports import ObjectInfo, Record
-from .evidence import accepted_versions, epoch_owners, merged_runs, outbox_message_ids, read_region
+from .evidence import (
+    accepted_versions,
+    epoch_owners,
+    mail_problem,
+    merged_runs,
+    object_state,
+    outbox_message_ids,
+    published_kind,
+    read_region,
+    record_state,
+)
 from .recount import recount
+from .verdicts import DIVERGED, DUPLICATED, LOST, MAX_DIVERGED, Verdict, VerifyReport, Violation
 
 __all__ = ["Checker"]
-from ..maintain.gc import retention_window
-from .verdicts import DIVERGED, DUPLICATED, LOST, MAX_DIVERGED, Verdict, VerifyReport, Violation
 
 
 class Checker:
@@ -263,7 +270,7 @@ class Checker:
                     newest[run.output_key] = run
         for region in self.reachable:
             for info in region.objects.values():
-                kind = _published_kind(info.key)
+                kind = published_kind(info.key)
                 if kind is None:
                     continue
                 owner_run = self.runs.get(info.meta.get("run_id", ""))
@@ -319,12 +326,10 @@ class Checker:
                         DUPLICATED,
                         "output",
                     )
-        known = {f"<{run_id}@mrbatch>" for run_id in self.runs}
-        for message_id in self.mails:
-            if message_id not in known:
-                self.violate(
-                    None, message_id, "-", "a mail for a run no region knows", DUPLICATED, "mail"
-                )
+        for message_id, count in self.mails.items():
+            problem = mail_problem(message_id, count, self.runs)
+            if problem:
+                self.violate(None, message_id, "-", problem, DUPLICATED, "mail")
 
     # ------------------------------------------------------------------ convergence
     def check_convergence(self) -> None:
@@ -346,7 +351,7 @@ class Checker:
                     theirs = b.objects.get(key)
                     if theirs is None:
                         differ(key, b.name, f"object missing in {b.name} (present in {a.name})")
-                    elif a is first and _object_state(theirs) != _object_state(info):
+                    elif a is first and object_state(theirs) != object_state(info):
                         differ(
                             key,
                             b.name,
@@ -358,7 +363,7 @@ class Checker:
                     theirs_r = b.records.get(pk)
                     if theirs_r is None:
                         differ(pk, b.name, f"record missing in {b.name} (present in {a.name})")
-                    elif a is first and _record_state(theirs_r) != _record_state(record):
+                    elif a is first and record_state(theirs_r) != record_state(record):
                         differ(
                             pk,
                             b.name,
@@ -392,28 +397,3 @@ class Checker:
             epochs=self.owners,
             seconds=time.monotonic() - started,
         )
-
-
-def _published_kind(key: str) -> str | None:
-    """OUTPUT or REJECTED for a published object (output/<p>, rejected/<p> or a version's own
-    versions/<run-id>/output|rejected/<p>), None for anything else."""
-    if key.startswith(VERSIONS):
-        parts = key.split("/", 2)
-        key = parts[2] if len(parts) == 3 else ""
-    for kind in (OUTPUT, REJECTED):
-        if key.startswith(kind):
-            return kind
-    return None
-
-
-def _object_state(info: ObjectInfo) -> tuple[str, int, str, str]:
-    # Replication converges to the winning version itself, writer and metadata included.
-    return info.sha256, info.epoch, info.origin, _canonical(dict(info.meta))
-
-
-def _record_state(record: Record) -> tuple[int, int, Any]:
-    return record.version, record.epoch, _canonical(record.body)
-
-
-def _canonical(body: Any) -> str:
-    return json.dumps(body, sort_keys=True)

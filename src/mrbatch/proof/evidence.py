@@ -4,14 +4,17 @@ among them), the epoch log of the control plane and the outbox's message ids. Re
 
 from __future__ import annotations
 
+import json
+import re
 from collections import Counter
 from dataclasses import dataclass, field
 from email.parser import BytesHeaderParser
+from typing import Any
 
 from .. import backends
 from ..config.workspace import Workspace
 from ..errors import MrbatchError
-from ..model.keys import INPUT, VERSIONS, run_id_for
+from ..model.keys import INPUT, OUTPUT, REJECTED, VERSIONS, run_id_for
 from ..model.records import ACCEPTED, CHUNK, RUN, Accepted, FileRun
 from ..ports import ObjectInfo, ObjectStore, Record
 
@@ -19,9 +22,13 @@ __all__ = [
     "RegionSnapshot",
     "accepted_versions",
     "epoch_owners",
+    "mail_problem",
     "merged_runs",
+    "object_state",
     "outbox_message_ids",
+    "published_kind",
     "read_region",
+    "record_state",
 ]
 
 
@@ -86,6 +93,25 @@ def outbox_message_ids(ws: Workspace) -> tuple[Counter[str], str | None]:
     return ids, None
 
 
+# The Message-ID of a FAILED run's mail: <run-id.failed.N@mrbatch>, N the run's round.
+_FAILURE_MAIL = re.compile(r"^<([0-9a-f]+)\.failed\.(\d+)@mrbatch>$")
+
+
+def mail_problem(message_id: str, count: int, runs: dict[str, FileRun]) -> str | None:
+    """What is wrong with the outbox's ``count`` mail(s) of ``message_id``, if anything: a mail
+    for a run no region knows. A FAILED run's mail (one per failure) is not a completion mail
+    and never a duplicate of one; the completion mails are counted per run elsewhere."""
+    failed = _FAILURE_MAIL.match(message_id)
+    if failed is None:
+        if message_id.removeprefix("<").removesuffix("@mrbatch>") in runs:
+            return None
+        return "a mail for a run no region knows"
+    run = runs.get(failed.group(1))
+    if run is None or int(failed.group(2)) > run.redriven:
+        return "a failure mail for a run (or a round of it) no region knows"
+    return f"{count} mails for one failure" if count > 1 else None
+
+
 def merged_runs(regions: list[RegionSnapshot]) -> dict[str, FileRun]:
     """The run records as replication will converge them: higher epoch, then later write."""
     best: dict[str, tuple[tuple[int, float, str], FileRun]] = {}
@@ -122,3 +148,30 @@ def accepted_versions(
     for run in runs.values():
         versions[run.run_id] = (run.input_key, run.input_sha256)
     return versions
+
+
+def published_kind(key: str) -> str | None:
+    """OUTPUT or REJECTED for a published object (output/<p>, rejected/<p> or a version's own
+    versions/<run-id>/output|rejected/<p>), None for anything else."""
+    if key.startswith(VERSIONS):
+        parts = key.split("/", 2)
+        key = parts[2] if len(parts) == 3 else ""
+    for kind in (OUTPUT, REJECTED):
+        if key.startswith(kind):
+            return kind
+    return None
+
+
+def object_state(info: ObjectInfo) -> tuple[str, int, str, str]:
+    """What two regions' copies of an object must agree on once converged: replication
+    converges to the winning version itself, writer and metadata included."""
+    return info.sha256, info.epoch, info.origin, _canonical(dict(info.meta))
+
+
+def record_state(record: Record) -> tuple[int, int, Any]:
+    """What two regions' copies of a state record must agree on once converged."""
+    return record.version, record.epoch, _canonical(record.body)
+
+
+def _canonical(body: Any) -> str:
+    return json.dumps(body, sort_keys=True)

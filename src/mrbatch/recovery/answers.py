@@ -29,6 +29,7 @@ from .plan import (
     PlanContext,
     Result,
     StepFailed,
+    too_soon,
 )
 
 __all__ = [
@@ -175,6 +176,11 @@ def _record(ctx: PlanContext, entry: dict[str, Any]) -> None:
 
 
 def approval(ctx: PlanContext) -> Result:
+    # The anti-flap rule first: nobody is asked (or waited for) to approve a switch the fence
+    # would then refuse.
+    refused = too_soon(ctx)
+    if refused:
+        raise StepFailed(refused)
     started = time.time()
     if ctx.yes:
         entry: dict[str, Any] = {

@@ -11,10 +11,11 @@ from typing import Any
 from .. import backends
 from ..access.ledger import accepted_in
 from ..config.pipelines import format_for
+from ..config.reload import fingerprint, request_reload
 from ..config.workspace import Workspace
 from ..engine.pipelines import pins
 from ..engine.takeover import Missing, Takeover, present, readable, take_over
-from ..errors import MrbatchError, UnavailableError, UsageError
+from ..errors import ConflictError, MrbatchError, UnavailableError, UsageError
 from ..model.keys import run_key
 from ..model.records import CHUNK, RUN, ChunkRun, ChunkStatus, FileRun, RunStatus, chunk_pk, run_pk
 from ..observe import views
@@ -42,6 +43,43 @@ def _active_routing(ws: Workspace, region: str | None = None) -> Routing:
             hint="let it finish; `mrbatch plan history` shows it",
         )
     return routing
+
+
+# How long a redrive waits for the active region to apply an edit of mrbatch.toml.
+FOLLOW_TIMEOUT = 10.0
+# A redrive is a compare-and-set of the run's record: tries when the region wrote it meanwhile.
+REDRIVE_ATTEMPTS = 3
+
+
+def _region_follows_file(ws: Workspace, region: str, timeout: float = FOLLOW_TIMEOUT) -> None:
+    """A redrive pins the pipeline as mrbatch.toml declares it now, and the active region
+    drives the run with the configuration it has applied: when that is an older one (the file
+    was edited a moment ago), it is asked to apply the edit now (as `mrbatch reload` does) and
+    the redrive waits for it, bounded — else the region would refuse the run it is given."""
+    digest = fingerprint(ws)
+    control = backends.open_control_plane(ws)
+
+    def running() -> str | None:
+        """The digest the region's process reports; None when none runs (it loads the file
+        when it starts) or it reports none."""
+        beat = control.heartbeats().get(region)
+        if beat is None or time.time() - beat.at > ws.config.watch.heartbeat_timeout:
+            return None
+        return (beat.info.get("config") or {}).get("digest")
+
+    current = running()
+    if current is None or current == digest:
+        return
+    request_reload(ws)
+    deadline = time.monotonic() + timeout
+    while (current := running()) not in (None, digest):
+        if time.monotonic() >= deadline:
+            raise MrbatchError(
+                f"the active region {region} still runs configuration {current}, not {digest}"
+                f" as {ws.config_path.name} is now; a run re-driven now would be refused there",
+                hint="`mrbatch reload` says why it was not applied; then redrive again",
+            )
+        time.sleep(0.1)
 
 
 def _taken_over_now(run: FileRun, epoch: int) -> bool:
@@ -147,6 +185,19 @@ def redrive(ws: Workspace, key_or_id: str) -> dict[str, Any]:
     """Run a FAILED run again in the active region from its last good step, re-running only the
     chunks that failed or rejected rows (all of them if the reference data changed since)."""
     routing = _active_routing(ws)
+    _region_follows_file(ws, routing.active_region)
+    for attempt in range(1, REDRIVE_ATTEMPTS + 1):
+        try:
+            return _redrive(ws, key_or_id, routing)
+        except ConflictError:
+            # The region wrote the run meanwhile (the record of its failure mail, say): the
+            # redrive changed nothing; read the run again.
+            if attempt == REDRIVE_ATTEMPTS:
+                raise
+    raise AssertionError("unreachable")
+
+
+def _redrive(ws: Workspace, key_or_id: str, routing: Routing) -> dict[str, Any]:
     region = routing.active_region
     store = backends.open_object_store(ws, region)
     table = backends.open_state_table(ws, region)

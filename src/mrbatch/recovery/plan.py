@@ -28,6 +28,7 @@ __all__ = [
     "StepFailed",
     "StepLog",
     "history",
+    "too_soon",
 ]
 
 PLAN_PREFIX = "plan/"
@@ -187,3 +188,22 @@ Result = tuple[str, str, dict[str, Any]]  # outcome, message, evidence
 def history(ws: Workspace) -> list[Execution]:
     docs = backends.open_control_plane(ws).documents(PLAN_PREFIX)
     return sorted((Execution.from_dict(d) for d in docs.values()), key=lambda e: e.started)
+
+
+def too_soon(ctx: PlanContext) -> str | None:
+    """Why the anti-flap rule would refuse a switch now (and when it will not), or None. Checked
+    before the approval, so nobody approves a switch the fence then refuses."""
+    if ctx.force:
+        return None
+    routing = ctx.control.routing()
+    rule = ctx.ws.config.failover.min_switch_interval
+    since = time.time() - routing.switched_at
+    if since >= rule:
+        return None
+    left = rule - since
+    at = time.strftime("%H:%M:%S", time.localtime(time.time() + left))
+    return (
+        f"rule 'min-switch-interval': the last switch was {since:.0f}s ago and"
+        f" failover.min_switch_interval is {rule:.0f}s: try again in {left:.0f}s (at {at}),"
+        " or pass --force"
+    )

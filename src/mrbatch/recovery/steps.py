@@ -23,7 +23,7 @@ from ..ports import RegionState
 from ..runtime.replication import backlog
 from .answers import approval
 from .operations import reconcile_now
-from .plan import PlanContext, Result, StepFailed
+from .plan import PlanContext, Result, StepFailed, too_soon
 from .rpo import close_arrived, rpo_gate
 
 __all__ = ["BUILTIN", "python_step", "resolve_callable", "shell_step"]
@@ -163,6 +163,9 @@ def readiness(ctx: PlanContext) -> Result:
             evidence["backlog_from_source"] = f"unknown: {ctx.source} unreachable ({exc})"
     if problems and not ctx.force:
         raise StepFailed("; ".join(problems) + " (--force to go on anyway)")
+    refused = too_soon(ctx)
+    if refused:
+        raise StepFailed(refused)
     outcome = "warning" if problems else "ok"
     return outcome, "; ".join(problems) or f"{ctx.target} is ready", evidence
 

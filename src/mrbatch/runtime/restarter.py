@@ -32,6 +32,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .. import __version__
+from ..config.reload import ConfigWatcher
 from ..config.workspace import Workspace
 from ..retry import Backoff
 from . import supervisor
@@ -123,16 +125,24 @@ class Restarter:
     ) -> None:
         self.ws = ws
         self.stop = stop
-        self.config = ws.config.supervisor
-        rng = rng or random.Random()
-        self.backoff = Backoff(
-            self.config.restart_backoff, self.config.restart_max_backoff, jitter=JITTER, rng=rng
-        )
-        self.loop_backoff = Backoff(self.config.poll_interval, LOOP_MAX_BACKOFF, rng=rng)
+        self.rng = rng or random.Random()
+        self._configure(ws)
+        self.watcher = ConfigWatcher(ws, "supervisor")
         self.watches = {proc: _Watch() for proc in supervisor.expected(ws)}
         self.started_at = time.time()
         self.passes = 0
         self.failures = 0
+
+    def _configure(self, ws: Workspace) -> None:
+        self.ws = ws
+        self.config = ws.config.supervisor
+        self.backoff = Backoff(
+            self.config.restart_backoff,
+            self.config.restart_max_backoff,
+            jitter=JITTER,
+            rng=self.rng,
+        )
+        self.loop_backoff = Backoff(self.config.poll_interval, LOOP_MAX_BACKOFF, rng=self.rng)
 
     # ------------------------------------------------------------------ the loop
     def run(self) -> None:
@@ -171,6 +181,9 @@ class Restarter:
         """One pass over every process; returns the pause before the next. A failing pass is
         logged and retried after a growing pause, never fatal."""
         try:
+            edited = self.watcher.poll()
+            if edited is not None:  # [supervisor] edited: restart, backoffs, poll interval
+                self._configure(edited)
             for proc in self.watches:
                 if self.stop.is_set():
                     break
@@ -210,7 +223,7 @@ class Restarter:
 
     def _died(self, proc: Proc, watch: _Watch, now: float) -> None:
         assert watch.pid is not None
-        code = supervisor.exit_status(watch.pid)
+        code = supervisor.exit_status(watch.pid, stop=self.stop)
         record = watch.record
         record.last_exit, record.exit_code, record.exit_signal = describe_exit(code)
         record.pid, record.up_since, record.died_at = None, None, time.time()
@@ -277,6 +290,8 @@ class Restarter:
             "pid": os.getpid(),
             "running": running,
             "restart": self.config.restart,
+            "version": __version__,
+            "config": self.watcher.report(),
             "started_at": self.started_at,
             "checked_at": time.time(),
             "passes": self.passes,

@@ -284,23 +284,31 @@ def kill(ws: Workspace, proc: Proc) -> int | None:
     return recorded[0] if recorded else None
 
 
-def exit_status(pid: int) -> int | None:
+def exit_status(
+    pid: int, *, timeout: float = 2.0, stop: threading.Event | None = None
+) -> int | None:
     """How a process this process started ended: its exit code, or minus the signal that
     killed it; None if it is still running or was not started here. Whatever is left of its
     process group (pool workers) is killed first, while the unreaped leader still holds the
-    group's id, so a recycled id is never signalled."""
+    group's id, so a recycled id is never signalled. Waits at most ``timeout`` for the exit to
+    be collectable, and no longer once ``stop`` is set (a supervisor told to stop must not
+    spend its grace period waiting on the dead)."""
     child = _children.get(pid)
     if child is None:
         return _exited.pop(pid, None)
     if _start_time(pid) is not None:
         return None  # still running
     _signal_group(pid, signal.SIGKILL)
-    try:
-        # A killed multi-threaded process shows as a zombie as soon as its main thread is
-        # gone, but can only be collected once its other threads are: a moment later.
-        code = child.wait(timeout=2.0)
-    except subprocess.TimeoutExpired:
-        return None  # left for reap()
+    # A killed multi-threaded process shows as a zombie as soon as its main thread is gone,
+    # but can only be collected once its other threads are: a moment later.
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            code = child.wait(timeout=0.05)
+            break
+        except subprocess.TimeoutExpired:
+            if time.monotonic() >= deadline or (stop is not None and stop.is_set()):
+                return None  # left for reap()
     del _children[pid]
     return code
 

@@ -147,6 +147,10 @@
       node.querySelector(".stat-rejected").textContent = num(counters.rows_rejected);
       node.querySelector(".stat-heartbeat").textContent =
         info.heartbeat_age === null || info.heartbeat_age === undefined ? "never" : `${num(info.heartbeat_age, 1)}s ago`;
+      const versions = [info.version, info.replicator_version].filter(Boolean);
+      const shown = [...new Set(versions)].join(" / ") || "-";
+      node.querySelector(".stat-version").textContent =
+        info.config_digest ? `${shown} · config ${info.config_digest}` : shown;
       const error = node.querySelector(".region-error");
       error.hidden = !info.last_error;
       error.textContent = info.last_error ? `last error: ${info.last_error}` : "";
@@ -220,6 +224,19 @@
     $("plans-empty").hidden = rows.length > 0;
   }
 
+  // Every process's version of mrbatch: one, or each version with the processes running it.
+  function renderVersions(byProcess) {
+    const groups = new Map();
+    for (const [label, version] of Object.entries(byProcess)) {
+      if (!groups.has(version)) groups.set(version, []);
+      groups.get(version).push(label);
+    }
+    const node = $("versions");
+    node.dataset.mixed = String(groups.size > 1);
+    node.textContent = groups.size === 0 ? "-" : groups.size === 1 ? [...groups.keys()][0]
+      : [...groups].map(([v, labels]) => `${v} (${labels.join(", ")})`).join(" · ");
+  }
+
   function render(data) {
     const latest = data.latest;
     const app = $("app-state");
@@ -228,6 +245,7 @@
     $("active-region").textContent = latest.active_region || "?";
     $("epoch").textContent = latest.epoch ?? "?";
     $("phase").textContent = latest.phase || "?";
+    renderVersions(latest.versions || {});
     const t1 = data.now;
     const t0 = Math.max(samples.length ? samples[0].at : t1 - 60, t1 - WINDOW_S);
     renderRegions(data, t0, t1);

@@ -1,0 +1,75 @@
+"""What every region process, active or not, does with its own bucket: each input version that
+appears there (written to it directly, bypassing the access point, or one whose
+acknowledgement was cut short, or replicated in) gets its ``Accepted`` record if it has none,
+so it is processed all the same; and the bytes of versions the region waits for are noticed as
+soon as they arrive."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from ..access.ledger import accept
+from ..model.keys import INPUT, VERSIONS, run_id_for
+from ..model.records import accepted_pk
+from ..ports import ObjectInfo, ObjectStore, StateTable
+
+__all__ = ["TRIGGER_CURSOR", "BucketWatch"]
+
+log = logging.getLogger("mrbatch.region")
+TRIGGER_CURSOR = "trigger"
+_BATCH = 500
+
+
+class BucketWatch:
+    """Follows one region's bucket: its change feed from a cursor kept in the region's state
+    table, and a full listing of ``input/`` every rescan interval (the safety net)."""
+
+    def __init__(self, region: str, store: ObjectStore, table: StateTable) -> None:
+        self.region = region
+        self.store = store
+        self.table = table
+        self._cursor: int | None = None
+        self._last_scan = 0.0
+
+    def poll(self, rescan_interval: float) -> set[str]:
+        """Record what appeared since the last poll; the run ids whose version bytes
+        (``versions/<run-id>/…``) arrived meanwhile."""
+        now = time.monotonic()
+        if now - self._last_scan >= rescan_interval:
+            # Position first, then list: anything written meanwhile is seen by the feed too.
+            cursor = self.store.last_seq()
+            for info in self.store.list(INPUT):
+                self._accept_seen(info)
+            self._save_cursor(cursor)
+            self._last_scan = now
+            return set()
+        arrived: set[str] = set()
+        changes = self.store.changes(self._position(), limit=_BATCH)
+        for info in changes:
+            if info.deleted:
+                continue
+            if info.key.startswith(INPUT):
+                self._accept_seen(info)
+            elif info.key.startswith(VERSIONS):
+                arrived.add(info.key[len(VERSIONS) :].split("/", 1)[0])
+        if changes:
+            self._save_cursor(changes[-1].seq)
+        return arrived
+
+    def _accept_seen(self, info: ObjectInfo) -> None:
+        if self.table.get(accepted_pk(run_id_for(info.key, info.sha256))) is None:
+            accept(self.store, self.table, info, source="bucket")
+            log.info(
+                "%s: recorded %s (sha256 %s) as accepted", self.region, info.key, info.sha256[:12]
+            )
+
+    def _position(self) -> int:
+        if self._cursor is None:
+            self._cursor = self.table.get_cursor(TRIGGER_CURSOR)
+        return self._cursor
+
+    def _save_cursor(self, value: int) -> None:
+        if value != self._cursor:
+            self.table.set_cursor(TRIGGER_CURSOR, value)
+            self._cursor = value

@@ -36,11 +36,16 @@ __all__ = [
 # write no [square brackets] in a help text; tests/test_help.py renders every command's help.
 HELP = {"rich_markup_mode": "rich", "context_settings": {"help_option_names": ["-h", "--help"]}}
 
+class _Commands(LazyGroup):
+    def typer_app(self) -> typer.Typer:
+        return app
+
+
 app = typer.Typer(
     name="mrbatch",
     help="Resilient multi-region batch processing: files in, validated and enriched files out,"
     " in whichever region is active.",
-    cls=LazyGroup,
+    cls=_Commands,
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,

@@ -13,6 +13,7 @@ import importlib
 from dataclasses import dataclass
 from typing import Any
 
+import typer
 from typer import _click as click
 from typer.core import TyperCommand, TyperGroup
 from typer.main import get_command_from_info, get_group_from_info
@@ -191,8 +192,7 @@ class LazyGroup(TyperGroup):
             return
         self._loaded.add(module)
         importlib.import_module(f"{__package__}.{module}")
-        from .app import app  # the app imports this module: resolved at run time
-
+        app = self.typer_app()
         for info in app.registered_commands:
             command = get_command_from_info(
                 info,
@@ -211,6 +211,10 @@ class LazyGroup(TyperGroup):
             if group.name:
                 # A group gathered from several modules is built again once they are all in.
                 self.commands[group.name] = group
+
+    def typer_app(self) -> typer.Typer:
+        """The app the command modules register on (app.py names it)."""
+        raise NotImplementedError
 
     def load_all(self) -> None:
         """Every command, as ``mrbatch --version`` and the help tests need them."""

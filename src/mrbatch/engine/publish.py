@@ -28,6 +28,7 @@ from ..ports import (
     Routing,
     WebhookSender,
 )
+from ..retry import Backoff
 from .driver import Progress, RunDriver
 from .takeover import present
 
@@ -320,7 +321,7 @@ class PublishStage(RunDriver):
                 return
             if self._save(progress):
                 pause = hook.retry_backoff if hook is not None else 1.0
-                delay = min(60.0, pause * 2 ** (run.webhook_attempts - 1))
+                delay = Backoff(base=pause, cap=60.0).delay(run.webhook_attempts)
                 progress.retry_at = self.clock() + delay
                 log.warning(
                     "run %s: webhook not delivered (%s); retry in %.1fs", run.run_id, exc, delay

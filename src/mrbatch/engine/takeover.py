@@ -31,7 +31,7 @@ __all__ = [
     "take_over",
 ]
 
-log = logging.getLogger("mrbatch.reconcile")
+log = logging.getLogger("mrbatch.takeover")
 
 
 @dataclass(frozen=True)

@@ -46,13 +46,18 @@ class PublishStage(RunDriver):
             return
         meta = _published_meta(run)
         assert run.merged_key and run.merged_rejected_key
+        newer = _newer_shown(self.store.head(output_key_for(run.input_key)), run)
+        # PUBLISHED is recorded only once every copy is on stable storage. When output/<p> is
+        # written too, its durable copies (same bytes, same store) also make these two
+        # durable: a store's durable write covers its earlier writes (ports.ObjectStore).
+        # That halves the fsyncs of the region's busiest step with many small files.
         result = self.store.copy(
             run.merged_key,
             version_output_key(run.run_id, run.input_key),
             version=run.merged_sha256,
             meta=meta,
             epoch=run.epoch,
-            durable=True,
+            durable=newer is not None,
         )
         result_rejected = self.store.copy(
             run.merged_rejected_key,
@@ -60,9 +65,8 @@ class PublishStage(RunDriver):
             version=run.merged_rejected_sha256,
             meta=meta,
             epoch=run.epoch,
-            durable=True,
+            durable=newer is not None,
         )
-        newer = _newer_shown(self.store.head(output_key_for(run.input_key)), run)
         if newer is None:
             self._publish_latest(run, run.epoch)
         else:

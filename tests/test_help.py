@@ -132,3 +132,15 @@ def test_help_and_version_import_no_command() -> None:
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip().splitlines()[-1] == "[]", done.stdout[-2000:]
+
+
+def test_help_paragraphs_are_wrapped_by_the_terminal_not_the_source() -> None:
+    """Help bodies are docstrings broken at 100 columns; shown at 80 they would break
+    mid-sentence ("measures throughput,|latency ..."): each paragraph reaches rich whole."""
+    load = " ".join(_render(["load"]).split("\n")[5:8])
+    assert "measures throughput, latency" in " ".join(load.split()), load
+    for path, command in COMMANDS:
+        for paragraph in (command.help or "").split("\n\n"):
+            lines = paragraph.splitlines()
+            listed = any(line[:1] in (" ", "-", "*", "\b") for line in lines)
+            assert len(lines) <= 1 or listed, f"mrbatch {' '.join(path)}: {paragraph!r}"

@@ -10,6 +10,7 @@ any command ran. The group below knows which modules hold which command and impo
 from __future__ import annotations
 
 import importlib
+import inspect
 from dataclasses import dataclass
 from typing import Any
 
@@ -199,8 +200,8 @@ class LazyGroup(TyperGroup):
                 pretty_exceptions_short=app.pretty_exceptions_short,
                 rich_markup_mode=app.rich_markup_mode,
             )
-            if command.name:
-                self.commands.setdefault(command.name, command)
+            if command.name and command.name not in self.commands:
+                self.commands[command.name] = reflowed(command)
         for group_info in app.registered_groups:
             group = get_group_from_info(
                 group_info,
@@ -210,7 +211,7 @@ class LazyGroup(TyperGroup):
             )
             if group.name:
                 # A group gathered from several modules is built again once they are all in.
-                self.commands[group.name] = group
+                self.commands[group.name] = reflowed(group)
 
     def typer_app(self) -> typer.Typer:
         """The app the command modules register on (app.py names it)."""
@@ -221,3 +222,21 @@ class LazyGroup(TyperGroup):
         for entry in LISTED:
             for module in entry.modules:
                 self.load(module)
+
+
+def reflowed(command: click.Command) -> click.Command:
+    """``command`` (and its subcommands) with each paragraph of its help on one line, which
+    the terminal then wraps: the help texts are docstrings broken at 100 columns, and rich
+    help keeps single line breaks after the first paragraph ("throughput,|latency ...").
+    A paragraph with an indented or bulleted line is kept as written."""
+    if command.help:
+        paragraphs = inspect.cleandoc(command.help).split("\n\n")
+        command.help = "\n\n".join(
+            p
+            if any(line[:1] in (" ", "-", "*", "\b") for line in p.splitlines())
+            else " ".join(p.split("\n"))
+            for p in paragraphs
+        )
+    for sub in getattr(command, "commands", {}).values():
+        reflowed(sub)
+    return command

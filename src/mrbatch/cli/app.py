@@ -36,6 +36,7 @@ __all__ = [
 # write no [square brackets] in a help text; tests/test_help.py renders every command's help.
 HELP = {"rich_markup_mode": "rich", "context_settings": {"help_option_names": ["-h", "--help"]}}
 
+
 class _Commands(LazyGroup):
     def typer_app(self) -> typer.Typer:
         return app

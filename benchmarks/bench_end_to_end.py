@@ -148,8 +148,10 @@ def user_path(ws: Workspace, orders: Path, key: str) -> dict[str, Any]:
         raise SystemExit(f"the run failed: {run.reason}")
     at = {h["status"]: h["at"] for h in run.history}
     phases = {
-        "upload": put_done - start,
-        "claim": run.claimed_at - put_done,
+        # The upload ends at acceptance (the `put` command may still be exiting when the
+        # region claims the run); the claim is measured from it.
+        "upload": (run.accepted_at or put_done) - start,
+        "claim": run.claimed_at - (run.accepted_at or put_done),
         "split": at["SPLIT"] - run.claimed_at,
         "chunks": at["MERGED"] - at["SPLIT"],  # chunk tasks and the streamed merge overlap
         "merge": 0.0,

@@ -8,6 +8,8 @@ from __future__ import annotations
 import inspect
 import os
 import re
+import subprocess
+import sys
 import tomllib
 from collections.abc import Iterator
 from importlib.metadata import version
@@ -19,7 +21,9 @@ import typer.main
 from typer.testing import CliRunner
 
 from mrbatch import __version__
-from mrbatch.cli.main import app
+from mrbatch.cli.lazy import LISTED, LazyGroup
+from mrbatch.cli.main import PRIVATE_UMASK, app
+from mrbatch.config.workspace import PRIVATE_UMASK as WORKSPACE_UMASK
 from tests.helpers import mrbatch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -33,7 +37,10 @@ def _commands() -> Iterator[tuple[list[str], Any]]:
         for name, sub in sorted(getattr(command, "commands", {}).items()):
             yield from walk(sub, [*path, name])
 
-    yield from walk(typer.main.get_command(app), [])
+    group = typer.main.get_command(app)
+    assert isinstance(group, LazyGroup)
+    group.load_all()
+    yield from walk(group, [])
 
 
 COMMANDS = list(_commands())
@@ -95,3 +102,45 @@ def test_the_dependency_range_keeps_help_readable() -> None:
     assert "<0.27" in typer_range, typer_range  # typer 0.27+ prints {key}, <bool>, <str>
     installed = tuple(int(part) for part in version("typer").split(".")[:2])
     assert (0, 24) <= installed < (0, 27), f"typer {version('typer')} is outside {typer_range}"
+
+
+def test_the_command_list_names_every_command_as_it_describes_itself() -> None:
+    """`mrbatch --help` lists commands from a table, without importing them: the table must say
+    what the commands themselves say, and name every one of them."""
+    listed = {entry.name: entry.summary for entry in LISTED}
+    real = {
+        p[0]: inspect.cleandoc(c.help or "").split("\n\n")[0] for p, c in COMMANDS if len(p) == 1
+    }
+    assert listed == real
+    assert PRIVATE_UMASK == WORKSPACE_UMASK
+
+
+def test_help_and_version_import_no_command() -> None:
+    """The quick paths stay quick: neither imports a command module, polars nor pydantic."""
+    code = (
+        "import sys\n"
+        "from mrbatch.cli.main import run\n"
+        "for argv in (['--help'], ['--version']):\n"
+        "    try:\n"
+        "        run(argv)\n"
+        "    except SystemExit:\n"
+        "        pass\n"
+        "heavy = [m for m in sys.modules if m.split('.')[0] in ('polars', 'pydantic')\n"
+        "         or m.startswith('mrbatch.cli.') and m.rsplit('.', 1)[1] not in\n"
+        "         ('app', 'main', 'lazy')]\n"
+        "print(heavy)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip().splitlines()[-1] == "[]", done.stdout[-2000:]
+
+
+def test_help_paragraphs_are_wrapped_by_the_terminal_not_the_source() -> None:
+    """Help bodies are docstrings broken at 100 columns; shown at 80 they would break
+    mid-sentence ("measures throughput,|latency ..."): each paragraph reaches rich whole."""
+    load = " ".join(_render(["load"]).split("\n")[5:8])
+    assert "measures throughput, latency" in " ".join(load.split()), load
+    for path, command in COMMANDS:
+        for paragraph in (command.help or "").split("\n\n"):
+            lines = paragraph.splitlines()
+            listed = any(line[:1] in (" ", "-", "*", "\b") for line in lines)
+            assert len(lines) <= 1 or listed, f"mrbatch {' '.join(path)}: {paragraph!r}"

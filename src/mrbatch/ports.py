@@ -85,7 +85,9 @@ class ObjectStore(Protocol):
         changes nothing (no new version, no change-feed entry). With ``durable`` the object is
         on stable storage when this returns (an acknowledgement or a publish depends on it);
         otherwise it survives a crash of the process, and what a power loss takes is
-        recomputed (intermediates)."""
+        recomputed (intermediates). A durable write also makes durable which version every
+        key written earlier to this store names (not those versions' bytes: a durable write
+        of the same bytes does that), as a write-ahead log's sync covers what came before."""
         ...
 
     def open(self, key: str, *, version: str | None = None) -> BinaryIO:

@@ -24,8 +24,7 @@ deleted, and the body's parts (:mod:`mrbatch.backends.ddbitems`). Feed, end and 
 are named by region, so the per-region bookkeeping stays apart when the tables are replicas of
 one global table (``replication = "native"``).
 
-Writes are acknowledged by DynamoDB only once they are durable (stored in several
-availability zones), so ``durable=True`` asks for nothing more.
+DynamoDB acknowledges a write once it is durable (in several zones): ``durable=True`` adds nothing.
 """
 
 from __future__ import annotations
@@ -40,6 +39,7 @@ import botocore.exceptions as bx
 from ..config.aws import AwsTarget
 from ..errors import ConflictError, NotFoundError, UnavailableError
 from ..ports import Record
+from ..retry import Backoff
 from .aws import client, code, create_table, guard
 from .ddbitems import TOMBSTONES, Retry, Stored, bookkeeping, decode, encode, n, removal, s, seq
 
@@ -178,7 +178,7 @@ class DynamoStateTable:
                 if "ConditionalCheckFailed" in (reasons[1].get("Code"), reasons[2].get("Code")):
                     position = max(self._end(), own) + 1  # the end moved on: the next one
                 else:  # a concurrent transaction on one of the items: back off, try again
-                    time.sleep(min(0.5, 0.005 * 2 ** min(attempt, 7)))
+                    time.sleep(Backoff(base=0.005, cap=0.5).delay(attempt + 1))
                 continue
             self._tail, self._end_exists = position, True
             return replace(record, body=dict(record.body), seq=position)

@@ -91,9 +91,11 @@ def latest(b: Bucket, prefix: str, skip: str) -> list[tuple[str, str | None]]:
     found: list[tuple[str, str | None]] = []
     prefixes = [prefix]
     if not prefix:
-        top = b.client.list_objects_v2(Bucket=b.name, Delimiter="/")
-        prefixes = [p["Prefix"] for p in top.get("CommonPrefixes", []) if p["Prefix"] != skip]
-        found += [(o["Key"], None) for o in top.get("Contents", [])]
+        prefixes = []
+        pages = b.client.get_paginator("list_objects_v2").paginate(Bucket=b.name, Delimiter="/")
+        for top in pages:  # a page holds 1,000 keys and prefixes at most
+            prefixes += [p["Prefix"] for p in top.get("CommonPrefixes", []) if p["Prefix"] != skip]
+            found += [(o["Key"], None) for o in top.get("Contents", [])]
     for under in prefixes:
         pages = b.client.get_paginator("list_object_versions").paginate(Bucket=b.name, Prefix=under)
         for page in pages:

@@ -7,15 +7,17 @@ import logging
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 from rich.console import Console
 from rich.text import Text
 
 from .. import __version__
-from ..config.values import parse_duration
-from ..config.workspace import Workspace
+from .lazy import LazyGroup
+
+if TYPE_CHECKING:
+    from ..config.workspace import Workspace
 
 __all__ = [
     "DURATION",
@@ -34,10 +36,17 @@ __all__ = [
 # write no [square brackets] in a help text; tests/test_help.py renders every command's help.
 HELP = {"rich_markup_mode": "rich", "context_settings": {"help_option_names": ["-h", "--help"]}}
 
+
+class _Commands(LazyGroup):
+    def typer_app(self) -> typer.Typer:
+        return app
+
+
 app = typer.Typer(
     name="mrbatch",
     help="Resilient multi-region batch processing: files in, validated and enriched files out,"
     " in whichever region is active.",
+    cls=_Commands,
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -65,6 +74,9 @@ class State:
 
     def workspace(self) -> Workspace:
         if self._ws is None:
+            # Imported here: `--help` and `--version` need no configuration (nor pydantic).
+            from ..config.workspace import Workspace
+
             self._ws = Workspace.load(self.config)
         return self._ws
 
@@ -112,6 +124,8 @@ def _options(
 
 
 def _duration(value: str) -> float:
+    from ..config.values import parse_duration
+
     try:
         return parse_duration(value)
     except ValueError as exc:

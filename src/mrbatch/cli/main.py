@@ -1,34 +1,16 @@
-"""The ``mrbatch`` entry point: loads every command module and turns errors into one line
-plus a hint on stderr, with exit code 1 (operation failed) or 2 (usage or configuration)."""
+"""The ``mrbatch`` entry point: runs the command (its module is imported then, see lazy.py) and
+turns errors into one line plus a hint on stderr, with exit code 1 (operation failed) or 2
+(usage or configuration)."""
 
 from __future__ import annotations
 
-import importlib
 import os
 import sys
 
-from ..config.workspace import PRIVATE_UMASK
 from ..errors import MrbatchError
 from .app import app, err_console, state, styled
 
-# Each module registers its commands when imported; this order is the order `--help` lists them.
-COMMAND_MODULES = (
-    "deploy",
-    "objects",
-    "runs",
-    "recovery",
-    "plan_cmds",
-    "drill_cmd",
-    "gateway_cmd",
-    "chaos_cmds",
-    "gc_cmd",
-    "backup_cmds",
-    "ingest_cmd",
-    "config_cmd",
-    "demo",
-)
-for _module in COMMAND_MODULES:
-    importlib.import_module(f"{__package__}.{_module}")
+PRIVATE_UMASK = 0o077  # as config.workspace.PRIVATE_UMASK, without importing the configuration
 
 __all__ = ["run"]
 

@@ -312,6 +312,12 @@ def _targets(ws: Workspace, keys: set[str] | None, ids: set[str]) -> dict[str, s
     return targets
 
 
+# `wait` notices a finished run within POLL_EVERY (one read per unfinished run and region),
+# and a newly accepted version within TARGETS_EVERY (a read of the ledger).
+POLL_EVERY = 0.02
+TARGETS_EVERY = 0.5
+
+
 @app.command()
 def wait(
     keys: list[str] = typer.Argument(
@@ -345,15 +351,19 @@ def wait(
         disable=not show,
     ) as bar:
         task = bar.add_task("waiting for runs", total=None)
+        listed_at = -TARGETS_EVERY
         while True:
-            targets = _targets(ws, wanted_keys if keys else None, wanted_ids)
+            # What to wait for (the accepted versions) is read again now and then; whether
+            # those runs have finished, every POLL_EVERY, with one read per unfinished run.
+            if time.monotonic() - listed_at >= TARGETS_EVERY:
+                targets = _targets(ws, wanted_keys if keys else None, wanted_ids)
+                listed_at = time.monotonic()
+            unfinished = [rid for rid in targets if rid not in finished]
             try:
-                by_id = {run.run_id: run for run in views.all_runs(ws)}
+                runs = views.runs_by_id(ws, unfinished)
             except MrbatchError:
-                by_id = {}
-            finished = {
-                rid: by_id[rid] for rid in targets if rid in by_id and by_id[rid].status.terminal
-            }
+                runs = {}
+            finished.update((rid, run) for rid, run in runs.items() if run.status.terminal)
             bar.update(task, total=len(targets), completed=len(finished))
             if len(finished) == len(targets):
                 break
@@ -363,7 +373,7 @@ def wait(
                 )
                 _report(finished, pending, json_output)
                 raise typer.Exit(1)
-            time.sleep(0.1)
+            time.sleep(POLL_EVERY)
     _report(finished, [], json_output)
     if any(run.status is RunStatus.FAILED for run in finished.values()):
         raise typer.Exit(1)

@@ -28,6 +28,7 @@ from ..ports import (
     Routing,
     WebhookSender,
 )
+from ..retry import Backoff
 from .driver import Progress, RunDriver
 from .takeover import present
 
@@ -45,13 +46,18 @@ class PublishStage(RunDriver):
             return
         meta = _published_meta(run)
         assert run.merged_key and run.merged_rejected_key
+        newer = _newer_shown(self.store.head(output_key_for(run.input_key)), run)
+        # PUBLISHED is recorded only once every copy is on stable storage. When output/<p> is
+        # written too, its durable copies (same bytes, same store) also make these two
+        # durable: a store's durable write covers its earlier writes (ports.ObjectStore).
+        # That halves the fsyncs of the region's busiest step with many small files.
         result = self.store.copy(
             run.merged_key,
             version_output_key(run.run_id, run.input_key),
             version=run.merged_sha256,
             meta=meta,
             epoch=run.epoch,
-            durable=True,
+            durable=newer is not None,
         )
         result_rejected = self.store.copy(
             run.merged_rejected_key,
@@ -59,9 +65,8 @@ class PublishStage(RunDriver):
             version=run.merged_rejected_sha256,
             meta=meta,
             epoch=run.epoch,
-            durable=True,
+            durable=newer is not None,
         )
-        newer = _newer_shown(self.store.head(output_key_for(run.input_key)), run)
         if newer is None:
             self._publish_latest(run, run.epoch)
         else:
@@ -320,7 +325,7 @@ class PublishStage(RunDriver):
                 return
             if self._save(progress):
                 pause = hook.retry_backoff if hook is not None else 1.0
-                delay = min(60.0, pause * 2 ** (run.webhook_attempts - 1))
+                delay = Backoff(base=pause, cap=60.0).delay(run.webhook_attempts)
                 progress.retry_at = self.clock() + delay
                 log.warning(
                     "run %s: webhook not delivered (%s); retry in %.1fs", run.run_id, exc, delay

@@ -31,7 +31,7 @@ __all__ = [
     "take_over",
 ]
 
-log = logging.getLogger("mrbatch.reconcile")
+log = logging.getLogger("mrbatch.takeover")
 
 
 @dataclass(frozen=True)
@@ -125,24 +125,33 @@ def _chunk_here(store: ObjectStore, chunk: ChunkRun) -> bool:
 
 
 def _reference_here(store: ObjectStore, run: FileRun, config: Config) -> bool:
-    """The run's pinned reference version is readable here (restoring its snapshot from the
-    reference key's blob when only that replicated)."""
+    """The run's pinned reference version is readable here: its snapshot, or the version of
+    the reference key it was taken from (which ``_restore_reference`` copies once this region
+    owns the run)."""
     spec = config.spec_for_run(run.pipeline, run.input_key)
     enrichment = spec.enrichment if spec is not None else None
     if enrichment is None or not run.reference_version:
         return True
+    return readable(store, run.reference_key, run.reference_version) or readable(
+        store, enrichment.reference, run.reference_version
+    )
+
+
+def _restore_reference(store: ObjectStore, run: FileRun, config: Config) -> None:
+    """Restore the run's reference snapshot from the reference key's version when only that
+    replicated here (identical bytes: done again by another owner, it changes nothing)."""
+    spec = config.spec_for_run(run.pipeline, run.input_key)
+    enrichment = spec.enrichment if spec is not None else None
+    if enrichment is None or not run.reference_version:
+        return
     if readable(store, run.reference_key, run.reference_version):
-        return True
-    try:
-        store.copy(
-            enrichment.reference,
-            run.reference_key or run_key(run.run_id, "reference.csv"),
-            version=run.reference_version,
-            epoch=run.epoch,
-        )
-    except NotFoundError:
-        return False
-    return True
+        return
+    store.copy(
+        enrichment.reference,
+        run.reference_key or run_key(run.run_id, "reference.csv"),
+        version=run.reference_version,
+        epoch=run.epoch,
+    )
 
 
 def take_over(
@@ -202,6 +211,11 @@ def take_over(
         )
     except (ConflictError, NotFoundError):
         return None  # another taker got there first; it made the same decision
+    if needs_input:
+        try:
+            _restore_reference(store, run, config)
+        except NotFoundError:  # purged meanwhile: the chunks report it, as any missing input
+            log.warning("run %s: its reference version vanished after the takeover", run.run_id)
     log.info("run %s (%s) %s", run.run_id, run.input_key, note)
     return Takeover(
         run_id=run.run_id,

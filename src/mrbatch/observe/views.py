@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from .. import __version__, backends
@@ -12,6 +13,7 @@ from ..config.workspace import Workspace
 from ..errors import MrbatchError, NotFoundError, UsageError
 from ..model.keys import INPUT, run_id_for
 from ..model.records import CHUNK, RUN, ChunkRun, FileRun, run_pk
+from ..ports import Record, StateTable
 from ..runtime import supervisor
 from ..runtime.replication import region_backlog
 from ..runtime.restarter import read_state
@@ -24,6 +26,7 @@ __all__ = [
     "find_run",
     "input_key",
     "run_chunks",
+    "runs_by_id",
     "runs_by_prefix",
     "status",
 ]
@@ -148,11 +151,33 @@ def status(ws: Workspace) -> dict[str, Any]:
 def all_runs(ws: Workspace, *, status_filter: str | None = None) -> list[FileRun]:
     """Every run known to any reachable region; where regions disagree, the record with the
     higher epoch (then the later write) is the one shown, as replication will converge to it."""
+    runs = sorted(
+        _newest(ws, lambda table: list(table.scan(RUN))).values(),
+        key=lambda r: (r.claimed_at, r.run_id),
+    )
+    if status_filter:
+        wanted = status_filter.upper()
+        runs = [r for r in runs if str(r.status) == wanted]
+    return runs
+
+
+def runs_by_id(ws: Workspace, run_ids: Iterable[str]) -> dict[str, FileRun]:
+    """The runs among ``run_ids`` that any reachable region has, chosen as ``all_runs`` does:
+    one read per run and region, not a scan (``mrbatch wait`` asks this every 20 ms)."""
+    wanted = [run_pk(run_id) for run_id in run_ids]
+
+    def read(table: StateTable) -> list[Record]:
+        return [record for pk in wanted if (record := table.get(pk)) is not None]
+
+    return {run.run_id: run for run in _newest(ws, read).values()}
+
+
+def _newest(ws: Workspace, read: Callable[[StateTable], list[Record]]) -> dict[str, FileRun]:
     best: dict[str, tuple[tuple[int, float, str], FileRun]] = {}
     reachable = 0
     for region in ws.regions:
         try:
-            records = list(backends.open_state_table(ws, region).scan(RUN))
+            records = read(backends.open_state_table(ws, region))
         except MrbatchError:
             continue
         reachable += 1
@@ -163,11 +188,7 @@ def all_runs(ws: Workspace, *, status_filter: str | None = None) -> list[FileRun
                 best[record.pk] = (rank, FileRun.from_record(record))
     if not reachable:
         raise MrbatchError("no region's state table can be read", hint="check `mrbatch status`")
-    runs = sorted((run for _, run in best.values()), key=lambda r: (r.claimed_at, r.run_id))
-    if status_filter:
-        wanted = status_filter.upper()
-        runs = [r for r in runs if str(r.status) == wanted]
-    return runs
+    return {pk: run for pk, (_, run) in best.items()}
 
 
 # A run id is 64 hex digits; `mrbatch runs` shows the first 12. Any unique prefix this long

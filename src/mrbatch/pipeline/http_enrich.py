@@ -1,4 +1,4 @@
-"""Enrichment from an HTTP API: many keys a call, retried with backoff, the answers kept per run.
+"""Enrichment from an HTTP API: many keys a call, retried with backoff, the answers kept per chunk.
 
 Protocol: ``POST <url>`` with ``{"keys": ["k1", "k2", ...]}`` (at most ``batch`` keys) and
 ``Content-Type: application/json``; the answer is ``{"results": {"k1": {"field": value, ...},

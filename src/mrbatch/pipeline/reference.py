@@ -1,11 +1,16 @@
-"""Reference data for enrichment: a columnar cache of one reference version (Parquet, with a
-64-bit hash of each key), built once per region, and the per-chunk lookup that reads only the
-rows a chunk's keys need, so no worker holds the whole reference table."""
+"""Reference data for enrichment: a columnar cache of one reference version (Parquet parts, with
+a 64-bit hash of each key and the output columns packed into one), built once per region in
+bounded memory, and the per-chunk lookup that reads only the rows a chunk's keys need, so no
+worker holds the whole reference table."""
 
 from __future__ import annotations
 
+import io
+import json
+import math
 import os
 import secrets
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
@@ -13,7 +18,8 @@ from typing import Final
 import polars as pl
 
 from ..config.settings import RESERVED_COLUMN_PREFIX
-from ..errors import ConfigError, ReferenceDataError
+from ..errors import ConfigError, InputError, ReferenceDataError
+from .csvsplit import split_csv
 
 __all__ = [
     "REFERENCE_KEY_COLUMN",
@@ -31,17 +37,30 @@ REFERENCE_KEY_COLUMN = RESERVED_COLUMN_PREFIX + "_key"
 
 # Reference cache layout and lookup, chosen by measurement (1M-row reference, 250k random keys
 # per lookup, 2 cores, best of 4): Parquet lz4 with 64k-row groups + is_in filter pushed into
-# the scan 68 ms / +77 MiB RSS; zstd 64k 81 ms; zstd 16k 100 ms; uncompressed 69 ms but 27 MB
-# on disk vs 22 MB; IPC (scan_ipc + filter) 89 ms / +233 MiB, no row-level pushdown; Parquet
-# sorted by key 70 ms (random keys skip no row group); lazy semi-join instead of is_in 51 ms
-# but +190 MiB (it reads every column of every row); parallel="prefiltered" same as "auto";
-# reading the whole cache is 22 ms but materialises the whole reference in every worker.
-# A u64-hash prefilter took 31 ms, but polars' hash is not stable across versions or CPUs, and
-# a cache built by one worker is read by others, so it was not adopted.
-_REF_COMPRESSION: Final = "lz4"
+# the scan 68 ms / +77 MiB RSS; zstd 64k 81 ms; zstd 16k 100 ms; IPC (scan_ipc + filter) 89 ms
+# / +233 MiB, no row-level pushdown; lazy semi-join instead of is_in 51 ms but +190 MiB (it
+# reads every column of every row); reading the whole cache is 22 ms but materialises the whole
+# reference in every worker. At 10M rows (100k keys, CPU seconds) decoding dominates: six
+# columns lz4 0.75 s, uncompressed 0.52 s; the six packed into one column lz4 0.59 s,
+# uncompressed 0.27 s (740 MB on disk against lz4's 541 MB).
+_REF_COMPRESSION: Final = "uncompressed"
 
 
 _REF_ROW_GROUP = 65_536
+
+
+# Rows per part file. The cache is written part by part from the CSV, so preparing it holds one
+# part, never the whole reference: polars' own streaming CSV-to-Parquet sink peaked at 431 MB
+# for a 10M-row reference (583 MB of CSV); parts of 131k rows peaked at 236 MB (168 MB
+# anonymous), parts of 262k rows at 330 MB, in 12 s of CPU either way.
+_PART_ROWS: Final = 131_072
+
+
+# The duplicate-key check groups the key hashes in passes of about this many rows (hash modulo
+# the number of passes), so its memory does not grow with the reference: one group-by over 10M
+# string keys peaked at 916 MB, over 10M hashes at 666 MB, ten passes over hashes at 193 MB
+# (0.9 s).
+_DUPLICATE_PASS_ROWS: Final = 1_000_000
 
 
 # The cache also holds a 64-bit hash of each key, so a lookup filters on integers (61 ms
@@ -53,6 +72,15 @@ _REF_HASH_COLUMN: Final = "__mrbatch_hash"
 
 
 _REF_HASH_SEED: Final = 7_919
+
+
+# A row's key and output columns, packed into one text column (one column to decode instead of
+# seven): the key, then each value as "v" + the value or "" when empty (null), joined by NUL,
+# which reference text never holds (a file with NUL is refused as binary). The cache
+# directory's columns.json names the output columns.
+_PAYLOAD: Final = RESERVED_COLUMN_PREFIX + "_payload"
+_SEPARATOR: Final = "\0"
+_COLUMNS_FILE: Final = "columns.json"
 
 
 @dataclass(frozen=True)
@@ -90,48 +118,26 @@ def prepare_reference(
 ) -> ReferenceInfo:
     """Check a reference CSV and write its columnar cache atomically; return its row count.
 
-    Every value is read as text. The cache (Parquet) holds the key as
-    ``REFERENCE_KEY_COLUMN`` and the listed columns under their output names. Raises
+    Every value is read as text. The cache is a directory of Parquet parts holding
+    a 64-bit hash of the key and one text column packing the key and the listed columns (see
+    ``_PAYLOAD``); lookups give them back as ``REFERENCE_KEY_COLUMN`` and the output names. Raises
     ReferenceDataError (naming ``source``) for a missing file or column, no rows, an empty key or
-    duplicate keys; on error no cache file is left behind. Streams, so memory stays low.
+    duplicate keys; on error no cache is left behind. Memory is one part of ``_PART_ROWS`` rows
+    plus the duplicate check's passes, whatever the size of the reference.
     """
     csv_path, cache_path = Path(csv_path), Path(cache_path)
-    lf = pl.scan_csv(csv_path, infer_schema=False, raise_if_empty=False)
-    try:
-        names = lf.collect_schema().names()
-    except (OSError, pl.exceptions.PolarsError) as exc:
-        raise _ref_error(source, f"cannot read the reference data: {_first_line(exc)}") from exc
-    wanted = [enrichment.reference_key, *enrichment.columns]
-    missing = [c for c in dict.fromkeys(wanted) if c not in names]
-    if missing:
-        raise _ref_error(
-            source,
-            f"reference data lacks column {', '.join(map(repr, missing))} "
-            f"(it has {', '.join(map(repr, names))})",
-        )
-    lf = lf.select(
-        pl.col(enrichment.reference_key).alias(REFERENCE_KEY_COLUMN),
-        *[pl.col(src).alias(dst) for src, dst in enrichment.columns.items()],
-        pl.col(enrichment.reference_key).hash(_REF_HASH_SEED).alias(_REF_HASH_COLUMN),
-    )
     cache_path.parent.mkdir(parents=True, exist_ok=True)
     tmp = cache_path.with_name(f".{cache_path.name}.{secrets.token_hex(6)}.tmp")
+    tmp.mkdir()
     try:
-        try:
-            # Synced before the rename: a cache truncated by a crash would fail every run.
-            lf.sink_parquet(
-                tmp,
-                compression=_REF_COMPRESSION,
-                row_group_size=_REF_ROW_GROUP,
-                sync_on_close="all",
-            )
-        except pl.exceptions.PolarsError as exc:
-            detail = _first_line(exc)
-            raise _ref_error(source, f"cannot parse the reference data: {detail}") from exc
-        rows = _check_reference(tmp, enrichment, source)
-        os.replace(tmp, cache_path)
+        rows = _write_parts(csv_path, tmp, enrichment, source)
+        (tmp / _COLUMNS_FILE).write_text(json.dumps(list(enrichment.columns.values())))
+        _check_duplicates(_parts(tmp), rows, enrichment, source)
+        # Synced before the rename: a cache truncated by a crash would fail every run.
+        _fsync_path(tmp)
+        _swap_in(tmp, cache_path)
     finally:
-        tmp.unlink(missing_ok=True)
+        shutil.rmtree(tmp, ignore_errors=True)
     return ReferenceInfo(rows=rows)
 
 
@@ -141,28 +147,115 @@ def reference_cache_tag() -> str:
     return f"{int(probe) & 0xFFFFFFFF:08x}"
 
 
-def _check_reference(path: Path, enrichment: Enrichment, source: str) -> int:
-    keys = pl.scan_parquet(path).select(REFERENCE_KEY_COLUMN)
-    stats = keys.select(
-        pl.len().alias("rows"), pl.col(REFERENCE_KEY_COLUMN).null_count().alias("nulls")
-    ).collect()
-    rows, nulls = stats.item(0, "rows"), stats.item(0, "nulls")
+def _write_parts(csv_path: Path, directory: Path, enrichment: Enrichment, source: str) -> int:
+    """Stream the CSV into part files of whole records; return the row count."""
+    rows = nulls = 0
+    try:
+        stream = open(csv_path, "rb")  # noqa: SIM115 - closed by the with below
+    except OSError as exc:
+        raise _ref_error(source, f"cannot read the reference data: {_first_line(exc)}") from exc
+    with stream:
+        try:
+            for part in split_csv(stream, chunk_rows=_PART_ROWS, source=source):
+                frame = _read_part(part.data, enrichment, source)
+                if frame.height == 0:
+                    continue
+                nulls += frame.get_column(_PAYLOAD).null_count()  # null exactly when the key is
+                path = directory / f"part-{part.index:05d}.parquet"
+                frame.write_parquet(
+                    path, compression=_REF_COMPRESSION, row_group_size=_REF_ROW_GROUP
+                )
+                _fsync_path(path)
+                rows += frame.height
+        except InputError as exc:
+            raise _ref_error(source, f"cannot read the reference data: {exc.message}") from exc
     if rows == 0:
         raise _ref_error(source, "reference data has no rows")
     if nulls:
         raise _ref_error(
             source, f"reference key column {enrichment.reference_key!r} is empty on {nulls} row(s)"
         )
+    return rows
+
+
+def _read_part(data: bytes, enrichment: Enrichment, source: str) -> pl.DataFrame:
+    try:
+        frame = pl.read_csv(io.BytesIO(data), infer_schema=False, raise_if_empty=False)
+    except pl.exceptions.PolarsError as exc:
+        raise _ref_error(source, f"cannot parse the reference data: {_first_line(exc)}") from exc
+    wanted = [enrichment.reference_key, *enrichment.columns]
+    missing = [c for c in dict.fromkeys(wanted) if c not in frame.columns]
+    if missing:
+        raise _ref_error(
+            source,
+            f"reference data lacks column {', '.join(map(repr, missing))} "
+            f"(it has {', '.join(map(repr, frame.columns))})",
+        )
+    key = pl.col(enrichment.reference_key)
+    return frame.select(
+        key.hash(_REF_HASH_SEED).alias(_REF_HASH_COLUMN),
+        _pack(enrichment.reference_key, list(enrichment.columns)).alias(_PAYLOAD),
+    )
+
+
+def _pack(key: str, columns: list[str]) -> pl.Expr:
+    """The key, then each output value marked ("v" + value, or "" when empty), NUL-separated."""
+    marked = [
+        pl.when(pl.col(c).is_null()).then(pl.lit("")).otherwise(pl.lit("v") + pl.col(c))
+        for c in columns
+    ]
+    return pl.concat_str([pl.col(key), *marked], separator=_SEPARATOR)
+
+
+# The key, out of a packed row.
+_KEY: Final = pl.col(_PAYLOAD).str.split(_SEPARATOR).list.first().alias(REFERENCE_KEY_COLUMN)
+
+
+def _unpack(found: pl.DataFrame, names: list[str]) -> pl.DataFrame:
+    """The key and the output columns of packed rows (split_exact: 0.05 s for 100k rows of
+    seven fields, against 0.2 s through lists)."""
+    fields = found.select(
+        pl.col(_PAYLOAD).str.split_exact(_SEPARATOR, len(names)).alias("\0fields")
+    ).unnest("\0fields")
+    key, *values = fields.columns
+    return fields.select(
+        pl.col(key).alias(REFERENCE_KEY_COLUMN),
+        *[
+            pl.when(pl.col(v) == "").then(None).otherwise(pl.col(v).str.slice(1)).alias(name)
+            for v, name in zip(values, names, strict=True)
+        ],
+    )
+
+
+def _check_duplicates(parts: list[Path], rows: int, enrichment: Enrichment, source: str) -> None:
+    """Refuse duplicate keys. Equal keys have equal hashes, so hashes seen twice are found pass
+    by pass (a share of the hash space each), then only those are compared as text."""
+    passes = max(1, math.ceil(rows / _DUPLICATE_PASS_ROWS))
+    hashes = pl.scan_parquet(parts).select(_REF_HASH_COLUMN)
+    seen_twice: list[pl.Series] = []
+    for share in range(passes):
+        mine = hashes.filter(pl.col(_REF_HASH_COLUMN) % passes == share) if passes > 1 else hashes
+        repeated = (
+            mine.group_by(_REF_HASH_COLUMN).len().filter(pl.col("len") > 1).collect()
+        ).get_column(_REF_HASH_COLUMN)
+        if len(repeated):
+            seen_twice.append(repeated)
+    if not seen_twice:
+        return
+    candidates = pl.concat(seen_twice)
     dupes = (
-        keys.group_by(REFERENCE_KEY_COLUMN)
+        pl.scan_parquet(parts)
+        .filter(pl.col(_REF_HASH_COLUMN).is_in(candidates.implode()))
+        .select(_KEY)
+        .group_by(REFERENCE_KEY_COLUMN)
         .len()
         .filter(pl.col("len") > 1)
         .select(REFERENCE_KEY_COLUMN)
         .sort(REFERENCE_KEY_COLUMN)
-        .collect(engine="streaming")
+        .collect()
         .to_series()
     )
-    if len(dupes):
+    if len(dupes):  # else: only distinct keys sharing a hash, which lookups cope with
         shown = ", ".join(repr(k) for k in dupes.head(5).to_list())
         more = f" and {len(dupes) - 5} more" if len(dupes) > 5 else ""
         raise _ref_error(
@@ -170,7 +263,34 @@ def _check_reference(path: Path, enrichment: Enrichment, source: str) -> int:
             f"reference data has duplicate keys in column {enrichment.reference_key!r}: "
             f"{shown}{more}",
         )
-    return int(rows)
+
+
+def _fsync_path(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _swap_in(tmp: Path, cache_path: Path) -> None:
+    """Rename the finished cache into place, replacing an older one (a directory, or a single
+    file as earlier versions wrote)."""
+    old = None
+    if cache_path.exists():
+        old = cache_path.with_name(f".{cache_path.name}.{secrets.token_hex(6)}.old")
+        os.replace(cache_path, old)
+    os.replace(tmp, cache_path)
+    _fsync_path(cache_path.parent)
+    if old is not None:
+        if old.is_dir():
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            old.unlink(missing_ok=True)
+
+
+def _parts(path: Path) -> list[Path]:
+    return sorted(path.glob("part-*.parquet"))
 
 
 def _ref_error(source: str, text: str) -> ReferenceDataError:
@@ -185,26 +305,50 @@ class ReferenceTable:
 
     def __init__(self, cache_path: str | Path) -> None:
         self.path = Path(cache_path)
+        self._columns: list[str] | None = None
+
+    @property
+    def parts(self) -> list[Path]:
+        """The cache's Parquet files."""
+        parts = _parts(self.path)
+        if not parts:
+            raise self._unreadable(FileNotFoundError(f"no reference cache at {self.path}"))
+        return parts
+
+    @property
+    def columns(self) -> list[str]:
+        """The output column names, in order."""
+        if self._columns is None:
+            try:
+                self._columns = list(json.loads((self.path / _COLUMNS_FILE).read_text()))
+            except (OSError, ValueError) as exc:
+                raise self._unreadable(exc) from exc
+        return self._columns
 
     def lookup(self, keys: pl.Series) -> pl.DataFrame:
-        """Reference rows whose key is in ``keys`` (key column ``REFERENCE_KEY_COLUMN`` first).
+        """Reference rows whose key is in ``keys`` (key column ``REFERENCE_KEY_COLUMN`` first,
+        then the output columns).
 
         The filter is pushed into the Parquet scan, so only matching rows are materialised.
         """
         # Not .unique(): is_in copes with repeats and unique() costs more than it saves.
-        wanted = keys.drop_nulls().cast(pl.String).hash(_REF_HASH_SEED)
+        hashes = keys.drop_nulls().cast(pl.String).hash(_REF_HASH_SEED)
         try:
-            return (
-                pl.scan_parquet(self.path)
-                .filter(pl.col(_REF_HASH_COLUMN).is_in(wanted.implode()))
-                .drop(_REF_HASH_COLUMN)
+            found = (
+                pl.scan_parquet(self.parts)
+                .filter(pl.col(_REF_HASH_COLUMN).is_in(hashes.implode()))
+                .select(_PAYLOAD)
                 .collect()
             )
         except (OSError, pl.exceptions.PolarsError) as exc:
-            raise ReferenceDataError(
-                f"reference cache {self.path.name} is unreadable: {_first_line(exc)}",
-                hint="prepare the reference data again",
-            ) from exc
+            raise self._unreadable(exc) from exc
+        return _unpack(found, self.columns)
+
+    def _unreadable(self, exc: BaseException) -> ReferenceDataError:
+        return ReferenceDataError(
+            f"reference cache {self.path.name} is unreadable: {_first_line(exc)}",
+            hint="prepare the reference data again",
+        )
 
 
 def _first_line(exc: BaseException) -> str:

@@ -1,4 +1,4 @@
-"""Where backups are kept: a *backup target*, behind an interface small enough for an S3 prefix.
+"""Where backups are kept: a *backup target* (a directory or an S3 prefix), one small interface.
 
 A target holds named files and content-addressed blobs. Everything a backup writes is written
 whole or not at all (``write`` and ``put_blob`` are atomic), so a backup interrupted half-way

@@ -48,7 +48,7 @@ def backup(
         ...,
         "--to",
         help="Backup target: a directory (made if missing) or s3://BUCKET/PREFIX (the bucket"
-        " must exist; reached with [s3]'s endpoint_url, aws_region and profile).",
+        " must exist; reached with the endpoint_url, aws_region and profile of the s3 section).",
     ),
     region: str | None = typer.Option(
         None, "--region", help="The region whose replica to read (default: the active one)."
@@ -58,7 +58,8 @@ def backup(
 ) -> None:
     """Back up state records, the objects they reference and the control plane into TO.
 
-    Incremental: only what changed since the last backup of that region there."""
+    Incremental: only what changed since the last backup of that region there. TO is a
+    directory or an S3 prefix, s3://BUCKET/PREFIX, in a bucket that exists."""
     report = take_backup(state.workspace(), to, region=region, full=full)
     if json_output:
         print_json(report.to_json())

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, cast
 from ..errors import ConfigError
 from ..faults import FaultPoints
 from .faulty import Guarded
-from .registry import REGISTRY, WEBHOOK
+from .registry import BACKUP_TARGETS, REGISTRY, WEBHOOK
 
 if TYPE_CHECKING:
     from ..config.workspace import Workspace
@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "REGISTRY",
+    "open_backup_target",
     "open_control_plane",
     "open_executor",
     "open_notifier",
@@ -112,3 +113,25 @@ def open_webhook(ws: Workspace) -> WebhookSender:
     module_name, _, attr = WEBHOOK.partition(":")
     sender: WebhookSender = getattr(importlib.import_module(module_name), attr)(ws)
     return sender
+
+
+def open_backup_target(url: str, ws: Workspace | None, *, create: bool) -> Any:
+    """The backup target (``mrbatch.maintain.target.BackupTarget``) a URL names
+    (``s3://bucket/prefix``), or None for a scheme no backend serves. Its module (and boto3)
+    is imported only now."""
+    scheme = url.partition("://")[0]
+    target = BACKUP_TARGETS.get(scheme)
+    if target is None:
+        return None
+    module_name, _, attr = target.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name is None or exc.name.startswith("mrbatch"):
+            raise
+        raise ConfigError(
+            f"backup target {url}: {scheme}:// needs the package {exc.name!r}, which is not"
+            " installed",
+            hint=_EXTRAS.get(exc.name.partition(".")[0]),
+        ) from exc
+    return getattr(module, attr)(url, ws, create)

@@ -6,7 +6,7 @@ that backend is configured. Adding a backend is its module plus one line here.
 
 from __future__ import annotations
 
-__all__ = ["REGISTRY", "WEBHOOK", "check_backend_names"]
+__all__ = ["BACKUP_TARGETS", "REGISTRY", "WEBHOOK", "check_backend_names"]
 
 # port -> backend name -> "module:factory". Each factory takes (workspace, region) for the
 # object store and state table, (workspace, caller) for the control plane and (workspace)
@@ -38,6 +38,10 @@ REGISTRY: dict[str, dict[str, str]] = {
 
 # Not a port chosen in [backends]: pipelines that declare a webhook use this sender.
 WEBHOOK = "mrbatch.backends.webhook:open_webhook"
+
+# Not a port either: backup targets by URL scheme (a plain path is a directory, built into
+# mrbatch.maintain.target). Each factory takes (url, workspace or None, create).
+BACKUP_TARGETS = {"s3": "mrbatch.backends.s3backup:open_target"}
 
 
 def check_backend_names(chosen: dict[str, str]) -> None:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import typer
 
+from ..config.workspace import Workspace, find_config
+from ..errors import ConfigError
 from ..maintain.backup import take_backup
 from ..maintain.catalog import catalog, iso, parse_time
 from ..maintain.restore import restore as restore_region
@@ -27,9 +29,27 @@ def _size(n: int) -> str:
     return f"{n} B"
 
 
+def _workspace_for(source: str) -> Workspace | None:
+    """The workspace whose [s3] settings reach an S3 target; outside one, listing an S3
+    prefix goes by the environment (AWS_ENDPOINT_URL, AWS_REGION, the standard chain)."""
+    if "://" not in source:
+        return None
+    if state.config is None:
+        try:
+            find_config()
+        except ConfigError:
+            return None
+    return state.workspace()
+
+
 @app.command()
 def backup(
-    to: str = typer.Option(..., "--to", help="Backup target: a directory (made if missing)."),
+    to: str = typer.Option(
+        ...,
+        "--to",
+        help="Backup target: a directory (made if missing) or s3://BUCKET/PREFIX (the bucket"
+        " must exist; reached with the endpoint_url, aws_region and profile of the s3 section).",
+    ),
     region: str | None = typer.Option(
         None, "--region", help="The region whose replica to read (default: the active one)."
     ),
@@ -38,7 +58,8 @@ def backup(
 ) -> None:
     """Back up state records, the objects they reference and the control plane into TO.
 
-    Incremental: only what changed since the last backup of that region there."""
+    Incremental: only what changed since the last backup of that region there. TO is a
+    directory or an S3 prefix, s3://BUCKET/PREFIX, in a bucket that exists."""
     report = take_backup(state.workspace(), to, region=region, full=full)
     if json_output:
         print_json(report.to_json())
@@ -60,7 +81,11 @@ def backup(
 
 @app.command()
 def restore(
-    source: str = typer.Option(..., "--from", help="The backup target `mrbatch backup` wrote."),
+    source: str = typer.Option(
+        ...,
+        "--from",
+        help="The backup target `mrbatch backup` wrote: a directory or s3://BUCKET/PREFIX.",
+    ),
     region: str = typer.Option(..., "--region", help="The region to rebuild."),
     at: str | None = typer.Option(
         None,
@@ -113,11 +138,13 @@ def restore(
 
 @app.command()
 def backups(
-    source: str = typer.Option(..., "--from", help="The backup target."),
+    source: str = typer.Option(
+        ..., "--from", help="The backup target: a directory or s3://BUCKET/PREFIX."
+    ),
     json_output: bool = json_option("Print every complete backup as JSON."),
 ) -> None:
     """List the complete backups in FROM, oldest first (their times are what --at takes)."""
-    entries = catalog(open_target(source))
+    entries = catalog(open_target(source, ws=_workspace_for(source)))
     if json_output:
         print_json([{**e.to_json(), "taken_at_iso": iso(e.taken_at)} for e in entries])
         return

@@ -186,7 +186,7 @@ def take_backup(
 ) -> BackupReport:
     """Back up ``region``'s replica (default: the active region) into ``dest``."""
     started = time.monotonic()
-    target = open_target(dest, create=True)
+    target = open_target(dest, create=True, ws=ws)
     name = _region(ws, region)
     store = backends.open_object_store(ws, name)
     table = backends.open_state_table(ws, name)

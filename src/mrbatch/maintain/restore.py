@@ -220,7 +220,7 @@ def restore(
     started = time.monotonic()
     say = echo or (lambda _text: None)
     ws.check_region(region)
-    target = open_target(source)
+    target = open_target(source, ws=ws)
     entries = catalog(target)
     if not entries:
         raise UsageError(

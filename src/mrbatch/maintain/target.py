@@ -1,10 +1,10 @@
-"""Where backups are kept: a *backup target*, behind an interface small enough for an S3 prefix.
+"""Where backups are kept: a *backup target* (a directory or an S3 prefix), one small interface.
 
 A target holds named files and content-addressed blobs. Everything a backup writes is written
 whole or not at all (``write`` and ``put_blob`` are atomic), so a backup interrupted half-way
 leaves a target that is still usable: its index only ever names complete files.
 
-Layout (the same names under a directory or, later, under an S3 prefix)::
+Layout (the same names under a directory or an S3 prefix)::
 
     mrbatch-backup.json                 what this is: {"format": 1, "created": …}
     blobs/<ab>/<sha256>                 object bytes, one blob per content, shared by backups
@@ -14,8 +14,9 @@ Layout (the same names under a directory or, later, under an S3 prefix)::
     index/<backup-id>.json              the backup's entry, written last: its commit point
     tmp/                                partial writes (a directory target only)
 
-Only the directory target is built (:class:`DirectoryTarget`); ``s3://bucket/prefix`` is
-refused with a clear message until the S3 backend exists.
+A directory is :class:`DirectoryTarget`, here; ``s3://bucket/prefix`` is the S3 target of
+:mod:`mrbatch.backends.s3backup`, which the backend factory imports (with boto3) only when a
+URL names it. Any other scheme is refused by name.
 """
 
 from __future__ import annotations
@@ -28,9 +29,12 @@ import time
 import uuid
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import BinaryIO, Protocol
+from typing import TYPE_CHECKING, BinaryIO, Protocol
 
 from ..errors import MrbatchError, NotFoundError, UsageError
+
+if TYPE_CHECKING:
+    from ..config.workspace import Workspace
 
 __all__ = [
     "FORMAT",
@@ -95,17 +99,23 @@ def blob_name(sha256: str) -> str:
     return f"blobs/{sha256[:2]}/{sha256}"
 
 
-def open_target(dest: str, *, create: bool = False) -> BackupTarget:
-    """The target named by ``dest``: a directory path (``s3://`` is not built yet).
+def open_target(dest: str, *, create: bool = False, ws: Workspace | None = None) -> BackupTarget:
+    """The target named by ``dest``: a directory path, or ``s3://bucket/prefix`` (reached with
+    the settings of ``ws``'s ``[s3]`` section, or the environment's without a workspace).
 
     ``create``: make the directory and the marker if needed (a backup); otherwise the target
     must exist and be one (a restore): UsageError naming what is wrong."""
     if "://" in dest:
-        scheme = dest.split("://", 1)[0]
-        raise UsageError(
-            f"backup target {dest!r}: {scheme}:// targets are not built yet",
-            hint="give a directory; an S3 prefix comes with the S3 object-store backend",
-        )
+        from .. import backends
+
+        opened: BackupTarget | None = backends.open_backup_target(dest, ws, create=create)
+        if opened is None:
+            scheme = dest.split("://", 1)[0]
+            raise UsageError(
+                f"backup target {dest!r}: {scheme}:// is not a kind of backup target",
+                hint="give a directory or an S3 prefix, s3://BUCKET/PREFIX",
+            )
+        return opened
     target = DirectoryTarget(Path(dest).expanduser())
     if create:
         target.initialize()

@@ -17,8 +17,10 @@ import pytest
 from mrbatch import backends
 from mrbatch.config.workspace import Workspace
 from mrbatch.errors import ConfigError
-from mrbatch.recovery.plan import Execution, history
+from mrbatch.gateway.app import create_app
+from mrbatch.recovery.plan import MODE_PREFIX, PLAN_PREFIX, Execution, PlanContext, history
 from tests.conftest import Deployment, make_workspace
+from tests.gateway_support import InProcess
 from tests.helpers import eventually, mrbatch
 
 
@@ -149,3 +151,53 @@ def test_auto_failover_waits_for_a_person(tmp_path: Path) -> None:
         rto = report["rto"]
         assert rto["from_detection"] > rto["from_command"]  # detection came first
         assert report["detected_by"] == "watch"
+
+
+def test_a_plan_is_switched_to_ungraceful_over_http(tmp_path: Path) -> None:
+    """`POST /api/plans/ID/mode` on the gateway's application: the bearer token only, the
+    switch stored where the plan looks, and taken and logged by the plan at its next check."""
+    ws = make_workspace(tmp_path / "ws")
+    old, new = ws.regions
+    execution = Execution(
+        id="20261130-graceful", plan="failover", target=new, source=old, started=time.time(),
+        desired_rto=60.0, mode="graceful",
+    )  # fmt: skip
+    control = backends.open_control_plane(ws)
+    control.put_document(PLAN_PREFIX + execution.id, execution.to_dict())
+    client = InProcess(create_app(ws))
+    url = f"/api/plans/{execution.id}/mode"
+    body = {"mode": "ungraceful", "by": "bob"}
+    assert client.request("POST", url, json=body).status_code == 401
+    wrong = {"authorization": "Bearer not-the-token"}
+    assert client.request("POST", url, json=body, headers=wrong).status_code == 403
+    token = {"authorization": f"Bearer {ws.token}"}
+    sideways = client.request("POST", url, json={"mode": "sideways"}, headers=token)
+    assert sideways.status_code == 400 and "unknown mode" in sideways.json()["error"]
+    assert control.documents(f"{MODE_PREFIX}{execution.id}/") == {}  # nothing was stored
+
+    switched = client.request("POST", url, json=body, headers=token)
+    assert switched.status_code == 200, switched.text
+    answer = switched.json()
+    assert (answer["mode"], answer["by"], answer["execution"]) == (
+        "ungraceful", "bob", execution.id
+    )  # fmt: skip
+    assert answer["via"].startswith("gateway (")
+
+    logged: list[str] = []
+    ctx = PlanContext(
+        ws=ws, plan="failover", target=new, source=old, execution=execution, yes=True,
+        force=False, max_wait=1.0, confirm=lambda _q: True, echo=logged.append,
+    )  # fmt: skip
+    assert ctx.mode() == "ungraceful" and execution.mode == "ungraceful"
+    (change,) = execution.mode_changes
+    assert (change["from"], change["mode"], change["by"]) == ("graceful", "ungraceful", "bob")
+    assert change["via"] == answer["via"] and change["at"] == answer["at"]
+    assert logged == ["  mode switched to ungraceful by bob"]
+    assert ctx.mode() == "ungraceful" and len(execution.mode_changes) == 1  # taken once
+
+    over = Execution.from_dict(
+        {**execution.to_dict(), "id": "20261130-over", "outcome": "succeeded"}
+    )
+    control.put_document(PLAN_PREFIX + over.id, over.to_dict())
+    late = client.request("POST", f"/api/plans/{over.id}/mode", json=body, headers=token)
+    assert late.status_code == 400 and "not running" in late.json()["error"]

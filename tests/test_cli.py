@@ -202,6 +202,9 @@ def test_non_events_and_refusals_say_what_happened(deployment: Deployment) -> No
     assert first.returncode == 0 and "no new run" not in first.stdout
     assert mrbatch(ws, "wait", "orders.csv", "--timeout", "60s").returncode == 0
     run_id = json.loads(mrbatch(ws, "runs", "--json").stdout)[-1]["run_id"]
+    shown = mrbatch(ws, "runs", "show", "orders.csv")  # by input key, as users type it
+    assert shown.returncode == 0 and f"run {run_id}" in shown.stdout, shown.stdout + shown.stderr
+    assert "COMPLETED" in shown.stdout and "input/orders.csv (sha256" in shown.stdout
     again = mrbatch(ws, "put", str(path))
     assert f"no new run: the same bytes as run {run_id[:12]}" in again.stdout, again.stdout
     assert "COMPLETED" in again.stdout

@@ -8,15 +8,20 @@ from __future__ import annotations
 import json
 import sqlite3
 import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from mrbatch import backends
 from mrbatch.config.workspace import Workspace
+from mrbatch.recovery.drill import blocked
 from mrbatch.recovery.runbook import Runbook
+from mrbatch.runtime import supervisor
+from mrbatch.runtime.replication import region_backlog
 from tests.conftest import Deployment, make_workspace
-from tests.helpers import mrbatch
+from tests.helpers import mrbatch, put
 
 
 @pytest.fixture
@@ -141,3 +146,37 @@ def test_the_chain_names_an_edit_and_a_gap(dep: Deployment) -> None:
     assert cut.returncode == 1
     text = " ".join(cut.stdout.split())
     assert "chain BROKEN" in text and "report 3 is missing (the report of plan/" in text
+
+
+def test_a_drill_waits_for_the_backlog_and_the_runs_in_flight(tmp_path: Path) -> None:
+    """`blocked()` against a real workspace, without a deployment: a process that stands for
+    every region, replicator and gateway (its pid recorded as `mrbatch up` records it), the
+    active region's heartbeat and the replication backlog of a real upload."""
+    ws = make_workspace(tmp_path / "ws", drill={"max_backlog": 2, "max_runs_in_flight": 2})
+    home, away = ws.regions
+    assert "not fully up" in (blocked(ws, scheduled=False) or "")
+    stand_in = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    try:
+        for proc in supervisor.expected(ws):
+            supervisor._write_pid_file(ws, proc, stand_in.pid, ["stand-in"])
+        # Two changes to copy (the reference data init put in each region): at the bound.
+        assert sum(region_backlog(ws, r).total for r in ws.regions) == 2
+        assert blocked(ws, scheduled=False) is None
+        control = backends.open_control_plane(ws)
+        control.heartbeat(home, stand_in.pid, {"runs_in_flight": 2})
+        control.heartbeat(away, stand_in.pid, {"runs_in_flight": 50})  # not the active one
+        assert blocked(ws, scheduled=False) is None
+        control.heartbeat(home, stand_in.pid, {"runs_in_flight": 3})
+        assert blocked(ws, scheduled=True) == (
+            f"3 runs in flight in {home}, above drill.max_runs_in_flight 2"
+        )
+        control.heartbeat(home, stand_in.pid, {"runs_in_flight": 0})
+        put(ws, "input/waiting.csv", b"a\n1\n")  # its bytes and ledger entry: more to copy
+        pending = sum(region_backlog(ws, r).total for r in ws.regions)
+        assert pending > 2
+        assert blocked(ws, scheduled=False) == (
+            f"replication backlog {pending} above drill.max_backlog 2"
+        )
+    finally:
+        stand_in.kill()
+        stand_in.wait()

@@ -9,6 +9,7 @@ import stat
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
@@ -208,6 +209,20 @@ def test_links_have_a_maximum_lifetime(tmp_path: Path) -> None:
     )
     refused = client.get(forged)
     assert refused.status_code == 403 and "maximum lifetime" in refused.json()["error"]
+
+
+def test_a_link_without_expires_lives_for_gateway_link_expiry(tmp_path: Path) -> None:
+    ws = make_workspace(tmp_path / "ws", gateway={"link_expiry": "7m"})
+    backends.open_object_store(ws, ws.regions[0]).put("output/e.csv", b"a\n1\n")
+    before = int(time.time())
+    made = mrbatch(ws, "url", "output/e.csv")
+    after = time.time()
+    assert made.returncode == 0, made.stderr
+    link = urlsplit(made.stdout.strip())
+    expires = int(parse_qs(link.query)["expires"][0])
+    assert before + 420 <= expires <= after + 420, (before, expires, after)
+    served = InProcess(create_app(ws)).get(f"{link.path}?{link.query}")
+    assert served.status_code == 200 and served.content == b"a\n1\n"
 
 
 def test_the_signing_key_rotates_without_a_restart(workspace: Workspace) -> None:

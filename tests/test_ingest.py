@@ -4,9 +4,12 @@ SIGKILL of the gateway."""
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import subprocess
 import sys
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -18,9 +21,12 @@ from mrbatch.access.accesspoint import AccessPoint
 from mrbatch.access.ingest import Ingestor, split_records
 from mrbatch.config.workspace import Workspace
 from mrbatch.errors import UsageError
+from mrbatch.gateway.app import create_app
+from mrbatch.gateway.ingest import IngestService
 from mrbatch.model.records import ACCEPTED, Accepted, RunStatus
 from mrbatch.runtime import supervisor
 from tests.conftest import Deployment, make_workspace
+from tests.gateway_support import InProcess
 from tests.helpers import eventually, finished
 
 SCHEMA = {
@@ -168,3 +174,47 @@ def test_ingest_from_the_command_line(tmp_path: Path) -> None:
     assert [s["records"] for s in report["sealed"]] == [40, 40, 20]
     inputs = _sealed_inputs(ws)
     assert [r for key in sorted(inputs) for r in inputs[key]] == _records(0, 100)
+
+
+def test_csv_over_http_is_sealed_by_time(tmp_path: Path) -> None:
+    """CSV records posted to the gateway's application (no header: the sealed file gets the
+    schema's), fewer than ``seal_records``: the sealer thread seals them once the segment is
+    ``seal_interval`` old, a quoted line break kept inside its record."""
+    ws = make_workspace(tmp_path / "ws", ingest={"seal_records": 1000, "seal_interval": "600ms"})
+    (ws.root / "pipeline" / "notes.schema.json").write_text(json.dumps(NOTES))
+    text = ws.config_path.read_text()
+    text += '\n[pipelines.notes]\nprefix = "input/notes/"\nschema = "pipeline/notes.schema.json"\n'
+    ws.config_path.write_text(text + 'format = "csv"\n')
+    ws = Workspace.load(ws.config_path)
+    service = IngestService(ws, AccessPoint(ws))
+    client = InProcess(create_app(ws, ingest=service))
+    token = {"authorization": f"Bearer {ws.token}"}
+    service.start()
+    try:
+        unclosed = client.request("POST", "/ingest/notes", content=b'r9,"open\n', headers=token)
+        assert unclosed.status_code == 400 and "never closed" in unclosed.json()["error"]
+        body = b'r1,"two\nlines"\r\nr2,plain\n\nr3,"a ""quoted"" word"\n'
+        posted = time.monotonic()
+        answer = client.request("POST", "/ingest/notes", content=body, headers=token)
+        assert answer.status_code == 200 and answer.json()["accepted"] == 3, answer.text
+        sealed = eventually(lambda: _sealed_bytes(ws), 30, "the records sealed by time")
+        assert time.monotonic() - posted >= 0.6  # not before the interval: 3 of 1,000 records
+    finally:
+        service.stop()
+    assert list(sealed) == ["input/notes/ingest-gateway-0000000001.csv"]
+    rows = list(csv.DictReader(io.StringIO(sealed["input/notes/ingest-gateway-0000000001.csv"])))
+    assert rows == [
+        {"id": "r1", "note": "two\nlines"},
+        {"id": "r2", "note": "plain"},
+        {"id": "r3", "note": 'a "quoted" word'},
+    ]
+
+
+NOTES = {"type": "object", "required": ["id"], "properties": {"id": {}, "note": {}}}
+
+
+def _sealed_bytes(ws: Workspace) -> dict[str, str]:
+    table = backends.open_state_table(ws, ws.regions[0])
+    store = backends.open_object_store(ws, ws.regions[0])
+    entries = [Accepted.from_record(r) for r in table.scan(ACCEPTED)]
+    return {e.key: store.get(e.object_key).decode() for e in entries}

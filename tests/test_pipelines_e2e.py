@@ -7,15 +7,18 @@ from __future__ import annotations
 import csv
 import io
 import json
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import polars as pl
+import pytest
 
 from mrbatch import backends
 from mrbatch.config.initialize import init_workspace
 from mrbatch.config.workspace import Workspace
 from mrbatch.model.records import RunStatus
-from tests.conftest import Deployment, free_port
+from tests.conftest import Deployment, free_port, make_workspace
 from tests.helpers import eventually, finished, mails, mrbatch, put
 from tests.pipelines_support import Receiver, rates_service
 
@@ -150,3 +153,92 @@ def _parquet_and_a_failing_transform(ws: Workspace) -> None:
         "the re-driven run",
     )
     assert fixed.rows_out == 1 and fixed.code_version != failed.code_version
+
+
+# --------------------------------------------------------------------------- file-level checks
+COUNTED_SCHEMA = {
+    "type": "object",
+    "required": ["id", "n"],
+    "properties": {"id": {"pattern": "^r[0-9]+$"}, "n": {}},
+}
+COUNTED = """
+[pipelines.counted]
+prefix = "input/counted/"
+schema = "pipeline/counted.schema.json"
+[pipelines.counted.file]
+header = ["id", "n"]
+min_rows = 2
+max_rows = 3
+count_column = "n"
+"""
+
+
+@pytest.fixture(scope="module")
+def counted(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Workspace]:
+    """A deployment with a pipeline that checks whole files: the header, 2 to 3 records, and
+    a column every record of which carries the file's record count."""
+    ws = make_workspace(tmp_path_factory.mktemp("counted") / "ws")
+    (ws.root / "pipeline" / "counted.schema.json").write_text(json.dumps(COUNTED_SCHEMA))
+    ws.config_path.write_text(ws.config_path.read_text() + COUNTED)
+    ws = Workspace.load(ws.config_path)
+    with Deployment(ws):
+        yield ws
+
+
+def test_file_level_checks_fail_the_run_and_name_the_problem(counted: Workspace) -> None:
+    ws = counted
+    files = {
+        "good.csv": (b"id,n\nr1,2\nr2,2\n", None),
+        "header.csv": (
+            b"n,id\n2,r1\n2,r2\n",
+            "input/counted/header.csv: the header is 'n', 'id'; the pipeline counted expects"
+            " 'id', 'n' (file.header)",
+        ),
+        "few.csv": (b"id,n\nr1,1\n", "1 records, fewer than the 2 expected (file.min_rows)"),
+        "many.csv": (
+            b"id,n\n" + b"".join(b"r%d,4\n" % i for i in range(4)),
+            "4 records, more than the 3 allowed (file.max_rows)",
+        ),
+        "count.csv": (
+            b"id,n\nr1,3\nr2,3\n",
+            "the expected-count column 'n' says '3' but the file has 2 records",
+        ),
+        "mixed.csv": (
+            b"id,n\nr1,2\nr2,3\n",
+            "the expected-count column 'n' is not the same in every record ('2', '3')",
+        ),
+    }
+    infos = {name: put(ws, f"input/counted/{name}", data) for name, (data, _) in files.items()}
+    for name, (_data, problem) in files.items():
+        run = finished(ws, infos[name])
+        if problem is None:
+            assert run.status is RunStatus.COMPLETED, run.reason
+            assert (run.rows_in, run.rows_out) == (2, 2)
+            continue
+        assert run.status is RunStatus.FAILED, (name, run.status, run.reason)
+        assert problem in (run.reason or ""), (name, run.reason)
+
+
+def test_redrive_since_takes_only_the_runs_that_failed_after_it(counted: Workspace) -> None:
+    ws = counted
+    early = finished(ws, put(ws, "input/counted/since/early.csv", b"id,n\nr1,1\n"))
+    assert early.status is RunStatus.FAILED, early.reason
+    since = time.time()  # a FAILED run's updated_at never moves again
+    while time.time() <= since:  # updated_at strictly after since, whatever the clock grain
+        time.sleep(0.01)
+    late = finished(ws, put(ws, "input/counted/since/late.csv", b"id,n\nr2,1\n"))
+    assert late.status is RunStatus.FAILED and early.updated_at < since <= late.updated_at
+    done = mrbatch(ws, "redrive", "--status", "FAILED", "--since", f"@{since}", "--json")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert [(r["input_key"], r["ok"]) for r in json.loads(done.stdout)] == [
+        ("input/counted/since/late.csv", True)
+    ]
+    # ISO 8601 (UTC), an hour before: the early run too, and --prefix narrows it to that one
+    # (the late one may be running again now, so it is not asked for).
+    iso = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(since - 3600))
+    prefix = "input/counted/since/early"
+    both = mrbatch(ws, "redrive", "--status", "FAILED", "--since", iso, "--prefix", prefix)
+    assert both.returncode == 0, both.stdout + both.stderr
+    assert "early.csv" in both.stdout and "late.csv" not in both.stdout, both.stdout
+    bad = mrbatch(ws, "redrive", "--status", "FAILED", "--since", "yesterday")
+    assert bad.returncode == 2 and "--since" in bad.stderr

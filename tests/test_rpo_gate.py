@@ -19,8 +19,8 @@ from mrbatch.config.initialize import sample_bytes
 from mrbatch.config.workspace import Workspace
 from mrbatch.faults import FaultPoints
 from mrbatch.model.records import ACCEPTED, RunStatus
-from mrbatch.recovery.plan import Execution, history
-from mrbatch.recovery.rpo import snapshot
+from mrbatch.recovery.plan import Execution, PlanContext, StepFailed, history
+from mrbatch.recovery.rpo import budget_problem, rpo_gate, snapshot
 from tests.conftest import Deployment, make_workspace
 from tests.helpers import eventually, finished, mrbatch, put
 
@@ -179,3 +179,49 @@ def test_graceful_waits_until_switched_to_ungraceful(tmp_path: Path) -> None:
         report = json.loads(mrbatch(ws, "report", "show", "1", "--json").stdout)
         assert report["mode_changes"][0]["mode"] == "ungraceful"
         assert [i["key"] for i in report["at_risk"]] == ["input/stuck.csv"]
+
+
+def _gate(ws: Workspace, *accept_loss: str) -> PlanContext:
+    source, target = ws.regions
+    execution = Execution(
+        id=f"test-{len(accept_loss)}", plan="failover", target=target, source=source,
+        started=time.time(), desired_rto=60.0,
+    )  # fmt: skip
+    return PlanContext(
+        ws=ws, plan="failover", target=target, source=source, execution=execution, yes=True,
+        force=True, max_wait=1.0, confirm=lambda _q: True, echo=lambda _m: None,
+        accept_loss=accept_loss,
+    )  # fmt: skip
+
+
+def test_the_byte_budget_and_accept_loss_by_key_or_run_id(tmp_path: Path) -> None:
+    """The gate itself against a workspace whose standby has received nothing (no replicator
+    runs): 1,100 bytes at risk against a budget of 1KB; ``--accept-loss`` of either input
+    (by its key without ``input/``, or by its run id) brings the rest within it."""
+    ws = make_workspace(tmp_path / "ws", rpo={"max_bytes": "1KB"})  # approval.timeout 0s
+    big = put(ws, "input/big.csv", b"a\n" + b"x" * 597 + b"\n")
+    small = put(ws, "input/small.csv", b"a\n" + b"y" * 497 + b"\n")
+    assert (big.size, small.size) == (600, 500)
+    with pytest.raises(StepFailed) as refused:
+        rpo_gate(_gate(ws))
+    assert str(refused.value).startswith(
+        "1100 bytes would be left behind (budget 1000): input/big.csv, input/small.csv;"
+    ), refused.value
+
+    outcome, message, evidence = rpo_gate(_gate(ws, "big.csv"))
+    assert outcome == "warning", message
+    assert message.startswith("2 input(s) (1100 bytes) not in") and "1 approved" in message
+    states = {i["key"]: i["state"] for i in evidence["items"]}
+    assert states == {"input/big.csv": "approved", "input/small.csv": "open"}
+    granted = next(i for i in evidence["items"] if i["key"] == "input/big.csv")["approved"]
+    assert granted["via"] == "--accept-loss"
+
+    small_run = next(i for i in evidence["items"] if i["key"] == "input/small.csv")["run_id"]
+    outcome, message, evidence = rpo_gate(_gate(ws, small_run))
+    assert outcome == "warning" and "1 approved" in message, message
+    assert {i["key"] for i in evidence["items"] if i["state"] == "approved"} == {"input/small.csv"}
+    # Exactly at the budget is within it; a byte over is not.
+    assert budget_problem(ws, [{"size": 1000}]) is None
+    assert budget_problem(ws, [{"size": 600}, {"size": 401}]) == (
+        "1001 bytes would be left behind (budget 1000)"
+    )

@@ -72,12 +72,16 @@ class State:
     user_umask: int = 0o022  # the umask the command was started with (see main.run)
     _ws: Workspace | None = field(default=None, repr=False)
 
-    def workspace(self) -> Workspace:
+    def workspace(self, *, pipelines: bool = True) -> Workspace:
+        """The workspace; ``pipelines=False`` for a command that runs no pipeline (status,
+        runs, wait, put, get, url): their schemas and user code are not compiled, which
+        would import polars (a broken pipeline is still refused by `up`, `reload` and the
+        processes themselves)."""
         if self._ws is None:
             # Imported here: `--help` and `--version` need no configuration (nor pydantic).
             from ..config.workspace import Workspace
 
-            self._ws = Workspace.load(self.config)
+            self._ws = Workspace.load(self.config, pipelines=pipelines)
         return self._ws
 
 

@@ -387,7 +387,7 @@ def status(
     Ends with one line of verdict; exits 1 when a process is down or a threshold (heartbeat,
     replication lag) is crossed, or a process refuses an edit of mrbatch.toml."""
     try:
-        ws = state.workspace()
+        ws = state.workspace(pipelines=False)
     except ConfigError as exc:
         if state.config is None and "no mrbatch.toml" in exc.message:
             raise

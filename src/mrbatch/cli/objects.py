@@ -18,7 +18,6 @@ from ..config.workspace import Workspace
 from ..errors import MrbatchError, NotFoundError
 from ..model.keys import INPUT, check_key
 from ..observe import views
-from ..pipeline.formats import csv_line, read_rejected
 from .app import app, console, duration, err_console, json_option, print_json, state
 from .tables import Col, clock, emit
 
@@ -63,7 +62,7 @@ def put(
     json_output: bool = json_option("Print where it landed (and its run id) as JSON."),
 ) -> None:
     """Upload FILE through the access point to the preferred healthy region."""
-    ws = state.workspace()
+    ws = state.workspace(pipelines=False)
     target = check_key(key or INPUT + file.name)
     size = file.stat().st_size
     started = time.time()
@@ -111,7 +110,7 @@ def get(
     output: Path | None = typer.Option(None, "-o", "--output", help="File (default stdout)."),
 ) -> None:
     """Download KEY from whichever region holds it."""
-    ws = state.workspace()
+    ws = state.workspace(pipelines=False)
     access = AccessPoint(ws)
     try:
         located, stream = access.open(check_key(key))
@@ -173,7 +172,7 @@ def url(
     ),
 ) -> None:
     """Print a presigned link to KEY, served by the gateway from any region holding it."""
-    ws = state.workspace()
+    ws = state.workspace(pipelines=False)
     gateway = ws.config.gateway
     lifetime = gateway.link_expiry if expires is None else expires
     check_key(key)
@@ -201,6 +200,8 @@ def errors(
     limit: int = typer.Option(50, "--limit", min=0, help="Rows to show in the table (0: all)."),
 ) -> None:
     """The rejected rows of an input's latest run: row number, values, reason."""
+    from ..pipeline.formats import csv_line, read_rejected  # polars: only this command needs it
+
     ws = state.workspace()
     run = views.find_run(ws, key)
     source = run.rejected_key or run.merged_rejected_key

@@ -80,7 +80,7 @@ def runs(
             f"unknown status {status_filter!r} (one of {', '.join(RunStatus.__members__)})",
             param_hint="--status",
         )
-    everything = views.all_runs(state.workspace(), status_filter=status_filter)
+    everything = views.all_runs(state.workspace(pipelines=False), status_filter=status_filter)
     items = everything[-limit:] if limit else everything
     if json_output:
         print_json([run.summary() for run in items])
@@ -196,7 +196,7 @@ def show(
     json_output: bool = json_option("Print the run, its history and its chunks as JSON."),
 ) -> None:
     """One run: its input, rows, outputs, mail, and its history with the time of each step."""
-    ws = state.workspace()
+    ws = state.workspace(pipelines=False)
     run = views.find_run(ws, ref)
     chunks = views.run_chunks(ws, run)
     if json_output:
@@ -336,7 +336,7 @@ def wait(
     Waits for every accepted version of the KEYs (or the RUNs, or every input) to have a
     COMPLETED or FAILED run. Exits 1 on timeout or when a run FAILED, and at once when a KEY
     was never uploaded."""
-    ws = state.workspace()
+    ws = state.workspace(pipelines=False)
     deadline = time.monotonic() + timeout
     wanted_keys, wanted_ids = _resolve(ws, keys) if keys else (set(), set())
     show = not json_output and sys.stderr.isatty()

@@ -313,8 +313,10 @@ class Config(BaseModel):
         return self
 
 
-def load_config(path: Path) -> Config:
-    """Read and validate ``path``; raise ConfigError naming the file and the key at fault."""
+def load_config(path: Path, *, pipelines: bool = True) -> Config:
+    """Read and validate ``path``; raise ConfigError naming the file and the key at fault.
+    ``pipelines=False`` leaves out compiling the pipelines' schemas and row checks and
+    importing their user code (polars and more), for commands that run no pipeline."""
     raw = read_toml(path)
     config = validate(Config, raw, path)
     inline = set(raw.get("plans", {})) & {"failover", "failback"}
@@ -329,7 +331,8 @@ def load_config(path: Path) -> Config:
         plan_raw = read_toml(plan_path)
         plans = validate(PlansConfig, {**plan_raw, "file": config.plans.file}, plan_path)
         config = config.model_copy(update={"plans": plans})
-    _check_pipeline(config, path)
+    if pipelines:
+        _check_pipeline(config, path)
     return config
 
 

@@ -51,9 +51,10 @@ class Workspace:
     config: Config
 
     @classmethod
-    def load(cls, config_path: Path | None = None) -> Workspace:
+    def load(cls, config_path: Path | None = None, *, pipelines: bool = True) -> Workspace:
+        """``pipelines=False``: see ``load_config`` (what the quick commands use)."""
         path = (config_path or find_config()).resolve()
-        return cls(config_path=path, config=load_config(path))
+        return cls(config_path=path, config=load_config(path, pipelines=pipelines))
 
     # ------------------------------------------------------------------ paths
     @property

@@ -164,6 +164,10 @@ class LazyGroup(TyperGroup):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        # Commands of modules imported before the group was built (a test, a benchmark) come
+        # in through typer itself.
+        for command in self.commands.values():
+            reflowed(command)
         self._listing = False
         self._loaded: set[str] = set()
 

@@ -70,6 +70,7 @@ class State:
     config: Path | None = None
     debug: bool = False
     user_umask: int = 0o022  # the umask the command was started with (see main.run)
+    command: str | None = None  # the command being run (see main.main)
     _ws: Workspace | None = field(default=None, repr=False)
 
     def workspace(self, *, pipelines: bool = True) -> Workspace:
@@ -96,6 +97,7 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def _options(
+    ctx: typer.Context,
     config: Path | None = typer.Option(
         None,
         "--config",
@@ -117,6 +119,7 @@ def _options(
 ) -> None:
     state.config = config
     state.debug = debug
+    state.command = ctx.invoked_subcommand
     state._ws = None
     # Commands report what matters in their own output (an upload that fell back to another
     # region shows the region it landed in); the library's log is for --debug and the

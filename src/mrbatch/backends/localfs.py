@@ -290,7 +290,9 @@ class LocalObjectStore:
         self, after: int, *, prefix: str = "", limit: int = 1000
     ) -> builtins.list[ObjectInfo]:
         rows = self._index.query(
-            "SELECT * FROM objects WHERE seq > ? AND key >= ? AND key < ? ORDER BY seq LIMIT ?",
+            # "+key": walk the seq index from ``after`` (the new changes only); on the key index
+            # SQLite would read and sort every key under the prefix, each poll.
+            "SELECT * FROM objects WHERE seq > ? AND +key >= ? AND +key < ? ORDER BY seq LIMIT ?",
             (after, prefix, _prefix_end(prefix), limit),
         )
         return [self._info(row) for row in rows]

@@ -75,9 +75,9 @@ class State:
 
     def workspace(self, *, pipelines: bool = True) -> Workspace:
         """The workspace; ``pipelines=False`` for a command that runs no pipeline (status,
-        runs, wait, put, get, url): their schemas and user code are not compiled, which
-        would import polars (a broken pipeline is still refused by `up`, `reload` and the
-        processes themselves)."""
+        runs, wait, put, get, url, failover, failback, reconcile): their schemas and user
+        code are not compiled, which would import polars (a broken pipeline is still refused
+        by `up`, `reload` and the processes themselves)."""
         if self._ws is None:
             # Imported here: `--help` and `--version` need no configuration (nor pydantic).
             from ..config.workspace import Workspace

@@ -18,7 +18,6 @@ from ..recovery.operations import (
 )
 from ..recovery.plan import MODES, Execution, StepLog
 from ..recovery.runbook import Runbook
-from ..recovery.watch import Watcher
 from .app import app, console, duration, err_console, json_option, print_json, state, styled
 from .tables import Col, clock, emit, seconds
 
@@ -172,7 +171,7 @@ def failover(
     accept_loss: list[str] = _accept_loss(),
 ) -> None:
     """Run the failover plan against the region being activated."""
-    ws = state.workspace()
+    ws = state.workspace(pipelines=False)
     _run_plan(
         "failover",
         failover_target(ws, to),
@@ -198,7 +197,7 @@ def failback(
     accept_loss: list[str] = _accept_loss(),
 ) -> None:
     """Run the failback plan: catch the returning region up, hand runs over, activate it."""
-    ws = state.workspace()
+    ws = state.workspace(pipelines=False)
     _run_plan(
         "failback",
         failback_target(ws, to),
@@ -227,7 +226,7 @@ def reconcile(
     json_output: bool = json_option("Print the report (re-driven, at risk...) as JSON."),
 ) -> None:
     """Re-drive every unfinished run in the active region; report each by name."""
-    ws = state.workspace()
+    ws = state.workspace(pipelines=False)
     echo = (lambda _l: None) if json_output else (lambda line: err_console.print(line))
     report = reconcile_now(ws, max_wait=max_wait, echo=echo)
     if json_output:
@@ -345,6 +344,8 @@ def watch(
     ),
 ) -> None:
     """Watch the active region's health; recommend (or run) a failover, with the evidence."""
+    from ..recovery.watch import Watcher  # drills load generated files: polars, only here
+
     ws = state.workspace()
     watcher = Watcher(
         ws,

@@ -11,7 +11,6 @@ from typing import Any
 
 from ..config.workspace import Workspace
 from ..errors import MrbatchError
-from ..proof.verify import verify
 from .answers import approved_keys
 from .chain import append_report
 from .parity import parity
@@ -49,6 +48,10 @@ def fence_snapshot(ctx: PlanContext) -> None:
 def quick_verify(ws: Workspace, wait: float) -> dict[str, Any] | None:
     """``verify`` without recounting (what a report carries), once nothing is pending and the
     regions converged or ``wait`` passed."""
+    # Imported here: verify's recount imports polars, which the plan's own steps (and the time
+    # to the first claim in the new region) do without.
+    from ..proof.verify import verify
+
     try:
         result = verify(ws, deep=False, wait=wait, poll=0.2).to_dict()
     except MrbatchError as exc:

@@ -13,7 +13,6 @@ from ..access.ledger import accepted_in
 from ..config.pipelines import format_for
 from ..config.reload import fingerprint, request_reload
 from ..config.workspace import Workspace
-from ..engine.pipelines import pins
 from ..engine.takeover import Missing, Takeover, present, readable, take_over
 from ..errors import ConflictError, MrbatchError, UnavailableError, UsageError
 from ..model.keys import run_key
@@ -240,6 +239,9 @@ def _redrive(ws: Workspace, key_or_id: str, routing: Routing) -> dict[str, Any]:
             changed_reference = True
     # The configuration or the code changed since the claim: every chunk runs again with the
     # new ones (split afresh when the configuration changed), so no output mixes two versions.
+    # (Imported here: loading pipelines imports polars, which a failover never needs.)
+    from ..engine.pipelines import pins
+
     pipeline_hash, code = pins(ws, spec)
     changed_config = run.pipeline_hash is not None and run.pipeline_hash != pipeline_hash
     changed_code = run.code_version is not None and run.code_version != code

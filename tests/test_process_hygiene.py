@@ -49,9 +49,9 @@ def test_pool_workers_die_with_a_region_killed_alone(deployment: Deployment) -> 
 def test_a_command_that_hangs_fails_fast_and_says_where(workspace: Workspace) -> None:
     # `watch` runs until Ctrl-C: as a command that never returns would.
     with pytest.raises(AssertionError) as caught:
-        mrbatch(workspace, "watch", timeout=20)
+        mrbatch(workspace, "watch", timeout=8)
     text = str(caught.value)
-    assert "`mrbatch watch` did not finish within 20s; where its threads were:" in text
+    assert "`mrbatch watch` did not finish within 8s; where its threads were:" in text
     assert "most recent call first" in text and "watch.py" in text, text
 
 

@@ -1,32 +1,12 @@
-"""Local servers for the declared-pipeline tests: the example's rates API (the module the
-example ships, loaded from the workspace) and a webhook receiver that records what it gets."""
+"""A local server for the declared-pipeline tests: a webhook receiver that records what it gets
+(the example's rates API runs as a service of the deployment)."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 from typing import Any
-
-
-@contextmanager
-def rates_service(root: Path, port: int) -> Iterator[Any]:
-    spec = importlib.util.spec_from_file_location(
-        "example_rates_service", root / "pipeline" / "rates_service.py"
-    )
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    server = module.serve(port)
-    try:
-        yield server
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 class Receiver:

@@ -57,6 +57,10 @@ ENRICH = TWO + "[pipeline.enrichment]\n"
         ),
         (TWO + '[backends]\nnotifier = "smtp"\n', "notify.smtp_host", "not set"),
         (TWO + '[notify]\nsmtp_host = "h"\n', "notify.smtp_host", "outbox"),
+        (TWO + "[services.api]\ncommand = []\n", "services.api.command", "at least 1"),
+        (TWO + '[services.api]\ncommand = [""]\n', "services.api.command", "program"),
+        (TWO + '[services."My API"]\ncommand = ["x"]\n', "services", "service name"),
+        (TWO + '[services.api]\ncommand = ["x"]\nrun = ["x"]\n', "services.api.run", "unknown key"),
         # Pipeline settings that could only fail inside a worker fail here, at load.
         (ENRICH + 'key = ""\n', "pipeline.enrichment.key", "at least 1 character"),
         (ENRICH + 'reference_key = ""\n', "pipeline.enrichment.reference_key", "at least 1"),

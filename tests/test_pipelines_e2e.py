@@ -18,9 +18,10 @@ from mrbatch import backends
 from mrbatch.config.initialize import init_workspace
 from mrbatch.config.workspace import Workspace
 from mrbatch.model.records import RunStatus
+from mrbatch.runtime import supervisor
 from tests.conftest import Deployment, free_port, make_workspace
 from tests.helpers import eventually, finished, mails, mrbatch, put
-from tests.pipelines_support import Receiver, rates_service
+from tests.pipelines_support import Receiver
 
 METRICS_SCHEMA = {
     "type": "object",
@@ -67,12 +68,18 @@ def _csv(data: bytes) -> list[dict[str, str]]:
 def test_declared_pipelines_end_to_end(tmp_path: Path) -> None:
     receiver = Receiver(statuses=[503])  # the first delivery fails: retried with backoff
     try:
-        ws, api_port = _workspace(tmp_path / "ws", receiver.url)
-        with rates_service(ws.root, api_port), Deployment(ws):
+        ws, _api_port = _workspace(tmp_path / "ws", receiver.url)
+        # The example's rates API is one of the deployment's services ([services.rates]): up
+        # starts it, the supervisor would restart it, down stops it.
+        rates = supervisor.Proc("service", "rates")
+        with Deployment(ws):
+            service_pid = supervisor.pid_of(ws, rates)
+            assert service_pid is not None, "up did not start the example's rates API"
             _events(ws, receiver)
             _parquet_and_a_failing_transform(ws)
             report = mrbatch(ws, "verify", "--json", "--wait", "30s")
             assert report.returncode == 0, report.stdout + report.stderr
+        assert supervisor.pid_of(ws, rates) is None, "down left the rates API running"
     finally:
         receiver.close()
 

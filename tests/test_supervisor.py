@@ -368,3 +368,18 @@ def test_a_bad_supervisor_value_fails_at_load_naming_the_key(
     assert f": {key}: " in caught.value.message and words in caught.value.message
     result = mrbatch(tmp_path / "ws", "status")
     assert result.returncode == 2 and key in result.stderr
+
+
+def test_a_service_is_started_restarted_and_stopped_with_the_deployment(tmp_path: Path) -> None:
+    """[services.<name>]: `up` starts the workspace's own program, the supervisor restarts it
+    when it dies, `down` stops it (checked for leftovers with the rest)."""
+    sleeper = {"command": [sys.executable, "-c", "import time; time.sleep(600)"]}
+    with supervised(
+        tmp_path, supervisor={"restart_backoff": "200ms"}, **{"services.sleeper": sleeper}
+    ) as ws:
+        proc = supervisor.Proc("service", "sleeper")
+        old = supervisor.pid_of(ws, proc)
+        assert old is not None, "up did not start the service"
+        assert (ws.log_dir / "service-sleeper.log").exists()
+        supervisor.kill(ws, proc)
+        assert _restarted(ws, proc, old) != old

@@ -94,8 +94,8 @@ def init(
     console.print("  sample:  pipeline/orders.schema.json, reference/financial.csv uploaded")
     if example:
         console.print(
-            f"  example: {example}: start its API with `python pipeline/rates_service.py"
-            f" {api_port}`, then `mrbatch put pipeline/events-sample.jsonl --key"
+            f"  example: {example}: `mrbatch up` starts its rates API on port {api_port}"
+            " ([services.rates]); then `mrbatch put pipeline/events-sample.jsonl --key"
             " input/events/sample.jsonl`"
         )
     console.print(

@@ -3,8 +3,8 @@
 ``events``: payment events as JSON Lines under ``input/events/``, checked by a wider schema
 (a date-time, an email, a number with a minimum, an enum), a row check of the workspace's own
 (``pipeline/events_rules.py``), enriched with exchange rates from an HTTP API (a small local
-service, ``pipeline/rates_service.py``, which the example starts with ``python
-pipeline/rates_service.py``), and a transform that adds the amount in EUR."""
+service, ``pipeline/rates_service.py``, which ``mrbatch up`` starts and supervises as the
+service ``[services.rates]``), and a transform that adds the amount in EUR."""
 
 from __future__ import annotations
 
@@ -21,7 +21,11 @@ EXAMPLES = {"events": ("events.schema.json", "events_rules.py", "rates_service.p
 _EVENTS = """
 # The events example (`mrbatch init --example events`): JSON Lines under input/events/, a row
 # check and a transform of the workspace's own (pipeline/events_rules.py), exchange rates from
-# an HTTP API. Start the API first: python pipeline/rates_service.py {api_port}
+# an HTTP API, pipeline/rates_service.py, which `mrbatch up` starts and keeps running beside the
+# deployment ([services.rates]; its output goes to <data dir>/logs/service-rates.log).
+[services.rates]
+command = ["python3", "pipeline/rates_service.py", "{api_port}"]
+
 [pipelines.events]
 prefix = "input/events/"
 schema = "pipeline/events.schema.json"

@@ -60,6 +60,7 @@ RESTART_ONLY = (
     "ingest.node",
     "s3",  # bucket names, endpoints, signing regions, profiles, part sizes
     "dynamodb",
+    "services",  # the supervisor starts them with `mrbatch up`
 )
 DIGEST_LENGTH = 12  # hex digits shown and reported; plenty to tell two configurations apart
 
@@ -132,6 +133,7 @@ def live_part(running: Config, edited: Config) -> Config:
             "ingest": edited.ingest.model_copy(update={"node": running.ingest.node}),
             "s3": running.s3,
             "dynamodb": running.dynamodb,
+            "services": running.services,
         }
     )
 

@@ -36,6 +36,7 @@ from .pipelines import (
 )
 from .plans import PlansConfig
 from .recovery import ApprovalConfig, DrillConfig, ReportsConfig, RpoConfig, TracingConfig
+from .services import ServiceConfig, check_service_names
 from .values import ByteSize, Duration, Section
 
 __all__ = [
@@ -233,6 +234,13 @@ class Config(BaseModel):
     # Pipelines of the workspace's own, chosen by input prefix; [pipeline] is the default one.
     pipelines: dict[str, DeclaredPipeline] = Field(default_factory=dict)
     ingest: IngestConfig = Field(default_factory=IngestConfig)
+    # Programs of the workspace's own that `mrbatch up` runs and supervises (config/services.py).
+    services: dict[str, ServiceConfig] = Field(default_factory=dict)
+
+    @field_validator("services")
+    @classmethod
+    def _service_names(cls, services: dict[str, ServiceConfig]) -> dict[str, ServiceConfig]:
+        return check_service_names(services)
 
     @field_validator("pipelines")
     @classmethod

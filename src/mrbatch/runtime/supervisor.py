@@ -53,7 +53,7 @@ SUPERVISOR_STOP_TIMEOUT = 10.0
 
 @dataclass(frozen=True)
 class Proc:
-    kind: str  # region | replicator | gateway | supervisor
+    kind: str  # region | replicator | gateway | supervisor | service
     name: str
 
     @property
@@ -76,6 +76,7 @@ def expected(ws: Workspace) -> list[Proc]:
     procs = [Proc("region", r) for r in ws.regions]
     procs += [Proc("replicator", r) for r in ws.regions]
     procs.append(Proc("gateway", "gateway"))
+    procs += [Proc("service", name) for name in ws.config.services]
     return procs
 
 
@@ -152,15 +153,18 @@ def _start_lock(ws: Workspace) -> Iterator[None]:
 def _spawn(ws: Workspace, proc: Proc) -> int:
     ws.log_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     ws.run_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-    cmd = [
-        sys.executable,
-        "-m",
-        "mrbatch.runtime.daemon",
-        proc.kind,
-        proc.name,
-        "--config",
-        str(ws.config_path),
-    ]
+    if proc.kind == "service":  # the workspace's own program, as configured
+        cmd = list(ws.config.services[proc.name].command)
+    else:
+        cmd = [
+            sys.executable,
+            "-m",
+            "mrbatch.runtime.daemon",
+            proc.kind,
+            proc.name,
+            "--config",
+            str(ws.config_path),
+        ]
     with os.fdopen(_private_file(log_file(ws, proc), os.O_WRONLY | os.O_APPEND), "ab") as log:
         child = subprocess.Popen(
             cmd,

@@ -39,8 +39,8 @@ class ObjectInfo:
     ``version`` names the bytes: their SHA-256 in every store (S3's too, never a bucket's own
     VersionId), so a version recorded in one region can be passed back to ``open`` in any region
     holding it, to read exactly those bytes even after the key moved on.
-    ``epoch`` is the routing epoch the writer held (0 for user uploads); replication resolves
-    conflicts by (epoch, modified, origin). ``seq`` is the position in the store's change feed
+    ``epoch`` is the routing epoch the writer held (0 for user uploads); replication keeps the
+    version of higher ``rank``. ``seq`` is the position in the store's change feed
     (0 from ``head`` and ``list`` where knowing it would cost a request per object: S3).
     """
 
@@ -54,6 +54,10 @@ class ObjectInfo:
     seq: int = 0
     deleted: bool = False
     meta: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def rank(self) -> tuple[int, float, str]:  # the higher epoch, then the later write, then origin
+        return (self.epoch, self.modified, self.origin)
 
 
 @dataclass(frozen=True)
@@ -100,8 +104,7 @@ class ObjectStore(Protocol):
         ...
 
     def get_range(self, key: str, start: int, length: int, *, version: str | None = None) -> bytes:
-        """``length`` bytes from offset ``start`` (fewer at the end of the object).
-        Raises NotFoundError like ``open``."""
+        """``length`` bytes from ``start`` (fewer at the end). NotFoundError like ``open``."""
         ...
 
     def head(self, key: str) -> ObjectInfo | None:
@@ -143,14 +146,13 @@ class ObjectStore(Protocol):
 
     def apply_replica(self, info: ObjectInfo, data: BinaryIO | None) -> bool:
         """Merge a version replicated from another region (``data`` is None for a deletion):
-        it wins when its (epoch, modified, origin) is greater than the stored version's, and
-        keeps ``info.origin`` so it is not replicated back. Idempotent; True when applied."""
+        it wins when its ``rank`` is higher than the stored version's, and keeps
+        ``info.origin`` so it is not replicated back. Idempotent; True when applied."""
         ...
 
     def purge(self, older_than: float) -> Purged:
         """Free what no live key needs any more: deletion tombstones written before
-        ``older_than``, and the bytes of versions superseded before it. Local to this
-        bucket. Idempotent."""
+        ``older_than``, and the bytes of versions superseded before it. Local. Idempotent."""
         ...
 
 
@@ -172,6 +174,10 @@ class Record:
     updated: float
     seq: int = 0
     deleted: bool = False  # a tombstone: replicates like a write, hidden from get and scan
+
+    @property
+    def rank(self) -> tuple[int, float, str]:  # the higher epoch, then the later write, then writer
+        return (self.epoch, self.updated, self.writer)
 
 
 @runtime_checkable
@@ -210,8 +216,7 @@ class StateTable(Protocol):
 
     def apply_replica(self, record: Record) -> bool:
         """Merge a record from another region (a tombstone included): it wins when its
-        (epoch, updated, writer) is greater than the stored one's. Idempotent. True when it
-        was applied."""
+        ``rank`` is higher than the stored one's. Idempotent; True when applied."""
         ...
 
     def delete(self, pk: str, *, epoch: int) -> bool:

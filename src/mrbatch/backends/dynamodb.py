@@ -375,12 +375,7 @@ class DynamoStateTable:
         for _ in range(_ATTEMPTS):
             stored = self._stored(record.pk)
             if stored is not None:
-                mine = stored.record
-                if (record.epoch, record.updated, record.writer) <= (
-                    mine.epoch,
-                    mine.updated,
-                    mine.writer,
-                ):
+                if record.rank <= stored.record.rank:
                     return False
                 condition, values = self._unchanged(stored)
             else:

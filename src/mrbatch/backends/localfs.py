@@ -303,7 +303,7 @@ class LocalObjectStore:
 
     def _apply_replica(self, info: ObjectInfo, data: BinaryIO | None) -> bool:
         current = self._index.query("SELECT * FROM objects WHERE key = ?", (info.key,))
-        if current and not _newer(info, self._info(current[0])):
+        if current and info.rank <= self._info(current[0]).rank:
             return False
         if not info.deleted and not self._blob_path(info.sha256).exists():
             # Content-addressed: bytes already here (the same output under two keys, say)
@@ -318,7 +318,7 @@ class LocalObjectStore:
                 )
         with self._index.transaction() as db:
             row = self._row(db, info.key)
-            if row is not None and not _newer(info, self._info(row)):
+            if row is not None and info.rank <= self._info(row).rank:
                 return False
             self._upsert(
                 db,
@@ -395,15 +395,6 @@ def fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-def _newer(incoming: ObjectInfo, stored: ObjectInfo) -> bool:
-    """The convergence rule: higher epoch wins, then the later write, then the origin name."""
-    return (incoming.epoch, incoming.modified, incoming.origin) > (
-        stored.epoch,
-        stored.modified,
-        stored.origin,
-    )
 
 
 def _blocks(data: bytes | BinaryIO | Iterable[bytes]) -> Iterator[bytes]:

@@ -54,11 +54,6 @@ _ATTEMPTS = 50
 _EMPTY = hashlib.sha256(b"").hexdigest()
 
 
-def _order(info: ObjectInfo) -> tuple[int, float, str]:
-    """The convergence rule: higher epoch wins, then the later write, then the origin name."""
-    return (info.epoch, info.modified, info.origin)
-
-
 class S3ObjectStore:
     def __init__(
         self, target: AwsTarget, region: str, threshold: int, part_size: int, spool_dir: str
@@ -350,11 +345,11 @@ class S3ObjectStore:
 
         def attempt(current: _Version | None) -> ObjectInfo:
             nonlocal applied
-            applied = current is None or _order(info) > _order(current.info)
+            applied = current is None or info.rank > current.info.rank
             if current is not None and not applied:
                 # The same replica, written before a crash kept it out of the feed: feed it.
-                same = (info.sha256, info.deleted, *_order(info))
-                if same == (current.info.sha256, current.info.deleted, *_order(current.info)):
+                same = (info.sha256, info.deleted, *info.rank)
+                if same == (current.info.sha256, current.info.deleted, *current.info.rank):
                     return self._fed(current)
                 return current.info
             return self._write(info.key, replace(info, seq=0), spool, None, current)

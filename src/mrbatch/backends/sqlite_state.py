@@ -173,11 +173,7 @@ class SqliteStateTable:
     def apply_replica(self, record: Record) -> bool:
         with self._db.transaction() as db:
             row = db.execute("SELECT * FROM records WHERE pk = ?", (record.pk,)).fetchone()
-            if row is not None and (record.epoch, record.updated, record.writer) <= (
-                row["epoch"],
-                row["updated"],
-                row["writer"],
-            ):
+            if row is not None and record.rank <= (row["epoch"], row["updated"], row["writer"]):
                 return False
             self._write(
                 db,

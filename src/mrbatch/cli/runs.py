@@ -16,6 +16,7 @@ from ..errors import MrbatchError, NotFoundError
 from ..model.keys import run_id_for
 from ..model.records import ChunkRun, ChunkStatus, FileRun, RunStatus
 from ..observe import views
+from ..ports import StateTable
 from .app import HELP, app, console, duration, err_console, json_option, print_json, state, styled
 from .tables import Col, clock, emit, seconds
 
@@ -352,6 +353,7 @@ def wait(
     ) as bar:
         task = bar.add_task("waiting for runs", total=None)
         listed_at = -TARGETS_EVERY
+        tables: dict[str, StateTable] = {}  # each region's, opened once
         while True:
             # What to wait for (the accepted versions) is read again now and then; whether
             # those runs have finished, every POLL_EVERY, with one read per unfinished run.
@@ -360,7 +362,7 @@ def wait(
                 listed_at = time.monotonic()
             unfinished = [rid for rid in targets if rid not in finished]
             try:
-                runs = views.runs_by_id(ws, unfinished)
+                runs = views.runs_by_id(ws, unfinished, tables)
             except MrbatchError:
                 runs = {}
             finished.update((rid, run) for rid, run in runs.items() if run.status.terminal)

@@ -137,11 +137,7 @@ def _select(target: BackupTarget, entries: list[BackupEntry], at: float | None) 
             used = True
             chosen.seen(record.updated)
             held = chosen.records.get(record.pk)
-            if held is None or (record.epoch, record.updated, record.writer) > (
-                held.epoch,
-                held.updated,
-                held.writer,
-            ):
+            if held is None or record.rank > held.rank:
                 chosen.records[record.pk] = record
         for line in read_lines(target, entry.objects):
             info = object_from(line)
@@ -150,11 +146,7 @@ def _select(target: BackupTarget, entries: list[BackupEntry], at: float | None) 
             used = True
             chosen.seen(info.modified)
             kept = chosen.objects.get(info.key)
-            if kept is None or (info.epoch, info.modified, info.origin) > (
-                kept.epoch,
-                kept.modified,
-                kept.origin,
-            ):
+            if kept is None or info.rank > kept.rank:
                 chosen.objects[info.key] = info
         chosen.backups += int(used)
     # The newest snapshot whatever `at` is: epochs only grow, and must not go back below any

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -30,6 +31,7 @@ __all__ = [
     "accepted_pk",
     "chunk_pk",
     "failure_message_id",
+    "newest_runs",
     "run_pk",
 ]
 
@@ -310,3 +312,15 @@ class ChunkRun:
 _ACCEPTED_FIELDS = [f.name for f in dataclasses.fields(Accepted)]
 _RUN_FIELDS = {f.name for f in dataclasses.fields(FileRun)}
 _CHUNK_FIELDS = {f.name for f in dataclasses.fields(ChunkRun)}
+
+
+def newest_runs(records: Iterable[Record]) -> dict[str, FileRun]:
+    """By run id, the run of each record of highest ``rank`` among ``records`` (run records read
+    from several regions): the one replication converges to."""
+    best: dict[str, Record] = {}
+    for record in records:
+        held = best.get(record.pk)
+        if held is None or record.rank > held.rank:
+            best[record.pk] = record
+    runs = (FileRun.from_record(record) for record in best.values())
+    return {run.run_id: run for run in runs}

@@ -12,7 +12,7 @@ from ..config.reload import fingerprint
 from ..config.workspace import Workspace
 from ..errors import MrbatchError, NotFoundError, UsageError
 from ..model.keys import INPUT, run_id_for
-from ..model.records import CHUNK, RUN, ChunkRun, FileRun, run_pk
+from ..model.records import CHUNK, RUN, ChunkRun, FileRun, newest_runs, run_pk
 from ..ports import Record, StateTable
 from ..runtime import supervisor
 from ..runtime.replication import region_backlog
@@ -161,34 +161,43 @@ def all_runs(ws: Workspace, *, status_filter: str | None = None) -> list[FileRun
     return runs
 
 
-def runs_by_id(ws: Workspace, run_ids: Iterable[str]) -> dict[str, FileRun]:
+def runs_by_id(
+    ws: Workspace, run_ids: Iterable[str], tables: dict[str, StateTable] | None = None
+) -> dict[str, FileRun]:
     """The runs among ``run_ids`` that any reachable region has, chosen as ``all_runs`` does:
-    one read per run and region, not a scan (``mrbatch wait`` asks this every 20 ms)."""
+    one read per run and region, not a scan (``mrbatch wait`` asks this every 20 ms, keeping
+    the regions' ``tables`` open between calls)."""
     wanted = [run_pk(run_id) for run_id in run_ids]
 
     def read(table: StateTable) -> list[Record]:
         return [record for pk in wanted if (record := table.get(pk)) is not None]
 
-    return {run.run_id: run for run in _newest(ws, read).values()}
+    return _newest(ws, read, tables)
 
 
-def _newest(ws: Workspace, read: Callable[[StateTable], list[Record]]) -> dict[str, FileRun]:
-    best: dict[str, tuple[tuple[int, float, str], FileRun]] = {}
+def _newest(
+    ws: Workspace,
+    read: Callable[[StateTable], list[Record]],
+    tables: dict[str, StateTable] | None = None,
+) -> dict[str, FileRun]:
+    """``newest_runs`` of what ``read`` finds in every reachable region. ``tables`` keeps each
+    region's opened table across calls (opening one costs ten times a read)."""
+    opened = {} if tables is None else tables
+    records: list[Record] = []
     reachable = 0
     for region in ws.regions:
         try:
-            records = read(backends.open_state_table(ws, region))
+            table = opened.get(region)
+            if table is None:
+                table = opened[region] = backends.open_state_table(ws, region)
+            records += read(table)
         except MrbatchError:
+            opened.pop(region, None)  # opened again next time
             continue
         reachable += 1
-        for record in records:
-            rank = (record.epoch, record.updated, record.writer)
-            current = best.get(record.pk)
-            if current is None or rank > current[0]:
-                best[record.pk] = (rank, FileRun.from_record(record))
     if not reachable:
         raise MrbatchError("no region's state table can be read", hint="check `mrbatch status`")
-    return {pk: run for pk, (_, run) in best.items()}
+    return newest_runs(records)
 
 
 # A run id is 64 hex digits; `mrbatch runs` shows the first 12. Any unique prefix this long

@@ -15,7 +15,7 @@ from .. import backends
 from ..config.workspace import Workspace
 from ..errors import MrbatchError
 from ..model.keys import INPUT, OUTPUT, REJECTED, VERSIONS, run_id_for
-from ..model.records import ACCEPTED, CHUNK, RUN, Accepted, FileRun
+from ..model.records import ACCEPTED, CHUNK, RUN, Accepted, FileRun, newest_runs
 from ..ports import ObjectInfo, ObjectStore, Record
 
 __all__ = [
@@ -114,15 +114,9 @@ def mail_problem(message_id: str, count: int, runs: dict[str, FileRun]) -> str |
 
 def merged_runs(regions: list[RegionSnapshot]) -> dict[str, FileRun]:
     """The run records as replication will converge them: higher epoch, then later write."""
-    best: dict[str, tuple[tuple[int, float, str], FileRun]] = {}
-    for region in regions:
-        for record in region.records.values():
-            if record.kind != RUN:
-                continue
-            rank = (record.epoch, record.updated, record.writer)
-            if record.pk not in best or rank > best[record.pk][0]:
-                best[record.pk] = (rank, FileRun.from_record(record))
-    return {run.run_id: run for _, run in best.values()}
+    return newest_runs(
+        record for region in regions for record in region.records.values() if record.kind == RUN
+    )
 
 
 def accepted_versions(

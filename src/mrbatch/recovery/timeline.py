@@ -14,9 +14,9 @@ from typing import Any
 from .. import backends
 from ..config.workspace import Workspace
 from ..errors import MrbatchError
-from ..model.records import RUN, FileRun
+from ..model.records import RUN, FileRun, newest_runs
 from ..observe import views
-from ..ports import Routing
+from ..ports import Record, Routing
 
 __all__ = ["detection", "first_claim", "in_flight", "settle"]
 
@@ -72,16 +72,12 @@ def detection(ws: Workspace, routing: Routing, now: float) -> tuple[float | None
 def in_flight(ws: Workspace, regions: list[str]) -> list[dict[str, Any]]:
     """The unfinished runs that the readable ones of ``regions`` hold now (the best record of
     each, as replication will converge to it)."""
-    best: dict[str, tuple[tuple[int, float, str], FileRun]] = {}
+    records: list[Record] = []
     for region in regions:
         try:
-            records = list(backends.open_state_table(ws, region).scan(RUN))
+            records += list(backends.open_state_table(ws, region).scan(RUN))
         except MrbatchError:
             continue
-        for record in records:
-            rank = (record.epoch, record.updated, record.writer)
-            if record.pk not in best or rank > best[record.pk][0]:
-                best[record.pk] = (rank, FileRun.from_record(record))
     return [
         {
             "run_id": run.run_id,
@@ -90,7 +86,7 @@ def in_flight(ws: Workspace, regions: list[str]) -> list[dict[str, Any]]:
             "region_at_fence": run.region,
             "epoch_at_fence": run.epoch,
         }
-        for _rank, run in sorted(best.values(), key=lambda b: b[1].claimed_at)
+        for run in sorted(newest_runs(records).values(), key=lambda r: r.claimed_at)
         if not run.status.terminal
     ]
 

@@ -288,17 +288,13 @@ class Replicator:
         held = self.dest_store.head(info.key)
         if held is None:
             return info.deleted
-        return (held.epoch, held.modified, held.origin) >= (info.epoch, info.modified, info.origin)
+        return held.rank >= info.rank
 
     def _record_arrived(self, record: Record) -> bool:
         held = self.dest_table.get(record.pk)  # a tombstone reads as None
         if held is None:
             return record.deleted
-        return (held.epoch, held.updated, held.writer) >= (
-            record.epoch,
-            record.updated,
-            record.writer,
-        )
+        return held.rank >= record.rank
 
     def heartbeat(self, last_error: str | None) -> None:
         """Tell the control plane this replicator is alive (readiness checks look for it)."""

@@ -10,7 +10,7 @@ import hashlib
 import io
 import json
 import tempfile
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, replace
 from typing import Any, BinaryIO
 
@@ -163,12 +163,8 @@ def upload(
             **conditions,
         )
         return response
-    started = client.create_multipart_upload(
-        Bucket=bucket, Key=key, Metadata=dict(metadata), ChecksumAlgorithm="SHA256"
-    )
-    upload_id = started["UploadId"]
-    try:
-        parts = []
+
+    def send(upload_id: str) -> Iterator[dict[str, Any]]:
         number = 0
         while block := spool.file.read(part_size):
             number += 1
@@ -181,19 +177,11 @@ def upload(
                 Body=block,
                 ChecksumSHA256=checksum,
             )
-            parts.append({"PartNumber": number, "ETag": answer["ETag"], "ChecksumSHA256": checksum})
+            yield {"PartNumber": number, "ETag": answer["ETag"], "ChecksumSHA256": checksum}
             del block
-        done: dict[str, Any] = client.complete_multipart_upload(
-            Bucket=bucket,
-            Key=key,
-            UploadId=upload_id,
-            MultipartUpload={"Parts": parts},
-            **conditions,
-        )
-        return done
-    except BaseException:
-        client.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=upload_id)
-        raise
+
+    create = {"Metadata": dict(metadata), "ChecksumAlgorithm": "SHA256"}
+    return _in_parts(b, key, create, conditions, send)
 
 
 def copy_object(
@@ -217,10 +205,8 @@ def copy_object(
             **conditions,
         )
         return {**response, **response.get("CopyObjectResult", {})}
-    started = client.create_multipart_upload(Bucket=bucket, Key=key, Metadata=dict(metadata))
-    upload_id = started["UploadId"]
-    try:
-        parts = []
+
+    def send(upload_id: str) -> Iterator[dict[str, Any]]:
         for number, start in enumerate(range(0, size, part_size), start=1):
             end = min(start + part_size, size) - 1
             answer = client.upload_part_copy(
@@ -231,9 +217,25 @@ def copy_object(
                 CopySource=dict(source),
                 CopySourceRange=f"bytes={start}-{end}",
             )
-            parts.append({"PartNumber": number, "ETag": answer["CopyPartResult"]["ETag"]})
-        done: dict[str, Any] = client.complete_multipart_upload(
-            Bucket=bucket,
+            yield {"PartNumber": number, "ETag": answer["CopyPartResult"]["ETag"]}
+
+    return _in_parts(b, key, {"Metadata": dict(metadata)}, conditions, send)
+
+
+def _in_parts(
+    b: Bucket,
+    key: str,
+    create: Mapping[str, Any],
+    conditions: Mapping[str, str],
+    send: Callable[[str], Iterator[dict[str, Any]]],
+) -> dict[str, Any]:
+    """A multipart upload of ``key``: the parts ``send(upload_id)`` sends, completed under
+    ``conditions``; aborted when anything fails, so no half-written object stays."""
+    upload_id = b.client.create_multipart_upload(Bucket=b.name, Key=key, **create)["UploadId"]
+    try:
+        parts = list(send(upload_id))
+        done: dict[str, Any] = b.client.complete_multipart_upload(
+            Bucket=b.name,
             Key=key,
             UploadId=upload_id,
             MultipartUpload={"Parts": parts},
@@ -241,7 +243,7 @@ def copy_object(
         )
         return done
     except BaseException:
-        client.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=upload_id)
+        b.client.abort_multipart_upload(Bucket=b.name, Key=key, UploadId=upload_id)
         raise
 
 

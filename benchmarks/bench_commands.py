@@ -18,13 +18,14 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 from statistics import median
 from typing import Any
+
+from common import free_port, timed
 
 from mrbatch import backends
 from mrbatch.cli.deploy import wait_until_up
@@ -34,21 +35,6 @@ from mrbatch.model.records import FileRun, run_pk
 from mrbatch.runtime import supervisor
 
 MRBATCH = str(Path(sys.executable).with_name("mrbatch"))
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def timed(command: list[str], cwd: Path) -> float:
-    start = time.perf_counter()
-    done = subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=120)
-    elapsed = time.perf_counter() - start
-    if done.returncode:
-        raise SystemExit(f"{' '.join(command)} failed: {done.stdout}{done.stderr}")
-    return elapsed
 
 
 def main() -> int:
@@ -62,7 +48,7 @@ def main() -> int:
     work = args.work.resolve()
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
-    ws = init_workspace(work / "ws", port=_free_port())
+    ws = init_workspace(work / "ws", port=free_port())
     orders = work / "orders.csv"  # the sample file `mrbatch init` ships (10,000 rows)
     orders.write_bytes(sample_bytes("orders.csv"))
     since = time.time()

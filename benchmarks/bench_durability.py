@@ -33,14 +33,14 @@ import json
 import math
 import os
 import shutil
-import socket
-import subprocess
 import sys
 import time
 from collections.abc import Mapping
 from pathlib import Path
 from statistics import median
 from typing import Any
+
+from common import free_port, timed
 
 from mrbatch.access.accesspoint import AccessPoint
 from mrbatch.config.initialize import init_workspace
@@ -78,12 +78,6 @@ def not_durable(ws: Workspace) -> AccessPoint:
     return point
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def p99(values: list[float]) -> float:
     ordered = sorted(values)
     return ordered[max(0, math.ceil(0.99 * len(ordered)) - 1)]
@@ -109,15 +103,6 @@ def in_process(ws: Workspace, count: Mapping[str, int]) -> dict[str, dict[str, l
                 times[size][mode].append(time.perf_counter() - start)
                 assert located.accepted is not None  # acknowledged: kept and recorded
     return times
-
-
-def timed(command: list[str], cwd: Path) -> float:
-    start = time.perf_counter()
-    done = subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=120)
-    elapsed = time.perf_counter() - start
-    if done.returncode:
-        raise SystemExit(f"{' '.join(command)} failed: {done.stdout}{done.stderr}")
-    return elapsed
 
 
 def command_line(ws: Workspace, work: Path, runs: int) -> dict[str, list[float]]:
@@ -148,7 +133,7 @@ def main() -> int:
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     try:
-        ws = init_workspace(work / "ws", port=_free_port())
+        ws = init_workspace(work / "ws", port=free_port())
         count = {"1 KB": args.small, "100 KB": args.small, "10 MB": args.large}
         uploads = in_process(ws, count)
         cli = command_line(ws, work, args.cli)

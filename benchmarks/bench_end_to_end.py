@@ -38,7 +38,6 @@ import hashlib
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -48,6 +47,7 @@ from statistics import median
 from typing import Any
 
 import polars as pl
+from common import free_port
 
 from mrbatch import backends
 from mrbatch.cli.deploy import wait_until_up
@@ -61,12 +61,6 @@ from mrbatch.runtime import supervisor
 HERE = Path(__file__).resolve().parent
 TRACE_ENV = "MRBATCH_AWS_TRACE"  # mrbatch.backends.aws logs every request there when set
 PHASES = ("upload", "claim", "split", "chunks", "merge", "publish", "mail", "notice")
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def bare(orders: Path, reference: Path, output: Path) -> tuple[float, int]:
@@ -182,7 +176,7 @@ class Moto:
 
         os.environ.update(AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench")
         os.environ["AWS_EC2_METADATA_DISABLED"] = "true"
-        self.port = _free_port()
+        self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
@@ -231,7 +225,7 @@ def _workspace(
         else {}
     )
     ws = init_workspace(
-        root, port=_free_port(), chunk_rows=args.chunk_rows, executor=args.executor, **aws
+        root, port=free_port(), chunk_rows=args.chunk_rows, executor=args.executor, **aws
     )
     text = ws.config_path.read_text()
     if args.workers:

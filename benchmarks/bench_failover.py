@@ -35,6 +35,8 @@ from statistics import median
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.etcd_cluster
 
+from common import free_port
+
 from mrbatch import backends
 from mrbatch.access.accesspoint import AccessPoint
 from mrbatch.cli.deploy import wait_until_up
@@ -44,14 +46,6 @@ from mrbatch.model.keys import run_id_for
 from mrbatch.model.records import CHUNK, ChunkRun, ChunkStatus, FileRun, run_pk
 from mrbatch.runtime import supervisor
 from mrbatch.runtime.replication import backlog
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _orders(rows: int) -> bytes:
@@ -81,13 +75,13 @@ def one_round(root: Path, files: int, rows: int, control_plane: str) -> dict[str
         with EtcdCluster(root / "etcd", heartbeat_ms=100, election_ms=1000) as cluster:
             ws = init_workspace(
                 root / "ws",
-                port=_free_port(),
+                port=free_port(),
                 chunk_rows=2_500,
                 control_plane="etcd",
                 etcd_endpoints=cluster.endpoints,
             )
             return _measure(Workspace.load(ws.config_path), files, rows)
-    ws = init_workspace(root, port=_free_port(), chunk_rows=2_500)
+    ws = init_workspace(root, port=free_port(), chunk_rows=2_500)
     return _measure(Workspace.load(ws.config_path), files, rows)
 
 

@@ -22,20 +22,14 @@ import time
 from pathlib import Path
 from tempfile import TemporaryDirectory
 
+from common import free_port
+
 from mrbatch import backends
 from mrbatch.cli.deploy import wait_until_up
 from mrbatch.config.initialize import init_workspace
 from mrbatch.config.workspace import Workspace
 from mrbatch.runtime import supervisor
 from mrbatch.runtime.replication import backlog
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _disk(ws: Workspace) -> int:
@@ -72,7 +66,7 @@ def _drained(ws: Workspace) -> None:
 
 def run(files: int, rows: int) -> dict[str, object]:
     with TemporaryDirectory() as tmp:
-        ws = init_workspace(Path(tmp) / "ws", port=_free_port(), chunk_rows=250)
+        ws = init_workspace(Path(tmp) / "ws", port=free_port(), chunk_rows=250)
         text = ws.config_path.read_text()
         text = text.replace('link_expiry = "60m"', 'link_expiry = "1s"')
         text = text.replace('max_link_lifetime = "7d"', 'max_link_lifetime = "1s"')

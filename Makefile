@@ -4,6 +4,9 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 TEST_STAMP := $(VENV)/.installed-test
+# Most tests wait on the processes and servers they start, so three workers (a test file each
+# at a time) keep two cores busy; TEST_WORKERS=0 runs the suite in this one process.
+TEST_WORKERS ?= 3
 
 .PHONY: demo test lint typecheck bench clean
 
@@ -24,7 +27,7 @@ test: $(TEST_STAMP)
 	$(BIN)/python -m tests.setup_deps
 	$(BIN)/ruff check .
 	$(BIN)/mypy
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile
 
 lint: $(TEST_STAMP)
 	$(BIN)/ruff check .

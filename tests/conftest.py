@@ -229,6 +229,10 @@ def pytest_runtest_protocol(item: pytest.Item) -> Iterator[None]:
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    if session.config.pluginmanager.hasplugin("dsession"):
+        # pytest-xdist's controller starts no process of its own but its workers, which carry
+        # its marker; each worker checks what its own tests started (their marker) itself.
+        return
     deadline = time.monotonic() + 10  # processes being stopped right now get time to go
     leftovers = _marked_processes()
     while leftovers and time.monotonic() < deadline:

@@ -112,8 +112,12 @@ def _events(ws: Workspace, receiver: Receiver) -> None:
     assert "customer: a test account" in reasons
     assert any(r.startswith("currency: not one of") for r in reasons)
     assert "amount: less than 0 (minimum)" in reasons
-    # the API's answers are kept per run, chunk by chunk
+    # the API's answers are kept for the run (a record per key, which every chunk used) and
+    # chunk by chunk (what each chunk used, for a re-run to give the same bytes)
     assert store.head(f"runs/{run.run_id}/api/00000.json") is not None
+    table = backends.open_state_table(ws, ws.regions[0])
+    answered = {r.body["key"] for r in table.scan("answer", prefix=f"answer/{run.run_id}/")}
+    assert {row["currency"] for row in rows} <= answered <= {"EUR", "USD", "GBP", "JPY", "CHF"}
     # the webhook: retried after a 503, then delivered once with the run id as idempotency key
     delivered = receiver.delivered()
     assert len(delivered) == 1 and len(receiver.requests) == 2

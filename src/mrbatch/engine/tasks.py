@@ -19,7 +19,7 @@ import os
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from functools import cache
+from functools import cache, cached_property
 from pathlib import Path
 
 import polars as pl
@@ -39,7 +39,8 @@ from ..pipeline.jsonl import parse_jsonl
 from ..pipeline.parquet import footer_length, group_row_groups, read_footer, read_row_groups
 from ..pipeline.parse import LINE, ROW, Dialect, parse_header
 from ..pipeline.reference import ReferenceTable, prepare_reference, reference_cache_tag
-from ..ports import ObjectStore
+from ..ports import ObjectStore, StateTable
+from .answers import RunAnswers
 from .pipelines import LoadedPipeline, load_pipeline
 
 __all__ = ["ChunkResult", "SplitResult", "chunk_task", "reference_task", "split_task"]
@@ -51,6 +52,10 @@ class _Context:
     region: str
     store: ObjectStore
     faults: FaultPoints
+
+    @cached_property
+    def table(self) -> StateTable:  # opened on first use: only API enrichment needs it here
+        return backends.open_state_table(self.ws, self.region)
 
 
 # One context per configuration a region sent tasks with (a worker may outlive an edit).
@@ -352,7 +357,8 @@ def chunk_task(
     api = None
     if loaded.api is not None:
         answers_key = run_key(run_id, f"api/{spec.index:05d}.json")
-        api = DurableAnswers(loaded.api, ctx.store, answers_key, epoch=epoch)
+        shared = RunAnswers(ctx.table, run_id, epoch=epoch)
+        api = DurableAnswers(loaded.api, ctx.store, answers_key, epoch=epoch, shared=shared)
     extras = Extras(
         rules=loaded.rules,
         api=api,

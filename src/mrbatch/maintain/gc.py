@@ -33,7 +33,15 @@ from .. import backends
 from ..config.workspace import Workspace
 from ..errors import MrbatchError
 from ..model.keys import INPUT, OUTPUT, REJECTED, VERSIONS, run_id_for, run_key
-from ..model.records import CHUNK, RUN, FileRun, RunStatus, accepted_pk, failure_message_id
+from ..model.records import (
+    ANSWER,
+    CHUNK,
+    RUN,
+    FileRun,
+    RunStatus,
+    accepted_pk,
+    failure_message_id,
+)
 from ..ports import ObjectStore, StateTable
 
 __all__ = ["GcReport", "collect_garbage", "purge_region", "retention_window"]
@@ -181,6 +189,7 @@ def _collect_runs(
         # Objects first: a record never names bytes that are gone.
         report.version_objects += _delete_prefix(store, f"{VERSIONS}{run.run_id}/", dry_run)
         pks = [r.pk for r in table.scan(CHUNK, prefix=f"chunk/{run.run_id}/")]
+        pks += [r.pk for r in table.scan(ANSWER, prefix=f"answer/{run.run_id}/")]
         pks += [f"run/{run.run_id}", accepted_pk(run.run_id)]
         if not dry_run:
             for pk in pks:

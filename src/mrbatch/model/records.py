@@ -10,6 +10,7 @@ ChunkRun: ``PENDING -> DONE | FAILED``.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -20,6 +21,7 @@ from ..ports import Record
 
 __all__ = [
     "ACCEPTED",
+    "ANSWER",
     "CHUNK",
     "RUN",
     "Accepted",
@@ -29,13 +31,14 @@ __all__ = [
     "FileRun",
     "RunStatus",
     "accepted_pk",
+    "answer_pk",
     "chunk_pk",
     "failure_message_id",
     "newest_runs",
     "run_pk",
 ]
 
-RUN, CHUNK, ACCEPTED = "run", "chunk", "accepted"
+RUN, CHUNK, ACCEPTED, ANSWER = "run", "chunk", "accepted", "answer"
 FORMAT = 1  # the "v" field of every stored body
 
 
@@ -69,6 +72,11 @@ def chunk_pk(run_id: str, index: int) -> str:
 
 def accepted_pk(run_id: str) -> str:
     return f"accepted/{run_id}"
+
+
+def answer_pk(run_id: str, key: str) -> str:
+    """The record of a run's enrichment-API answer for ``key`` (hashed: keys are user data)."""
+    return f"answer/{run_id}/{hashlib.sha256(key.encode('utf-8')).hexdigest()[:32]}"
 
 
 def failure_message_id(run_id: str, round_: int) -> str:

@@ -9,9 +9,13 @@ A connection error, a timeout, a 5xx, 408 or 429 is retried with backoff up to `
 times, then the chunk fails for now (TaskError: the orchestrator retries the chunk). Any other
 4xx is a refusal that retrying cannot change: the run fails with the API's answer as reason.
 
-The answers a chunk used are written to ``runs/<run-id>/api/<chunk>.json`` before the chunk's
-outputs, and read back first when the chunk runs again (after a crash, a failover, a redrive):
-a chunk computed twice gives the same bytes even if the API changed its mind meanwhile.
+Answers are kept for the run. A key is asked once per run: the first answer recorded for it
+(``SharedAnswers``: one state record per key, created once) is the one every chunk of the run
+uses, so one output never joins a key to two different answers, even when the API changes its
+mind while the run's chunks run side by side. The answers a chunk used are also written to
+``runs/<run-id>/api/<chunk>.json`` before the chunk's outputs, and read back first when the
+chunk runs again (after a crash, a failover, a redrive): a chunk computed twice gives the same
+bytes whatever happened to the run's records meanwhile.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 from ..config.pipelines import ApiEnrichmentConfig
 from ..errors import NotFoundError, ReferenceDataError, TaskError
@@ -29,7 +33,9 @@ from ..ports import ObjectStore
 from ..retry import Backoff
 from .jsonl import as_text, loads_exact
 
-__all__ = ["ApiClient", "DurableAnswers"]
+__all__ = ["Answer", "ApiClient", "DurableAnswers", "SharedAnswers"]
+
+Answer = dict[str, str | None] | None  # a key's fields, or None: the API has no data for it
 
 _RETRY_STATUS = {408, 429}
 
@@ -104,12 +110,35 @@ def _results(raw: bytes, keys: list[str]) -> dict[str, dict[str, str | None] | N
     return out
 
 
-class DurableAnswers:
-    """One chunk's view of the API: answers already kept for it (object ``key``) first, the
-    API for the rest, and everything used written back before the chunk's outputs are."""
+class SharedAnswers(Protocol):
+    """The answers of one run, shared by its chunks wherever they run."""
 
-    def __init__(self, client: ApiClient, store: ObjectStore, key: str, *, epoch: int) -> None:
+    def known(self, keys: list[str]) -> dict[str, Answer]:
+        """The answers already recorded for any of ``keys`` (absent keys: not asked yet)."""
+        ...
+
+    def settle(self, fetched: dict[str, Answer]) -> dict[str, Answer]:
+        """Record ``fetched`` where no answer is recorded yet; returns the recorded answer of
+        each key: the first one recorded wins, so a chunk that lost the race uses the winner's."""
+        ...
+
+
+class DurableAnswers:
+    """One chunk's view of the API: the answers already kept for the chunk (object ``key``)
+    first, then the run's (``shared``), then the API for the rest; everything the chunk used
+    is written back before its outputs are."""
+
+    def __init__(
+        self,
+        client: ApiClient,
+        store: ObjectStore,
+        key: str,
+        *,
+        epoch: int,
+        shared: SharedAnswers | None = None,
+    ) -> None:
         self.client, self.store, self.object_key, self.epoch = client, store, key, epoch
+        self.shared = shared
         self.key = client.config.key
         self.columns = dict(client.config.columns)
 
@@ -121,7 +150,12 @@ class DurableAnswers:
             pass
         missing = [k for k in keys if k not in kept]
         if missing:
-            kept.update(self.client.fetch(missing))
+            if self.shared is not None:
+                kept.update(self.shared.known(missing))
+            ask = [k for k in missing if k not in kept]
+            if ask:
+                fetched = self.client.fetch(ask)
+                kept.update(self.shared.settle(fetched) if self.shared is not None else fetched)
             doc = {"url": self.client.config.url, "answers": kept}
             data = json.dumps(doc, sort_keys=True, ensure_ascii=False).encode("utf-8")
             self.store.put(self.object_key, data, epoch=self.epoch)

@@ -29,6 +29,7 @@ import struct
 import threading
 import time
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -81,8 +82,19 @@ def split_records(body: bytes, *, quote: str | None) -> list[bytes]:
 class Ingestor:
     """One node's ingest spool for one pipeline."""
 
-    def __init__(self, ws: Workspace, spec: PipelineSpec, node: str, access: AccessPoint) -> None:
+    def __init__(
+        self,
+        ws: Workspace,
+        spec: PipelineSpec,
+        node: str,
+        access: AccessPoint,
+        *,
+        on_full: Callable[[], None] | None = None,
+    ) -> None:
         self.ws, self.spec, self.node, self.access = ws, spec, node, access
+        # Called when a segment closes at seal_records: whoever seals can do it now, not at
+        # its next look.
+        self.on_full = on_full
         fmt = format_for(spec, "x.jsonl" if spec.format == "auto" else f"x.{spec.format}")
         if fmt == "parquet":
             raise UsageError(f"pipeline {spec.name} reads Parquet: records cannot be streamed")
@@ -123,9 +135,19 @@ class Ingestor:
             os.fsync(self._handle.fileno())
             self._count += len(records)
             seq = self._open
-            if self._count >= self.config.seal_records:
+            full = self._count >= self.config.seal_records
+            if full:
                 self._close_segment()
-            return seq
+        if full and self.on_full is not None:
+            self.on_full()
+        return seq
+
+    def due_in(self) -> float | None:
+        """Seconds until the open segment is due by age (0 when due), None when none is open."""
+        with self._lock:
+            if self._open is None:
+                return None
+            return max(0.0, self._opened_at + self.config.seal_interval - time.monotonic())
 
     def _start_segment(self) -> None:
         seq = max([self._next_from_state(), *(s + 1 for s in self._segments())])

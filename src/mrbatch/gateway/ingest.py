@@ -33,6 +33,7 @@ class IngestService:
         self.ingestors: dict[str, Ingestor] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
+        self._wake = threading.Event()  # a segment is full, or we are stopping: seal now
         self._thread: threading.Thread | None = None
 
     def ingestor(self, name: str) -> Ingestor:
@@ -41,7 +42,9 @@ class IngestService:
                 if name not in self.ws.config.pipelines:
                     raise UsageError(f"no pipeline named {name!r} is declared")
                 spec = self.ws.config.spec(name)
-                self.ingestors[name] = Ingestor(self.ws, spec, self.node, self.access)
+                self.ingestors[name] = Ingestor(
+                    self.ws, spec, self.node, self.access, on_full=self._wake.set
+                )
             return self.ingestors[name]
 
     def reconfigure(self, ws: Workspace) -> None:
@@ -64,10 +67,13 @@ class IngestService:
         self._thread.start()
 
     def _run(self) -> None:
-        pause = min(1.0, max(0.05, self.ws.config.ingest.seal_interval / 4))
+        # Seal when a segment fills (woken by its ingestor) or when the oldest open segment
+        # comes of age; a pass at least every second also retries a seal that had to wait.
         while not self._stop.is_set():
+            self._wake.clear()  # before the pass: a segment filling during it wakes the next
             self.seal_once()
-            self._stop.wait(pause)
+            dues = [d for i in list(self.ingestors.values()) if (d := i.due_in()) is not None]
+            self._wake.wait(min([1.0, *dues]))
 
     def seal_once(self) -> None:
         for name, ingestor in list(self.ingestors.items()):
@@ -79,6 +85,7 @@ class IngestService:
 
     def stop(self) -> None:
         self._stop.set()
+        self._wake.set()
         if self._thread is not None:
             self._thread.join(timeout=10)
         for ingestor in self.ingestors.values():

@@ -10,7 +10,13 @@ from contextlib import contextmanager
 from typing import Any
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+)
 
 from ..errors import UsageError
 from ..faults import FaultPoints
@@ -264,12 +270,12 @@ def load(
     with (
         interruptible() as stop,
         Progress(
-            "[progress.description]{task.description}",
+            TextColumn("{task.description}", style="progress.description", markup=False),
             BarColumn(),
             MofNCompleteColumn(),
             TimeElapsedColumn(),
             console=err_console,
-            disable=json_output,
+            disable=json_output or not err_console.is_terminal,
         ) as bar,
     ):
         uploaded = bar.add_task("uploaded ", total=files)

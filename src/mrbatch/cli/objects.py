@@ -10,7 +10,13 @@ from typing import Any, BinaryIO, cast
 
 import typer
 from rich.markup import escape
-from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    TextColumn,
+    TransferSpeedColumn,
+)
 
 from ..access.accesspoint import AccessPoint
 from ..access.links import presign
@@ -42,7 +48,7 @@ class _Counting:
 
 def _progress(show: bool) -> Progress:
     return Progress(
-        "[progress.description]{task.description}",
+        TextColumn("{task.description}", style="progress.description", markup=False),
         BarColumn(),
         DownloadColumn(),
         TransferSpeedColumn(),

@@ -7,7 +7,13 @@ import time
 from typing import Any
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+)
 
 from ..access.accesspoint import AccessPoint
 from ..access.ledger import read_accepted
@@ -343,7 +349,7 @@ def wait(
     show = not json_output and sys.stderr.isatty()
     finished: dict[str, FileRun] = {}
     with Progress(
-        "[progress.description]{task.description}",
+        TextColumn("{task.description}", style="progress.description", markup=False),
         BarColumn(),
         MofNCompleteColumn(),
         TimeElapsedColumn(),

@@ -61,6 +61,11 @@ def test_load_reports_latency_and_rejections(dep: Deployment) -> None:
     data = json.loads(over.stdout)
     assert data["failed"] == data["failed_expected"] == 1
     assert data["rejected_expected"] == data["rejected_got"]
+    # Read as text through a pipe: the report alone, no progress bar and no markup names.
+    plain = mrbatch(ws, "load", "--files", "1", "--rows", "100", "--seed", "7")
+    assert plain.returncode == 0, plain.stdout + plain.stderr
+    assert "1 of 1 file(s) accepted" in plain.stdout
+    assert "━" not in plain.stdout + plain.stderr and "[progress" not in plain.stderr
 
 
 def _fault_window(report: dict[str, Any]) -> None:

@@ -229,8 +229,15 @@ class ChunkStage(RunDriver):
             if exhausted:
                 self._fail(progress, f"chunk {chunk.index} failed: {chunk.reason}")
                 return False
-            tries = chunk.attempts + progress.worker_losses
-            delay = self.chunk_backoff.delay(tries)
+            if lost_worker:
+                # The executor replaces the worker at once, so the chunk is tried again after
+                # the first, short pause of an outage: backing off on every worker the run had
+                # lost (as it did) left runs idle for 4-12 s after five kills, with a healthy
+                # pool. A chunk that kills its worker every time still ends at
+                # MAX_WORKER_LOSSES, with the reason.
+                delay = self.outage_backoff.delay(1)
+            else:
+                delay = self.chunk_backoff.delay(chunk.attempts + progress.worker_losses)
             progress.chunk_retry_at[chunk.index] = self.clock() + delay
             log.warning(
                 "run %s chunk %d: %s; retry in %.1fs",

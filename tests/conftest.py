@@ -177,6 +177,20 @@ def _marked_processes() -> dict[int, str]:
     return found
 
 
+# --------------------------------------------------------------------------- stopped, not killed
+# A session sent SIGTERM (a CI job cancelled, a `timeout`) ends as one interrupted with Ctrl-C:
+# the test's `with Deployment(...)` blocks and every fixture's teardown run, and so does the
+# check above, so the regions, replicators, gateways and servers it started stop with it
+# instead of running on detached (tests/test_process_hygiene.py).
+def _terminated(signum: int, frame: object) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second SIGTERM ends it at once
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+if threading.current_thread() is threading.main_thread():
+    signal.signal(signal.SIGTERM, _terminated)
+
+
 # --------------------------------------------------------------------------- no hang goes unnamed
 # pytest-timeout (pyproject: a bound per test, the "signal" method) fails a test that runs too
 # long with every thread's stack, and the session goes on (its teardown stops what it started).

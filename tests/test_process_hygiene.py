@@ -80,3 +80,46 @@ def test_a_test_that_blocks_the_timeout_signal_ends_the_session(tmp_path: Path) 
     assert result.returncode == 3, result.stdout + result.stderr
     assert "WATCHDOG: test_blocked.py::test_stuck_where_no_signal_reaches" in result.stderr
     assert "time.sleep(60)" in result.stderr or "test_blocked.py" in result.stderr
+
+
+def test_a_session_sent_sigterm_stops_what_its_tests_started(tmp_path: Path) -> None:
+    marker = tmp_path / "workspace.txt"
+    probe = tmp_path / "test_probe.py"
+    probe.write_text(
+        textwrap.dedent(
+            f"""
+            import time
+            from pathlib import Path
+            from tests.conftest import Deployment, make_workspace
+
+            def test_up_and_waiting(tmp_path):
+                ws = make_workspace(tmp_path / "ws")
+                with Deployment(ws):
+                    Path({str(marker)!r}).write_text(str(ws.config_path))
+                    time.sleep(110)
+            """
+        )
+    )
+    root = Path(__file__).resolve().parents[1]
+    inner = subprocess.Popen(
+        [sys.executable, "-m", "pytest", "-p", "tests.conftest", "-q", "-p", "no:cacheprovider",
+         "-p", "no:xdist", "--rootdir", str(tmp_path), str(probe)],
+        cwd=root, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        text=True,
+    )  # fmt: skip
+    ws: Workspace | None = None
+    try:
+        eventually(marker.exists, 90, "the probe's deployment to be up")
+        ws = Workspace.load(Path(marker.read_text()))
+        started = {p: pid for p, pid in supervisor.running(ws).items() if pid}
+        assert started, "the probe started nothing"
+        inner.send_signal(signal.SIGTERM)
+        output, _ = inner.communicate(timeout=60)
+        assert inner.returncode == 2, output  # interrupted, as by Ctrl-C
+        assert not any(_alive(pid) for pid in started.values()), (started, output)
+    finally:
+        if inner.poll() is None:
+            inner.kill()
+            inner.wait()
+        if ws is not None:  # should the probe have left them, they stop with this test
+            supervisor.stop(ws)

@@ -61,6 +61,15 @@ def test_load_reports_latency_and_rejections(dep: Deployment) -> None:
     data = json.loads(over.stdout)
     assert data["failed"] == data["failed_expected"] == 1
     assert data["rejected_expected"] == data["rejected_got"]
+    # Several uploads in flight at once: every file accepted once and followed to the end.
+    many = mrbatch(ws, "load", "--files", "6", "--rows", "100", "--seed", "8",
+                   "--concurrency", "3", "--timeout", "60s", "--json")  # fmt: skip
+    assert many.returncode == 0, many.stdout + many.stderr
+    data = json.loads(many.stdout)
+    assert (data["accepted"], data["completed"], data["pending"]) == (6, 6, 0), data
+    listed = json.loads(mrbatch(ws, "runs", "--json").stdout)
+    keys = [r["input_key"] for r in listed if "-s8-" in r["input_key"]]
+    assert len(keys) == len(set(keys)) == 6, keys  # each file once, none twice
     # Read as text through a pipe: the report alone, no progress bar and no markup names.
     plain = mrbatch(ws, "load", "--files", "1", "--rows", "100", "--seed", "7")
     assert plain.returncode == 0, plain.stdout + plain.stderr

@@ -251,6 +251,9 @@ def load(
     ),
     seed: int = typer.Option(1, "--seed", help="Seeds the generated files."),
     timeout: float = duration("300s", "--timeout", help="Bound on waiting for the runs."),
+    concurrency: int = typer.Option(
+        1, "--concurrency", min=1, max=64, help="Uploads in flight at once, as many clients."
+    ),
     json_output: bool = json_option("Print the report as JSON."),
 ) -> None:
     """Upload generated orders files and measure throughput and latency.
@@ -265,6 +268,7 @@ def load(
         invalid_fraction=invalid_fraction,
         seed=seed,
         timeout=timeout,
+        concurrency=concurrency,
     )
     limit = ws.config.pipeline.max_rejected_fraction
     with (

@@ -372,3 +372,52 @@ def test_the_quoted_fast_path_takes_spreadsheet_exports() -> None:
     assert fast.row(1)[2:4] == ("102", "two\nlines, and a comma")
     malformed = parse._records('"101","a"b"","a"\n', 2, "p.csv")  # left to the csv module
     assert parse._parse_quoted_fast(malformed, HEADER) is None
+
+
+# Lines that are mostly well-formed records of three fields, plain or quoted (inner quotes
+# doubled, delimiters and blanks inside), with a hostile line now and then.
+_plain_field = st.text(alphabet="a1 é", max_size=4)
+_quoted_field = st.text(alphabet='a1, é"', max_size=4).map(
+    lambda v: '"' + v.replace('"', '""') + '"'
+)
+_record = st.lists(_plain_field | _quoted_field, min_size=3, max_size=3).map(",".join)
+export_like = st.builds(
+    lambda lines, end: "\n".join(lines) + end,
+    st.lists(_record | st.text(alphabet='a1,"\r\n é', max_size=12), max_size=8),
+    st.sampled_from(["", "\n"]),
+)
+
+
+@SETTINGS
+@given(export_like, st.sampled_from([parse.CSV, parse.Dialect(";", "'")]))
+def test_the_whole_body_quoted_path_agrees_with_the_general_path(
+    text: str, dialect: parse.Dialect
+) -> None:
+    """A body whose every line is one well-formed record goes to polars' reader in one pass;
+    whatever it takes, it reads exactly as the general path (and so the csv module) does."""
+    text = text.replace(",", dialect.delimiter).replace('"', dialect.quote)
+    body = text.encode("utf-8")
+    whole = parse.parse_quoted_lines(body, HEADER, 2, dialect)
+    if whole is None:
+        return
+    good, bad = parse.parse_general(body, HEADER, 2, "p.csv", dialect)
+    assert bad.height == 0
+    assert whole.to_dicts() == good.to_dicts()
+    assert whole.schema == good.schema
+
+
+def test_the_whole_body_quoted_path_takes_exports_and_leaves_the_rest() -> None:
+    export = b'"101","ann ""the"" first","a"\n"102","",""\n"103","bob","b"'
+    whole = parse.parse_quoted_lines(export, HEADER, 5)
+    assert whole is not None
+    assert whole.rows() == [
+        (1, 5, "101", 'ann "the" first', "a"), (2, 6, "102", None, None), (3, 7, "103", "bob", "b")
+    ]  # fmt: skip
+    for other in (
+        '"101","two\nlines","a"\n',  # a line break inside quotes: line numbers need records
+        '"101","a"b"","a"\n',  # malformed quoting: the csv module decides
+        '"101","a"\n',  # ragged
+        '"101","a","b"\n\n"102","c","d"\n',  # a blank line
+        '"101","a","b"\r\n',  # CR
+    ):
+        assert parse.parse_quoted_lines(other.encode(), HEADER, 2) is None, other

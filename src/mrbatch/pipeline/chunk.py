@@ -38,6 +38,7 @@ from .parse import (
     parse_fast,
     parse_general,
     parse_header,
+    parse_quoted_lines,
 )
 from .reference import REFERENCE_KEY_COLUMN, Enrichment, ReferenceTable
 from .schema import RecordSchema
@@ -122,6 +123,8 @@ def process_chunk(
     check_text(body, 0, len(body), None, first_line, source)
 
     good = parse_fast(body, header, first_line, dialect)
+    if good is None:
+        good = parse_quoted_lines(body, header, first_line, dialect)
     bad: list[pl.DataFrame] = []
     if good is None:
         good, structural = parse_general(body, header, first_line, source, dialect)

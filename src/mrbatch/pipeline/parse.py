@@ -148,6 +148,53 @@ def parse_fast(
     return df.select(index.alias(ROW), (index + (first_line - 1)).alias(LINE), pl.all())
 
 
+def parse_quoted_lines(
+    body: bytes, header: list[str], first_line: int, dialect: Dialect = CSV
+) -> pl.DataFrame | None:
+    """Parse a body whose every line is one well-formed record of the header's field count,
+    quoted or not (as spreadsheet and database exports write them), with polars' reader in one
+    pass; None when the general path is needed (a blank line, a line break inside quotes, a
+    carriage return, a BOM, or any record the strict csv module would read otherwise).
+
+    One regex over the whole body proves the shape (a field is ``_field``'s, without line
+    breaks), so nothing is done per record: the general path splits the body into records,
+    checks each, joins them and copies them again before polars reads them."""
+    ncols = len(header)
+    if ncols < 2 or not body or b"\r" in body or body.startswith(BOM) or dialect.quote == "\0":
+        return None
+    q, d = _rx(dialect.quote), _rx(dialect.delimiter)
+    field = f"(?:[^{q}{d}\\n]*|{q}(?:[^{q}\\n]|{q}{q})*{q})"
+    record = f"{field}(?:{d}{field}){{{ncols - 1}}}"
+    # One copy of the body, in polars (a Python str of it would be another, up to 4x larger).
+    try:
+        text = pl.Series([body], dtype=pl.Binary).cast(pl.String)
+    except pl.exceptions.PolarsError:  # not UTF-8: the general path says where
+        return None
+    if not text.str.contains(f"\\A(?:{record}\\n)*(?:{record})?\\z").item():
+        return None
+    del text
+    try:
+        frame = pl.read_csv(
+            body,
+            separator=dialect.delimiter,
+            has_header=False,
+            schema=dict.fromkeys(header, pl.String),
+            quote_char=dialect.quote,
+            empty_string_is_null=True,
+            truncate_ragged_lines=False,
+            raise_if_empty=False,
+        )
+    except pl.exceptions.PolarsError:
+        return None
+    if frame.height != body.count(b"\n") + (not body.endswith(b"\n")):
+        return None
+    index = pl.int_range(1, frame.height + 1, dtype=pl.Int64)
+    empty_is_null = [pl.when(pl.col(c) != "").then(pl.col(c)).alias(c) for c in header]
+    return frame.select(
+        index.alias(ROW), (index + (first_line - 1)).alias(LINE), *empty_is_null
+    )  # quoted "" is empty too, as in the general path
+
+
 def parse_general(
     body: bytes, header: list[str], first_line: int, source: str, dialect: Dialect = CSV
 ) -> tuple[pl.DataFrame, pl.DataFrame]:

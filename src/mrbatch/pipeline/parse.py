@@ -5,9 +5,11 @@ stdlib ``csv`` module in strict mode, and one it refuses (``"ab"c``, a line brea
 quotes) is rejected with the reason, never silently repaired.
 
 Speed: a chunk without ``"`` (and without lone ``\\r``) is parsed by polars' own multi-threaded
-CSV reader, accepted only when a comma count proves no record is ragged; anything else takes the
-general path, which is still vectorised for every record without ``"``. Both give identical
-results for the same records (property-tested).
+CSV reader, accepted only when a comma count proves no record is ragged; a chunk whose every
+line is one well-formed record, quoted or not (an export), goes to the same reader once one
+regex over the whole body has proven it; anything else takes the general path, which is still
+vectorised for every record without ``"``. All give identical results for the same records
+(property-tested).
 """
 
 from __future__ import annotations

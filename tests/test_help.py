@@ -21,8 +21,9 @@ import typer.main
 from typer.testing import CliRunner
 
 from mrbatch import __version__
+from mrbatch.cli.app import app
 from mrbatch.cli.lazy import LISTED, LazyGroup
-from mrbatch.cli.main import PRIVATE_UMASK, app
+from mrbatch.cli.main import PRIVATE_UMASK
 from mrbatch.config.workspace import PRIVATE_UMASK as WORKSPACE_UMASK
 from tests.helpers import mrbatch
 

@@ -72,7 +72,7 @@ class AccessPoint:
         check_input_key(key)
         candidates = [self.ws.check_region(region)] if region else self.preference()
         errors: list[str] = []
-        start = data.tell() if hasattr(data, "tell") else None
+        start = _position(data)
         for name in candidates:
             if start is not None and hasattr(data, "seek"):
                 data.seek(start)
@@ -121,3 +121,14 @@ class AccessPoint:
         located = self.locate(key)
         stream = self.store(located.region).open(key, version=located.info.version)
         return located, stream
+
+
+def _position(data: object) -> int | None:
+    """Where a re-readable stream starts; None for bytes and one-shot streams (a pipe)."""
+    tell = getattr(data, "tell", None)
+    if tell is None or not getattr(data, "seekable", lambda: True)():
+        return None
+    try:
+        return int(tell())
+    except OSError:  # not seekable after all
+        return None

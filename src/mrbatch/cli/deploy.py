@@ -338,9 +338,11 @@ def _status_parts(data: dict[str, Any]) -> tuple[str, list[list[str]], str]:
     supervised = (
         f"supervisor pid {keeper.get('pid')}" if keeper.get("alive") else "no supervisor running"
     )
+    commands = data.get("commands", {})
     caption = (
         f"gateway {gateway.get('url')} {'alive' if gateway.get('alive') else 'down'}"
-        f" (restarts {restarts}); {supervised}"
+        f" (restarts {restarts}); command server"
+        f" {'pid ' + str(commands.get('pid')) if commands.get('alive') else 'down'}; {supervised}"
         + ("" if keeper.get("restart", True) else ", restart off")
     )
     return title, rows, caption

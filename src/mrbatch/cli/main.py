@@ -7,15 +7,16 @@ from __future__ import annotations
 import os
 import sys
 
-from ..errors import MrbatchError
-from .app import app, err_console, state, styled
-
 PRIVATE_UMASK = 0o077  # as config.workspace.PRIVATE_UMASK, without importing the configuration
 
 __all__ = ["run"]
 
 
 def run(argv: list[str] | None = None) -> int:
+    # Imported here: a command the command server runs (see main) needs none of them.
+    from ..errors import MrbatchError
+    from .app import app, err_console, state, styled
+
     # Files mrbatch writes into the data directory are private; files written for the user
     # (`get -o`) use the user's own umask again (state.user_umask).
     state.user_umask = os.umask(PRIVATE_UMASK)
@@ -43,7 +44,14 @@ QUICK = frozenset({"status", "runs", "wait", "url", "get", "put", "errors"})
 
 
 def main() -> None:
+    from ..runtime.relay import relay
+
+    relayed = relay(sys.argv[1:])
+    if relayed is not None:
+        sys.exit(relayed)
     code = run()
+    from .app import state
+
     if state.command in QUICK:
         for stream in (sys.stdout, sys.stderr):
             try:

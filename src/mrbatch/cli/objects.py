@@ -45,6 +45,9 @@ class _Counting:
     def tell(self) -> int:
         return self._handle.tell()
 
+    def seekable(self) -> bool:
+        return self._handle.seekable()
+
 
 def _progress(show: bool) -> Progress:
     return Progress(
@@ -113,9 +116,13 @@ def _run_status(ws: Workspace, run_id: str) -> str | None:
 @app.command()
 def get(
     key: str = typer.Argument(..., help="Object key, e.g. output/orders.csv"),
-    output: Path | None = typer.Option(None, "-o", "--output", help="File (default stdout)."),
+    output: Path | None = typer.Option(
+        None, "-o", "--output", help="File (default stdout; - is stdout too)."
+    ),
 ) -> None:
     """Download KEY from whichever region holds it."""
+    if output is not None and str(output) == "-":
+        output = None
     ws = state.workspace(pipelines=False)
     access = AccessPoint(ws)
     try:

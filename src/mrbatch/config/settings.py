@@ -22,6 +22,7 @@ from ..errors import ConfigError, SchemaError
 from .aws import DynamoDBConfig, S3Config
 from .choices import BackendsConfig, check_backends
 from .clusters import DaskConfig, EtcdConfig
+from .locate import CONFIG_NAME, DEFAULT_DATA_DIR
 from .parsing import read_toml, validate
 from .pipelines import (
     DEFAULT_PIPELINE,
@@ -61,7 +62,6 @@ __all__ = [
     "load_config",
 ]
 
-CONFIG_NAME = "mrbatch.toml"
 REGION_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 
 
@@ -209,7 +209,7 @@ class Config(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     regions: list[str]
-    data_dir: str = ".mrbatch"
+    data_dir: str = DEFAULT_DATA_DIR
     backends: BackendsConfig = Field(default_factory=BackendsConfig)
     pipeline: PipelineConfig = Field(default_factory=PipelineConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)

@@ -21,7 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import ConfigError, UsageError
-from .settings import CONFIG_NAME, Config, load_config
+from .locate import find_config
+from .settings import Config, load_config
 
 __all__ = ["MIN_SECRET_LENGTH", "PRIVATE_UMASK", "Workspace", "find_config"]
 
@@ -30,19 +31,6 @@ __all__ = ["MIN_SECRET_LENGTH", "PRIVATE_UMASK", "Workspace", "find_config"]
 PRIVATE_UMASK = 0o077
 
 MIN_SECRET_LENGTH = 32
-
-
-def find_config(start: Path | None = None) -> Path:
-    """The nearest ``mrbatch.toml`` in ``start`` or a parent directory."""
-    here = (start or Path.cwd()).resolve()
-    for directory in (here, *here.parents):
-        candidate = directory / CONFIG_NAME
-        if candidate.is_file():
-            return candidate
-    raise ConfigError(
-        f"no {CONFIG_NAME} in {here} or any parent directory",
-        hint="run `mrbatch init` here, change into a workspace, or pass --config PATH",
-    )
 
 
 @dataclass(frozen=True)

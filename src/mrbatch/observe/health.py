@@ -92,6 +92,8 @@ def _liveness(
             warnings.append(f"{name} waits for {len(region['waiting'])} input(s) to arrive")
     if not data.get("gateway", {}).get("alive"):
         problems.append("the gateway is down")
+    if "commands" in data and not data["commands"].get("alive"):
+        warnings.append("the command server is down: commands start slower, in their own process")
     if not data.get("supervisor", {}).get("alive"):
         warnings.append("no supervisor: a process that dies stays down (`mrbatch up --detach`)")
     if data.get("phase") not in (None, "ACTIVE"):
@@ -160,7 +162,7 @@ def verdict(ws: Workspace, data: dict[str, Any]) -> dict[str, Any]:
         and not any(r.get("alive") or r.get("replicator_alive") for r in regions)
     ):
         problems = ["nothing is running (`mrbatch up --detach` starts it)"]
-        warnings = [w for w in warnings if not w.startswith("no supervisor")]
+        warnings = [w for w in warnings if not w.startswith(("no supervisor", "the command"))]
     if problems:
         summary = f"{len(problems)} problem(s): " + "; ".join(problems)
         if warnings:

@@ -129,6 +129,12 @@ def status(ws: Workspace) -> dict[str, Any]:
         "restarts": restarts(gateway),
         **_process(heartbeats.get("gateway") if gateway_pid is not None else None, now),
     }
+    commands = supervisor.Proc("commands", "commands")
+    result["commands"] = {
+        "pid": procs.get(commands),
+        "alive": procs.get(commands) is not None,
+        "restarts": restarts(commands),
+    }
     keeper = supervisor.pid_of(ws, supervisor.SUPERVISOR)
     # What the running supervisor loaded, which an edit of mrbatch.toml since has not changed.
     live = keeper is not None and restarts_state.get("pid") == keeper

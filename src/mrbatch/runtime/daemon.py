@@ -1,6 +1,6 @@
 """Entry point of the long-running processes ``mrbatch up`` starts:
 
-python -m mrbatch.runtime.daemon region|replicator|gateway NAME --config PATH
+python -m mrbatch.runtime.daemon region|replicator|gateway|commands NAME --config PATH
 python -m mrbatch.runtime.daemon supervisor supervisor --config PATH
 """
 
@@ -38,14 +38,17 @@ def _stop_on_signal() -> threading.Event:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="mrbatch.runtime.daemon")
-    parser.add_argument("kind", choices=["region", "replicator", "gateway", "supervisor"])
+    kinds = ["region", "replicator", "gateway", "commands", "supervisor"]
+    parser.add_argument("kind", choices=kinds)
     parser.add_argument("name")
     parser.add_argument("--config", required=True, type=Path)
     args = parser.parse_args(argv)
     _logging(f"{args.kind}:{args.name}")
     os.umask(PRIVATE_UMASK)
     try:
-        ws = Workspace.load(args.config)
+        # The command server must not import polars (it starts threads, and the server forks):
+        # the commands it runs compile no pipeline either.
+        ws = Workspace.load(args.config, pipelines=args.kind != "commands")
         ws.make_private()
         if args.kind == "region":
             from ..engine.region import RegionProcess
@@ -63,6 +66,10 @@ def main(argv: list[str] | None = None) -> int:
             from .restarter import Restarter
 
             Restarter(ws, _stop_on_signal()).run()
+        elif args.kind == "commands":
+            from .commands import serve as serve_commands
+
+            serve_commands(ws, _stop_on_signal())
         else:
             from ..gateway.app import serve
 

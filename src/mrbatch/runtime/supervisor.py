@@ -53,12 +53,13 @@ SUPERVISOR_STOP_TIMEOUT = 10.0
 
 @dataclass(frozen=True)
 class Proc:
-    kind: str  # region | replicator | gateway | supervisor | service
+    kind: str  # region | replicator | gateway | commands | supervisor | service
     name: str
 
     @property
     def singleton(self) -> bool:
-        return self.kind in ("gateway", "supervisor")  # one per deployment, named after its kind
+        # one per deployment, named after its kind
+        return self.kind in ("gateway", "commands", "supervisor")
 
     @property
     def label(self) -> str:
@@ -76,6 +77,7 @@ def expected(ws: Workspace) -> list[Proc]:
     procs = [Proc("region", r) for r in ws.regions]
     procs += [Proc("replicator", r) for r in ws.regions]
     procs.append(Proc("gateway", "gateway"))
+    procs.append(Proc("commands", "commands"))  # runs the quick commands (runtime/commands.py)
     procs += [Proc("service", name) for name in ws.config.services]
     return procs
 

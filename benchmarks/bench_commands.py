@@ -5,8 +5,11 @@
 On a running two-region deployment (embedded default) holding one finished run, each command is
 run --repeat times as the user runs it (the installed ``mrbatch`` script, a new process each
 time) and timed from before the process starts to its exit: ``--help``, ``--version``,
-``status --json``, ``runs --json``, ``url KEY``, ``wait KEY`` (of a finished run). Beside them,
-the same interpreter starting and doing nothing (``python -c pass``), the floor any command pays.
+``status --json``, ``runs --json``, ``url KEY``, ``wait KEY`` (of a finished run); they go
+through the deployment's command server. Beside them, the same interpreter starting and doing
+nothing (``python -c pass``), the floor any command pays; three of the commands run in their
+own process (``MRBATCH_IN_PROCESS=1``, as when no command server runs), and ``--help`` outside
+any workspace.
 
 Then `wait`'s notice: a 500,000-row file is put and ``mrbatch wait KEY`` started at once; the
 time from the run's COMPLETED record (its history) to the exit of ``wait``, over the files (of
@@ -17,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -67,10 +71,18 @@ def main() -> int:
             "url KEY": [MRBATCH, "url", "output/first.csv"],
             "wait KEY (finished)": [MRBATCH, "wait", "input/first.csv"],
         }
-        startup: dict[str, list[float]] = {name: [] for name in commands}
+        # The same commands in their own process, as without the command server (a deployment
+        # that is not up, or MRBATCH_IN_PROCESS=1), and --help outside any workspace.
+        own = {**os.environ, "MRBATCH_IN_PROCESS": "1"}
+        elsewhere = {"--help (no workspace)": ([MRBATCH, "--help"], work, None)}
+        for name in ("status --json", "runs --json", "wait KEY (finished)"):
+            elsewhere[f"{name} (own process)"] = (commands[name], root, own)
+        startup: dict[str, list[float]] = {name: [] for name in [*commands, *elsewhere]}
         for _ in range(args.repeat):  # alternating, so a busy moment spreads over all of them
             for name, command in commands.items():
                 startup[name].append(timed(command, root))
+            for name, (command, cwd, env) in elsewhere.items():
+                startup[name].append(timed(command, cwd, env))
         wait_startup = median(startup["wait KEY (finished)"])
         # A file that takes a second or so to process: `wait` is polling when the run ends.
         sample = sample_bytes("orders.csv")
@@ -112,9 +124,9 @@ def main() -> int:
     if args.json:
         print(json.dumps(figures, indent=2))
         return 0
-    print(f"{'command':<22} {'median s':>9} {'max s':>7}   ({args.repeat} runs each)")
+    print(f"{'command':<34} {'median s':>9} {'max s':>7}   ({args.repeat} runs each)")
     for name, f in figures["startup_s"].items():
-        print(f"{name:<22} {f['median']:>9.3f} {f['max']:>7.3f}")
+        print(f"{name:<34} {f['median']:>9.3f} {f['max']:>7.3f}")
     n = figures["wait_notice_s"]
     print(
         f"\n`wait` exits {n['median']:.3f} s (median; max {n['max']:.3f} s) after the run is"

@@ -15,10 +15,10 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def timed(command: list[str], cwd: Path) -> float:
+def timed(command: list[str], cwd: Path, env: dict[str, str] | None = None) -> float:
     """Wall time of ``command`` as a new process, to its exit; SystemExit when it fails."""
     start = time.perf_counter()
-    done = subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=120)
+    done = subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=120, env=env)
     elapsed = time.perf_counter() - start
     if done.returncode:
         raise SystemExit(f"{' '.join(command)} failed: {done.stdout}{done.stderr}")

@@ -37,7 +37,12 @@ def chaos(ws: Workspace, experiment: str, *args: str) -> dict[str, Any]:
     # that does not recover reports it (with its events) instead of being cut short.
     result = mrbatch(ws, "chaos", experiment, "--json", "--recover-timeout", "45s", *args)
     report: dict[str, Any] = json.loads(result.stdout)
-    assert result.returncode == 0, json.dumps(report, indent=1)[-3000:] + result.stderr[-2000:]
+    why = {k: report.get(k) for k in ("stop_reason", "stop_conditions", "recovered")}
+    why["verify_ok"] = report.get("verify", {}).get("ok")
+    why["load_failed"] = report.get("load", {}).get("failed")
+    assert result.returncode == 0, (
+        json.dumps(why) + "\n" + json.dumps(report, indent=1)[-3000:] + result.stderr[-2000:]
+    )
     return report
 
 

@@ -193,6 +193,28 @@ def test_another_installation_is_refused_and_the_server_restarts(tmp_path: Path)
         assert _relayed(ws.root, "runs").returncode == 0
 
 
+def test_the_code_stamp_follows_any_mrbatch_module_it_imported(tmp_path: Path) -> None:
+    """What makes the server refuse when mrbatch's code changed under it (an upgrade, an edit
+    of an editable install). Tested on a module of its own: touching a real one would turn
+    away the command servers of every other test running meanwhile."""
+    from mrbatch.runtime.commands import _code_stamp
+
+    probe = tmp_path / "probe.py"
+    probe.write_text("")
+    module = type(sys)("mrbatch._stamp_probe")
+    module.__file__ = str(probe)
+    sys.modules[module.__name__] = module
+    try:
+        before = _code_stamp()
+        stat = probe.stat()
+        os.utime(probe, ns=(stat.st_atime_ns, max(before, stat.st_mtime_ns) + 10**9))
+        assert _code_stamp() > before
+        probe.unlink()
+        assert _code_stamp() == -1  # a module gone is a change too
+    finally:
+        del sys.modules[module.__name__]
+
+
 def test_without_a_server_the_command_runs_in_its_own_process(workspace: Workspace) -> None:
     relayed = _relayed(workspace.root, "runs")
     assert relayed.returncode == NOT_RELAYED

@@ -50,11 +50,26 @@ def _threads() -> int:
     return len(os.listdir("/proc/self/task"))
 
 
+def _code_stamp() -> int:
+    """The newest modification time of the mrbatch modules imported here: a change (an
+    upgrade, an edit of an editable install) means the forks would run code that is gone."""
+    newest = 0
+    for name, module in list(sys.modules.items()):
+        path = getattr(module, "__file__", None)
+        if path and (name == "mrbatch" or name.startswith("mrbatch.")):
+            try:
+                newest = max(newest, os.stat(path).st_mtime_ns)
+            except OSError:
+                return -1  # removed: changed as well
+    return newest
+
+
 class CommandServer:
     def __init__(self, ws: Workspace, stop: threading.Event) -> None:
         self.ws = ws
         self.stop = stop
         self.path = ws.run_dir / SOCKET_NAME
+        self.stamp = 0
 
     def preload(self) -> None:
         """Import what the relayed commands import; the CLI modules themselves are imported
@@ -63,6 +78,7 @@ class CommandServer:
             importlib.import_module(name)
         if _threads() != 1:
             raise RuntimeError(f"{_threads()} threads after the imports: forking is not safe")
+        self.stamp = _code_stamp()
 
     def serve(self) -> None:
         self.preload()
@@ -106,6 +122,10 @@ class CommandServer:
                 # Another mrbatch than the one imported here: that command runs in its own
                 # process, and this server ends so that its restart imports the new one.
                 send(conn, {"refused": "another mrbatch installation"})
+                self.stop.set()
+                return
+            if _code_stamp() != self.stamp:
+                send(conn, {"refused": "the installed code changed"})
                 self.stop.set()
                 return
             if _threads() != 1:

@@ -135,7 +135,9 @@ def test_kill_worker_while_it_holds_chunk_tasks(dep: Deployment) -> None:
     ws = dep.ws
     active = ws.regions[0]
     region_pid = supervisor.pid_of(ws, supervisor.Proc("region", active))
-    report = chaos(ws, "kill-worker", "--duration", "2s", "--files", "2", "--rows", "6000")
+    # Enough chunk work that a worker holds some when the experiment looks (it fails with
+    # "no-work" otherwise): 80 chunk tasks a file.
+    report = chaos(ws, "kill-worker", "--duration", "2s", "--files", "2", "--rows", "20000")
     _clean(report, 2)
     kills = report["observed"]["kills"]
     assert kills and all(k["parent"] == region_pid for k in kills)

@@ -44,8 +44,9 @@ def deployed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Workspace]:
 
 
 def _client(cwd: Path, *args: str, **popen: object) -> subprocess.Popen[str]:
+    script = str(popen.pop("script", CLIENT))
     return subprocess.Popen(
-        [sys.executable, "-c", CLIENT, *args],
+        [sys.executable, "-c", script, *args],
         cwd=cwd,
         text=True,
         stdout=popen.pop("stdout", subprocess.PIPE),
@@ -235,3 +236,30 @@ def test_a_piped_upload_is_accepted_either_way(deployed: Workspace) -> None:
         assert piped.returncode == 0, piped.stderr
         waited = mrbatch(deployed, "wait", key)
         assert waited.returncode == 0 and "COMPLETED" in waited.stdout, waited
+
+
+def test_a_stopped_server_fails_the_command_instead_of_hanging_it(deployed: Workspace) -> None:
+    server = supervisor.pid_of(deployed, COMMANDS)
+    assert server is not None
+    impatient = CLIENT.replace(
+        "from mrbatch.runtime.relay import relay\n",
+        "from mrbatch.runtime import relay as module\nmodule.HANDSHAKE_TIMEOUT = 1.0\n"
+        "relay = module.relay\n",
+    )
+    os.kill(server, signal.SIGSTOP)
+    try:
+        stuck = _client(deployed.root, "put", "/dev/null", "--key", "input/never.csv",
+                        script=impatient)  # fmt: skip
+        code = stuck.wait(timeout=60)
+    finally:
+        # Until it runs again the server holds the client's stdout and stderr (passed to it),
+        # so the client's output ends only then.
+        os.kill(server, signal.SIGCONT)
+    _out, err = stuck.communicate(timeout=60)
+    assert code == 1, err
+    assert "did not start the command within 1s" in err
+    # Woken up, the server finds its client gone: the command never runs, and the next one does.
+    assert _relayed(deployed.root, "runs").returncode == 0
+    assert eventually(lambda: not _forks(deployed) or None, 10, "no command left running")
+    listed = mrbatch(deployed, "runs", "--json")
+    assert "input/never.csv" not in listed.stdout

@@ -47,6 +47,10 @@ _HELP_OR_VERSION = frozenset({"--help", "-h", "--version", "-V"})
 _HEADER = struct.Struct("!I")
 _MAX_MESSAGE = 1 << 20
 FORWARDED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
+# How long the server may take to start a command (it answers in milliseconds). A server that
+# does not (stopped with SIGSTOP, say) fails the command rather than letting it hang; it is
+# not run here instead, because the server may yet have started it.
+HANDSHAKE_TIMEOUT = 10.0
 
 
 def installation() -> dict[str, str]:
@@ -153,6 +157,7 @@ def _connect(argv: list[str]) -> socket.socket | None:
     if data_dir is None:
         return None
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(HANDSHAKE_TIMEOUT)
     try:
         sock.connect(socket_address(data_dir.resolve() / "run"))
     except OSError:
@@ -179,18 +184,29 @@ def relay(argv: list[str]) -> int | None:
     with sock:
         umask = os.umask(0o077)
         os.umask(umask)
-        request = {
-            "argv": argv,
-            "cwd": os.getcwd(),
-            "env": dict(os.environ),
-            "umask": umask,
-            **installation(),
-        }
         try:
+            request = {
+                "argv": argv,
+                "cwd": os.getcwd(),  # gone (removed under the shell): the command says so
+                "env": dict(os.environ),
+                "umask": umask,
+                **installation(),
+            }
             send(sock, request, [0, 1, 2])
-            answer, _ = receive(sock)
         except (OSError, ValueError):
             return None  # nothing ran
+        try:
+            answer, _ = receive(sock)
+        except TimeoutError:
+            sys.stderr.write(
+                f"error: the command server did not start the command within"
+                f" {HANDSHAKE_TIMEOUT:g}s\nhint: `mrbatch status` shows its pid;"
+                " MRBATCH_IN_PROCESS=1 runs a command without it\n"
+            )
+            return 1
+        except (OSError, ValueError):
+            return None  # nothing ran
+        sock.settimeout(None)  # the command itself may take as long as it takes
         if answer is None or "pid" not in answer:
             return None  # refused (another version) or gone before it started: run it here
         pid = int(answer["pid"])

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from mrbatch.config.workspace import Workspace
-from mrbatch.runtime import relay, supervisor
+from mrbatch.runtime import relay, relay_wire, supervisor
 from tests.conftest import Deployment, make_workspace
 from tests.helpers import eventually, finished, mrbatch, put
 
@@ -180,8 +180,8 @@ def test_another_installation_is_refused_and_the_server_restarts(tmp_path: Path)
             sock.connect(relay.socket_address(run_dir))
             request = {"argv": ["runs"], "cwd": str(ws.root), "env": {}, "umask": 0o22,
                        **relay.installation(), "version": "0.0.0-other"}  # fmt: skip
-            relay.send(sock, request, [0, 1, 2])
-            answer, _ = relay.receive(sock)
+            relay_wire.send(sock, request, [0, 1, 2])
+            answer, _ = relay_wire.receive(sock)
         assert answer == {"refused": "another mrbatch installation"}
         # It ends, so that its restart imports the mrbatch installed now; meanwhile and after,
         # a command runs (in its own process, then through the new server).

@@ -26,7 +26,8 @@ import traceback
 from typing import Any
 
 from ..config.workspace import Workspace
-from .relay import RELAYED, SOCKET_NAME, installation, receive, send, socket_address
+from .relay import RELAYED, SOCKET_NAME, installation, socket_address
+from .relay_wire import receive, send
 
 __all__ = ["CommandServer", "serve"]
 

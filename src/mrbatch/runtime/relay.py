@@ -18,35 +18,26 @@ is done. A signal the client gets (Ctrl-C) is passed to that pid.
 
 from __future__ import annotations
 
-import json
 import os
-import signal
-import socket
-import struct
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from .. import __version__
 
-__all__ = [
-    "RELAYED",
-    "SOCKET_NAME",
-    "installation",
-    "receive",
-    "relay",
-    "send",
-    "socket_address",
-]
+if TYPE_CHECKING:
+    import socket
+
+# Imported only once a workspace is found (json, socket, struct and signal cost ~8 ms, which
+# `mrbatch --help` outside any workspace would pay for nothing).
+
+__all__ = ["HANDSHAKE_TIMEOUT", "RELAYED", "SOCKET_NAME", "installation", "relay", "socket_address"]
 
 SOCKET_NAME = "commands.sock"
 # Commands that read or move one thing and print, and the help and version of the whole CLI.
 # `up`, `down`, `watch` and the rest start or stop processes, or run for long: they run here.
 RELAYED = frozenset({"status", "runs", "wait", "url", "get", "put", "errors"})
 _HELP_OR_VERSION = frozenset({"--help", "-h", "--version", "-V"})
-_HEADER = struct.Struct("!I")
-_MAX_MESSAGE = 1 << 20
-FORWARDED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
 # How long the server may take to start a command (it answers in milliseconds). A server that
 # does not (stopped with SIGSTOP, say) fails the command rather than letting it hang; it is
 # not run here instead, because the server may yet have started it.
@@ -67,42 +58,6 @@ def socket_address(run_dir: Path) -> str:
         return full
     fd = os.open(run_dir, os.O_RDONLY | os.O_DIRECTORY)
     return f"/proc/self/fd/{fd}/{SOCKET_NAME}"
-
-
-def send(sock: socket.socket, message: dict[str, Any], fds: list[int] | None = None) -> None:
-    body = json.dumps(message).encode()
-    data = _HEADER.pack(len(body)) + body
-    if fds:
-        sent = socket.send_fds(sock, [data], fds)
-        data = data[sent:]
-    sock.sendall(data)
-
-
-def _exactly(sock: socket.socket, size: int) -> bytes | None:
-    chunks = b""
-    while len(chunks) < size:
-        chunk = sock.recv(size - len(chunks))
-        if not chunk:
-            return None
-        chunks += chunk
-    return chunks
-
-
-def receive(sock: socket.socket, max_fds: int = 0) -> tuple[dict[str, Any] | None, list[int]]:
-    """The next message (None at end of stream) and the descriptors that came with it."""
-    fds: list[int] = []
-    if max_fds:
-        data, fds, _flags, _addr = socket.recv_fds(sock, _HEADER.size, max_fds)
-        head = data + (_exactly(sock, _HEADER.size - len(data)) or b"") if data else None
-    else:
-        head = _exactly(sock, _HEADER.size)
-    if not head or len(head) < _HEADER.size:
-        return None, fds
-    (size,) = _HEADER.unpack(head)
-    if size > _MAX_MESSAGE:
-        raise ValueError(f"a message of {size} bytes")
-    body = _exactly(sock, size)
-    return (json.loads(body) if body is not None else None), fds
 
 
 def _command_and_config(argv: list[str]) -> tuple[bool, str | None]:
@@ -156,6 +111,8 @@ def _connect(argv: list[str]) -> socket.socket | None:
     data_dir = _data_dir(config_path)
     if data_dir is None:
         return None
+    import socket
+
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.settimeout(HANDSHAKE_TIMEOUT)
     try:
@@ -181,6 +138,10 @@ def relay(argv: list[str]) -> int | None:
     sock = _connect(argv)
     if sock is None:
         return None
+    import signal
+
+    from .relay_wire import receive, send
+
     with sock:
         umask = os.umask(0o077)
         os.umask(umask)
@@ -210,7 +171,7 @@ def relay(argv: list[str]) -> int | None:
         if answer is None or "pid" not in answer:
             return None  # refused (another version) or gone before it started: run it here
         pid = int(answer["pid"])
-        for sig in FORWARDED_SIGNALS:
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT):
             signal.signal(sig, lambda number, _frame: _forward(pid, number))
         try:
             done, _ = receive(sock)

@@ -17,6 +17,8 @@ from .. import __version__
 from .lazy import LazyGroup
 
 if TYPE_CHECKING:
+    from rich.progress import ProgressColumn
+
     from ..config.workspace import Workspace
 
 __all__ = [
@@ -24,6 +26,7 @@ __all__ = [
     "State",
     "app",
     "console",
+    "description_column",
     "duration",
     "err_console",
     "json_option",
@@ -63,6 +66,13 @@ err_console = Console(stderr=True, markup=False, highlight=False, soft_wrap=not 
 def styled(*parts: str | tuple[str, str]) -> Text:
     """Plain strings and ``(text, style)`` pairs joined: the only way output gets style."""
     return Text.assemble(*parts)
+
+
+def description_column() -> ProgressColumn:
+    """A progress bar's description column: a key in it is shown as it is, never as markup."""
+    from rich.progress import TextColumn  # the commands with a bar import rich.progress anyway
+
+    return TextColumn("{task.description}", style="progress.description", markup=False)
 
 
 @dataclass

@@ -10,13 +10,7 @@ from contextlib import contextmanager
 from typing import Any
 
 import typer
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TextColumn,
-    TimeElapsedColumn,
-)
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 
 from ..errors import UsageError
 from ..faults import FaultPoints
@@ -25,7 +19,17 @@ from ..proof.loadgen import FileResult, LoadGenerator, LoadOptions
 from ..proof.scenario import ScenarioOptions, run_scenario
 from ..proof.verify import VerifyReport
 from ..proof.verify import verify as verify_invariants
-from .app import app, console, duration, err_console, json_option, print_json, state, styled
+from .app import (
+    app,
+    console,
+    description_column,
+    duration,
+    err_console,
+    json_option,
+    print_json,
+    state,
+    styled,
+)
 from .tables import Col, emit, seconds
 
 __all__ = ["interruptible"]
@@ -274,7 +278,7 @@ def load(
     with (
         interruptible() as stop,
         Progress(
-            TextColumn("{task.description}", style="progress.description", markup=False),
+            description_column(),
             BarColumn(),
             MofNCompleteColumn(),
             TimeElapsedColumn(),

@@ -10,13 +10,7 @@ from typing import Any, BinaryIO, cast
 
 import typer
 from rich.markup import escape
-from rich.progress import (
-    BarColumn,
-    DownloadColumn,
-    Progress,
-    TextColumn,
-    TransferSpeedColumn,
-)
+from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
 
 from ..access.accesspoint import AccessPoint
 from ..access.links import presign
@@ -24,7 +18,16 @@ from ..config.workspace import Workspace
 from ..errors import MrbatchError, NotFoundError
 from ..model.keys import INPUT, check_key
 from ..observe import views
-from .app import app, console, duration, err_console, json_option, print_json, state
+from .app import (
+    app,
+    console,
+    description_column,
+    duration,
+    err_console,
+    json_option,
+    print_json,
+    state,
+)
 from .tables import Col, clock, emit
 
 
@@ -51,7 +54,7 @@ class _Counting:
 
 def _progress(show: bool) -> Progress:
     return Progress(
-        TextColumn("{task.description}", style="progress.description", markup=False),
+        description_column(),
         BarColumn(),
         DownloadColumn(),
         TransferSpeedColumn(),

@@ -7,13 +7,7 @@ import time
 from typing import Any
 
 import typer
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TextColumn,
-    TimeElapsedColumn,
-)
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 
 from ..access.accesspoint import AccessPoint
 from ..access.ledger import read_accepted
@@ -23,7 +17,18 @@ from ..model.keys import run_id_for
 from ..model.records import ChunkRun, ChunkStatus, FileRun, RunStatus
 from ..observe import views
 from ..ports import StateTable
-from .app import HELP, app, console, duration, err_console, json_option, print_json, state, styled
+from .app import (
+    HELP,
+    app,
+    console,
+    description_column,
+    duration,
+    err_console,
+    json_option,
+    print_json,
+    state,
+    styled,
+)
 from .tables import Col, clock, emit, seconds
 
 __all__ = ["runs_app"]
@@ -349,7 +354,7 @@ def wait(
     show = not json_output and sys.stderr.isatty()
     finished: dict[str, FileRun] = {}
     with Progress(
-        TextColumn("{task.description}", style="progress.description", markup=False),
+        description_column(),
         BarColumn(),
         MofNCompleteColumn(),
         TimeElapsedColumn(),

@@ -130,9 +130,10 @@ def status(ws: Workspace) -> dict[str, Any]:
         **_process(heartbeats.get("gateway") if gateway_pid is not None else None, now),
     }
     commands = supervisor.Proc("commands", "commands")
+    commands_pid = procs.get(commands)
     result["commands"] = {
-        "pid": procs.get(commands),
-        "alive": procs.get(commands) is not None,
+        "pid": commands_pid,
+        "alive": commands_pid is not None,
         "restarts": restarts(commands),
     }
     keeper = supervisor.pid_of(ws, supervisor.SUPERVISOR)

@@ -37,14 +37,18 @@ _ACCEPT_POLL = 0.5  # seconds between looks at the stop flag
 _CLI = "mrbatch.cli"
 # Imported by the server for what they import, and again by every command: they read the
 # environment (typer's help: FORCE_COLOR, TERMINAL_WIDTH, ...) or the terminal when imported.
-_FRESH = (_CLI, "typer.rich_utils")
+_LIBRARIES_READ_AFRESH = ("typer.rich_utils",)
 
 
 def _cli_modules() -> list[str]:
     from ..cli.lazy import LISTED
 
     wanted = {m for item in LISTED if item.name in RELAYED for m in item.modules}
-    return [f"{_CLI}.main", *(f"{_CLI}.{m}" for m in sorted(wanted)), "typer.rich_utils"]
+    return [f"{_CLI}.main", *(f"{_CLI}.{m}" for m in sorted(wanted)), *_LIBRARIES_READ_AFRESH]
+
+
+def _read_afresh(name: str) -> bool:
+    return name == _CLI or name.startswith(f"{_CLI}.") or name in _LIBRARIES_READ_AFRESH
 
 
 def _threads() -> int:
@@ -70,6 +74,7 @@ class CommandServer:
         self.ws = ws
         self.stop = stop
         self.path = ws.run_dir / SOCKET_NAME
+        self.installation = installation()
         self.stamp = 0
 
     def preload(self) -> None:
@@ -119,7 +124,7 @@ class CommandServer:
             request, fds = receive(conn, max_fds=3)
             if uid != os.getuid() or request is None or len(fds) != 3:
                 return
-            if {k: request.get(k) for k in installation()} != installation():
+            if {k: request.get(k) for k in self.installation} != self.installation:
                 # Another mrbatch than the one imported here: that command runs in its own
                 # process, and this server ends so that its restart imports the new one.
                 send(conn, {"refused": "another mrbatch installation"})
@@ -194,7 +199,7 @@ def _take_over_client(fds: list[int], request: dict[str, Any]) -> None:
         root.removeHandler(handler)
     root.setLevel(logging.WARNING)
     sys.argv = ["mrbatch", *request["argv"]]
-    for name in [n for n in sys.modules if n in _FRESH or n.startswith(f"{_CLI}.")]:
+    for name in [n for n in sys.modules if _read_afresh(n)]:
         del sys.modules[name]
 
 

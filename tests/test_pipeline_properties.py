@@ -17,8 +17,10 @@ from mrbatch.backends.localfs import LocalObjectStore
 from mrbatch.engine.merge import MergeInput, merge
 from mrbatch.errors import InputError
 from mrbatch.pipeline import chunk, csvsplit, parse, reference
+from mrbatch.pipeline import lines as lines_module
 from mrbatch.pipeline.chunk import process_chunk
 from mrbatch.pipeline.formats import csv_line, read_rejected, renumber_rejected
+from mrbatch.pipeline.lines import parse_fast, parse_quoted_lines
 from mrbatch.pipeline.parse import count_records
 from tests.test_pipeline import SMALL
 
@@ -138,7 +140,7 @@ def plain_text_is_regular(text: str) -> bool:
 @given(plain_text)
 def test_fast_parser_accepts_only_what_the_general_parser_agrees_with(text: str) -> None:
     body = text.encode("utf-8")
-    fast = parse.parse_fast(body, HEADER, 2)
+    fast = parse_fast(body, HEADER, 2)
     good, bad = parse.parse_general(body, HEADER, 2, "p.csv")
     if plain_text_is_regular(text):
         assert fast is not None  # the fast path is taken whenever it can be
@@ -174,12 +176,14 @@ def test_hostile_input_is_conserved_or_refused_and_split_is_identity(
     assert whole is not None
     assert whole.rows_in == whole.rows_out + whole.rows_rejected == count_records(text.encode())
     assert chunks[0].data[: chunks[0].header_size] + b"".join(c.body for c in chunks) == data
-    # Chunk by chunk gives the same bytes as the whole file at once (after renumbering).
+    # Chunk by chunk gives the same bytes as the whole file at once (after renumbering),
+    # whether the header comes joined to the records or apart (as chunk tasks pass it).
     outputs, rejected, offset = [], [], 0
-    for c in chunks:
+    for i, c in enumerate(chunks):
+        apart = {"header_line": c.data[: c.header_size]} if i % 2 else {}
         part = process_chunk(
-            c.data, schema=SCHEMA, enrichment=None, reference=None,
-            first_line=c.first_line, source="p.csv",
+            c.body if apart else c.data, schema=SCHEMA, enrichment=None, reference=None,
+            first_line=c.first_line, source="p.csv", **apart,
         )  # fmt: skip
         outputs.append(part.output)
         rejected.append(renumber_rejected(part.rejected, offset))
@@ -397,18 +401,37 @@ def test_the_whole_body_quoted_path_agrees_with_the_general_path(
     whatever it takes, it reads exactly as the general path (and so the csv module) does."""
     text = text.replace(",", dialect.delimiter).replace('"', dialect.quote)
     body = text.encode("utf-8")
-    whole = parse.parse_quoted_lines(body, HEADER, 2, dialect)
+    whole = parse_quoted_lines(body, HEADER, 2, dialect)
+    # The shape is proven piece by piece (about 1 MB each): pieces of a few bytes agree too.
+    default, lines_module._CHECK_PIECE = lines_module._CHECK_PIECE, 5
+    try:
+        pieces = parse_quoted_lines(body, HEADER, 2, dialect)
+    finally:
+        lines_module._CHECK_PIECE = default
+    assert (pieces is None) == (whole is None)
     if whole is None:
         return
+    assert pieces is not None and pieces.equals(whole)
     good, bad = parse.parse_general(body, HEADER, 2, "p.csv", dialect)
     assert bad.height == 0
     assert whole.to_dicts() == good.to_dicts()
     assert whole.schema == good.schema
 
 
+@SETTINGS
+@given(st.text(alphabet="ab\n", max_size=40), st.integers(1, 9))
+def test_pieces_are_whole_lines_that_join_back_to_the_body(text: str, size: int) -> None:
+    body = text.encode()
+    pieces = lines_module._whole_lines(body, size)
+    assert b"".join(pieces) == body
+    assert all(pieces) and all(p.endswith(b"\n") for p in pieces[:-1])
+    # each ends at the first line end at or beyond `size` bytes
+    assert all(p.find(b"\n", size - 1) == len(p) - 1 for p in pieces[:-1])
+
+
 def test_the_whole_body_quoted_path_takes_exports_and_leaves_the_rest() -> None:
     export = b'"101","ann ""the"" first","a"\n"102","",""\n"103","bob","b"'
-    whole = parse.parse_quoted_lines(export, HEADER, 5)
+    whole = parse_quoted_lines(export, HEADER, 5)
     assert whole is not None
     assert whole.rows() == [
         (1, 5, "101", 'ann "the" first', "a"), (2, 6, "102", None, None), (3, 7, "103", "bob", "b")
@@ -420,4 +443,4 @@ def test_the_whole_body_quoted_path_takes_exports_and_leaves_the_rest() -> None:
         '"101","a","b"\n\n"102","c","d"\n',  # a blank line
         '"101","a","b"\r\n',  # CR
     ):
-        assert parse.parse_quoted_lines(other.encode(), HEADER, 2) is None, other
+        assert parse_quoted_lines(other.encode(), HEADER, 2) is None, other

@@ -375,10 +375,14 @@ def chunk_task(
     }
     out: ChunkOutput
     if input_format == "csv":
-        data = header.encode("utf-8") + body
-        del body
         dialect = Dialect.of(delimiter_for(pipe, input_key), pipe.quote)
-        out = process_chunk(data, first_line=spec.first_line, dialect=dialect, **common)  # type: ignore[arg-type]
+        out = process_chunk(
+            body,
+            header_line=header.encode("utf-8"),
+            first_line=spec.first_line,
+            dialect=dialect,
+            **common,  # type: ignore[arg-type]
+        )
     elif input_format == "jsonl":
         columns = loaded.columns()
         strict = not loaded.schema.additional_properties

@@ -26,6 +26,7 @@ import polars as pl
 
 from ..errors import InputError, UserCodeError
 from .csvsplit import BOM, check_text
+from .lines import parse_fast, parse_quoted_lines
 from .parse import (
     CSV,
     EXTRA,
@@ -35,10 +36,8 @@ from .parse import (
     ROW,
     Dialect,
     header_end,
-    parse_fast,
     parse_general,
     parse_header,
-    parse_quoted_lines,
 )
 from .reference import REFERENCE_KEY_COLUMN, Enrichment, ReferenceTable
 from .schema import RecordSchema
@@ -95,8 +94,13 @@ def process_chunk(
     escape_formulas: bool = False,
     dialect: Dialect = CSV,
     extras: Extras | None = None,
+    header_line: bytes = b"",
 ) -> ChunkOutput:
     """Validate and enrich one chunk (header line + records) into output and rejected rows.
+
+    ``header_line``: when given, the file's header line (with its line end) and ``data`` only
+    the records after it, so the chunk is never copied to join them (a chunk task's body is
+    held as it came from the store).
 
     ``first_line`` is the physical line of the first record (``SplitChunk.first_line``).
     Output columns: the schema's properties in schema order (an optional property the file
@@ -113,13 +117,18 @@ def process_chunk(
     """
     if enrichment is not None and reference is None:
         raise ValueError("an enrichment needs a reference table")
-    if data.startswith(BOM):
-        data = data[3:]
-    end_of_header = header_end(data, source, dialect)
-    check_text(data, 0, end_of_header, None, 1, source)
-    header = parse_header(data[:end_of_header], source, dialect)
+    if not header_line:
+        if data.startswith(BOM):
+            data = data[3:]
+        end = header_end(data, source, dialect)
+        header_line, data = data[:end], data[end:]
+    header_line = header_line.removeprefix(BOM)
+    end_of_header = header_end(header_line, source, dialect)
+    check_text(header_line, 0, end_of_header, None, 1, source)
+    header = parse_header(header_line[:end_of_header], source, dialect)
     schema.check_header(header, source=source)
-    body = data[end_of_header:]
+    body = data
+    del data
     check_text(body, 0, len(body), None, first_line, source)
 
     good = parse_fast(body, header, first_line, dialect)

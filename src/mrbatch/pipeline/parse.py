@@ -4,12 +4,10 @@ Fields of a record without ``"`` are split on every comma; a record with ``"`` i
 stdlib ``csv`` module in strict mode, and one it refuses (``"ab"c``, a line break outside
 quotes) is rejected with the reason, never silently repaired.
 
-Speed: a chunk without ``"`` (and without lone ``\\r``) is parsed by polars' own multi-threaded
-CSV reader, accepted only when a comma count proves no record is ragged; a chunk whose every
-line is one well-formed record, quoted or not (an export), goes to the same reader once one
-regex over the whole body has proven it; anything else takes the general path, which is still
-vectorised for every record without ``"``. All give identical results for the same records
-(property-tested).
+Speed: a body proven to hold one record per line (quoted or not) is read by polars' own CSV
+reader in one pass (:mod:`mrbatch.pipeline.lines`); anything else takes the general path here,
+which is still vectorised for every record without ``"``. All give identical results for the
+same records (property-tested).
 """
 
 from __future__ import annotations
@@ -26,9 +24,8 @@ from typing import Any
 import polars as pl
 
 from ..errors import InputError
-from .csvsplit import BOM
 
-__all__ = ["CSV", "Dialect", "count_records"]
+__all__ = ["CSV", "Dialect", "count_records", "line_count", "regex_char"]
 
 
 @dataclass(frozen=True)
@@ -111,92 +108,9 @@ def parse_header(raw: bytes, source: str, dialect: Dialect = CSV) -> list[str]:
     return rows[0]
 
 
-def parse_fast(
-    body: bytes, header: list[str], first_line: int, dialect: Dialect = CSV
-) -> pl.DataFrame | None:
-    """Parse a quote-free body with polars' CSV reader, or None when the general path is needed.
-
-    The reader cannot tell a missing field from an empty one, nor a blank line from a record of
-    empty fields, so the result is accepted only when the comma total proves every line has
-    exactly the header's field count (polars refuses longer rows itself). Lone ``\\r`` are sent
-    to the general path because the reader drops a ``\\r`` before a comma, and so is a body
-    starting with a BOM, which the reader would drop.
-    """
-    ncols = len(header)
-    delimiter = dialect.delimiter.encode()
-    if ncols < 2 or not body or dialect.quote.encode() in body or body.startswith(BOM):
-        return None
-    if b"\r" in body and body.count(b"\r") != body.count(b"\r\n") + body.endswith(b"\r"):
-        return None
-    lines = _line_count(body)
-    if body.count(delimiter) != (ncols - 1) * lines:
-        return None
-    return _read_lines(body, header, first_line, dialect, quote_char=None, lines=lines)
-
-
-def parse_quoted_lines(
-    body: bytes, header: list[str], first_line: int, dialect: Dialect = CSV
-) -> pl.DataFrame | None:
-    """Parse a body whose every line is one well-formed record of the header's field count,
-    quoted or not (as spreadsheet and database exports write them), with polars' reader in one
-    pass; None when the general path is needed (a blank line, a line break inside quotes, a
-    carriage return, a BOM, or any record the strict csv module would read otherwise).
-
-    One regex over the whole body proves the shape (a field is ``_field``'s, without line
-    breaks), so nothing is done per record: the general path splits the body into records,
-    checks each, joins them and copies them again before polars reads them."""
-    ncols = len(header)
-    if ncols < 2 or not body or b"\r" in body or body.startswith(BOM) or dialect.quote == "\0":
-        return None
-    q, d = _rx(dialect.quote), _rx(dialect.delimiter)
-    field = f"(?:[^{q}{d}\\n]*|{q}(?:[^{q}\\n]|{q}{q})*{q})"
-    record = f"{field}(?:{d}{field}){{{ncols - 1}}}"
-    # One copy of the body, in polars (a Python str of it would be another, up to 4x larger).
-    try:
-        text = pl.Series([body], dtype=pl.Binary).cast(pl.String)
-    except pl.exceptions.PolarsError:  # not UTF-8: the general path says where
-        return None
-    if not text.str.contains(f"\\A(?:{record}\\n)*(?:{record})?\\z").item():
-        return None
-    del text
-    # quoted "" is empty too, as in the general path
-    empty_is_null = [pl.when(pl.col(c) != "").then(pl.col(c)).alias(c) for c in header]
-    return _read_lines(
-        body, header, first_line, dialect,
-        quote_char=dialect.quote, lines=_line_count(body), values=empty_is_null,
-    )  # fmt: skip
-
-
-def _line_count(body: bytes) -> int:
+def line_count(body: bytes) -> int:
+    """Records in a body of one record per line (the last may lack its line end)."""
     return body.count(b"\n") + (not body.endswith(b"\n"))  # C-level: ~8 ms for 30 MB
-
-
-def _read_lines(
-    body: bytes, header: list[str], first_line: int, dialect: Dialect, *,
-    quote_char: str | None, lines: int, values: list[pl.Expr] | None = None,
-) -> pl.DataFrame | None:  # fmt: skip
-    """A body proven one record per line, read by polars (text, empty as null) behind the row
-    and line columns, ``values`` (default: the columns as read); None when the reader fails or
-    does not give ``lines`` rows: the general path decides then."""
-    try:
-        frame = pl.read_csv(
-            body,
-            separator=dialect.delimiter,
-            has_header=False,
-            schema=dict.fromkeys(header, pl.String),
-            quote_char=quote_char,
-            empty_string_is_null=True,
-            truncate_ragged_lines=False,
-            raise_if_empty=False,
-        )
-    except pl.exceptions.PolarsError:
-        return None
-    if frame.height != lines:
-        return None
-    index = pl.int_range(1, frame.height + 1, dtype=pl.Int64)
-    return frame.select(
-        index.alias(ROW), (index + (first_line - 1)).alias(LINE), *(values or [pl.all()])
-    )
 
 
 def parse_general(
@@ -263,13 +177,13 @@ def parse_general(
 # A field the csv module (strict) reads exactly as polars' reader does: unquoted without any
 # quote, or quoted from its first character to its last with inner quotes doubled. Carriage
 # returns are left to the csv module.
-def _rx(char: str) -> str:
+def regex_char(char: str) -> str:
     """One character as a Rust regex literal (inside a class too)."""
     return char if char in ",;'\"" else f"\\x{{{ord(char):x}}}"
 
 
 def _field(dialect: Dialect) -> str:
-    q, d = _rx(dialect.quote), _rx(dialect.delimiter)
+    q, d = regex_char(dialect.quote), regex_char(dialect.delimiter)
     return f"(?:[^{q}{d}\\r]*|{q}(?:[^{q}\\r]|{q}{q})*{q})"
 
 
@@ -285,7 +199,7 @@ def _parse_quoted_fast(
     if quoted.is_empty():
         return None
     # Well formed with exactly the header's field count, in one linear pass of the regex.
-    field, d = _field(dialect), _rx(dialect.delimiter)
+    field, d = _field(dialect), regex_char(dialect.delimiter)
     exact = f"^{field}(?:{d}{field}){{{len(header) - 1}}}$"
     good = quoted.filter(pl.col(TEXT).str.contains(exact))
     if good.is_empty():
@@ -403,7 +317,7 @@ def count_records(data: bytes, quote: str = '"') -> int:
         return 0
     quote = quote or "\0"
     if quote.encode() not in data and not _may_have_blank_line(data):
-        return _line_count(data)
+        return line_count(data)
     text = data.decode("utf-8", errors="replace")
     return _records(text, 1, "data", quote).height
 

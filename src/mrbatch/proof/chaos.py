@@ -386,6 +386,7 @@ class _Run:
         self.event(f"{len(accepted)} file(s) accepted, waiting for them and for convergence")
         if not self.stop.is_set():
             self.settle(load, restored_at)
+        load.poll(every=True)  # every file as it is now, in the report
         load.report.ended = time.time()
         self.report.load = {k: v for k, v in load.report.to_dict().items() if k != "results"}
         self.report.load["keys"] = [r.key for r in accepted]

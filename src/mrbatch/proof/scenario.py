@@ -363,6 +363,7 @@ class _Runner:
             if time.monotonic() - healed > opts.recover_timeout:
                 break
             self.stop.wait(0.2)
+        load.poll(every=True)  # every file as it is now, in the report
         load.report.ended = time.time()
         self.report.load = {k: v for k, v in load.report.to_dict().items() if k != "results"}
         result = verify(self.ws, deep=True, wait=0 if self.stop.is_set() else 5)

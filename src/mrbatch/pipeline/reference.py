@@ -12,6 +12,7 @@ import os
 import secrets
 import shutil
 from dataclasses import dataclass, field
+from functools import cache
 from pathlib import Path
 from typing import Final
 
@@ -141,6 +142,7 @@ def prepare_reference(
     return ReferenceInfo(rows=rows)
 
 
+@cache  # the same for the life of a process; computing it was 5% of a small file's chunk task
 def reference_cache_tag() -> str:
     """A short tag naming the key hash this polars computes (see _REF_HASH_COLUMN)."""
     probe = pl.Series(["mrbatch-reference-probe"]).hash(_REF_HASH_SEED).item()

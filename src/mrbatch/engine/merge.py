@@ -14,7 +14,7 @@ from __future__ import annotations
 import hashlib
 import queue
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass
 
@@ -121,6 +121,45 @@ def merge(
     )
 
 
+class _ReusedThreads:
+    """Daemon threads that run merges one after another, a new one started only when none is
+    idle. Starting a thread blocks the starter until the new thread holds the GIL: with one
+    merge thread per file, Thread.start took 13% of a busy region loop's time (py-spy, files
+    of 1,000 rows). Daemon, as the merge threads were: a merge waiting for chunks that will
+    never come does not hold up the process's exit."""
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+        self._jobs: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._idle = 0
+        self._started = 0
+
+    def run(self, job: Callable[[], None]) -> None:
+        with self._lock:
+            grow = self._idle == 0
+            if grow:
+                self._started += 1
+            else:
+                self._idle -= 1  # one idle thread (or one about to wait) takes it
+        self._jobs.put(job)
+        if grow:
+            name = f"{self._name}-{self._started}"
+            threading.Thread(target=self._serve, name=name, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            job = self._jobs.get()
+            try:
+                job()  # StreamingMerge._run: never raises (its future takes the error)
+            finally:
+                with self._lock:
+                    self._idle += 1
+
+
+_THREADS = _ReusedThreads("merge")
+
+
 class StreamingMerge:
     """One run's merge in a thread of the region process, fed chunk by chunk in index order.
 
@@ -143,8 +182,7 @@ class StreamingMerge:
         self._queue: queue.Queue[MergeInput | BaseException | None] = queue.Queue()
         self._args = (store, run_id, output_header, rejected_header)
         self._epoch, self._faults, self._region = epoch, faults, region
-        self._thread = threading.Thread(target=self._run, name=f"merge-{run_id}", daemon=True)
-        self._thread.start()
+        _THREADS.run(self._run)
 
     def _parts(self) -> Iterator[MergeInput]:
         while True:

@@ -1,6 +1,6 @@
-"""Reference data for enrichment: a columnar cache of one reference version (Parquet parts, with
-a 64-bit hash of each key and the output columns packed into one), built once per region in
-bounded memory, and the per-chunk lookup that reads only the rows a chunk's keys need, so no
+"""Reference data for enrichment: a columnar cache of one reference version (Parquet parts: a
+64-bit hash of each key, the key and the output columns), built once per region in bounded
+memory, and the per-chunk lookup that materialises only the rows a chunk's keys need, so no
 worker holds the whole reference table."""
 
 from __future__ import annotations
@@ -42,8 +42,10 @@ REFERENCE_KEY_COLUMN = RESERVED_COLUMN_PREFIX + "_key"
 # / +233 MiB, no row-level pushdown; lazy semi-join instead of is_in 51 ms but +190 MiB (it
 # reads every column of every row); reading the whole cache is 22 ms but materialises the whole
 # reference in every worker. At 10M rows (100k keys, CPU seconds) decoding dominates: six
-# columns lz4 0.75 s, uncompressed 0.52 s; the six packed into one column lz4 0.59 s,
-# uncompressed 0.27 s (740 MB on disk against lz4's 541 MB).
+# columns lz4 0.75 s, uncompressed 0.52 s. Earlier versions packed the key and the output
+# columns into one text column, split again after each lookup: 72 ms a lookup of 100k keys
+# against 1M rows (one thread) where separate columns take 55 ms, and no faster at 10M rows
+# (436-450 ms against 433-465 ms).
 _REF_COMPRESSION: Final = "uncompressed"
 
 
@@ -75,12 +77,9 @@ _REF_HASH_COLUMN: Final = "__mrbatch_hash"
 _REF_HASH_SEED: Final = 7_919
 
 
-# A row's key and output columns, packed into one text column (one column to decode instead of
-# seven): the key, then each value as "v" + the value or "" when empty (null), joined by NUL,
-# which reference text never holds (a file with NUL is refused as binary). The cache
-# directory's columns.json names the output columns.
-_PAYLOAD: Final = RESERVED_COLUMN_PREFIX + "_payload"
-_SEPARATOR: Final = "\0"
+# The cache's layout, in its name (with the key hash, see reference_cache_tag): a cache of
+# another layout (earlier versions packed the columns into one) is never read, only rebuilt.
+_LAYOUT: Final = 2
 _COLUMNS_FILE: Final = "columns.json"
 
 
@@ -101,9 +100,11 @@ class Enrichment:
             raise ConfigError(
                 f"enrichment: output column names must be non-empty and distinct, got {outputs}"
             )
-        if REFERENCE_KEY_COLUMN in outputs:
+        reserved = [name for name in outputs if name.startswith(RESERVED_COLUMN_PREFIX)]
+        if reserved:
             raise ConfigError(
-                f"enrichment: output column name {REFERENCE_KEY_COLUMN!r} is reserved"
+                f"enrichment: output column names starting with {RESERVED_COLUMN_PREFIX!r} are"
+                f" reserved, got {reserved}"
             )
 
 
@@ -119,9 +120,9 @@ def prepare_reference(
 ) -> ReferenceInfo:
     """Check a reference CSV and write its columnar cache atomically; return its row count.
 
-    Every value is read as text. The cache is a directory of Parquet parts holding
-    a 64-bit hash of the key and one text column packing the key and the listed columns (see
-    ``_PAYLOAD``); lookups give them back as ``REFERENCE_KEY_COLUMN`` and the output names. Raises
+    Every value is read as text. The cache is a directory of Parquet parts holding a 64-bit
+    hash of the key, the key (``REFERENCE_KEY_COLUMN``) and the listed columns under their
+    output names, as lookups give them back. Raises
     ReferenceDataError (naming ``source``) for a missing file or column, no rows, an empty key or
     duplicate keys; on error no cache is left behind. Memory is one part of ``_PART_ROWS`` rows
     plus the duplicate check's passes, whatever the size of the reference.
@@ -144,9 +145,10 @@ def prepare_reference(
 
 @cache  # the same for the life of a process; computing it was 5% of a small file's chunk task
 def reference_cache_tag() -> str:
-    """A short tag naming the key hash this polars computes (see _REF_HASH_COLUMN)."""
+    """A short tag naming the cache layout and the key hash this polars computes (see
+    _REF_HASH_COLUMN)."""
     probe = pl.Series(["mrbatch-reference-probe"]).hash(_REF_HASH_SEED).item()
-    return f"{int(probe) & 0xFFFFFFFF:08x}"
+    return f"{_LAYOUT}{int(probe) & 0xFFFFFFFF:08x}"
 
 
 def _write_parts(csv_path: Path, directory: Path, enrichment: Enrichment, source: str) -> int:
@@ -162,7 +164,7 @@ def _write_parts(csv_path: Path, directory: Path, enrichment: Enrichment, source
                 frame = _read_part(part.data, enrichment, source)
                 if frame.height == 0:
                     continue
-                nulls += frame.get_column(_PAYLOAD).null_count()  # null exactly when the key is
+                nulls += frame.get_column(REFERENCE_KEY_COLUMN).null_count()
                 path = directory / f"part-{part.index:05d}.parquet"
                 frame.write_parquet(
                     path, compression=_REF_COMPRESSION, row_group_size=_REF_ROW_GROUP
@@ -193,39 +195,10 @@ def _read_part(data: bytes, enrichment: Enrichment, source: str) -> pl.DataFrame
             f"reference data lacks column {', '.join(map(repr, missing))} "
             f"(it has {', '.join(map(repr, frame.columns))})",
         )
-    key = pl.col(enrichment.reference_key)
     return frame.select(
-        key.hash(_REF_HASH_SEED).alias(_REF_HASH_COLUMN),
-        _pack(enrichment.reference_key, list(enrichment.columns)).alias(_PAYLOAD),
-    )
-
-
-def _pack(key: str, columns: list[str]) -> pl.Expr:
-    """The key, then each output value marked ("v" + value, or "" when empty), NUL-separated."""
-    marked = [
-        pl.when(pl.col(c).is_null()).then(pl.lit("")).otherwise(pl.lit("v") + pl.col(c))
-        for c in columns
-    ]
-    return pl.concat_str([pl.col(key), *marked], separator=_SEPARATOR)
-
-
-# The key, out of a packed row.
-_KEY: Final = pl.col(_PAYLOAD).str.split(_SEPARATOR).list.first().alias(REFERENCE_KEY_COLUMN)
-
-
-def _unpack(found: pl.DataFrame, names: list[str]) -> pl.DataFrame:
-    """The key and the output columns of packed rows (split_exact: 0.05 s for 100k rows of
-    seven fields, against 0.2 s through lists)."""
-    fields = found.select(
-        pl.col(_PAYLOAD).str.split_exact(_SEPARATOR, len(names)).alias("\0fields")
-    ).unnest("\0fields")
-    key, *values = fields.columns
-    return fields.select(
-        pl.col(key).alias(REFERENCE_KEY_COLUMN),
-        *[
-            pl.when(pl.col(v) == "").then(None).otherwise(pl.col(v).str.slice(1)).alias(name)
-            for v, name in zip(values, names, strict=True)
-        ],
+        pl.col(enrichment.reference_key).hash(_REF_HASH_SEED).alias(_REF_HASH_COLUMN),
+        pl.col(enrichment.reference_key).alias(REFERENCE_KEY_COLUMN),
+        *[pl.col(column).alias(name) for column, name in enrichment.columns.items()],
     )
 
 
@@ -248,7 +221,7 @@ def _check_duplicates(parts: list[Path], rows: int, enrichment: Enrichment, sour
     dupes = (
         pl.scan_parquet(parts)
         .filter(pl.col(_REF_HASH_COLUMN).is_in(candidates.implode()))
-        .select(_KEY)
+        .select(REFERENCE_KEY_COLUMN)
         .group_by(REFERENCE_KEY_COLUMN)
         .len()
         .filter(pl.col("len") > 1)
@@ -336,15 +309,14 @@ class ReferenceTable:
         # Not .unique(): is_in copes with repeats and unique() costs more than it saves.
         hashes = keys.drop_nulls().cast(pl.String).hash(_REF_HASH_SEED)
         try:
-            found = (
+            return (
                 pl.scan_parquet(self.parts)
                 .filter(pl.col(_REF_HASH_COLUMN).is_in(hashes.implode()))
-                .select(_PAYLOAD)
+                .select(REFERENCE_KEY_COLUMN, *self.columns)
                 .collect()
             )
         except (OSError, pl.exceptions.PolarsError) as exc:
             raise self._unreadable(exc) from exc
-        return _unpack(found, self.columns)
 
     def _unreadable(self, exc: BaseException) -> ReferenceDataError:
         return ReferenceDataError(

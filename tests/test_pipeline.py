@@ -12,6 +12,7 @@ import polars as pl
 import pytest
 
 from mrbatch.errors import ConfigError, InputError, ReferenceDataError
+from mrbatch.pipeline import chunk as chunk_module
 from mrbatch.pipeline.chunk import ChunkOutput, process_chunk
 from mrbatch.pipeline.csvsplit import SplitChunk, split_csv
 from mrbatch.pipeline.formats import read_rejected, renumber_rejected
@@ -111,6 +112,36 @@ def test_sample_orders_are_all_enriched_with_text_values(sample_reference: Refer
     assert fin_rows[0] == ["uuid", *SAMPLE_ENRICHMENT.columns]
     for order, row in zip(orders, rows, strict=True):
         assert row == order + financial[order[0]]
+
+
+def test_keys_sharing_a_hash_are_joined_on_the_keys_themselves(
+    sample_reference: ReferenceTable, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The join goes by the keys' 64-bit hashes; should two keys share one, the rows are still
+    the ones a join on the keys gives: here every key hashes alike, and one order's key is in
+    no reference row (it must be rejected, not given another key's data)."""
+    text = (SAMPLES / "orders.csv").read_text(encoding="utf-8").splitlines()
+    stray = text[2].split(",")
+    stray[0] = "999999999"
+    data = "\n".join([*text[:50], ",".join(stray)]) + "\n"
+    schema = RecordSchema.from_file(SAMPLES / "orders.schema.json")
+
+    def once() -> tuple[bytes, bytes]:
+        out = run(data, schema=schema, enrichment=SAMPLE_ENRICHMENT, reference=sample_reference)
+        return out.output, out.rejected
+
+    by_hash = once()
+    monkeypatch.setattr(chunk_module, "hash_keys", lambda keys: keys.hash(7) * 0)  # all alike
+    assert once() == by_hash
+    assert len(parse(by_hash[0])) == 49 and b"no reference data for '999999999'" in by_hash[1]
+    # Two orders, one known: each pairs with the known reference row once, so only comparing
+    # the keys shows that the stray one has none.
+    data = f"{text[0]}\n{text[1]}\n{','.join(stray)}\n"
+    monkeypatch.undo()
+    pair = once()
+    monkeypatch.setattr(chunk_module, "hash_keys", lambda keys: keys.hash(7) * 0)
+    assert once() == pair
+    assert len(parse(pair[0])) == 1 and b"no reference data for '999999999'" in pair[1]
 
 
 def test_numbers_stay_text_leading_zeros_and_trailing_zeros(tmp_path: Path) -> None:

@@ -27,6 +27,7 @@ __all__ = [
     "Enrichment",
     "ReferenceInfo",
     "ReferenceTable",
+    "hash_keys",
     "prepare_reference",
     "reference_cache_tag",
 ]
@@ -143,6 +144,11 @@ def prepare_reference(
     return ReferenceInfo(rows=rows)
 
 
+def hash_keys(keys: pl.Expr) -> pl.Expr:
+    """The 64-bit hash of join keys, as the cache holds it for the reference's keys."""
+    return keys.cast(pl.String).hash(_REF_HASH_SEED)
+
+
 @cache  # the same for the life of a process; computing it was 5% of a small file's chunk task
 def reference_cache_tag() -> str:
     """A short tag naming the cache layout and the key hash this polars computes (see
@@ -196,7 +202,7 @@ def _read_part(data: bytes, enrichment: Enrichment, source: str) -> pl.DataFrame
             f"(it has {', '.join(map(repr, frame.columns))})",
         )
     return frame.select(
-        pl.col(enrichment.reference_key).hash(_REF_HASH_SEED).alias(_REF_HASH_COLUMN),
+        hash_keys(pl.col(enrichment.reference_key)).alias(_REF_HASH_COLUMN),
         pl.col(enrichment.reference_key).alias(REFERENCE_KEY_COLUMN),
         *[pl.col(column).alias(name) for column, name in enrichment.columns.items()],
     )
@@ -307,7 +313,7 @@ class ReferenceTable:
         The filter is pushed into the Parquet scan, so only matching rows are materialised.
         """
         # Not .unique(): is_in copes with repeats and unique() costs more than it saves.
-        hashes = keys.drop_nulls().cast(pl.String).hash(_REF_HASH_SEED)
+        hashes = keys.drop_nulls().to_frame().select(hash_keys(pl.first())).to_series()
         try:
             return (
                 pl.scan_parquet(self.parts)

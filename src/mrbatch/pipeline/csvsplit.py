@@ -223,10 +223,8 @@ def _nth_newline(buf: bytearray, lo: int, hi: int, k: int, total: int) -> int:
         mid = min(max(mid, lo + 1), hi - 1)
         step += 1
         # the smaller side is counted (the other follows from ``total``)
-        if mid - lo <= hi - mid:
-            c = buf.count(b"\n", lo, mid)
-        else:
-            c = total - buf.count(b"\n", mid, hi)
+        left = mid - lo <= hi - mid
+        c = buf.count(b"\n", lo, mid) if left else total - buf.count(b"\n", mid, hi)
         if c >= k:
             hi, total = mid, c
         else:

@@ -43,3 +43,25 @@ def test_every_job_runs_at_once_and_finished_threads_are_reused() -> None:
         threads.run(quick)
         assert done.acquire(timeout=10)
     assert len(names) == 20 and set(names) <= set(running), names  # no thread started for them
+
+
+def test_threads_idle_for_a_while_end_and_new_work_still_runs() -> None:
+    threads = _ReusedThreads("test-idle", idle_seconds=0.05)
+    done = threading.Semaphore(0)
+    names: list[str] = []
+
+    def job() -> None:
+        names.append(threading.current_thread().name)
+        done.release()
+
+    for _ in range(3):
+        threads.run(job)
+    for _ in range(3):
+        assert done.acquire(timeout=10)
+    deadline = time.monotonic() + 10
+    while any(t.name.startswith("test-idle") for t in threading.enumerate()):
+        assert time.monotonic() < deadline, "idle threads did not end"
+        time.sleep(0.02)
+    assert threads._idle == 0
+    threads.run(job)  # no idle thread left: a new one takes it
+    assert done.acquire(timeout=10)

@@ -14,32 +14,11 @@ from prometheus_client.registry import Collector
 from .. import backends
 from ..config.workspace import Workspace
 from ..errors import MrbatchError
+from .evaluation import EVALUATION_DOC, evaluation_summary
 
 __all__ = ["EVALUATION_DOC", "RecoveryCollector", "evaluation_summary"]
 
 log = logging.getLogger("mrbatch.metrics")
-EVALUATION_DOC = "evaluation/latest"  # written by recovery.watch.evaluate_now
-
-
-def evaluation_summary(document: dict | None, now: float) -> dict | None:
-    """What ``status`` shows of the last evaluation."""
-    if not document:
-        return None
-    parity = document.get("parity") or {}
-    return {
-        "ok": bool(document.get("ok")),
-        "at": document.get("at"),
-        "age_seconds": round(now - float(document.get("at") or now), 3),
-        "failed": document.get("failed"),
-        "warnings": document.get("warnings"),
-        "failed_checks": [
-            f"{c['plan']} {c['check']}: {c['detail']}"
-            for c in document.get("checks") or []
-            if c.get("status") == "failed"
-        ],
-        "parity_ok": parity.get("ok"),
-        "parity_differences": [d.get("what") for d in parity.get("differences") or []],
-    }
 
 
 class RecoveryCollector(Collector):

@@ -17,8 +17,8 @@ from ..ports import Record, StateTable
 from ..runtime import supervisor
 from ..runtime.replication import region_backlog
 from ..runtime.restarter import read_state
+from .evaluation import EVALUATION_DOC, evaluation_summary
 from .health import verdict
-from .recovery_metrics import EVALUATION_DOC, evaluation_summary
 
 __all__ = [
     "MIN_PREFIX",

@@ -19,7 +19,7 @@ from typing import Any
 from .. import backends
 from ..config.workspace import Workspace
 from ..errors import MrbatchError
-from ..observe.recovery_metrics import EVALUATION_DOC
+from ..observe.evaluation import EVALUATION_DOC
 from .drill import DrillBlocked, blocked, due, run_drill
 from .evaluate import evaluate_plans
 from .operations import failover_target

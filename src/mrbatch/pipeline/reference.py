@@ -313,7 +313,7 @@ class ReferenceTable:
         The filter is pushed into the Parquet scan, so only matching rows are materialised.
         """
         # Not .unique(): is_in copes with repeats and unique() costs more than it saves.
-        hashes = keys.drop_nulls().to_frame().select(hash_keys(pl.first())).to_series()
+        hashes = keys.to_frame().select(hash_keys(pl.first().drop_nulls())).to_series()
         try:
             return (
                 pl.scan_parquet(self.parts)

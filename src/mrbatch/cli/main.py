@@ -7,6 +7,8 @@ from __future__ import annotations
 import os
 import sys
 
+from ..runtime.relay import RELAYED, relay  # the standard library only, as this module
+
 PRIVATE_UMASK = 0o077  # as config.workspace.PRIVATE_UMASK, without importing the configuration
 
 __all__ = ["run"]
@@ -36,16 +38,14 @@ def run(argv: list[str] | None = None) -> int:
     return 0
 
 
-# Commands that read or move one thing and print: when they return, nothing of theirs is left
-# running. Once their output is flushed they leave at once: the interpreter's teardown of the
-# modules they imported (typer, rich, pydantic, sqlite) took 50-75 ms, more than `wait` takes
-# to notice a finished run.
-QUICK = frozenset({"status", "runs", "wait", "url", "get", "put", "errors"})
+# Commands that read or move one thing and print (the ones the command server runs): when they
+# return, nothing of theirs is left running. Once their output is flushed they leave at once:
+# the interpreter's teardown of the modules they imported (typer, rich, pydantic, sqlite) took
+# 50-75 ms, more than `wait` takes to notice a finished run.
+QUICK = RELAYED
 
 
 def main() -> None:
-    from ..runtime.relay import relay
-
     relayed = relay(sys.argv[1:])
     if relayed is not None:
         sys.exit(relayed)

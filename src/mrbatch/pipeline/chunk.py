@@ -128,7 +128,6 @@ def process_chunk(
     header = parse_header(header_line[:end_of_header], source, dialect)
     schema.check_header(header, source=source)
     body = data
-    del data
     check_text(body, 0, len(body), None, first_line, source)
 
     good = parse_fast(body, header, first_line, dialect)
@@ -307,7 +306,7 @@ def _enrich(
             pl.col(enrichment.key).fill_null(""),
         ).alias(REASON)
     )
-    return joined.filter(hit).drop(HIT), missing
+    return joined.filter(hit), missing
 
 
 _HASH = "\0hash"  # internal, as parse's names

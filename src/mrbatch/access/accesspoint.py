@@ -20,6 +20,7 @@ from ..model.keys import INPUT, check_input_key, check_key
 from ..model.records import Accepted
 from ..ports import ObjectInfo, ObjectStore, StateTable
 from .ledger import accept
+from .splithint import Splitter
 
 __all__ = ["AccessPoint", "Located"]
 
@@ -76,13 +77,18 @@ class AccessPoint:
         for name in candidates:
             if start is not None and hasattr(data, "seek"):
                 data.seek(start)
+            splitter = _splitter(self.ws, key, data)
             try:
                 store = self.store(name)
-                info = store.put(key, data, durable=True)  # acknowledged: on disk
+                payload = splitter.reading(data) if splitter is not None else data
+                info = store.put(key, payload, durable=True)  # acknowledged: on disk
                 accepted = None
                 if key.startswith(INPUT):
+                    hint = splitter.finish(info.size) if splitter is not None else None
+                    splitter = None
                     # Acknowledged means kept and recorded: every accepted version is processed.
-                    accepted = accept(store, self.table(name), info, source=source)
+                    split = hint.to_body() if hint is not None else None
+                    accepted = accept(store, self.table(name), info, source=source, split=split)
             except UnavailableError as exc:
                 errors.append(f"{name}: {exc}")
                 log.warning(
@@ -91,6 +97,9 @@ class AccessPoint:
                 if start is None and not isinstance(data, bytes | bytearray):
                     break  # a one-shot stream cannot be replayed into another region
                 continue
+            finally:
+                if splitter is not None:
+                    splitter.abandon()
             return Located(name, info, accepted)
         raise UnavailableError(
             f"no region accepted {key}: " + "; ".join(errors),
@@ -121,6 +130,16 @@ class AccessPoint:
         located = self.locate(key)
         stream = self.store(located.region).open(key, version=located.info.version)
         return located, stream
+
+
+def _splitter(ws: Workspace, key: str, data: object) -> Splitter | None:
+    """A splitter for an input upload whose bytes can be read as a stream (not an iterable of
+    blocks), or None (see access.splithint)."""
+    if not key.startswith(INPUT) or not (
+        isinstance(data, bytes | bytearray) or hasattr(data, "read")
+    ):
+        return None
+    return Splitter.for_upload(ws.config, key, data)
 
 
 def _position(data: object) -> int | None:

@@ -11,6 +11,7 @@ all the same; ``mrbatch verify`` checks every record of every reachable region.
 from __future__ import annotations
 
 import time
+from typing import Any
 
 from .. import backends
 from ..config.workspace import Workspace
@@ -29,13 +30,15 @@ def accept(
     *,
     source: str,
     at: float | None = None,
+    split: dict[str, Any] | None = None,
 ) -> Accepted:
     """Record ``info`` (an object just written under ``input/`` in ``store``) as an accepted
     version: keep its bytes under the version's key, then write its ``Accepted`` record.
 
     Idempotent: accepting the same key and bytes again returns the first record (the same
     version is never processed twice). Raises UnavailableError when the bucket or the state
-    table cannot be written; the upload is then not acknowledged."""
+    table cannot be written; the upload is then not acknowledged. ``split``: the chunks the
+    upload found (access.splithint), kept in the record for the region that claims it."""
     if not info.key.startswith(INPUT):
         raise ValueError(f"{info.key} is not an input key")
     run_id = run_id_for(info.key, info.sha256)
@@ -55,6 +58,7 @@ def accept(
         at=time.time() if at is None else at,
         source=source,
         object_key=kept.key,
+        split=split,
     )
     try:
         table.insert(accepted_pk(run_id), ACCEPTED, entry.to_body(), epoch=0, durable=True)

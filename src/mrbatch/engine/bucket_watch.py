@@ -2,7 +2,8 @@
 appears there (written to it directly, bypassing the access point, or one whose
 acknowledgement was cut short, or replicated in) gets its ``Accepted`` record if it has none,
 so it is processed all the same; and the bytes of versions the region waits for are noticed as
-soon as they arrive."""
+soon as they arrive. A large input (the size from which uploads find the chunks) is given
+:data:`UPLOAD_RECORD_WAIT` seconds to be recorded by its upload first."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import logging
 import time
 
 from ..access.ledger import accept
+from ..access.splithint import HINT_FROM_BYTES
 from ..model.keys import INPUT, VERSIONS, run_id_for
 from ..model.records import accepted_pk
 from ..ports import ObjectInfo, ObjectStore, StateTable
@@ -19,6 +21,8 @@ __all__ = ["TRIGGER_CURSOR", "BucketWatch"]
 log = logging.getLogger("mrbatch.region")
 TRIGGER_CURSOR = "trigger"
 _BATCH = 500
+# How long a large input may wait for its upload's own record before the watcher records it.
+UPLOAD_RECORD_WAIT = 2.0
 
 
 class BucketWatch:
@@ -31,16 +35,21 @@ class BucketWatch:
         self.table = table
         self._cursor: int | None = None
         self._last_scan = 0.0
+        # Large new inputs seen without a record: (their info, when to record them ourselves).
+        self._waiting: dict[tuple[str, str], tuple[ObjectInfo, float]] = {}
 
     def poll(self, rescan_interval: float) -> set[str]:
         """Record what appeared since the last poll; the run ids whose version bytes
         (``versions/<run-id>/…``) arrived meanwhile."""
         now = time.monotonic()
+        for info, until in list(self._waiting.values()):
+            if now >= until:
+                self._accept_seen(info, now, wait=False)
         if now - self._last_scan >= rescan_interval:
             # Position first, then list: anything written meanwhile is seen by the feed too.
             cursor = self.store.last_seq()
             for info in self.store.list(INPUT):
-                self._accept_seen(info)
+                self._accept_seen(info, now)
             self._save_cursor(cursor)
             self._last_scan = now
             return set()
@@ -50,19 +59,28 @@ class BucketWatch:
             if info.deleted:
                 continue
             if info.key.startswith(INPUT):
-                self._accept_seen(info)
+                self._accept_seen(info, now)
             elif info.key.startswith(VERSIONS):
                 arrived.add(info.key[len(VERSIONS) :].split("/", 1)[0])
         if changes:
             self._save_cursor(changes[-1].seq)
         return arrived
 
-    def _accept_seen(self, info: ObjectInfo) -> None:
-        if self.table.get(accepted_pk(run_id_for(info.key, info.sha256))) is None:
-            accept(self.store, self.table, info, source="bucket")
-            log.info(
-                "%s: recorded %s (sha256 %s) as accepted", self.region, info.key, info.sha256[:12]
-            )
+    def _accept_seen(self, info: ObjectInfo, now: float, *, wait: bool = True) -> None:
+        seen = (info.key, info.sha256)
+        if self.table.get(accepted_pk(run_id_for(*seen))) is not None:
+            self._waiting.pop(seen, None)
+            return
+        if wait and info.size >= HINT_FROM_BYTES:
+            # A large input may be an upload through the access point that is about to record
+            # it with the chunks it found (access.splithint); recorded here first, the run
+            # would split again. Bytes written to the bucket directly, or an acknowledgement
+            # cut short, are recorded here once the wait is over.
+            self._waiting.setdefault(seen, (info, now + UPLOAD_RECORD_WAIT))
+            return
+        self._waiting.pop(seen, None)
+        accept(self.store, self.table, info, source="bucket")
+        log.info("%s: recorded %s (sha256 %s) as accepted", self.region, info.key, info.sha256[:12])
 
     def _position(self) -> int:
         if self._cursor is None:

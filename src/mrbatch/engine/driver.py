@@ -91,6 +91,8 @@ class Progress:
     # The configuration this run is driven with (pinned when the driving starts here): an
     # edit of mrbatch.toml applies to new runs and redrives, never to half of a run's chunks.
     config: ConfigRef | None = None
+    # The chunks the upload found (Accepted.split), used by SPLIT if the settings agree.
+    split_hint: dict[str, Any] | None = None
 
 
 class RunDriver:

@@ -17,6 +17,7 @@ import logging
 from concurrent.futures import Future
 from typing import Any
 
+from ..access.splithint import SplitHint
 from ..config.pipelines import format_for
 from ..errors import (
     ConflictError,
@@ -30,6 +31,7 @@ from ..model.keys import (
 from ..model.records import (
     RUN,
     Accepted,
+    ChunkSpec,
     FileRun,
     RunStatus,
     run_pk,
@@ -133,7 +135,9 @@ class Orchestrator(ChunkStage, PublishStage, FailureMailStage):
             record = self.table.insert(run_pk(run.run_id), RUN, run.to_body(), epoch=routing.epoch)
         except ConflictError:
             return None
-        self.runs[run.run_id] = Progress(run, record.version, config=self.config_ref)
+        self.runs[run.run_id] = Progress(
+            run, record.version, config=self.config_ref, split_hint=accepted.split
+        )
         self.stats["executions_started"] += 1
         self.faults.crash_point("after-claim", self.region)
         log.info(
@@ -229,6 +233,12 @@ class Orchestrator(ChunkStage, PublishStage, FailureMailStage):
                 run.pipeline,
                 run.input_key,
             )
+        hint, progress.split_hint = progress.split_hint, None  # used once, if at all
+        if progress.future is None and hint is not None:
+            found = hinted_split(hint, run, spec.quote)
+            if found is not None:
+                progress.future = Future()
+                progress.future.set_result(found)  # handled below as a split task's result
         if progress.future is None:
             source_key, source_version = run.source()
             progress.future = self.executor.submit(
@@ -276,7 +286,8 @@ class Orchestrator(ChunkStage, PublishStage, FailureMailStage):
         if run.redriven:
             # Split afresh in a later round: chunk records of an earlier round are not trusted.
             run.redo_chunks = [spec.index for spec in split.chunks]
-        if self._transition(progress, RunStatus.SPLIT, note=f"{len(split.chunks)} chunk(s)"):
+        note = f"{len(split.chunks)} chunk(s)" + (", found by the upload" if hint else "")
+        if self._transition(progress, RunStatus.SPLIT, note=note):
             self.stats["files_split"] += 1
             self.faults.crash_point("after-split", self.region)
 
@@ -302,3 +313,25 @@ class Orchestrator(ChunkStage, PublishStage, FailureMailStage):
         run.reference_sha256 = snapshot.sha256
         run.reference_version = snapshot.version
         return self._save(progress)
+
+
+def hinted_split(body: dict[str, Any], run: FileRun, quote: str) -> tasks.SplitResult | None:
+    """The chunks the upload found (access.splithint), if they were found with this run's
+    settings and cover exactly its input; None sends the run to a split task. The chunk tasks
+    still verify every chunk's checksum, and chunk 0's checks the header."""
+    hint = SplitHint.from_body(body)
+    if hint is None:
+        return None
+    csv = run.input_format == "csv"
+    wanted = (run.chunk_rows, run.input_format, (quote or None) if csv else None, run.input_size)
+    if (hint.chunk_rows, hint.input_format, hint.quote, hint.size) != wanted:
+        return None
+    try:
+        specs = [ChunkSpec(*c) for c in hint.chunks]
+    except TypeError:
+        return None
+    ends = [hint.size - sum(s.end - s.start for s in specs)] + [s.end for s in specs]
+    whole = [s.index for s in specs] == list(range(len(specs))) and bool(specs)
+    if not whole or [s.start for s in specs] != ends[:-1] or ends[-1] != hint.size:
+        return None
+    return tasks.SplitResult(header=hint.header, chunks=specs)

@@ -33,7 +33,7 @@ from ..faults import FaultPoints
 from ..model.keys import chunk_output_key, chunk_rejected_key, run_key
 from ..model.records import ChunkSpec
 from ..pipeline.chunk import ChunkOutput, Extras, process_chunk, process_records
-from ..pipeline.csvsplit import split_csv
+from ..pipeline.csvsplit import find_chunks
 from ..pipeline.http_enrich import DurableAnswers
 from ..pipeline.jsonl import parse_jsonl
 from ..pipeline.parquet import footer_length, group_row_groups, read_footer, read_row_groups
@@ -157,31 +157,18 @@ def split_task(
     ctx, loaded = _pipeline(config_path, region, pipeline, input_key, pinned)
     if input_format == "parquet":
         return _split_parquet(ctx, loaded, source_key, version, size, chunk_rows, input_key)
-    spec = loaded.spec
-    header = b""
-    found: list[tuple[int, int, str, int, int]] = []
     jsonl = input_format == "jsonl"
-    quote = None if jsonl or not spec.quote else spec.quote.encode()
+    quote = None if jsonl or not loaded.spec.quote else loaded.spec.quote.encode()
     with ctx.store.open(source_key, version=version) as stream:
-        chunks = split_csv(
-            stream, chunk_rows=chunk_rows, source=input_key, quote=quote, has_header=not jsonl
+        header, ranges = find_chunks(
+            stream,
+            chunk_rows=chunk_rows,
+            source=input_key,
+            quote=quote,
+            has_header=not jsonl,
+            check_header=lambda raw: _check_header(loaded, raw, input_key),
         )
-        for chunk in chunks:
-            if chunk.index == 0:
-                header = chunk.data[: chunk.header_size]
-                if not jsonl:
-                    _check_header(loaded, header, input_key)
-            body = memoryview(chunk.data)[chunk.header_size :]
-            sha = hashlib.sha256(body).hexdigest()
-            found.append((chunk.index, len(body), sha, chunk.first_line, chunk.lines))
-    # The bodies are consecutive and run to the end of the file; the header (and a BOM, if
-    # any) come before them.
-    offset = size - sum(length for _, length, _, _, _ in found)
-    specs: list[ChunkSpec] = []
-    for index, length, sha, first_line, lines in found:
-        specs.append(ChunkSpec(index, offset, offset + length, sha, first_line, lines))
-        offset += length
-    return SplitResult(header=header.decode("utf-8"), chunks=specs)
+    return SplitResult(header=header, chunks=[ChunkSpec(*r) for r in ranges])
 
 
 def _check_header(loaded: LoadedPipeline, raw: bytes, input_key: str) -> None:
@@ -345,6 +332,10 @@ def chunk_task(
     fault = ctx.faults.active("chunk-error", region)
     if fault is not None:  # a poisoned dependency: the task itself fails, storage is fine
         raise TaskError(f"injected fault: the chunk task failed ({fault.note or 'chunk-error'})")
+    if spec.index == 0 and input_format == "csv":
+        # An upload may have found the chunks (access.splithint): no split task then checked
+        # the header against the pipeline, so chunk 0 does, for every run (one line).
+        _check_header(loaded, header.encode("utf-8"), input_key)
     body = ctx.store.get_range(
         source_key, spec.start, spec.end - spec.start, version=source_version
     )

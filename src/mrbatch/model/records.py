@@ -130,18 +130,23 @@ class Accepted:
     at: float
     source: str
     object_key: str
+    # The chunks the upload found while storing the bytes (access.splithint), if it did.
+    split: dict[str, Any] | None = None
 
     @property
     def order(self) -> tuple[float, str, str]:
         return (self.at, self.region, self.run_id)
 
     def to_body(self) -> dict[str, Any]:
-        return {**_plain(self), "v": FORMAT}
+        body = {**_plain(self), "v": FORMAT}
+        if body["split"] is None:
+            del body["split"]
+        return body
 
     @classmethod
     def from_record(cls, record: Record) -> Accepted:
         body = record.body
-        return cls(**{f: body[f] for f in _ACCEPTED_FIELDS})
+        return cls(**{f: body[f] for f in _ACCEPTED_FIELDS if f in body})
 
 
 @dataclass

@@ -15,13 +15,14 @@ CSV dialect (RFC 4180, made precise)
 from __future__ import annotations
 
 import csv
-from collections.abc import Iterator
+import hashlib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import BinaryIO
+from typing import BinaryIO, cast
 
 from ..errors import InputError
 
-__all__ = ["MAX_RECORD_BYTES", "SplitChunk", "check_text", "split_csv"]
+__all__ = ["MAX_RECORD_BYTES", "ChunkRange", "SplitChunk", "check_text", "find_chunks", "split_csv"]
 
 
 BOM = b"\xef\xbb\xbf"
@@ -141,6 +142,63 @@ def split_csv(
         line += lines
     if index == 0:
         yield SplitChunk(0, header, line, 0, len(header))
+
+
+# (index, start, end, sha256 of the bytes start:end, first_line, lines): one chunk's record
+# range in the file, as SPLIT records it (model.records.ChunkSpec).
+ChunkRange = tuple[int, int, int, str, int, int]
+
+
+def find_chunks(
+    stream: BinaryIO,
+    *,
+    chunk_rows: int,
+    source: str,
+    quote: bytes | None = b'"',
+    has_header: bool = True,
+    check_header: Callable[[bytes], None] | None = None,
+) -> tuple[str, list[ChunkRange]]:
+    """The header and the chunks of the whole ``stream`` (read to its end), each with the
+    SHA-256 of its records: what a split task finds, and what an upload finds while it stores
+    the bytes (both call this, so they agree). ``check_header`` sees the header line first."""
+    header = b""
+    found: list[tuple[int, int, str, int, int]] = []
+    counted = _Counted(stream)
+    for chunk in split_csv(
+        cast("BinaryIO", counted),
+        chunk_rows=chunk_rows,
+        source=source,
+        quote=quote,
+        has_header=has_header,
+    ):
+        if chunk.index == 0:
+            header = chunk.data[: chunk.header_size]
+            if check_header is not None and has_header:
+                check_header(header)
+        body = memoryview(chunk.data)[chunk.header_size :]
+        sha = hashlib.sha256(body).hexdigest()
+        found.append((chunk.index, len(body), sha, chunk.first_line, chunk.lines))
+    # The bodies are consecutive and run to the end of the file; the header (and a BOM, if
+    # any) come before them.
+    offset = counted.size - sum(length for _, length, _, _, _ in found)
+    ranges: list[ChunkRange] = []
+    for index, length, sha, first_line, lines in found:
+        ranges.append((index, offset, offset + length, sha, first_line, lines))
+        offset += length
+    return header.decode("utf-8"), ranges
+
+
+class _Counted:
+    """A stream that counts the bytes read from it (split_csv reads to the end)."""
+
+    def __init__(self, stream: BinaryIO) -> None:
+        self.stream = stream
+        self.size = 0
+
+    def read(self, n: int = -1) -> bytes:
+        block = self.stream.read(n)
+        self.size += len(block)
+        return block
 
 
 def _cut_after(

@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,12 +23,13 @@ from mrbatch.config.initialize import sample_bytes
 from mrbatch.config.workspace import Workspace
 from mrbatch.engine import tasks
 from mrbatch.errors import InputError
+from mrbatch.faults import FaultPoints
 from mrbatch.model.keys import output_key_for, run_id_for
 from mrbatch.model.records import Accepted, ChunkSpec, FileRun, RunStatus, accepted_pk
 from mrbatch.ports import ObjectInfo
 from tests.conftest import Deployment, make_workspace
 from tests.expected import expected_output
-from tests.helpers import finished, mrbatch, put, run_of
+from tests.helpers import eventually, finished, mrbatch, put, run_of
 
 SAMPLE = sample_bytes("orders.csv")
 HEADER, BODY = SAMPLE.split(b"\n", 1)
@@ -223,3 +225,28 @@ def test_a_large_input_written_to_the_bucket_directly_is_still_recorded_and_run(
     assert (accepted.source, accepted.split) == ("bucket", None)
     assert run.accepted_at is not None and run.accepted_at - stored.modified >= 1.5
     assert _split_note(run) == "47 chunk(s)"
+
+
+def test_an_input_replicated_in_before_its_record_keeps_the_record_of_its_upload(
+    deployed: Workspace,
+) -> None:
+    """Objects replicate before records: the standby's bucket watcher sees the input before its
+    Accepted record arrives. Recorded there first, the standby's own record (its clock, its
+    name) won the merge, in both regions, and moved the version in the acceptance order; the
+    watcher now waits for the record that follows."""
+    ws = deployed
+    active, standby = ws.regions
+    faults = FaultPoints(ws.faults_path)
+    held = faults.arm("replication:records", region=active, note="records held back")
+    try:
+        info = put(ws, "input/replicated.csv", SAMPLE, region=active)
+        replica = backends.open_object_store(ws, standby)
+        eventually(lambda: replica.head(info.key) is not None, 30, "the input in the standby")
+        time.sleep(0.3)  # several passes of the standby's watcher
+    finally:
+        faults.disarm(held.id)
+    table = backends.open_state_table(ws, standby)
+    record = eventually(lambda: table.get(accepted_pk(run_id_for(info.key, info.sha256))), 30)
+    accepted = Accepted.from_record(record)
+    assert (accepted.region, accepted.source) == (active, "put"), accepted
+    assert finished(ws, info).status is RunStatus.COMPLETED

@@ -2,8 +2,9 @@
 appears there (written to it directly, bypassing the access point, or one whose
 acknowledgement was cut short, or replicated in) gets its ``Accepted`` record if it has none,
 so it is processed all the same; and the bytes of versions the region waits for are noticed as
-soon as they arrive. A large input (the size from which uploads find the chunks) is given
-:data:`UPLOAD_RECORD_WAIT` seconds to be recorded by its upload first."""
+soon as they arrive. A large input (the size from which uploads find the chunks), and one
+replicated in from another region, is given :data:`UPLOAD_RECORD_WAIT` seconds for its own
+record to arrive first."""
 
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ __all__ = ["TRIGGER_CURSOR", "BucketWatch"]
 log = logging.getLogger("mrbatch.region")
 TRIGGER_CURSOR = "trigger"
 _BATCH = 500
-# How long a large input may wait for its upload's own record before the watcher records it.
+# How long an input may wait for its own record (see _accept_seen) before the watcher records it.
 UPLOAD_RECORD_WAIT = 2.0
 
 
@@ -71,11 +72,14 @@ class BucketWatch:
         if self.table.get(accepted_pk(run_id_for(*seen))) is not None:
             self._waiting.pop(seen, None)
             return
-        if wait and info.size >= HINT_FROM_BYTES:
+        if wait and (info.size >= HINT_FROM_BYTES or info.origin != self.region):
             # A large input may be an upload through the access point that is about to record
             # it with the chunks it found (access.splithint); recorded here first, the run
-            # would split again. Bytes written to the bucket directly, or an acknowledgement
-            # cut short, are recorded here once the wait is over.
+            # would split again. An input replicated in is usually followed by its record
+            # (objects replicate before records); recorded here first, this region's record
+            # (its clock, its name) would win the merge and change the version's place in
+            # the acceptance order. Bytes written to the bucket directly, an acknowledgement
+            # cut short, or a record that never comes, are recorded here once the wait is over.
             self._waiting.setdefault(seen, (info, now + UPLOAD_RECORD_WAIT))
             return
         self._waiting.pop(seen, None)

@@ -26,7 +26,7 @@ import threading
 from dataclasses import dataclass
 from typing import Any, BinaryIO, cast
 
-from ..config.pipelines import format_for
+from ..config.pipelines import format_for, split_quote
 from ..config.settings import Config
 from ..pipeline.csvsplit import find_chunks
 
@@ -87,7 +87,6 @@ class Splitter:
     def __init__(self, chunk_rows: int, input_format: str, quote: str | None, key: str) -> None:
         self.settings = (chunk_rows, input_format, quote)
         self._blocks: queue.Queue[bytes] = queue.Queue(_QUEUED_BLOCKS)
-        self._size = 0
         self._result: SplitHint | None = None
         self._failed = False
         self._thread = threading.Thread(
@@ -103,8 +102,7 @@ class Splitter:
         input_format = format_for(spec, key)
         if input_format not in ("csv", "jsonl") or _size_of(data) < HINT_FROM_BYTES:
             return None
-        quote = None if input_format == "jsonl" or not spec.quote else spec.quote
-        return cls(spec.chunk_rows, input_format, quote, key)
+        return cls(spec.chunk_rows, input_format, split_quote(spec, input_format), key)
 
     def _run(self, key: str) -> None:
         chunk_rows, input_format, quote = self.settings
@@ -119,7 +117,7 @@ class Splitter:
             )
             if len(ranges) <= HINT_MAX_CHUNKS:
                 chunks = [list(r) for r in ranges]
-                size = self._size
+                size = ranges[-1][2]  # the last chunk ends with the file (there is always one)
                 self._result = SplitHint(chunk_rows, input_format, quote, size, header, chunks)
         except Exception as exc:  # a bad file: the split task will say what is wrong
             log.debug("no split hint for %s: %s", key, exc)
@@ -129,7 +127,6 @@ class Splitter:
 
     def feed(self, block: bytes) -> None:
         if block and not self._failed:
-            self._size += len(block)
             self._blocks.put(block)
 
     def finish(self, size: int) -> SplitHint | None:

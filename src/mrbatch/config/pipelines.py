@@ -34,6 +34,7 @@ __all__ = [
     "WebhookConfig",
     "format_for",
     "spec_hash",
+    "split_quote",
 ]
 
 DEFAULT_PIPELINE = "default"
@@ -319,6 +320,13 @@ def format_for(spec: PipelineSpec, key: str) -> str:
     if spec.format != "auto":
         return spec.format
     return _EXTENSIONS.get(PurePosixPath(key).suffix.lower(), "csv")
+
+
+def split_quote(spec: PipelineSpec, input_format: str) -> str | None:
+    """The quote character that keeps a line break inside a record when an input is split
+    into chunks: none for JSON Lines (a JSON text has no raw line break), nor for a pipeline
+    without quoting."""
+    return None if input_format == "jsonl" or not spec.quote else spec.quote
 
 
 def delimiter_for(spec: PipelineSpec, key: str) -> str:

@@ -36,7 +36,7 @@ class BucketWatch:
         self.table = table
         self._cursor: int | None = None
         self._last_scan = 0.0
-        # Large new inputs seen without a record: (their info, when to record them ourselves).
+        # Inputs given time for their own record (see _accept_seen): info, when to record.
         self._waiting: dict[tuple[str, str], tuple[ObjectInfo, float]] = {}
 
     def poll(self, rescan_interval: float) -> set[str]:

@@ -15,10 +15,11 @@ from __future__ import annotations
 
 import logging
 from concurrent.futures import Future
+from itertools import pairwise
 from typing import Any
 
 from ..access.splithint import SplitHint
-from ..config.pipelines import format_for
+from ..config.pipelines import format_for, split_quote
 from ..errors import (
     ConflictError,
     MrbatchError,
@@ -235,7 +236,7 @@ class Orchestrator(ChunkStage, PublishStage, FailureMailStage):
             )
         hint, progress.split_hint = progress.split_hint, None  # used once, if at all
         if progress.future is None and hint is not None:
-            found = hinted_split(hint, run, spec.quote)
+            found = hinted_split(hint, run, split_quote(spec, run.input_format))
             if found is not None:
                 progress.future = Future()
                 progress.future.set_result(found)  # handled below as a split task's result
@@ -315,23 +316,23 @@ class Orchestrator(ChunkStage, PublishStage, FailureMailStage):
         return self._save(progress)
 
 
-def hinted_split(body: dict[str, Any], run: FileRun, quote: str) -> tasks.SplitResult | None:
+def hinted_split(body: dict[str, Any], run: FileRun, quote: str | None) -> tasks.SplitResult | None:
     """The chunks the upload found (access.splithint), if they were found with this run's
     settings and cover exactly its input; None sends the run to a split task. The chunk tasks
     still verify every chunk's checksum, and chunk 0's checks the header."""
     hint = SplitHint.from_body(body)
     if hint is None:
         return None
-    csv = run.input_format == "csv"
-    wanted = (run.chunk_rows, run.input_format, (quote or None) if csv else None, run.input_size)
+    wanted = (run.chunk_rows, run.input_format, quote, run.input_size)
     if (hint.chunk_rows, hint.input_format, hint.quote, hint.size) != wanted:
         return None
     try:
         specs = [ChunkSpec(*c) for c in hint.chunks]
     except TypeError:
         return None
-    ends = [hint.size - sum(s.end - s.start for s in specs)] + [s.end for s in specs]
-    whole = [s.index for s in specs] == list(range(len(specs))) and bool(specs)
-    if not whole or [s.start for s in specs] != ends[:-1] or ends[-1] != hint.size:
+    # Chunks 0, 1, 2… each starting where the one before ends, the last at the end of the input.
+    numbered = bool(specs) and [s.index for s in specs] == list(range(len(specs)))
+    contiguous = all(a.end == b.start for a, b in pairwise(specs))
+    if not (numbered and contiguous and specs[-1].end == hint.size):
         return None
     return tasks.SplitResult(header=hint.header, chunks=specs)

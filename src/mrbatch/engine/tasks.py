@@ -25,7 +25,7 @@ from pathlib import Path
 import polars as pl
 
 from .. import backends
-from ..config.pipelines import delimiter_for
+from ..config.pipelines import delimiter_for, split_quote
 from ..config.reload import ConfigRef
 from ..config.workspace import Workspace
 from ..errors import ConflictError, InputError, TaskError, UserCodeError
@@ -157,15 +157,14 @@ def split_task(
     ctx, loaded = _pipeline(config_path, region, pipeline, input_key, pinned)
     if input_format == "parquet":
         return _split_parquet(ctx, loaded, source_key, version, size, chunk_rows, input_key)
-    jsonl = input_format == "jsonl"
-    quote = None if jsonl or not loaded.spec.quote else loaded.spec.quote.encode()
+    quote = split_quote(loaded.spec, input_format)
     with ctx.store.open(source_key, version=version) as stream:
         header, ranges = find_chunks(
             stream,
             chunk_rows=chunk_rows,
             source=input_key,
-            quote=quote,
-            has_header=not jsonl,
+            quote=quote.encode() if quote else None,
+            has_header=input_format != "jsonl",
             check_header=lambda raw: _check_header(loaded, raw, input_key),
         )
     return SplitResult(header=header, chunks=[ChunkSpec(*r) for r in ranges])

@@ -13,6 +13,7 @@ PACKAGE = SRC / "mrbatch"
 # One cohesive thing each, longer than the rule of thumb of about 400 lines.
 LONG_ALLOWED: dict[str, int] = {
     "mrbatch.proof.chaos": 430,  # one experiment's life: inject, hold, observe, restore, settle
+    "mrbatch.ports": 430,  # every port and the values they exchange, read as one contract
 }
 MAX_LINES = 420
 

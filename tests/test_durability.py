@@ -52,3 +52,48 @@ def test_an_upload_is_synced_before_it_is_acknowledged(
     # ...and the index row and the ledger entry (SQLite WAL, synchronous=FULL).
     assert any(p.endswith("bucket/index.sqlite-wal") for p in synced), synced
     assert any(p.endswith("state.sqlite-wal") for p in synced), synced
+
+
+PWRITE = re.compile(r"\bpwrite64\((\d+)<([^>]*)>")
+
+REPLICATE_ONCE = """
+import sys
+from mrbatch.config.workspace import Workspace
+from mrbatch.runtime.replication import Replicator
+Replicator(Workspace.load(), sys.argv[1]).run_once()
+"""
+
+
+def test_a_replicator_syncs_what_it_copied_before_its_cursor_moves_past_it(
+    workspace: Workspace, tmp_path: Path
+) -> None:
+    """The objects cursor lives in the destination's state table, the copied versions in its
+    object index: two SQLite files, both committed without a sync. Were the cursor's commit to
+    reach the disk and the index's not (a power loss), those objects would never be copied
+    again. So the index's WAL is synced after the last copy and before the cursor is written."""
+    from mrbatch import backends
+
+    source, dest = workspace.regions[0], workspace.regions[1]
+    backends.open_object_store(workspace, source).put("inbox/replicated.csv", b"uuid\n1\n")
+    log = tmp_path / "strace.log"
+    subprocess.run(
+        ["strace", "-f", "-y", "-qq", "-s", "0", "-o", str(log),
+         "-e", "trace=fsync,fdatasync,pwrite64",
+         sys.executable, "-c", REPLICATE_ONCE, dest],
+        cwd=workspace.root, check=True, capture_output=True, timeout=120,
+    )  # fmt: skip
+    lines = log.read_text().splitlines()
+    dest_dir = str(workspace.region_dir(dest))
+    index_wal, state_wal = f"{dest_dir}/bucket/index.sqlite-wal", f"{dest_dir}/state.sqlite-wal"
+    cursor_at = next(
+        i for i, line in enumerate(lines) if (m := PWRITE.search(line)) and m.group(2) == state_wal
+    )
+    before = lines[:cursor_at]
+    index_writes = [
+        i for i, line in enumerate(before) if (m := PWRITE.search(line)) and m.group(2) == index_wal
+    ]
+    assert index_writes, "the copy was not committed to the index before the cursor moved"
+    synced_after = [m.group(3) for line in before[index_writes[-1] :] if (m := SYNC.search(line))]
+    assert index_wal in synced_after, "the cursor moved before the copied versions were synced"
+    copied = backends.open_object_store(workspace, dest).head("inbox/replicated.csv")
+    assert copied is not None and copied.origin == source

@@ -150,6 +150,11 @@ class ObjectStore(Protocol):
         ``info.origin`` so it is not replicated back. Idempotent; True when applied."""
         ...
 
+    def sync(self) -> None:
+        """Make every change committed so far survive a power loss, as a durable write does
+        (a replicator syncs before it moves a cursor, kept elsewhere, past its changes)."""
+        ...
+
     def purge(self, older_than: float) -> Purged:
         """Free what no live key needs any more: deletion tombstones written before
         ``older_than``, and the bytes of versions superseded before it. Local. Idempotent."""

@@ -129,6 +129,8 @@ def test_replica_merge_rule(
     assert b.apply_replica(late, a.open("k")) is False  # the higher epoch wins
     assert a.apply_replica(newer_epoch, b.open("k")) is True
     assert a.get("k") == b.get("k") == b"from b, epoch 2"
+    a.sync()  # every backend can make its applied replicas durable (the replicator asks)
+    assert a.head("k").sha256 == newer_epoch.sha256  # type: ignore[union-attr]
 
 
 def test_replica_deletion_and_corruption(

@@ -265,6 +265,7 @@ def restore(
         if info.sha256 not in contents:
             contents.add(info.sha256)
             report.bytes_restored += info.size
+    store.sync()  # on disk before the records that name them, whatever a power loss takes
     for record in sorted(chosen.records.values(), key=lambda r: (r.updated, r.pk)):
         table.apply_replica(record)
         report.records += 1

@@ -235,6 +235,12 @@ class Replicator:
                 applied += int(self._apply_object(src, info))
             cursor, read = info.seq, read + 1
         if cursor != self._cursors[name]:
+            if applied:
+                # The cursor lives in the state table, the applied changes in the store's
+                # index: two files (two services, on other backends). The changes go to
+                # stable storage first, or a power loss could keep the cursor without them,
+                # and those objects would never be copied again.
+                self.dest_store.sync()
             self._move(name, cursor)
         if read == len(changes):  # not when native replication has yet to deliver one
             self._caught_up("objects", source, read)

@@ -32,6 +32,14 @@ def test_put_streams_files_and_iterables(store: ObjectStore) -> None:
     big = bytes(range(256)) * 20_000  # 5 MB, several copy blocks
     assert store.put("x/file", io.BytesIO(big)).size == len(big)
     assert store.get("x/file") == big
+    # Bytes and blocks larger than a copy block (the embedded store writes them in pieces).
+    whole = store.put("x/bytes", big + b"!")
+    assert whole.sha256 == hashlib.sha256(big + b"!").hexdigest() and whole.size == len(big) + 1
+    assert store.get("x/bytes") == big + b"!"
+    assert store.put("x/blocks", iter([b"<", big, memoryview(big)[:3_000_001]])).size == (
+        1 + len(big) + 3_000_001
+    )
+    assert store.get("x/blocks") == b"<" + big + big[:3_000_001]
     assert (
         store.put("x/iter", iter([b"ab", b"", b"cd"])).sha256 == hashlib.sha256(b"abcd").hexdigest()
     )

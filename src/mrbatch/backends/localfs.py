@@ -30,12 +30,13 @@ from typing import TYPE_CHECKING, BinaryIO
 from ..errors import ConflictError, NotFoundError
 from ..model.keys import check_key
 from ..ports import ObjectInfo, Purged
+from .blobfiles import blocks, fsync_dir, fsync_file
 from .sqlite_util import SqliteFile
 
 if TYPE_CHECKING:
     from ..config.workspace import Workspace
 
-__all__ = ["LocalObjectStore", "fsync_dir", "open_store"]
+__all__ = ["LocalObjectStore", "open_store"]
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS objects (
@@ -51,7 +52,6 @@ CREATE TABLE IF NOT EXISTS objects (
 );
 CREATE INDEX IF NOT EXISTS objects_seq ON objects (seq);
 """
-_COPY_BLOCK = 1 << 20
 
 
 def _prefix_end(prefix: str) -> str:
@@ -83,7 +83,7 @@ class LocalObjectStore:
         tmp = self._tmp / f"{uuid.uuid4().hex}.part"
         try:
             with open(tmp, "wb") as out:
-                for block in _blocks(data):
+                for block in blocks(data):
                     digest.update(block)
                     out.write(block)
                     size += len(block)
@@ -96,7 +96,7 @@ class LocalObjectStore:
                 tmp.unlink()
                 os.utime(target)  # in use again: not a superseded version for purge
                 if durable:
-                    _fsync_file(target)  # written before, perhaps not synced then
+                    fsync_file(target)  # written before, perhaps not synced then
             else:
                 if not target.parent.exists():
                     target.parent.mkdir(exist_ok=True)
@@ -265,7 +265,7 @@ class LocalObjectStore:
                         f"{self.region}: no object {src!r} version {version[:12]} to copy"
                     ) from None
             if durable:
-                _fsync_file(self._blob_path(version))  # an intermediate's bytes, now kept
+                fsync_file(self._blob_path(version))  # an intermediate's bytes, now kept
             return self._commit(dst, version, size, meta or {}, epoch, durable)
 
     def delete(self, key: str) -> bool:
@@ -373,7 +373,7 @@ class LocalObjectStore:
         # it, then the database): one fsync of the WAL makes every commit in it durable.
         wal = self._index.path.with_name(self._index.path.name + "-wal")
         try:
-            _fsync_file(wal)
+            fsync_file(wal)
         except FileNotFoundError:
             pass  # the last connection closed: checkpointed into the database and synced
 
@@ -387,33 +387,6 @@ class LocalObjectStore:
         if not path.exists():
             raise NotFoundError(f"{self.region}: no blob {version[:12]}")
         return path
-
-
-def _fsync_file(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def fsync_dir(path: Path) -> None:
-    """Make the entries of directory ``path`` (a rename, a new file) durable."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _blocks(data: bytes | BinaryIO | Iterable[bytes]) -> Iterator[bytes]:
-    if isinstance(data, bytes | bytearray | memoryview):
-        yield bytes(data)
-    elif hasattr(data, "read"):
-        while block := data.read(_COPY_BLOCK):
-            yield block
-    else:
-        yield from data
 
 
 def open_store(ws: Workspace, region: str) -> LocalObjectStore:

@@ -28,6 +28,7 @@ __all__ = [
     "check_key",
     "chunk_output_key",
     "chunk_rejected_key",
+    "is_chunk_intermediate",
     "output_key_for",
     "rejected_key_for",
     "run_id_for",
@@ -129,3 +130,13 @@ def chunk_output_key(run_id: str, index: int) -> str:
 
 def chunk_rejected_key(run_id: str, index: int) -> str:
     return run_key(run_id, f"rejected/{index:05d}.csv")
+
+
+def is_chunk_intermediate(key: str) -> bool:
+    """A chunk task's output or rejected rows (``runs/<run-id>/out/…``, ``…/rejected/…``):
+    what only the region running the chunk needs. The built-in replicators copy their
+    deletions, not their bytes (see runtime.replication)."""
+    if not key.startswith(RUNS):
+        return False
+    _run_id, _, rest = key[len(RUNS) :].partition("/")
+    return rest.startswith(("out/", "rejected/"))

@@ -9,7 +9,7 @@ from collections import Counter
 from ..config.workspace import Workspace
 from ..errors import MrbatchError, NotFoundError
 from ..maintain.gc import retention_window
-from ..model.keys import OUTPUT, VERSIONS, run_id_for, version_input_key
+from ..model.keys import OUTPUT, VERSIONS, is_chunk_intermediate, run_id_for, version_input_key
 from ..model.records import FileRun, RunStatus
 from .evidence import (
     accepted_versions,
@@ -348,6 +348,8 @@ class Checker:
         for other in others:
             for a, b in ((first, other), (other, first)):
                 for key, info in a.objects.items():
+                    if is_chunk_intermediate(key):  # not replicated (runtime.replication)
+                        continue
                     theirs = b.objects.get(key)
                     if theirs is None:
                         differ(key, b.name, f"object missing in {b.name} (present in {a.name})")

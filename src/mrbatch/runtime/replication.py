@@ -7,23 +7,26 @@ change is applied, so a crash repeats at most one batch and applying twice is ha
 Changes that came from the destination itself are skipped, so nothing ping-pongs.
 
 A source's feed can be rebuilt (``mrbatch restore`` refills a region whose data was lost; its
-feed then restarts at low positions). Two things make the replicator read it again from the
-start instead of skipping the new changes as already seen: the source's *feed generation*
-(a cursor of the source replica, :data:`GENERATION_CURSOR`, which a restore sets) differs from
-the one this destination last followed, or the source's feed ends before this destination's
-cursor (it went backwards: a region wiped and refilled by other means). And a destination that
-was rebuilt itself gets back its *own* changes from the others: while a *reclaim* flag set by
-the restore is up for a source (:func:`reclaim_name`), changes that originated in the
-destination are applied too (the merge rule keeps whichever is newer), until the replicator
-has read that source's feed to its end once.
+feed restarts at low positions). The replicator reads it again from the start, instead of
+skipping the new changes as seen, when the source's *feed generation* (a cursor of the source
+replica, :data:`GENERATION_CURSOR`, set by a restore) differs from the one this destination
+last followed, or the feed ends before this destination's cursor (a region wiped and refilled
+by other means). A destination rebuilt itself gets back its *own* changes from the others:
+while a *reclaim* flag set by the restore is up for a source (:func:`reclaim_name`), changes
+that originated in the destination are applied too (the merge rule keeps the newer), until
+the replicator has read that source's feed to its end once.
 
-Backlog and lag are measured from the same cursors: the backlog of region R is the number of
-changes in R not yet applied in some other region, and its lag the age of the oldest of them.
+Chunk outputs (``runs/<id>/out/…``, ``…/rejected/…``: a third of the bytes a run writes) are
+not copied, only their deletions (so collecting a run also removes what another region wrote
+for it before a takeover): only the region running a chunk reads its output; one taking over a
+run runs again the chunks whose outputs it lacks, and ``verify`` does not compare them.
 
-With ``backends.replication = "native"`` the provider copies (S3 Cross-Region Replication,
-DynamoDB global tables) and the replicators copy nothing: they follow the same feeds and move
-each cursor past a change only once they see it arrived in the destination (the object or
-record there is the same version or a later one), so backlog and lag mean the same thing.
+Backlog and lag come from the same cursors: the backlog of region R is the number of changes
+in R not yet applied in some other region, its lag the age of the oldest of them. With
+``backends.replication = "native"`` the provider copies (S3 Cross-Region Replication, DynamoDB
+global tables; chunk outputs as it is configured to) and the replicators copy nothing: they
+move each cursor past a change once it arrived in the destination (the same version or a later
+one there; chunk outputs are not waited for), so backlog and lag mean the same thing.
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ from ..config.reload import ConfigWatcher
 from ..config.workspace import Workspace
 from ..errors import MrbatchError, NotFoundError, UnavailableError
 from ..faults import FaultPoints
+from ..model.keys import is_chunk_intermediate
 from ..ports import ObjectInfo, ObjectStore, Record, StateTable
 from ..retry import Backoff
 
@@ -173,11 +177,7 @@ class Replicator:
         log.warning(
             "replication %s -> %s: %s's change feeds were rebuilt (generation %d, was %d);"
             " reading them again from the start",
-            source,
-            self.dest,
-            source,
-            current,
-            self._generations[source],
+            *(source, self.dest, source, current, self._generations[source]),
         )
         for kind in KINDS:
             self._move(cursor_name(kind, source), 0)
@@ -191,12 +191,7 @@ class Replicator:
         log.warning(
             "replication %s -> %s: %s's %s feed ends at %d, before our cursor %d (it was"
             " rebuilt); reading it again from the start",
-            source,
-            self.dest,
-            source,
-            kind,
-            last,
-            cursor,
+            *(source, self.dest, source, kind, last, cursor),
         )
         self._move(cursor_name(kind, source), 0)
         return True
@@ -226,7 +221,9 @@ class Replicator:
         applied, read = 0, 0
         for info in changes:
             foreign = info.origin != self.dest
-            if foreign and self.native:
+            if is_chunk_intermediate(info.key) and (self.native or not info.deleted):
+                pass  # a chunk's output stays where the chunk ran (see the module)
+            elif foreign and self.native:
                 if not self._object_arrived(info):
                     break  # the provider has not copied it yet: look again next pass
             elif foreign or reclaim:
@@ -236,10 +233,9 @@ class Replicator:
             cursor, read = info.seq, read + 1
         if cursor != self._cursors[name]:
             if applied:
-                # The cursor lives in the state table, the applied changes in the store's
-                # index: two files (two services, on other backends). The changes go to
-                # stable storage first, or a power loss could keep the cursor without them,
-                # and those objects would never be copied again.
+                # The cursor (state table) and the changes (the store's index) are in two
+                # files: the changes go to stable storage first, or a power loss could keep
+                # the cursor without them, and those objects would never be copied again.
                 self.dest_store.sync()
             self._move(name, cursor)
         if read == len(changes):  # not when native replication has yet to deliver one
@@ -391,6 +387,7 @@ def backlog(ws: Workspace, source: str, dest: str) -> Backlog:
     obj_items = [
         (i.seq, i.origin, i.modified)
         for i in store.changes(start("objects", store.last_seq), limit=_COUNT_CAP)
+        if i.deleted or not is_chunk_intermediate(i.key)  # never copied: no backlog
     ]
     rec_items = [
         (r.seq, r.writer, r.updated)

@@ -119,5 +119,7 @@ def test_modules_fit_in_one_reading() -> None:
 
 def test_no_module_lies_loose_at_the_package_root() -> None:
     loose = sorted(p.stem for p in PACKAGE.glob("*.py") if p.stem != "__init__")
-    # The foundations every part shares; everything else lives in the package of its part.
-    assert loose == ["errors", "faults", "ports", "retry"], loose
+    # The foundations every part shares (durable: fsync of local files, which the access point,
+    # the reference cache, backups and the embedded store all need); everything else lives in
+    # the package of its part.
+    assert loose == ["durable", "errors", "faults", "ports", "retry"], loose

@@ -35,6 +35,7 @@ from pathlib import Path
 
 from ..config.pipelines import PipelineSpec, delimiter_for, format_for
 from ..config.workspace import Workspace
+from ..durable import fsync_dir
 from ..errors import UsageError
 from ..faults import FaultPoints
 from .accesspoint import AccessPoint
@@ -153,7 +154,7 @@ class Ingestor:
         seq = max([self._next_from_state(), *(s + 1 for s in self._segments())])
         _write_json(self.dir / "state.json", {"next": seq + 1})
         self._handle = open(self._segment(seq), "ab")  # noqa: SIM115
-        _fsync_dir(self.dir)
+        fsync_dir(self.dir)
         self._open, self._opened_at, self._count = seq, time.monotonic(), 0
 
     def _close_segment(self) -> None:
@@ -186,7 +187,7 @@ class Ingestor:
         with open(self.dir / "sealed.log", "a", encoding="utf-8") as log:
             log.write(json.dumps(sealed.__dict__) + "\n")
         path.unlink()
-        _fsync_dir(self.dir)
+        fsync_dir(self.dir)
         return sealed
 
     def _header(self) -> bytes:
@@ -250,12 +251,4 @@ def _write_json(path: Path, value: object) -> None:
         out.flush()
         os.fsync(out.fileno())
     os.replace(tmp, path)
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    fsync_dir(path.parent)

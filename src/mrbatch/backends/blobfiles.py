@@ -1,33 +1,13 @@
-"""Files written durably and in pieces: what the embedded object store's blobs are made of."""
+"""Bytes as the embedded object store writes them to a file: in pieces of at most 1 MiB."""
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterable, Iterator
-from pathlib import Path
 from typing import BinaryIO
 
-__all__ = ["COPY_BLOCK", "blocks", "fsync_dir", "fsync_file"]
+__all__ = ["COPY_BLOCK", "blocks"]
 
 COPY_BLOCK = 1 << 20
-
-
-def fsync_file(path: Path) -> None:
-    """Make the bytes of file ``path`` durable."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def fsync_dir(path: Path) -> None:
-    """Make the entries of directory ``path`` (a rename, a new file) durable."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def blocks(data: bytes | BinaryIO | Iterable[bytes]) -> Iterator[bytes | bytearray | memoryview]:

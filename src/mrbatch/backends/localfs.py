@@ -27,10 +27,11 @@ from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
 
+from ..durable import fsync_dir, fsync_file
 from ..errors import ConflictError, NotFoundError
 from ..model.keys import check_key
 from ..ports import ObjectInfo, Purged
-from .blobfiles import blocks, fsync_dir, fsync_file
+from .blobfiles import blocks
 from .sqlite_util import SqliteFile
 
 if TYPE_CHECKING:

@@ -31,6 +31,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO, Protocol
 
+from ..durable import fsync_dir
 from ..errors import MrbatchError, NotFoundError, UsageError
 
 if TYPE_CHECKING:
@@ -165,9 +166,9 @@ class DirectoryTarget:
     def _commit(self, tmp: Path, target: Path) -> None:
         if not target.parent.is_dir():
             target.parent.mkdir(parents=True, exist_ok=True)
-            _fsync_dir(target.parent.parent)
+            _sync_entries(target.parent.parent)
         os.replace(tmp, target)
-        _fsync_dir(target.parent)
+        _sync_entries(target.parent)
 
     def _tmp(self) -> Path:
         tmp_dir = self.root / "tmp"
@@ -242,10 +243,6 @@ class DirectoryTarget:
                     yield path.name, path.stat().st_size
 
 
-def _fsync_dir(path: Path) -> None:
-    with contextlib.suppress(OSError):
-        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+def _sync_entries(directory: Path) -> None:
+    with contextlib.suppress(OSError):  # not every file system a backup lands on syncs directories
+        fsync_dir(directory)

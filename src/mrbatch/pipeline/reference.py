@@ -19,6 +19,7 @@ from typing import Final
 import polars as pl
 
 from ..config.settings import RESERVED_COLUMN_PREFIX
+from ..durable import fsync_dir, fsync_file
 from ..errors import ConfigError, InputError, ReferenceDataError
 from .csvsplit import split_csv
 
@@ -137,7 +138,7 @@ def prepare_reference(
         (tmp / _COLUMNS_FILE).write_text(json.dumps(list(enrichment.columns.values())))
         _check_duplicates(_parts(tmp), rows, enrichment, source)
         # Synced before the rename: a cache truncated by a crash would fail every run.
-        _fsync_path(tmp)
+        fsync_dir(tmp)
         _swap_in(tmp, cache_path)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -175,7 +176,7 @@ def _write_parts(csv_path: Path, directory: Path, enrichment: Enrichment, source
                 frame.write_parquet(
                     path, compression=_REF_COMPRESSION, row_group_size=_REF_ROW_GROUP
                 )
-                _fsync_path(path)
+                fsync_file(path)
                 rows += frame.height
         except InputError as exc:
             raise _ref_error(source, f"cannot read the reference data: {exc.message}") from exc
@@ -246,14 +247,6 @@ def _check_duplicates(parts: list[Path], rows: int, enrichment: Enrichment, sour
         )
 
 
-def _fsync_path(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _swap_in(tmp: Path, cache_path: Path) -> None:
     """Rename the finished cache into place, replacing an older one (a directory, or a single
     file as earlier versions wrote)."""
@@ -262,7 +255,7 @@ def _swap_in(tmp: Path, cache_path: Path) -> None:
         old = cache_path.with_name(f".{cache_path.name}.{secrets.token_hex(6)}.old")
         os.replace(cache_path, old)
     os.replace(tmp, cache_path)
-    _fsync_path(cache_path.parent)
+    fsync_dir(cache_path.parent)
     if old is not None:
         if old.is_dir():
             shutil.rmtree(old, ignore_errors=True)

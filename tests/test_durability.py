@@ -97,3 +97,47 @@ def test_a_replicator_syncs_what_it_copied_before_its_cursor_moves_past_it(
     assert index_wal in synced_after, "the cursor moved before the copied versions were synced"
     copied = backends.open_object_store(workspace, dest).head("inbox/replicated.csv")
     assert copied is not None and copied.origin == source
+
+
+# Leaves without closing its SQLite connections: closing the last one checkpoints and syncs,
+# which would hide a restore that did not sync what it wrote before returning.
+RESTORE = """
+import os, sys
+from mrbatch.config.workspace import Workspace
+from mrbatch.maintain.restore import restore
+restore(Workspace.load(), sys.argv[1], region=sys.argv[2])
+os._exit(0)
+"""
+
+
+def test_a_restore_syncs_what_it_wrote_before_it_reports(
+    workspace: Workspace, tmp_path: Path
+) -> None:
+    """A restore reports the region rebuilt; its records (and the objects they name, first)
+    must then survive a power loss: the state table's WAL is fsynced after its last write."""
+    from mrbatch import backends
+    from mrbatch.maintain.backup import take_backup
+
+    region = workspace.regions[0]
+    backends.open_object_store(workspace, region).put("notes/kept", b"bytes")
+    backends.open_state_table(workspace, region).insert("note/kept", "note", {"n": 1}, epoch=1)
+    dest = tmp_path / "backup"
+    take_backup(workspace, str(dest), region=region)
+    shutil.rmtree(workspace.region_dir(region))
+    log = tmp_path / "strace.log"
+    subprocess.run(
+        ["strace", "-f", "-y", "-qq", "-s", "0", "-o", str(log),
+         "-e", "trace=fsync,fdatasync,pwrite64",
+         sys.executable, "-c", RESTORE, str(dest), region],
+        cwd=workspace.root, check=True, capture_output=True, timeout=120,
+    )  # fmt: skip
+    lines = log.read_text().splitlines()
+    state_wal = f"{workspace.region_dir(region)}/state.sqlite-wal"
+    writes = [
+        i for i, line in enumerate(lines) if (m := PWRITE.search(line)) and m.group(2) == state_wal
+    ]
+    assert writes, "the restore wrote nothing to the state table"
+    synced_after = [m.group(3) for line in lines[writes[-1] :] if (m := SYNC.search(line))]
+    assert state_wal in synced_after, "the restore's last records were not synced"
+    restored = backends.open_state_table(workspace, region).get("note/kept")
+    assert restored is not None and restored.body == {"n": 1}

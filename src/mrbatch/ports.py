@@ -248,6 +248,10 @@ class StateTable(Protocol):
         """The newest position of the change feed (0 for an empty table)."""
         ...
 
+    def sync(self) -> None:
+        """Make every write so far survive a power loss, as a durable write does."""
+        ...
+
 
 # --------------------------------------------------------------------------- control plane
 

@@ -401,6 +401,9 @@ class DynamoStateTable:
     def last_seq(self) -> int:
         return self._end()
 
+    def sync(self) -> None:
+        """Nothing to do: DynamoDB acknowledges a write once it is durable."""
+
 
 class _Refused(Exception):
     """The record's condition failed (it exists, or changed since it was read)."""

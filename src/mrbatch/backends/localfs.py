@@ -370,13 +370,7 @@ class LocalObjectStore:
             yield
 
     def sync(self) -> None:
-        # Commits with synchronous=NORMAL wait in the WAL file for a checkpoint (which syncs
-        # it, then the database): one fsync of the WAL makes every commit in it durable.
-        wal = self._index.path.with_name(self._index.path.name + "-wal")
-        try:
-            fsync_file(wal)
-        except FileNotFoundError:
-            pass  # the last connection closed: checkpointed into the database and synced
+        self._index.sync()
 
     # ------------------------------------------------------------------ extras
     def last_seq(self) -> int:

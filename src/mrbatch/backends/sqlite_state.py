@@ -228,6 +228,9 @@ class SqliteStateTable:
                 (name, value),
             )
 
+    def sync(self) -> None:
+        self._db.sync()
+
     # ------------------------------------------------------------------ extras
     def last_seq(self) -> int:
         return int(self._db.query("SELECT COALESCE(MAX(seq), 0) FROM records")[0][0])

@@ -269,6 +269,7 @@ def restore(
     for record in sorted(chosen.records.values(), key=lambda r: (r.updated, r.pk)):
         table.apply_replica(record)
         report.records += 1
+    table.sync()  # the restore is reported done: what it wrote survives a power loss
     report.backups = chosen.backups
     report.rpo = chosen.newest
     if chosen.newest is not None:

@@ -14,20 +14,36 @@ from pathlib import Path
 from mrbatch.config.workspace import Workspace
 
 SYNC = re.compile(r"\b(fsync|fdatasync)\((\d+)<([^>]*)>\)\s*=\s*0")
+PWRITE = re.compile(r"\bpwrite64\((\d+)<([^>]*)>")
 RENAME = re.compile(r"\brename(?:at2?)?\(.*?\"([^\"]+\.part)\".*?\"([^\"]+)\"")
 ANSWER = re.compile(r"\bwrite\(1<[^>]*>,\s*\"\{")
 
 
-def _trace(ws: Workspace, tmp_path: Path, *args: str) -> list[str]:
+def _trace(
+    ws: Workspace,
+    tmp_path: Path,
+    *python_args: str,
+    calls: str = "fsync,fdatasync,rename,renameat,renameat2,write",
+) -> list[str]:
+    """The lines strace wrote for ``python *python_args`` run in the workspace (``calls``)."""
     assert shutil.which("strace"), "strace is missing: `make test` installs it (setup_deps.py)"
     log = tmp_path / "strace.log"
     subprocess.run(
-        ["strace", "-f", "-y", "-qq", "-s", "80", "-o", str(log),
-         "-e", "trace=fsync,fdatasync,rename,renameat,renameat2,write",
-         sys.executable, "-m", "mrbatch.cli.main", *args],
+        ["strace", "-f", "-y", "-qq", "-s", "80", "-o", str(log), "-e", f"trace={calls}",
+         sys.executable, *python_args],
         cwd=ws.root, check=True, capture_output=True, timeout=120,
     )  # fmt: skip
     return log.read_text().splitlines()
+
+
+def _writes(lines: list[str], path: str) -> list[int]:
+    """Where in ``lines`` a pwrite64 to ``path`` was traced."""
+    return [i for i, line in enumerate(lines) if (m := PWRITE.search(line)) and m.group(2) == path]
+
+
+def _synced(lines: list[str]) -> list[str]:
+    """The paths ``lines`` show fsynced or fdatasynced."""
+    return [m.group(3) for line in lines if (m := SYNC.search(line))]
 
 
 def test_an_upload_is_synced_before_it_is_acknowledged(
@@ -35,17 +51,17 @@ def test_an_upload_is_synced_before_it_is_acknowledged(
 ) -> None:
     source = tmp_path / "durable.csv"
     source.write_bytes(b"uuid,Country\n123456789,France\n")
-    lines = _trace(workspace, tmp_path, "put", str(source), "--json")
+    lines = _trace(workspace, tmp_path, "-m", "mrbatch.cli.main", "put", str(source), "--json")
     answer = next(i for i, line in enumerate(lines) if ANSWER.search(line))
     before = lines[:answer]
-    synced = [m.group(3) for line in before if (m := SYNC.search(line))]
+    synced = _synced(before)
     renamed = [
         (i, m.group(1), m.group(2)) for i, line in enumerate(before) if (m := RENAME.search(line))
     ]
     assert renamed, "the blob was never renamed into place"
     rename_at, part, blob = renamed[0]
     # The blob's bytes: fsynced (under its temporary name) before the rename...
-    synced_before_rename = [m.group(3) for line in before[:rename_at] if (m := SYNC.search(line))]
+    synced_before_rename = _synced(before[:rename_at])
     assert part in synced_before_rename, "the blob was not fsynced before it was renamed"
     # ...its directory after it, so the rename survives a power loss too...
     assert str(Path(blob).parent) in synced, "the blob's directory was not fsynced"
@@ -54,7 +70,8 @@ def test_an_upload_is_synced_before_it_is_acknowledged(
     assert any(p.endswith("state.sqlite-wal") for p in synced), synced
 
 
-PWRITE = re.compile(r"\bpwrite64\((\d+)<([^>]*)>")
+# What SQLite's commits and syncs look like under strace.
+WAL_CALLS = "fsync,fdatasync,pwrite64"
 
 REPLICATE_ONCE = """
 import sys
@@ -75,25 +92,13 @@ def test_a_replicator_syncs_what_it_copied_before_its_cursor_moves_past_it(
 
     source, dest = workspace.regions[0], workspace.regions[1]
     backends.open_object_store(workspace, source).put("inbox/replicated.csv", b"uuid\n1\n")
-    log = tmp_path / "strace.log"
-    subprocess.run(
-        ["strace", "-f", "-y", "-qq", "-s", "0", "-o", str(log),
-         "-e", "trace=fsync,fdatasync,pwrite64",
-         sys.executable, "-c", REPLICATE_ONCE, dest],
-        cwd=workspace.root, check=True, capture_output=True, timeout=120,
-    )  # fmt: skip
-    lines = log.read_text().splitlines()
+    lines = _trace(workspace, tmp_path, "-c", REPLICATE_ONCE, dest, calls=WAL_CALLS)
     dest_dir = str(workspace.region_dir(dest))
     index_wal, state_wal = f"{dest_dir}/bucket/index.sqlite-wal", f"{dest_dir}/state.sqlite-wal"
-    cursor_at = next(
-        i for i, line in enumerate(lines) if (m := PWRITE.search(line)) and m.group(2) == state_wal
-    )
-    before = lines[:cursor_at]
-    index_writes = [
-        i for i, line in enumerate(before) if (m := PWRITE.search(line)) and m.group(2) == index_wal
-    ]
+    before = lines[: _writes(lines, state_wal)[0]]  # up to the cursor's first write
+    index_writes = _writes(before, index_wal)
     assert index_writes, "the copy was not committed to the index before the cursor moved"
-    synced_after = [m.group(3) for line in before[index_writes[-1] :] if (m := SYNC.search(line))]
+    synced_after = _synced(before[index_writes[-1] :])
     assert index_wal in synced_after, "the cursor moved before the copied versions were synced"
     copied = backends.open_object_store(workspace, dest).head("inbox/replicated.csv")
     assert copied is not None and copied.origin == source
@@ -124,20 +129,10 @@ def test_a_restore_syncs_what_it_wrote_before_it_reports(
     dest = tmp_path / "backup"
     take_backup(workspace, str(dest), region=region)
     shutil.rmtree(workspace.region_dir(region))
-    log = tmp_path / "strace.log"
-    subprocess.run(
-        ["strace", "-f", "-y", "-qq", "-s", "0", "-o", str(log),
-         "-e", "trace=fsync,fdatasync,pwrite64",
-         sys.executable, "-c", RESTORE, str(dest), region],
-        cwd=workspace.root, check=True, capture_output=True, timeout=120,
-    )  # fmt: skip
-    lines = log.read_text().splitlines()
+    lines = _trace(workspace, tmp_path, "-c", RESTORE, str(dest), region, calls=WAL_CALLS)
     state_wal = f"{workspace.region_dir(region)}/state.sqlite-wal"
-    writes = [
-        i for i, line in enumerate(lines) if (m := PWRITE.search(line)) and m.group(2) == state_wal
-    ]
+    writes = _writes(lines, state_wal)
     assert writes, "the restore wrote nothing to the state table"
-    synced_after = [m.group(3) for line in lines[writes[-1] :] if (m := SYNC.search(line))]
-    assert state_wal in synced_after, "the restore's last records were not synced"
+    assert state_wal in _synced(lines[writes[-1] :]), "the restore's last records were not synced"
     restored = backends.open_state_table(workspace, region).get("note/kept")
     assert restored is not None and restored.body == {"n": 1}

@@ -77,7 +77,7 @@ class AccessPoint:
         for name in candidates:
             if start is not None and hasattr(data, "seek"):
                 data.seek(start)
-            splitter = _splitter(self.ws, key, data)
+            splitter = Splitter.for_upload(self.ws.config, key, data)
             try:
                 store = self.store(name)
                 payload = splitter.reading(data) if splitter is not None else data
@@ -130,16 +130,6 @@ class AccessPoint:
         located = self.locate(key)
         stream = self.store(located.region).open(key, version=located.info.version)
         return located, stream
-
-
-def _splitter(ws: Workspace, key: str, data: object) -> Splitter | None:
-    """A splitter for an input upload whose bytes can be read as a stream (not an iterable of
-    blocks), or None (see access.splithint)."""
-    if not key.startswith(INPUT) or not (
-        isinstance(data, bytes | bytearray) or hasattr(data, "read")
-    ):
-        return None
-    return Splitter.for_upload(ws.config, key, data)
 
 
 def _position(data: object) -> int | None:

@@ -28,6 +28,7 @@ from typing import Any, BinaryIO, cast
 
 from ..config.pipelines import format_for, split_quote
 from ..config.settings import Config
+from ..model.keys import INPUT
 from ..pipeline.csvsplit import find_chunks
 
 __all__ = ["HINT_FROM_BYTES", "HINT_MAX_CHUNKS", "SplitHint", "Splitter"]
@@ -96,8 +97,13 @@ class Splitter:
 
     @classmethod
     def for_upload(cls, config: Config, key: str, data: object) -> Splitter | None:
-        """A splitter for an upload of ``data`` to ``key``, or None when no hint is made:
-        the pipeline reads Parquet, or the input is smaller than HINT_FROM_BYTES."""
+        """A splitter for an upload of ``data`` to ``key``, or None when no hint is made: not
+        an input, bytes that do not come as bytes or a stream (an iterable of blocks), a
+        pipeline that reads Parquet, or an input smaller than HINT_FROM_BYTES."""
+        if not key.startswith(INPUT) or not (
+            isinstance(data, bytes | bytearray) or hasattr(data, "read")
+        ):
+            return None
         spec = config.spec_for_key(key)
         input_format = format_for(spec, key)
         if input_format not in ("csv", "jsonl") or _size_of(data) < HINT_FROM_BYTES:

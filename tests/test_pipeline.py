@@ -12,7 +12,8 @@ import polars as pl
 import pytest
 
 from mrbatch.errors import ConfigError, InputError, ReferenceDataError
-from mrbatch.pipeline import chunk as chunk_module
+from mrbatch.pipeline import enrich as enrich_module
+from mrbatch.pipeline import reference as reference_module
 from mrbatch.pipeline.chunk import ChunkOutput, process_chunk
 from mrbatch.pipeline.csvsplit import SplitChunk, split_csv
 from mrbatch.pipeline.formats import read_rejected, renumber_rejected
@@ -117,9 +118,11 @@ def test_sample_orders_are_all_enriched_with_text_values(sample_reference: Refer
 def test_keys_sharing_a_hash_are_joined_on_the_keys_themselves(
     sample_reference: ReferenceTable, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The join goes by the keys' 64-bit hashes; should two keys share one, the rows are still
-    the ones a join on the keys gives: here every key hashes alike, and one order's key is in
-    no reference row (it must be rejected, not given another key's data)."""
+    """The join of a reference too large to hold goes by the keys' 64-bit hashes; should two
+    keys share one, the rows are still the ones a join on the keys gives: here every key
+    hashes alike, and one order's key is in no reference row (it must be rejected, not given
+    another key's data)."""
+    monkeypatch.setattr(reference_module, "_HOLD_MAX_BYTES", -1)  # scanned, not held
     text = (SAMPLES / "orders.csv").read_text(encoding="utf-8").splitlines()
     stray = text[2].split(",")
     stray[0] = "999999999"
@@ -131,17 +134,62 @@ def test_keys_sharing_a_hash_are_joined_on_the_keys_themselves(
         return out.output, out.rejected
 
     by_hash = once()
-    monkeypatch.setattr(chunk_module, "hash_keys", lambda keys: keys.hash(7) * 0)  # all alike
+    monkeypatch.setattr(enrich_module, "hash_keys", lambda keys: keys.hash(7) * 0)  # all alike
     assert once() == by_hash
     assert len(parse(by_hash[0])) == 49 and b"no reference data for '999999999'" in by_hash[1]
     # Two orders, one known: each pairs with the known reference row once, so only comparing
     # the keys shows that the stray one has none.
     data = f"{text[0]}\n{text[1]}\n{','.join(stray)}\n"
-    monkeypatch.undo()
+    monkeypatch.setattr(enrich_module, "hash_keys", reference_module.hash_keys)
     pair = once()
-    monkeypatch.setattr(chunk_module, "hash_keys", lambda keys: keys.hash(7) * 0)
+    monkeypatch.setattr(enrich_module, "hash_keys", lambda keys: keys.hash(7) * 0)
     assert once() == pair
     assert len(parse(pair[0])) == 1 and b"no reference data for '999999999'" in pair[1]
+
+
+def _first_digit(keys: pl.Expr) -> pl.Expr:
+    """A poor key hash: keys with the same first digit share it."""
+    return keys.cast(pl.String).str.slice(0, 1).hash(7)
+
+
+def test_a_held_reference_matches_keys_not_hashes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A small reference is held in memory and searched by key hash: a key sharing its hash
+    with a reference key it is not must be rejected, not given that key's data."""
+    monkeypatch.setattr(reference_module, "hash_keys", _first_digit)
+    (tmp_path / "ref.csv").write_text("code,price\n100,1\n200,2\n300,3\n", encoding="utf-8")
+    enrichment = Enrichment("id", "code", {"price": "Price"})
+    prepare_reference(tmp_path / "ref.csv", tmp_path / "r.parquet", enrichment, source="ref")
+    table = ReferenceTable(tmp_path / "r.parquet")
+    fields = table.fields(pl.Series(["300", "301", "400", None]))
+    assert fields is not None  # held: the keys' hashes are distinct
+    assert fields.rows() == [("300", "3"), (None, None), (None, None), (None, None)]
+    out = run("id,name,kind\n300,a,a\n301,b,a\n400,c,b\n", enrichment=enrichment, reference=table)
+    assert out.output == b"300,a,a,3\n"
+    assert [r["reason"] for r in rejected(out)] == [
+        "id: no reference data for '301'", "id: no reference data for '400'"
+    ]  # fmt: skip
+
+
+def test_a_reference_whose_keys_share_a_hash_is_not_held(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two reference keys with one hash: a search among hashes could find the wrong one, so
+    the cache is scanned and joined on the keys instead, with the same output."""
+    (tmp_path / "ref.csv").write_text("code,price\n100,1\n101,2\n300,3\n", encoding="utf-8")
+    enrichment = Enrichment("id", "code", {"price": "Price"})
+    data = "id,name,kind\n101,a,a\n100,b,b\n102,c,a\n300,d,a\n"
+    prepare_reference(tmp_path / "ref.csv", tmp_path / "good.parquet", enrichment, source="ref")
+    well_hashed = run(
+        data, enrichment=enrichment, reference=ReferenceTable(tmp_path / "good.parquet")
+    )
+    monkeypatch.setattr(reference_module, "hash_keys", _first_digit)
+    prepare_reference(tmp_path / "ref.csv", tmp_path / "r.parquet", enrichment, source="ref")
+    table = ReferenceTable(tmp_path / "r.parquet")
+    assert table.holdable and table.fields(pl.Series(["100"])) is None
+    assert run(data, enrichment=enrichment, reference=table) == well_hashed
+    assert well_hashed.output == b"101,a,a,2\n100,b,b,1\n300,d,a,3\n"
 
 
 def test_numbers_stay_text_leading_zeros_and_trailing_zeros(tmp_path: Path) -> None:

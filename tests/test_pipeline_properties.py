@@ -295,6 +295,63 @@ def test_enrichment_conserves_rows_keeps_order_and_values(
     )
 
 
+reference_values = st.one_of(st.none(), st.text(alphabet=',"\r\n aé01', max_size=5))
+
+
+@SETTINGS
+@given(
+    st.lists(
+        st.tuples(
+            ids, st.sampled_from(["ann", "", "toolong", " x ", "é😀"]), st.sampled_from("ab")
+        ),
+        min_size=1,
+        max_size=30,
+    ),
+    st.dictionaries(
+        st.sampled_from(["001", "002", "123", "999"]),
+        st.tuples(reference_values, reference_values),
+        min_size=1,
+    ),
+    st.sampled_from(["\n", "\r\n"]),
+    st.booleans(),
+)
+def test_a_plain_pipeline_writes_what_the_column_path_writes(
+    ref_dir: Path,
+    rows: list[tuple[str, str, str]],
+    data: dict[str, tuple[str | None, str | None]],
+    eol: str,
+    final_eol: bool,
+) -> None:
+    """With the reference held, each output row is its input line and the reference's fields
+    rendered as text (ReferenceTable.fields): the bytes the join on columns and the CSV writer
+    give, whatever the reference values (quotes, commas, line breaks, empty, missing)."""
+    enrichment = reference.Enrichment("id", "ref", {"a": "A", "b": "B"})
+    frame = pl.DataFrame(
+        {"ref": list(data), "a": [a for a, _ in data.values()], "b": [b for _, b in data.values()]},
+        schema=dict.fromkeys(["ref", "a", "b"], pl.String),
+    )
+    name = uuid.uuid4().hex
+    frame.write_csv(ref_dir / f"{name}.csv")  # quotes what needs it; None is an empty field
+    table = reference.ReferenceTable(ref_dir / f"{name}.parquet")
+    reference.prepare_reference(ref_dir / f"{name}.csv", table.path, enrichment, source="r.csv")
+    text = eol.join(",".join(row) for row in rows) + (eol if final_eol else "")
+    body = ("id,name,kind" + eol + text).encode()
+
+    def once() -> chunk.ChunkOutput:
+        return process_chunk(
+            body, schema=SCHEMA, enrichment=enrichment, reference=table, first_line=2,
+            source="p.csv",
+        )  # fmt: skip
+
+    assert table.fields(pl.Series(["001"])) is not None  # held: the plain path is taken
+    plain = once()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(reference, "_HOLD_MAX_BYTES", -1)
+        assert table.fields(pl.Series(["001"])) is None
+        assert once() == plain
+    assert plain.rows_in == len(rows)
+
+
 @pytest.fixture(scope="module")
 def merge_store(tmp_path_factory: pytest.TempPathFactory) -> LocalObjectStore:
     return LocalObjectStore(tmp_path_factory.mktemp("merge") / "bucket", "test-1")

@@ -18,28 +18,33 @@ Rejected rows
 from __future__ import annotations
 
 import io
-from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
 
 import polars as pl
 
-from ..errors import InputError, UserCodeError
+from ..errors import UserCodeError
 from .csvsplit import BOM, check_text
+from .enrich import (
+    ApiAnswers,
+    check_enrichment_columns,
+    enrich_from_api,
+    enrich_from_reference,
+    with_fields,
+)
 from .lines import parse_fast, parse_quoted_lines
 from .parse import (
     CSV,
     EXTRA,
-    HIT,
     LINE,
     REASON,
     ROW,
+    TEXT,
     Dialect,
     header_end,
     parse_general,
     parse_header,
 )
-from .reference import REFERENCE_KEY_COLUMN, Enrichment, ReferenceTable, hash_keys
+from .reference import REFERENCE_FIELDS_COLUMN, Enrichment, ReferenceTable
 from .schema import RecordSchema
 from .usercode import Rules
 
@@ -60,16 +65,6 @@ class ChunkOutput:
     rows_rejected: int
     # Distinct values (up to 3) of the pipeline's expected-count column in this chunk.
     counts: list[str] = field(default_factory=list)
-
-
-class ApiAnswers(Protocol):
-    """What a chunk needs of an HTTP enrichment: its join column, its answer fields by output
-    column, and the answers for a list of keys (``key -> {field: text | None}`` or None)."""
-
-    key: str
-    columns: dict[str, str]
-
-    def answers(self, keys: list[str]) -> dict[str, dict[str, str | None] | None]: ...
 
 
 @dataclass(frozen=True)
@@ -131,6 +126,9 @@ def process_chunk(
     check_text(body, 0, len(body), None, first_line, source)
 
     good = parse_fast(body, header, first_line, dialect)
+    # A quote-free body in the default dialect: every record is one line that a CSV writer
+    # would write as it is.
+    lines = body if good is not None and dialect == CSV else None
     if good is None:
         good = parse_quoted_lines(body, header, first_line, dialect)
     bad: list[pl.DataFrame] = []
@@ -147,6 +145,7 @@ def process_chunk(
         source=source,
         escape_formulas=escape_formulas,
         extras=extras,
+        lines=lines,
     )
 
 
@@ -161,19 +160,32 @@ def process_records(
     source: str,
     escape_formulas: bool = False,
     extras: Extras | None = None,
+    lines: bytes | None = None,
 ) -> ChunkOutput:
     """The rest of a chunk once its records are parsed (any input format): ``good`` holds
     ``ROW``, ``LINE`` and one text column per ``header`` name; ``bad`` the structural rejects.
-    Schema, row checks, enrichment (reference data or an HTTP API), transforms, output."""
+    Schema, row checks, enrichment (reference data or an HTTP API), transforms, output.
+
+    ``lines``: the body ``good`` was read from, when each record is one line of it that a CSV
+    writer would write unchanged (see process_chunk). A plain pipeline (see _plain) then writes
+    each output row as its input line followed by the reference's fields as text: the same
+    bytes, without a join on columns nor a CSV writer's work per field."""
     extras = extras or Extras()
     api = extras.api
     for join in (enrichment, api):
         if join is not None:
-            _check_enrichment_columns(header, schema, join.key, join.columns, source)
+            check_enrichment_columns(header, schema, join.key, join.columns, source)
     rows_in = good.height + sum(b.height for b in bad)
     absent = [c for c in schema.properties if c not in header]
     if absent:  # optional properties the file does not have: empty values
         good = good.with_columns(pl.lit(None, pl.String).alias(c) for c in absent)
+    plain = lines is not None and not escape_formulas
+    plain = plain and _plain(header, absent, schema, enrichment, reference, extras)
+    if plain:
+        assert lines is not None
+        texts = _line_texts(lines)
+        plain = len(texts) == good.height
+        good = good.with_columns(texts) if plain else good
     counts: list[str] = []
     if extras.count_column is not None:
         values = good.get_column(extras.count_column).unique().sort().head(3)
@@ -192,17 +204,57 @@ def process_records(
             bad.append(good.filter(failed).with_columns(reasons.filter(failed).alias(REASON)))
             good = good.filter(~failed)
 
+    fields = None
+    if plain and enrichment is not None and reference is not None:
+        fields = reference.fields(good.get_column(enrichment.key))
+    missing = None
+    if fields is not None:  # the reference is held: its fields come in the rows' order
+        assert enrichment is not None
+        good, missing = with_fields(good, fields, enrichment)
+    elif enrichment is not None and reference is not None:
+        good, missing = enrich_from_reference(good, enrichment, reference)
+    elif api is not None:
+        good, missing = enrich_from_api(good, api)
+    if missing is not None:
+        bad.append(missing)
+    rejected = _rejected_frame(bad, header)
+    if fields is not None:
+        assert enrichment is not None
+        output = _write_lines(good.select(TEXT, REFERENCE_FIELDS_COLUMN))
+        output_header, rows_out = [*header, *enrichment.columns.values()], good.height
+    else:
+        columns = _output(good, schema, header, enrichment, extras)
+        if escape_formulas:
+            columns, rejected = _escape_formulas(columns), _escape_formulas(rejected)
+        output, output_header, rows_out = _write_csv(columns), columns.columns, columns.height
+    return ChunkOutput(
+        output=output,
+        rejected=_write_csv(rejected) if rejected.height else b"",
+        output_header=output_header,
+        rejected_header=["row", "line", "reason", *header, "_extra"],
+        rows_in=rows_in,
+        rows_out=rows_out,
+        rows_rejected=rejected.height,
+        counts=counts,
+    )
+
+
+def _output(
+    good: pl.DataFrame,
+    schema: RecordSchema,
+    header: list[str],
+    enrichment: Enrichment | None,
+    extras: Extras,
+) -> pl.DataFrame:
+    """The output columns of the enriched rows: the schema's properties in schema order, the
+    other input columns in input order, the enrichment's; then the pipeline's transforms and
+    its choice of columns."""
     out_cols = [pl.col(c) for c in schema.properties]
     out_cols += [pl.col(c) for c in header if c not in schema.properties]
-    if enrichment is not None and reference is not None:
-        good, missing = _enrich(good, enrichment, reference)
-        if missing is not None:
-            bad.append(missing)
+    if enrichment is not None:
         out_cols += [pl.col(c) for c in enrichment.columns.values()]
-    elif api is not None:
-        good, missing = _enrich_api(good, api)
-        bad.append(missing)
-        out_cols += [pl.col(c) for c in api.columns.values()]
+    elif extras.api is not None:
+        out_cols += [pl.col(c) for c in extras.api.columns.values()]
     output = good.select(out_cols)
     if extras.rules is not None and extras.rules.transforms:
         output = extras.rules.transform(output)
@@ -214,125 +266,35 @@ def process_records(
                 f" {', '.join(map(repr, output.columns))})"
             )
         output = output.select(extras.columns)
-    rejected = _rejected_frame(bad, header)
-    if escape_formulas:
-        output, rejected = _escape_formulas(output), _escape_formulas(rejected)
-    rejected_header = ["row", "line", "reason", *header, "_extra"]
-    return ChunkOutput(
-        output=_write_csv(output),
-        rejected=_write_csv(rejected) if rejected.height else b"",
-        output_header=output.columns,
-        rejected_header=rejected_header,
-        rows_in=rows_in,
-        rows_out=output.height,
-        rows_rejected=rejected.height,
-        counts=counts,
-    )
+    return output
 
 
-def _enrich_api(good: pl.DataFrame, api: ApiAnswers) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """(rows with the API's answers, rejects for rows it has no answer for)."""
-    keys = good.get_column(api.key).drop_nulls().unique(maintain_order=True).to_list()
-    answers = api.answers(keys) if keys else {}
-    found = [k for k in keys if answers.get(k) is not None]
-    fields = dict(api.columns)
-    table = pl.DataFrame(
-        {
-            "\0key": found,
-            **{out: [(answers[k] or {}).get(src) for k in found] for src, out in fields.items()},
-            HIT: [True] * len(found),
-        },
-        schema={"\0key": pl.String, **dict.fromkeys(fields.values(), pl.String), HIT: pl.Boolean},
-    )
-    joined = good.join(
-        table, left_on=api.key, right_on="\0key", how="left", maintain_order="left", coalesce=True
-    )
-    hit = joined.get_column(HIT).is_not_null()
-    missing = joined.filter(~hit).with_columns(
-        pl.format(
-            "{}: no data from the API for '{}'", pl.lit(api.key), pl.col(api.key).fill_null("")
-        ).alias(REASON)
-    )
-    return joined.filter(hit).drop(HIT), missing
-
-
-def _check_enrichment_columns(
-    header: Sequence[str],
+def _plain(
+    header: list[str],
+    absent: list[str],
     schema: RecordSchema,
-    key: str,
-    columns: dict[str, str],
-    source: str,
-) -> None:
-    if key not in header:
-        raise InputError(
-            f"{source}: header lacks column {key!r}, the key for reference data",
-            hint=f"add the column {key!r}",
-        )
-    taken = set(header) | set(schema.properties)
-    clash = [name for name in columns.values() if name in taken]
-    if clash:
-        raise InputError(
-            f"{source}: column {', '.join(map(repr, clash))} is also an enrichment output column",
-            hint="rename the input column; enrichment adds it",
-        )
+    enrichment: Enrichment | None,
+    reference: ReferenceTable | None,
+    extras: Extras,
+) -> bool:
+    """Whether each output row is its input line (columns in input order, values unchanged)
+    followed by the reference's fields, from a reference small enough to be held."""
+    if enrichment is None or reference is None or extras.api is not None or absent:
+        return False
+    if extras.rules is not None and extras.rules.transforms:
+        return False
+    in_order = [*schema.properties, *(c for c in header if c not in schema.properties)]
+    output = [*header, *enrichment.columns.values()]
+    chosen = extras.columns is None or list(extras.columns) == output
+    return in_order == header and chosen and reference.holdable
 
 
-def _enrich(
-    good: pl.DataFrame, enrichment: Enrichment, reference: ReferenceTable
-) -> tuple[pl.DataFrame, pl.DataFrame | None]:
-    """(matched rows with reference columns, rejects for rows without reference data, None
-    when every row has some)."""
-    # Queries are few on purpose: each costs ~0.25 ms however few the rows, most of a small
-    # file's chunk (17 queries made a 1,000-row chunk 6 ms of one core).
-    found = pl.lit(True).alias(HIT)
-    ref = reference.lookup(good.get_column(enrichment.key))
-    joined = _join_by_hash(good, ref, enrichment.key, found)
-    if joined is None:  # two keys share a hash: join on the keys themselves
-        joined = good.join(
-            ref.with_columns(found),
-            left_on=enrichment.key,
-            right_on=REFERENCE_KEY_COLUMN,
-            how="left",
-            maintain_order="left",
-            coalesce=True,
-        )
-    if joined.get_column(HIT).null_count() == 0:  # the usual case: every row has its data
-        return joined, None  # (internal columns left in: the output selects its own)
-    hit = joined.get_column(HIT).is_not_null()
-    missing = joined.filter(~hit).with_columns(
-        pl.format(
-            "{}: no reference data for '{}'",
-            pl.lit(enrichment.key),
-            pl.col(enrichment.key).fill_null(""),
-        ).alias(REASON)
-    )
-    return joined.filter(hit), missing
-
-
-_HASH = "\0hash"  # internal, as parse's names
-
-
-def _join_by_hash(
-    good: pl.DataFrame, ref: pl.DataFrame, key: str, found: pl.Expr
-) -> pl.DataFrame | None:
-    """``good`` left-joined to ``ref`` (given the column ``found``) on the keys' 64-bit hashes,
-    as a join on ``key`` gives it, or None when two different keys share a hash (about once
-    in 10^9 chunks; the caller then joins on the keys). Three times cheaper than joining on
-    the text keys (8 against 25 ms for 100k rows, one thread); the keys of every joined pair
-    are compared afterwards."""
-    joined = good.with_columns(hash_keys(pl.col(key)).alias(_HASH)).join(
-        ref.with_columns(hash_keys(pl.col(REFERENCE_KEY_COLUMN)).alias(_HASH), found),
-        on=_HASH,
-        how="left",
-        maintain_order="left",
-    )
-    if joined.height != good.height:
-        return None
-    paired = pl.col(REFERENCE_KEY_COLUMN)
-    same = (paired.is_null() | (paired == pl.col(key))).fill_null(False).all()
-    if not joined.select(same).item():  # one query (Series operations are one each)
-        return None
-    return joined  # with its internal columns: the output selects its own
+def _line_texts(body: bytes) -> pl.Series:
+    """The lines of ``body`` (a quote-free body without blank lines), without their line ends.
+    Read as a CSV of one column, the separator NUL, which text never holds (half the time and
+    memory of splitting a Python string)."""
+    schema = {TEXT: pl.String}
+    return pl.read_csv(body, has_header=False, separator="\0", quote_char=None, schema=schema)[TEXT]
 
 
 def _rejected_frame(parts: list[pl.DataFrame], header: list[str]) -> pl.DataFrame:
@@ -370,4 +332,11 @@ def _write_csv(df: pl.DataFrame) -> bytes:
         df = df.select(pl.all().fill_null(""))
     buf = io.BytesIO()
     df.write_csv(buf, include_header=False, quote_style="necessary", line_terminator="\n")
+    return buf.getvalue()
+
+
+def _write_lines(lines: pl.DataFrame) -> bytes:
+    """Text columns holding CSV fields already written, joined by commas as they are."""
+    buf = io.BytesIO()
+    lines.write_csv(buf, include_header=False, quote_style="never", line_terminator="\n")
     return buf.getvalue()

@@ -1,7 +1,8 @@
 """Reference data for enrichment: a columnar cache of one reference version (Parquet parts: a
-64-bit hash of each key, the key and the output columns), built once per region in bounded
-memory, and the per-chunk lookup that materialises only the rows a chunk's keys need, so no
-worker holds the whole reference table."""
+64-bit hash of each key, the key, the output columns and the same fields rendered as CSV text),
+built once per region in bounded memory; the per-chunk lookup that materialises only the rows a
+chunk's keys need, so no worker holds a large reference table; and, for a small one, the rendered
+fields of each key from the cache held in memory (:mod:`.keyindex`)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import shutil
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 import polars as pl
 
@@ -22,8 +23,10 @@ from ..config.settings import RESERVED_COLUMN_PREFIX
 from ..durable import fsync_dir, fsync_file
 from ..errors import ConfigError, InputError, ReferenceDataError
 from .csvsplit import split_csv
+from .keyindex import KeyIndex, held
 
 __all__ = [
+    "REFERENCE_FIELDS_COLUMN",
     "REFERENCE_KEY_COLUMN",
     "Enrichment",
     "ReferenceInfo",
@@ -36,6 +39,10 @@ __all__ = [
 
 # Name of the key column in a reference cache file (output names may not use it).
 REFERENCE_KEY_COLUMN = RESERVED_COLUMN_PREFIX + "_key"
+
+# Name of the column holding a row's output fields as a CSV writer writes them, comma-separated
+# (see csv_fields): what a plain pipeline's chunk appends to each input line.
+REFERENCE_FIELDS_COLUMN = RESERVED_COLUMN_PREFIX + "_fields"
 
 
 # Reference cache layout and lookup, chosen by measurement (1M-row reference, 250k random keys
@@ -81,8 +88,17 @@ _REF_HASH_SEED: Final = 7_919
 
 # The cache's layout, in its name (with the key hash, see reference_cache_tag): a cache of
 # another layout (earlier versions packed the columns into one) is never read, only rebuilt.
-_LAYOUT: Final = 2
-_COLUMNS_FILE: Final = "columns.json"
+_LAYOUT: Final = 3
+_META_FILE: Final = "cache.json"
+
+
+# A cache whose keys and rendered fields take up to this much memory (polars' estimate, plus
+# the sorted hashes) is held whole by each process that looks keys up in it with
+# ReferenceTable.fields (keyindex). The sample reference at 1M rows is estimated at 72 MB; a
+# chunk worker holding it grew by 136 MB (RSS) and peaked at 284-289 MB in the benchmark, under
+# the 300 MB every process must stay within. A larger cache is scanned chunk by chunk, so no
+# process holds a large reference.
+_HOLD_MAX_BYTES: Final = 128 << 20
 
 
 @dataclass(frozen=True)
@@ -134,8 +150,9 @@ def prepare_reference(
     tmp = cache_path.with_name(f".{cache_path.name}.{secrets.token_hex(6)}.tmp")
     tmp.mkdir()
     try:
-        rows = _write_parts(csv_path, tmp, enrichment, source)
-        (tmp / _COLUMNS_FILE).write_text(json.dumps(list(enrichment.columns.values())))
+        rows, memory = _write_parts(csv_path, tmp, enrichment, source)
+        meta = {"columns": list(enrichment.columns.values()), "memory": memory}
+        (tmp / _META_FILE).write_text(json.dumps(meta))
         _check_duplicates(_parts(tmp), rows, enrichment, source)
         # Synced before the rename: a cache truncated by a crash would fail every run.
         fsync_dir(tmp)
@@ -158,9 +175,26 @@ def reference_cache_tag() -> str:
     return f"{_LAYOUT}{int(probe) & 0xFFFFFFFF:08x}"
 
 
-def _write_parts(csv_path: Path, directory: Path, enrichment: Enrichment, source: str) -> int:
-    """Stream the CSV into part files of whole records; return the row count."""
-    rows = nulls = 0
+def csv_fields(columns: list[str]) -> pl.Expr:
+    """The text columns as a CSV row of them: comma-separated, as the chunk output's writer
+    (polars, minimal quoting) writes them — a missing value as nothing, an empty one as ``""``,
+    one with a quote, comma or line break quoted, quotes doubled."""
+    fields = []
+    for name in columns:
+        value = pl.col(name)
+        quoted = pl.lit('"') + value.str.replace_all('"', '""', literal=True) + pl.lit('"')
+        needs = value.str.contains(r'[",\r\n]') | (value == "")
+        fields.append(pl.when(value.is_null()).then(pl.lit("")).when(needs).then(quoted)
+                      .otherwise(value))  # fmt: skip
+    return pl.concat_str(fields, separator=",")
+
+
+def _write_parts(
+    csv_path: Path, directory: Path, enrichment: Enrichment, source: str
+) -> tuple[int, int]:
+    """Stream the CSV into part files of whole records; return the row count and the memory
+    the cache takes when held (see _HOLD_MAX_BYTES)."""
+    rows = nulls = memory = 0
     try:
         stream = open(csv_path, "rb")  # noqa: SIM115 - closed by the with below
     except OSError as exc:
@@ -178,6 +212,8 @@ def _write_parts(csv_path: Path, directory: Path, enrichment: Enrichment, source
                 )
                 fsync_file(path)
                 rows += frame.height
+                held_columns = frame.select(REFERENCE_KEY_COLUMN, REFERENCE_FIELDS_COLUMN)
+                memory += int(held_columns.estimated_size()) + 20 * frame.height  # hashes, rows
         except InputError as exc:
             raise _ref_error(source, f"cannot read the reference data: {exc.message}") from exc
     if rows == 0:
@@ -186,7 +222,7 @@ def _write_parts(csv_path: Path, directory: Path, enrichment: Enrichment, source
         raise _ref_error(
             source, f"reference key column {enrichment.reference_key!r} is empty on {nulls} row(s)"
         )
-    return rows
+    return rows, memory
 
 
 def _read_part(data: bytes, enrichment: Enrichment, source: str) -> pl.DataFrame:
@@ -206,6 +242,7 @@ def _read_part(data: bytes, enrichment: Enrichment, source: str) -> pl.DataFrame
         hash_keys(pl.col(enrichment.reference_key)).alias(_REF_HASH_COLUMN),
         pl.col(enrichment.reference_key).alias(REFERENCE_KEY_COLUMN),
         *[pl.col(column).alias(name) for column, name in enrichment.columns.items()],
+        csv_fields(list(enrichment.columns)).alias(REFERENCE_FIELDS_COLUMN),
     )
 
 
@@ -279,7 +316,7 @@ class ReferenceTable:
 
     def __init__(self, cache_path: str | Path) -> None:
         self.path = Path(cache_path)
-        self._columns: list[str] | None = None
+        self._meta: dict[str, Any] | None = None
 
     @property
     def parts(self) -> list[Path]:
@@ -292,12 +329,42 @@ class ReferenceTable:
     @property
     def columns(self) -> list[str]:
         """The output column names, in order."""
-        if self._columns is None:
+        return list(self._read_meta()["columns"])
+
+    @property
+    def holdable(self) -> bool:
+        """Whether :meth:`fields` may hold this cache in memory (it is small enough)."""
+        return int(self._read_meta()["memory"]) <= _HOLD_MAX_BYTES
+
+    def fields(self, keys: pl.Series) -> pl.DataFrame | None:
+        """One row per key, in the keys' order: the key as the reference has it
+        (``REFERENCE_KEY_COLUMN``, null when it has no such key) and the output fields as CSV
+        text (``REFERENCE_FIELDS_COLUMN``). From the cache held in memory (read on first use);
+        None when it is not to be held (too large, or two keys share a hash)."""
+        if not self.holdable:
+            return None
+        try:  # a cache prepared again at the same path is another directory, swapped in
+            stat = self.path.stat()
+            identity = (self.path, stat.st_ino, stat.st_mtime_ns)
+            index = held(identity, self._load_index)
+        except (OSError, pl.exceptions.PolarsError) as exc:
+            raise self._unreadable(exc) from exc
+        if index is None:
+            return None
+        keys = keys.cast(pl.String)
+        return index.find(keys, keys.to_frame().select(hash_keys(pl.first())).to_series())
+
+    def _load_index(self) -> KeyIndex | None:
+        columns = [REFERENCE_KEY_COLUMN, REFERENCE_FIELDS_COLUMN]
+        return KeyIndex.load(self.parts, _REF_HASH_COLUMN, columns)
+
+    def _read_meta(self) -> dict[str, Any]:
+        if self._meta is None:
             try:
-                self._columns = list(json.loads((self.path / _COLUMNS_FILE).read_text()))
+                self._meta = dict(json.loads((self.path / _META_FILE).read_text()))
             except (OSError, ValueError) as exc:
                 raise self._unreadable(exc) from exc
-        return self._columns
+        return self._meta
 
     def lookup(self, keys: pl.Series) -> pl.DataFrame:
         """Reference rows whose key is in ``keys`` (key column ``REFERENCE_KEY_COLUMN`` first,

@@ -15,6 +15,10 @@ alternation, time
   two commands run as subprocesses, from before the first starts to the second's exit (the run
   is COMPLETED: published, mailed, recorded).
 
+Between timed items the machine settles: the standby's replicator finishes copying the run
+(replication is asynchronous; left running, it would slow the next bare run) and written
+data is synced (the bare script does not sync its output; the next item would pay for it).
+
 Prints the user path first (medians, ratio, byte-identical output), then where the time went,
 from the run's own history: the upload (the put command), claim, split, chunks, merge, publish,
 mail, and how long `wait` took to notice; then the peak RSS (VmHWM) of every mrbatch process.
@@ -58,6 +62,7 @@ from mrbatch.model.keys import run_id_for
 from mrbatch.model.records import FileRun, RunStatus, run_pk
 from mrbatch.proof.generate import write_orders, write_reference
 from mrbatch.runtime import supervisor
+from mrbatch.runtime.replication import region_backlog
 
 HERE = Path(__file__).resolve().parent
 TRACE_ENV = "MRBATCH_AWS_TRACE"  # mrbatch.backends.aws logs every request there when set
@@ -163,8 +168,24 @@ def user_path(ws: Workspace, orders: Path, key: str) -> dict[str, Any]:
     }
 
 
+def settle(ws: Workspace | None) -> None:
+    """Let the last timed item's background work end before the next starts: the standby's
+    replicator copying the run (when ``ws`` is given; it is asynchronous by design, and a
+    bare run timed while it copies would be slowed by it) and the writeback of what was
+    written (the bare script's output is not synced; the next item would pay for it)."""
+    deadline = time.monotonic() + 600
+    while ws is not None and region_backlog(ws, ws.regions[0]).total:
+        if time.monotonic() > deadline:
+            raise SystemExit("the standby did not catch up within 600 s")
+        time.sleep(0.05)
+    os.sync()
+
+
 def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+    # In blocks: reading a 480 MB output whole, then freeing it, made the next `put` pay the
+    # host's reclaim of that memory on this VM (0.5 s of system time at 4M rows).
+    with open(path, "rb") as stream:
+        return hashlib.file_digest(stream, "sha256").hexdigest()
 
 
 def _orders(args: argparse.Namespace, work: Path, rows: int, seed: int) -> Path:
@@ -294,6 +315,7 @@ def run_size(
             orders = inputs[n]
             bare_runs.append(bare(orders, reference, work / f"bare-{rows}-{n}.csv"))
             bare_shas.append(_sha256(work / f"bare-{rows}-{n}.csv"))
+            settle(None)
             for name, ws in stacks.items():
                 with contextlib.ExitStack() as turn:
                     if len(stacks) > 1:  # several: each runs only during its own runs
@@ -302,6 +324,8 @@ def run_size(
                     ours[name][-1]["requests"] = requests_between(trace, *ours[name][-1]["window"])
                     for label, peak in process_peaks(ws).items():
                         peaks[name][label] = max(peaks[name].get(label, 0), peak)
+                    replicating = len(stacks) == 1 and not args.without_standby_replicator
+                    settle(ws if replicating else None)
     bare_s = median(t for t, _ in bare_runs)
     return [
         _figures(args, rows, name, ours[name], peaks[name], bare_runs, bare_s, bare_shas)

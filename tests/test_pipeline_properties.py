@@ -296,6 +296,45 @@ def test_enrichment_conserves_rows_keeps_order_and_values(
 
 
 reference_values = st.one_of(st.none(), st.text(alphabet=',"\r\n aé01', max_size=5))
+reference_rows = st.dictionaries(
+    st.sampled_from(["001", "002", "123", "999"]),
+    st.tuples(reference_values, reference_values),
+    min_size=1,
+)
+TWO_COLUMNS = reference.Enrichment("id", "ref", {"a": "A", "b": "B"})
+
+
+def hostile_reference(directory: Path, data: dict[str, tuple[str | None, str | None]]) -> Path:
+    """A reference whose values hold quotes, commas, line breaks, empty and missing values."""
+    frame = pl.DataFrame(
+        {"ref": list(data), "a": [a for a, _ in data.values()], "b": [b for _, b in data.values()]},
+        schema=dict.fromkeys(["ref", "a", "b"], pl.String),
+    )
+    name = uuid.uuid4().hex
+    frame.write_csv(directory / f"{name}.csv")  # quotes what needs it; None is an empty field
+    cache = directory / f"{name}.parquet"
+    reference.prepare_reference(directory / f"{name}.csv", cache, TWO_COLUMNS, source="r.csv")
+    return cache
+
+
+def held_and_scanned(body: bytes, cache: Path) -> tuple[chunk.ChunkOutput, chunk.ChunkOutput]:
+    """The chunk with the reference held (its output written as text) and scanned (joined on
+    columns, written by the CSV writer)."""
+    table = reference.ReferenceTable(cache)
+
+    def once() -> chunk.ChunkOutput:
+        return process_chunk(
+            body, schema=SCHEMA, enrichment=TWO_COLUMNS, reference=table, first_line=2,
+            source="p.csv",
+        )  # fmt: skip
+
+    assert table.fields(pl.Series(["001"])) is not None  # held: the output is written as text
+    held = once()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(reference, "_HOLD_MAX_BYTES", -1)
+        assert table.fields(pl.Series(["001"])) is None
+        scanned = once()
+    return held, scanned
 
 
 @SETTINGS
@@ -307,11 +346,7 @@ reference_values = st.one_of(st.none(), st.text(alphabet=',"\r\n aé01', max_siz
         min_size=1,
         max_size=30,
     ),
-    st.dictionaries(
-        st.sampled_from(["001", "002", "123", "999"]),
-        st.tuples(reference_values, reference_values),
-        min_size=1,
-    ),
+    reference_rows,
     st.sampled_from(["\n", "\r\n"]),
     st.booleans(),
 )
@@ -322,34 +357,53 @@ def test_a_plain_pipeline_writes_what_the_column_path_writes(
     eol: str,
     final_eol: bool,
 ) -> None:
-    """With the reference held, each output row is its input line and the reference's fields
-    rendered as text (ReferenceTable.fields): the bytes the join on columns and the CSV writer
-    give, whatever the reference values (quotes, commas, line breaks, empty, missing)."""
-    enrichment = reference.Enrichment("id", "ref", {"a": "A", "b": "B"})
-    frame = pl.DataFrame(
-        {"ref": list(data), "a": [a for a, _ in data.values()], "b": [b for _, b in data.values()]},
-        schema=dict.fromkeys(["ref", "a", "b"], pl.String),
-    )
-    name = uuid.uuid4().hex
-    frame.write_csv(ref_dir / f"{name}.csv")  # quotes what needs it; None is an empty field
-    table = reference.ReferenceTable(ref_dir / f"{name}.parquet")
-    reference.prepare_reference(ref_dir / f"{name}.csv", table.path, enrichment, source="r.csv")
+    """Quote-free lines in the header's order: each output row is its input line and the
+    reference's fields as the cache holds them rendered (ReferenceTable.fields), the bytes the
+    join on columns and the CSV writer give, whatever the reference values."""
     text = eol.join(",".join(row) for row in rows) + (eol if final_eol else "")
-    body = ("id,name,kind" + eol + text).encode()
+    held, scanned = held_and_scanned(
+        ("id,name,kind" + eol + text).encode(), hostile_reference(ref_dir, data)
+    )
+    assert held == scanned
+    assert held.rows_in == len(rows)
 
-    def once() -> chunk.ChunkOutput:
-        return process_chunk(
-            body, schema=SCHEMA, enrichment=enrichment, reference=table, first_line=2,
-            source="p.csv",
-        )  # fmt: skip
 
-    assert table.fields(pl.Series(["001"])) is not None  # held: the plain path is taken
-    plain = once()
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(reference, "_HOLD_MAX_BYTES", -1)
-        assert table.fields(pl.Series(["001"])) is None
-        assert once() == plain
-    assert plain.rows_in == len(rows)
+# Records by column name, most of them valid (so most reach the output) but with values that
+# need quotes, and some ragged (None: a field too many).
+valued = st.fixed_dictionaries(
+    {
+        "id": ids,
+        "name": st.sampled_from(
+            ["ann", "a,b", 'a"b', "a\nb", "a\r\nb", "é😀", " x ", "", "toolong"]
+        ),
+        "kind": st.sampled_from(["a", "b", ""]),
+    }
+)
+
+
+@SETTINGS
+@given(
+    st.lists(st.one_of(valued, st.none()), min_size=1, max_size=25),
+    reference_rows,
+    st.sampled_from([["id", "name", "kind"], ["name", "id"], ["kind", "id", "name"]]),
+    st.booleans(),
+    st.sampled_from(["\n", "\r\n"]),
+)
+def test_any_chunk_written_as_text_is_what_the_column_path_writes(
+    ref_dir: Path,
+    records: list[dict[str, str] | None],
+    data: dict[str, tuple[str | None, str | None]],
+    header: list[str],
+    quote_all: bool,
+    eol: str,
+) -> None:
+    """Quoted and multi-line values, ragged records, columns out of the schema's order or
+    missing: with the reference held, the output's input columns are rendered as text, and the
+    bytes are the column path's."""
+    rows = [[r[c] for c in header] if r is not None else ["001", "ann", "a", "x"] for r in records]
+    body = (",".join(header) + eol + write(rows, quote_all=quote_all, eol=eol)).encode()
+    held, scanned = held_and_scanned(body, hostile_reference(ref_dir, data))
+    assert held == scanned
 
 
 @pytest.fixture(scope="module")

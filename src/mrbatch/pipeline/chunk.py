@@ -31,6 +31,7 @@ from .enrich import (
     enrich_from_reference,
     with_fields,
 )
+from .formats import csv_fields
 from .lines import parse_fast, parse_quoted_lines
 from .parse import (
     CSV,
@@ -166,10 +167,12 @@ def process_records(
     ``ROW``, ``LINE`` and one text column per ``header`` name; ``bad`` the structural rejects.
     Schema, row checks, enrichment (reference data or an HTTP API), transforms, output.
 
-    ``lines``: the body ``good`` was read from, when each record is one line of it that a CSV
-    writer would write unchanged (see process_chunk). A plain pipeline (see _plain) then writes
-    each output row as its input line followed by the reference's fields as text: the same
-    bytes, without a join on columns nor a CSV writer's work per field."""
+    With a reference small enough to be held and no transform (see _as_text), each output row
+    is written as text: its input columns rendered as the CSV writer renders them, then the
+    reference's fields as the cache holds them rendered; the same bytes, without a join on
+    columns. ``lines``: the body ``good`` was read from, when each record is one line of it
+    that the writer would write unchanged (see process_chunk); when the output's input columns
+    are the header's, in its order, a row's text is then its line, read as it is."""
     extras = extras or Extras()
     api = extras.api
     for join in (enrichment, api):
@@ -179,13 +182,11 @@ def process_records(
     absent = [c for c in schema.properties if c not in header]
     if absent:  # optional properties the file does not have: empty values
         good = good.with_columns(pl.lit(None, pl.String).alias(c) for c in absent)
-    plain = lines is not None and not escape_formulas
-    plain = plain and _plain(header, absent, schema, enrichment, reference, extras)
-    if plain:
-        assert lines is not None
+    inputs = [*schema.properties, *(c for c in header if c not in schema.properties)]
+    as_text = not escape_formulas and _as_text(inputs, enrichment, reference, extras)
+    if as_text and lines is not None and inputs == header:
         texts = _line_texts(lines)
-        plain = len(texts) == good.height
-        good = good.with_columns(texts) if plain else good
+        good = good.with_columns(texts) if len(texts) == good.height else good
     counts: list[str] = []
     if extras.count_column is not None:
         values = good.get_column(extras.count_column).unique().sort().head(3)
@@ -205,7 +206,7 @@ def process_records(
             good = good.filter(~failed)
 
     fields = None
-    if plain and enrichment is not None and reference is not None:
+    if as_text and enrichment is not None and reference is not None:
         fields = reference.fields(good.get_column(enrichment.key))
     missing = None
     if fields is not None:  # the reference is held: its fields come in the rows' order
@@ -220,8 +221,9 @@ def process_records(
     rejected = _rejected_frame(bad, header)
     if fields is not None:
         assert enrichment is not None
-        output = _write_lines(good.select(TEXT, REFERENCE_FIELDS_COLUMN))
-        output_header, rows_out = [*header, *enrichment.columns.values()], good.height
+        text = pl.col(TEXT) if TEXT in good.columns else csv_fields(inputs).alias(TEXT)
+        output = _write_lines(good.select(text, REFERENCE_FIELDS_COLUMN))
+        output_header, rows_out = [*inputs, *enrichment.columns.values()], good.height
     else:
         columns = _output(good, schema, header, enrichment, extras)
         if escape_formulas:
@@ -269,24 +271,23 @@ def _output(
     return output
 
 
-def _plain(
-    header: list[str],
-    absent: list[str],
-    schema: RecordSchema,
+def _as_text(
+    inputs: list[str],
     enrichment: Enrichment | None,
     reference: ReferenceTable | None,
     extras: Extras,
 ) -> bool:
-    """Whether each output row is its input line (columns in input order, values unchanged)
-    followed by the reference's fields, from a reference small enough to be held."""
-    if enrichment is None or reference is None or extras.api is not None or absent:
+    """Whether the output can be written as text: the output's input columns (``inputs``)
+    unchanged, then the fields of a reference small enough to be held, in the cache's order."""
+    if enrichment is None or reference is None or not enrichment.columns:
+        return False
+    if extras.api is not None:
         return False
     if extras.rules is not None and extras.rules.transforms:
         return False
-    in_order = [*schema.properties, *(c for c in header if c not in schema.properties)]
-    output = [*header, *enrichment.columns.values()]
+    output = [*inputs, *enrichment.columns.values()]
     chosen = extras.columns is None or list(extras.columns) == output
-    return in_order == header and chosen and reference.holdable
+    return chosen and reference.holdable
 
 
 def _line_texts(body: bytes) -> pl.Series:

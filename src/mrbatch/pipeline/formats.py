@@ -1,4 +1,5 @@
-"""The rejected-rows format after the chunks: renumbering a chunk's rows for the merged file,
+"""The output format written as text (a row's fields rendered as the CSV writer renders them),
+and the rejected-rows format after the chunks: renumbering a chunk's rows for the merged file,
 and reading rejected rows back for display (``mrbatch errors``)."""
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import polars as pl
 
 from .parse import TEXT
 
-__all__ = ["csv_line", "read_rejected", "renumber_rejected"]
+__all__ = ["csv_fields", "csv_line", "read_rejected", "renumber_rejected"]
 
 
 def csv_line(fields: list[str]) -> bytes:
@@ -20,6 +21,20 @@ def csv_line(fields: list[str]) -> bytes:
     buffer = io.StringIO()
     csv.writer(buffer, lineterminator="\n", quoting=csv.QUOTE_MINIMAL).writerow(fields)
     return buffer.getvalue().encode("utf-8")
+
+
+def csv_fields(columns: list[str]) -> pl.Expr:
+    """The text columns as one CSV row of them, comma-separated, exactly as the chunk output's
+    writer (polars, minimal quoting) writes them: a missing value as nothing, an empty one as
+    ``""``, one holding a quote, comma or line break quoted, its quotes doubled."""
+    fields = []
+    for name in columns:
+        value = pl.col(name)
+        quoted = pl.lit('"') + value.str.replace_all('"', '""', literal=True) + pl.lit('"')
+        needs = value.str.contains(r'[",\r\n]') | (value == "")
+        fields.append(pl.when(value.is_null()).then(pl.lit("")).when(needs).then(quoted)
+                      .otherwise(value))  # fmt: skip
+    return pl.concat_str(fields, separator=",")
 
 
 def renumber_rejected(data: bytes, offset: int) -> bytes:

@@ -23,6 +23,7 @@ from ..config.settings import RESERVED_COLUMN_PREFIX
 from ..durable import fsync_dir, fsync_file
 from ..errors import ConfigError, InputError, ReferenceDataError
 from .csvsplit import split_csv
+from .formats import csv_fields
 from .keyindex import KeyIndex, held
 
 __all__ = [
@@ -173,20 +174,6 @@ def reference_cache_tag() -> str:
     _REF_HASH_COLUMN)."""
     probe = pl.Series(["mrbatch-reference-probe"]).hash(_REF_HASH_SEED).item()
     return f"{_LAYOUT}{int(probe) & 0xFFFFFFFF:08x}"
-
-
-def csv_fields(columns: list[str]) -> pl.Expr:
-    """The text columns as a CSV row of them: comma-separated, as the chunk output's writer
-    (polars, minimal quoting) writes them — a missing value as nothing, an empty one as ``""``,
-    one with a quote, comma or line break quoted, quotes doubled."""
-    fields = []
-    for name in columns:
-        value = pl.col(name)
-        quoted = pl.lit('"') + value.str.replace_all('"', '""', literal=True) + pl.lit('"')
-        needs = value.str.contains(r'[",\r\n]') | (value == "")
-        fields.append(pl.when(value.is_null()).then(pl.lit("")).when(needs).then(quoted)
-                      .otherwise(value))  # fmt: skip
-    return pl.concat_str(fields, separator=",")
 
 
 def _write_parts(

@@ -111,8 +111,6 @@ def process_chunk(
     written with a ``'`` in front, in the output and the rejected rows. It changes the values
     (``-5`` becomes ``'-5``), which is why it is off unless asked for.
     """
-    if enrichment is not None and reference is None:
-        raise ValueError("an enrichment needs a reference table")
     if not header_line:
         if data.startswith(BOM):
             data = data[3:]
@@ -173,6 +171,8 @@ def process_records(
     columns. ``lines``: the body ``good`` was read from, when each record is one line of it
     that the writer would write unchanged (see process_chunk); when the output's input columns
     are the header's, in its order, a row's text is then its line, read as it is."""
+    if enrichment is not None and reference is None:
+        raise ValueError("an enrichment needs a reference table")
     extras = extras or Extras()
     api = extras.api
     for join in (enrichment, api):

@@ -11,6 +11,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from mrbatch.config.workspace import Workspace
 
 SYNC = re.compile(r"\b(fsync|fdatasync)\((\d+)<([^>]*)>\)\s*=\s*0")
@@ -136,3 +138,34 @@ def test_a_restore_syncs_what_it_wrote_before_it_reports(
     assert state_wal in _synced(lines[writes[-1] :]), "the restore's last records were not synced"
     restored = backends.open_state_table(workspace, region).get("note/kept")
     assert restored is not None and restored.body == {"n": 1}
+
+
+WRITEBACK = re.compile(r"\bsync_file_range\((\d+)<([^>]*\.part)>, (\d+), (\d+),")
+
+
+@pytest.mark.parametrize(
+    ("mib", "durable", "started"),
+    [(20, False, []), (20, True, [0, 8]), (70, False, [0])],
+    ids=["a-chunk-output", "durable", "past-64-MiB"],
+)
+def test_a_large_blob_is_on_its_way_to_storage_while_it_is_written(
+    workspace: Workspace, tmp_path: Path, mib: int, durable: bool, started: list[int]
+) -> None:
+    """The embedded store starts the writeback of a durable blob every 8 MiB, and of any blob
+    once past 64 MiB (an upload or a merged output, made durable next), so the fsync that makes
+    it durable waits for its tail only; a blob of a chunk output's size starts none."""
+    code = (
+        "import sys; from pathlib import Path\n"
+        "from mrbatch.backends.localfs import LocalObjectStore\n"
+        f"LocalObjectStore(Path(sys.argv[1]), 'r').put('x', bytes({mib} << 20), durable={durable})"
+    )
+    lines = _trace(
+        workspace, tmp_path, "-c", code, str(tmp_path / "s"), calls="sync_file_range,fsync"
+    )
+    starts = [(i, m) for i, line in enumerate(lines) if (m := WRITEBACK.search(line))]
+    assert [int(m.group(3)) >> 20 for _, m in starts] == started  # from these MiB on
+    assert all(int(m.group(4)) >= 8 << 20 for _, m in starts)
+    synced = [
+        i for i, line in enumerate(lines) if (m := SYNC.search(line)) and ".part" in m.group(3)
+    ]
+    assert synced == ([max(i for i, _ in starts) + 1] if durable else [])  # then the tail

@@ -95,11 +95,12 @@ _META_FILE: Final = "cache.json"
 
 # A cache whose keys and rendered fields take up to this much memory (polars' estimate, plus
 # the sorted hashes) is held whole by each process that looks keys up in it with
-# ReferenceTable.fields (keyindex). The sample reference at 1M rows is estimated at 72 MB; a
-# chunk worker holding it grew by 136 MB (RSS) and peaked at 284-289 MB in the benchmark, under
-# the 300 MB every process must stay within. A larger cache is scanned chunk by chunk, so no
-# process holds a large reference.
-_HOLD_MAX_BYTES: Final = 128 << 20
+# ReferenceTable.fields (keyindex). Sized by the 300 MB every process must stay within: the
+# sample reference at 1M rows is estimated at 72 MiB, and a chunk worker holding it grew by
+# 136 MB (about 1.9 times the estimate) and peaked at 281-289 MB in the benchmark; at this
+# limit it would peak near 300 MB. A larger cache is scanned chunk by chunk, so no process holds
+# a large reference.
+_HOLD_MAX_BYTES: Final = 80 << 20
 
 
 @dataclass(frozen=True)

@@ -139,6 +139,7 @@ ENRICH = TWO + "[pipeline.enrichment]\n"
             "object_store = 's3'",
         ),
         (TWO + '[backends]\nreplication = "crr"\n', "backends.replication", "'"),
+        (TWO + '[pipeline]\nreference_memory = "lots"\n', "pipeline.reference_memory", "size"),
     ],
 )
 def test_errors_name_the_file_and_the_key(tmp_path: Path, text: str, key: str, words: str) -> None:
@@ -199,6 +200,7 @@ def test_not_toml_and_missing_file(tmp_path: Path) -> None:
 def test_defaults_and_durations(tmp_path: Path) -> None:
     config = load_config(_config(tmp_path, TWO + '[gateway]\nlink_expiry = "15m"\n'))
     assert config.gateway.link_expiry == 900.0
+    assert config.pipeline.reference_memory == 80 * 2**20
     assert config.gateway.host == "127.0.0.1"
     assert config.backends.object_store == "local"
     assert [parse_duration(v) for v in (5, "500ms", "2s", "1h", "1.5m")] == [

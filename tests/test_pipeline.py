@@ -172,6 +172,22 @@ def test_a_held_reference_matches_keys_not_hashes(
     ]  # fmt: skip
 
 
+def test_a_reference_is_held_only_up_to_its_memory_limit(tmp_path: Path) -> None:
+    """pipeline.reference_memory: a cache estimated above the limit is scanned (0: always),
+    with the same output."""
+    (tmp_path / "ref.csv").write_text("code,price\n100,1\n200,2\n", encoding="utf-8")
+    enrichment = Enrichment("id", "code", {"price": "Price"})
+    prepare_reference(tmp_path / "ref.csv", tmp_path / "r.parquet", enrichment, source="ref")
+    data = "id,name,kind\n200,a,a\n300,b,b\n100,c,a\n"
+    held, scanned = (ReferenceTable(tmp_path / "r.parquet", hold_max_bytes=n) for n in (1 << 20, 0))
+    assert (
+        held.fields(pl.Series(["100"])) is not None and scanned.fields(pl.Series(["100"])) is None
+    )
+    out = run(data, enrichment=enrichment, reference=held)
+    assert out == run(data, enrichment=enrichment, reference=scanned)
+    assert out.output == b"200,a,a,2\n100,c,a,1\n"
+
+
 def test_a_reference_whose_keys_share_a_hash_is_not_held(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -12,6 +12,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from mrbatch import backends
+from mrbatch.engine import tasks
 from mrbatch.errors import ReferenceDataError
 from mrbatch.pipeline import reference
 from mrbatch.pipeline.reference import (
@@ -20,6 +22,8 @@ from mrbatch.pipeline.reference import (
     ReferenceTable,
     prepare_reference,
 )
+from tests.conftest import make_workspace
+from tests.test_pipeline import SAMPLES
 
 ENRICH = Enrichment("k", "id", {"v": "V", "w": "W"})
 
@@ -96,3 +100,19 @@ def test_packed_columns_give_back_every_value_empty_and_missing_apart(
     assert got.columns == [REFERENCE_KEY_COLUMN, "V", "W"]
     assert sorted(got.rows()) == sorted(expected.rows())
     shutil.rmtree(base)
+
+
+@pytest.mark.parametrize(("setting", "limit"), [("0", 0), ("2MiB", 2 << 20)])
+def test_a_workers_hold_limit_is_the_configured_reference_memory(
+    tmp_path: Path, setting: str, limit: int
+) -> None:
+    """The chunk tasks' reference table holds the cache only up to pipeline.reference_memory."""
+    ws = make_workspace(tmp_path / "ws", pipeline={"reference_memory": setting})
+    region = ws.regions[0]
+    stored = backends.open_object_store(ws, region).put(
+        "reference/financial.csv", (SAMPLES / "financial.csv").read_bytes()
+    )
+    ctx, loaded = tasks._pipeline(str(ws.config_path), region, "", "input/orders.csv")
+    table = tasks._ensure_reference(ctx, loaded, stored.key, stored.sha256)
+    assert table.hold_max_bytes == limit
+    assert table.holdable is (limit > 0)  # the sample's cache: about 0.7 MiB

@@ -58,6 +58,8 @@ max_rejected_fraction = 0.1              # above this share of rejected rows a r
 chunk_attempts = 4                       # tries per chunk before the run fails
 retry_backoff = "500ms"                  # first retry delay; doubles each time
 workers = 0                              # chunk workers per region; 0 = one per CPU core
+reference_memory = "80MiB"               # a reference this small is held by each worker
+                                         # (about twice this in memory); "0": never
 
 [pipeline.enrichment]
 reference = "reference/financial.csv"    # reference data, an object in the bucket

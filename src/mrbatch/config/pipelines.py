@@ -18,7 +18,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from .values import Duration, Section
+from .values import ByteSize, Duration, Section
 
 __all__ = [
     "DEFAULT_PIPELINE",
@@ -41,6 +41,12 @@ DEFAULT_PIPELINE = "default"
 FORMATS = ("csv", "jsonl", "parquet")
 # Column names mrbatch uses inside its own files (the reference cache's key column, say).
 RESERVED_COLUMN_PREFIX = "__mrbatch"
+
+# pipeline.reference_memory by default: a reference whose cache is estimated at up to this much
+# is held by each chunk worker that uses it (mrbatch.pipeline.reference). Sized by the 300 MB
+# every process must stay within: a held cache costs a worker about 1.9 times its estimate, and
+# the 1M-row sample reference, estimated at 72 MiB, put the workers at 281-289 MB.
+REFERENCE_MEMORY_DEFAULT = 80 * 2**20
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 _REF = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 _EXTENSIONS = {
@@ -241,6 +247,10 @@ class PipelineConfig(Section):
     retry_backoff: Duration = 0.5
     # 0 means one worker per CPU core.
     workers: int = Field(default=0, ge=0, le=256)
+    # A reference whose cache is estimated at up to this much is held in each worker's memory
+    # (lookups cost what the chunk's keys cost); a larger one is scanned by every chunk. 0:
+    # never held.
+    reference_memory: ByteSize = REFERENCE_MEMORY_DEFAULT
     enrichment: EnrichmentConfig | None = None
     webhook: WebhookConfig | None = None
 

@@ -266,12 +266,12 @@ def _ensure_reference(
                     )
                 finally:
                     source.unlink(missing_ok=True)
-    return _reference_table(str(target))
+    return _reference_table(str(target), ctx.ws.config.pipeline.reference_memory)
 
 
 @cache
-def _reference_table(path: str) -> ReferenceTable:
-    return ReferenceTable(path)
+def _reference_table(path: str, hold_max_bytes: int) -> ReferenceTable:
+    return ReferenceTable(path, hold_max_bytes=hold_max_bytes)
 
 
 def reference_task(

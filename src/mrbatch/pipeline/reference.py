@@ -19,6 +19,7 @@ from typing import Any, Final
 
 import polars as pl
 
+from ..config.pipelines import REFERENCE_MEMORY_DEFAULT
 from ..config.settings import RESERVED_COLUMN_PREFIX
 from ..durable import fsync_dir, fsync_file
 from ..errors import ConfigError, InputError, ReferenceDataError
@@ -95,12 +96,10 @@ _META_FILE: Final = "cache.json"
 
 # A cache whose keys and rendered fields take up to this much memory (polars' estimate, plus
 # the sorted hashes) is held whole by each process that looks keys up in it with
-# ReferenceTable.fields (keyindex). Sized by the 300 MB every process must stay within: the
-# sample reference at 1M rows is estimated at 72 MiB, and a chunk worker holding it grew by
-# 136 MB (about 1.9 times the estimate) and peaked at 281-289 MB in the benchmark; at this
-# limit it would peak near 300 MB. A larger cache is scanned chunk by chunk, so no process holds
-# a large reference.
-_HOLD_MAX_BYTES: Final = 80 << 20
+# ReferenceTable.fields (keyindex), unless the table is given another limit
+# (pipeline.reference_memory); a larger cache is scanned chunk by chunk, so no process holds a
+# large reference.
+_HOLD_MAX_BYTES: Final = REFERENCE_MEMORY_DEFAULT
 
 
 @dataclass(frozen=True)
@@ -302,8 +301,9 @@ def _ref_error(source: str, text: str) -> ReferenceDataError:
 class ReferenceTable:
     """Read side of a reference cache written by :func:`prepare_reference`."""
 
-    def __init__(self, cache_path: str | Path) -> None:
+    def __init__(self, cache_path: str | Path, *, hold_max_bytes: int | None = None) -> None:
         self.path = Path(cache_path)
+        self.hold_max_bytes = hold_max_bytes  # None: _HOLD_MAX_BYTES
         self._meta: dict[str, Any] | None = None
 
     @property
@@ -322,7 +322,8 @@ class ReferenceTable:
     @property
     def holdable(self) -> bool:
         """Whether :meth:`fields` may hold this cache in memory (it is small enough)."""
-        return int(self._read_meta()["memory"]) <= _HOLD_MAX_BYTES
+        limit = _HOLD_MAX_BYTES if self.hold_max_bytes is None else self.hold_max_bytes
+        return int(self._read_meta()["memory"]) <= limit
 
     def fields(self, keys: pl.Series) -> pl.DataFrame | None:
         """One row per key, in the keys' order: the key as the reference has it

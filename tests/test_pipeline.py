@@ -122,7 +122,7 @@ def test_keys_sharing_a_hash_are_joined_on_the_keys_themselves(
     keys share one, the rows are still the ones a join on the keys gives: here every key
     hashes alike, and one order's key is in no reference row (it must be rejected, not given
     another key's data)."""
-    monkeypatch.setattr(reference_module, "_HOLD_MAX_BYTES", -1)  # scanned, not held
+    scanned = ReferenceTable(sample_reference.path, hold_max_bytes=0)  # scanned, not held
     text = (SAMPLES / "orders.csv").read_text(encoding="utf-8").splitlines()
     stray = text[2].split(",")
     stray[0] = "999999999"
@@ -130,7 +130,7 @@ def test_keys_sharing_a_hash_are_joined_on_the_keys_themselves(
     schema = RecordSchema.from_file(SAMPLES / "orders.schema.json")
 
     def once() -> tuple[bytes, bytes]:
-        out = run(data, schema=schema, enrichment=SAMPLE_ENRICHMENT, reference=sample_reference)
+        out = run(data, schema=schema, enrichment=SAMPLE_ENRICHMENT, reference=scanned)
         return out.output, out.rejected
 
     by_hash = once()

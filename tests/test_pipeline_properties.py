@@ -320,21 +320,17 @@ def hostile_reference(directory: Path, data: dict[str, tuple[str | None, str | N
 def held_and_scanned(body: bytes, cache: Path) -> tuple[chunk.ChunkOutput, chunk.ChunkOutput]:
     """The chunk with the reference held (its output written as text) and scanned (joined on
     columns, written by the CSV writer)."""
-    table = reference.ReferenceTable(cache)
+    held, scanned = (reference.ReferenceTable(cache, hold_max_bytes=n) for n in (1 << 30, 0))
+    assert held.fields(pl.Series(["001"])) is not None  # held: the output is written as text
+    assert scanned.fields(pl.Series(["001"])) is None
 
-    def once() -> chunk.ChunkOutput:
+    def once(table: reference.ReferenceTable) -> chunk.ChunkOutput:
         return process_chunk(
             body, schema=SCHEMA, enrichment=TWO_COLUMNS, reference=table, first_line=2,
             source="p.csv",
         )  # fmt: skip
 
-    assert table.fields(pl.Series(["001"])) is not None  # held: the output is written as text
-    held = once()
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(reference, "_HOLD_MAX_BYTES", -1)
-        assert table.fields(pl.Series(["001"])) is None
-        scanned = once()
-    return held, scanned
+    return once(held), once(scanned)
 
 
 @SETTINGS

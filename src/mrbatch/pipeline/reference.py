@@ -94,14 +94,6 @@ _LAYOUT: Final = 3
 _META_FILE: Final = "cache.json"
 
 
-# A cache whose keys and rendered fields take up to this much memory (polars' estimate, plus
-# the sorted hashes) is held whole by each process that looks keys up in it with
-# ReferenceTable.fields (keyindex), unless the table is given another limit
-# (pipeline.reference_memory); a larger cache is scanned chunk by chunk, so no process holds a
-# large reference.
-_HOLD_MAX_BYTES: Final = REFERENCE_MEMORY_DEFAULT
-
-
 @dataclass(frozen=True)
 class Enrichment:
     """Join rule: input column ``key`` matches reference column ``reference_key``; ``columns``
@@ -180,7 +172,7 @@ def _write_parts(
     csv_path: Path, directory: Path, enrichment: Enrichment, source: str
 ) -> tuple[int, int]:
     """Stream the CSV into part files of whole records; return the row count and the memory
-    the cache takes when held (see _HOLD_MAX_BYTES)."""
+    the cache takes when held (see ReferenceTable.holdable)."""
     rows = nulls = memory = 0
     try:
         stream = open(csv_path, "rb")  # noqa: SIM115 - closed by the with below
@@ -301,9 +293,11 @@ def _ref_error(source: str, text: str) -> ReferenceDataError:
 class ReferenceTable:
     """Read side of a reference cache written by :func:`prepare_reference`."""
 
-    def __init__(self, cache_path: str | Path, *, hold_max_bytes: int | None = None) -> None:
+    def __init__(
+        self, cache_path: str | Path, *, hold_max_bytes: int = REFERENCE_MEMORY_DEFAULT
+    ) -> None:
         self.path = Path(cache_path)
-        self.hold_max_bytes = hold_max_bytes  # None: _HOLD_MAX_BYTES
+        self.hold_max_bytes = hold_max_bytes
         self._meta: dict[str, Any] | None = None
 
     @property
@@ -321,9 +315,11 @@ class ReferenceTable:
 
     @property
     def holdable(self) -> bool:
-        """Whether :meth:`fields` may hold this cache in memory (it is small enough)."""
-        limit = _HOLD_MAX_BYTES if self.hold_max_bytes is None else self.hold_max_bytes
-        return int(self._read_meta()["memory"]) <= limit
+        """Whether :meth:`fields` may hold this cache in memory: its keys and rendered fields
+        (polars' estimate, plus the sorted hashes) take up to ``hold_max_bytes``
+        (pipeline.reference_memory). A larger cache is scanned chunk by chunk, so no process
+        holds a large reference."""
+        return int(self._read_meta()["memory"]) <= self.hold_max_bytes
 
     def fields(self, keys: pl.Series) -> pl.DataFrame | None:
         """One row per key, in the keys' order: the key as the reference has it

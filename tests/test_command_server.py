@@ -176,6 +176,9 @@ def test_another_installation_is_refused_and_the_server_restarts(tmp_path: Path)
     with Deployment(ws):
         server = supervisor.pid_of(ws, COMMANDS)
         run_dir = ws.data_dir / "run"
+        # The deployment is up once the regions beat and the gateway answers; the server may
+        # still be binding its socket (a client would then run the command itself).
+        eventually(lambda: (run_dir / relay.SOCKET_NAME).exists() or None, 30, "the socket")
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
             sock.connect(relay.socket_address(run_dir))
             request = {"argv": ["runs"], "cwd": str(ws.root), "env": {}, "umask": 0o22,

@@ -227,6 +227,24 @@ def test_a_large_input_written_to_the_bucket_directly_is_still_recorded_and_run(
     assert _split_note(run) == "47 chunk(s)"
 
 
+def test_a_small_input_written_to_the_bucket_directly_is_recorded_after_a_moment(
+    deployed: Workspace,
+) -> None:
+    """An upload writes its bytes, then their record; the watcher, which saw a small input in
+    between under load and recorded it as written directly (``source="bucket"``), now gives a
+    freshly written one a moment first, and still records bytes that no upload records."""
+    ws = deployed
+    store = backends.open_object_store(ws, ws.regions[0])
+    stored = store.put("input/direct-small.csv", SAMPLE, durable=True)
+    run = finished(ws, stored, timeout=60)
+    assert run.status is RunStatus.COMPLETED, run.reason
+    record = backends.open_state_table(ws, ws.regions[0]).get(accepted_pk(run.run_id))
+    assert record is not None
+    accepted = Accepted.from_record(record)
+    assert accepted.source == "bucket"
+    assert accepted.at - stored.modified >= 0.8  # FRESH_INPUT_WAIT, less a poll's jitter
+
+
 def test_an_input_replicated_in_before_its_record_keeps_the_record_of_its_upload(
     deployed: Workspace,
 ) -> None:

@@ -4,7 +4,7 @@ acknowledgement was cut short, or replicated in) gets its ``Accepted`` record if
 so it is processed all the same; and the bytes of versions the region waits for are noticed as
 soon as they arrive. A large input (the size from which uploads find the chunks), and one
 replicated in from another region, is given :data:`UPLOAD_RECORD_WAIT` seconds for its own
-record to arrive first."""
+record to arrive first; a small one written moments ago, :data:`FRESH_INPUT_WAIT`."""
 
 from __future__ import annotations
 
@@ -24,6 +24,8 @@ TRIGGER_CURSOR = "trigger"
 _BATCH = 500
 # How long an input may wait for its own record (see _accept_seen) before the watcher records it.
 UPLOAD_RECORD_WAIT = 2.0
+# How long a small input written to this region moments ago may wait for its upload's record.
+FRESH_INPUT_WAIT = 1.0
 
 
 class BucketWatch:
@@ -81,6 +83,12 @@ class BucketWatch:
             # the acceptance order. Bytes written to the bucket directly, an acknowledgement
             # cut short, or a record that never comes, are recorded here once the wait is over.
             self._waiting.setdefault(seen, (info, now + UPLOAD_RECORD_WAIT))
+            return
+        if wait and time.time() - info.modified < FRESH_INPUT_WAIT:
+            # An upload through the access point writes the bytes, then their record: seen in
+            # between (under load, it was), the version was recorded here as written to the
+            # bucket directly. Inputs found by a rescan, or after a restart, are older.
+            self._waiting.setdefault(seen, (info, now + FRESH_INPUT_WAIT))
             return
         self._waiting.pop(seen, None)
         accept(self.store, self.table, info, source="bucket")

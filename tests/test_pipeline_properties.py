@@ -402,6 +402,38 @@ def test_any_chunk_written_as_text_is_what_the_column_path_writes(
     assert held == scanned
 
 
+@SETTINGS
+@given(
+    st.lists(
+        st.tuples(
+            ids, st.sampled_from(["ann", "", "toolong", " x ", "é😀"]), st.sampled_from("ab")
+        ).flatmap(lambda row: st.tuples(st.just(row), st.tuples(*[st.booleans()] * 3))),
+        min_size=1,
+        max_size=30,
+    ),
+    reference_rows,
+)
+def test_an_export_quoted_where_no_quote_is_needed_is_written_as_its_lines_unquoted(
+    ref_dir: Path,
+    rows: list[tuple[tuple[str, str, str], tuple[bool, bool, bool]]],
+    data: dict[str, tuple[str | None, str | None]],
+) -> None:
+    """Values that need no quotes, quoted or not at random (as exports quote every field, or
+    every text field): each output row is its line with the quotes removed (QuotedLines.
+    plain_unquoted), the bytes the join on columns and the CSV writer give."""
+    text = "".join(
+        ",".join(f'"{v}"' if q else v for v, q in zip(values, quoted, strict=True)) + "\n"
+        for values, quoted in rows
+    )
+    body = ("id,name,kind\n" + text).encode()
+    if any(any(quoted) for _, quoted in rows):
+        parsed = parse_quoted_lines(body.split(b"\n", 1)[1], HEADER, 2)
+        assert parsed is not None and parsed.plain_unquoted
+    held, scanned = held_and_scanned(body, hostile_reference(ref_dir, data))
+    assert held == scanned
+    assert held.rows_in == len(rows)
+
+
 @pytest.fixture(scope="module")
 def merge_store(tmp_path_factory: pytest.TempPathFactory) -> LocalObjectStore:
     return LocalObjectStore(tmp_path_factory.mktemp("merge") / "bucket", "test-1")
@@ -518,11 +550,20 @@ def test_the_whole_body_quoted_path_agrees_with_the_general_path(
     assert (pieces is None) == (whole is None)
     if whole is None:
         return
-    assert pieces is not None and pieces.equals(whole)
+    assert pieces is not None and pieces.frame.equals(whole.frame)
+    assert pieces.plain_unquoted == whole.plain_unquoted
     good, bad = parse.parse_general(body, HEADER, 2, "p.csv", dialect)
     assert bad.height == 0
-    assert whole.to_dicts() == good.to_dicts()
-    assert whole.schema == good.schema
+    assert whole.frame.to_dicts() == good.to_dicts()
+    assert whole.frame.schema == good.schema
+    if whole.plain_unquoted:  # each line, its quotes removed, is its values joined
+        joined = [
+            dialect.delimiter.join(v or "" for v in row)
+            for row in whole.frame.select(HEADER).rows()
+        ]
+        assert [line.replace(dialect.quote, "") for line in text.splitlines()] == joined
+        values = [v for row in whole.frame.select(HEADER).rows() for v in row if v is not None]
+        assert not any(c in v for v in values for c in (dialect.delimiter, dialect.quote, "\n"))
 
 
 @SETTINGS
@@ -539,10 +580,15 @@ def test_pieces_are_whole_lines_that_join_back_to_the_body(text: str, size: int)
 def test_the_whole_body_quoted_path_takes_exports_and_leaves_the_rest() -> None:
     export = b'"101","ann ""the"" first","a"\n"102","",""\n"103","bob","b"'
     whole = parse_quoted_lines(export, HEADER, 5)
-    assert whole is not None
-    assert whole.rows() == [
+    assert whole is not None and not whole.plain_unquoted  # a quote inside a value
+    assert whole.frame.rows() == [
         (1, 5, "101", 'ann "the" first', "a"), (2, 6, "102", None, None), (3, 7, "103", "bob", "b")
     ]  # fmt: skip
+    plain = parse_quoted_lines(b'"101","ann",""\n102,"bob","b"\n', HEADER, 2)
+    assert plain is not None and plain.plain_unquoted
+    assert plain.frame.rows() == [(1, 2, "101", "ann", None), (2, 3, "102", "bob", "b")]
+    comma = parse_quoted_lines(b'"101","ann, the first","a"\n', HEADER, 2)
+    assert comma is not None and not comma.plain_unquoted
     for other in (
         '"101","two\nlines","a"\n',  # a line break inside quotes: line numbers need records
         '"101","a"b"","a"\n',  # malformed quoting: the csv module decides

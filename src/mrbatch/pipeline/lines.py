@@ -10,6 +10,7 @@ Both give what the general path gives for the same records (property-tested).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Final
 
 import polars as pl
@@ -17,7 +18,7 @@ import polars as pl
 from .csvsplit import BOM
 from .parse import CSV, LINE, ROW, Dialect, line_count, regex_char
 
-__all__ = ["parse_fast", "parse_quoted_lines"]
+__all__ = ["QuotedLines", "parse_fast", "parse_quoted_lines"]
 
 
 def parse_fast(
@@ -43,9 +44,20 @@ def parse_fast(
     return _read_lines(body, header, first_line, dialect, quote_char=None, lines=lines)
 
 
+@dataclass(frozen=True)
+class QuotedLines:
+    """A body read by :func:`parse_quoted_lines`. ``plain_unquoted``: no value holds the
+    delimiter, the quote character or a line break, so each line with its quote characters
+    removed is the line a CSV writer (minimal quoting, empty values as nothing) writes for its
+    record."""
+
+    frame: pl.DataFrame
+    plain_unquoted: bool
+
+
 def parse_quoted_lines(
     body: bytes, header: list[str], first_line: int, dialect: Dialect = CSV
-) -> pl.DataFrame | None:
+) -> QuotedLines | None:
     """Parse a body whose every line is one well-formed record of the header's field count,
     quoted or not (as spreadsheet and database exports write them), with polars' reader in one
     pass; None when the general path is needed (a blank line, a line break inside quotes, a
@@ -53,13 +65,16 @@ def parse_quoted_lines(
 
     One regex proves the shape (a field is ``parse._field``'s, without line breaks), so nothing
     is done per record: the general path splits the body into records,
-    checks each, joins them and copies them again before polars reads them."""
+    checks each, joins them and copies them again before polars reads them. A stricter one is
+    tried first (quotes only around whole values that hold no delimiter and no quote, as
+    exports quote every field): it proves the shape too, and that the lines need no more than
+    their quotes removed to be written (QuotedLines.plain_unquoted)."""
     ncols = len(header)
     if ncols < 2 or not body or b"\r" in body or body.startswith(BOM) or dialect.quote == "\0":
         return None
     q, d = regex_char(dialect.quote), regex_char(dialect.delimiter)
+    plain_field = f"(?:[^{q}{d}\\n]*|{q}[^{q}{d}\\n]*{q})"
     field = f"(?:[^{q}{d}\\n]*|{q}(?:[^{q}\\n]|{q}{q})*{q})"
-    record = f"{field}(?:{d}{field}){{{ncols - 1}}}"
     # One copy of the body, in polars (a Python str of it would be another, up to 4x larger),
     # as pieces of whole lines: the regex engine allocates about four bytes per byte it checks
     # (44 MB for an 8 MB chunk in one piece, 18 MB in pieces of 1 MB, in less CPU).
@@ -67,15 +82,23 @@ def parse_quoted_lines(
         text = pl.Series(_whole_lines(body, _CHECK_PIECE), dtype=pl.Binary).cast(pl.String)
     except pl.exceptions.PolarsError:  # not UTF-8: the general path says where
         return None
-    if not text.str.contains(f"\\A(?:{record}\\n)*(?:{record})?\\z").all():
+    plain = bool(text.str.contains(_lines_of(plain_field, d, ncols)).all())
+    if not plain and not text.str.contains(_lines_of(field, d, ncols)).all():
         return None
     del text
     # quoted "" is empty too, as in the general path
     empty_is_null = [pl.when(pl.col(c) != "").then(pl.col(c)).alias(c) for c in header]
-    return _read_lines(
+    frame = _read_lines(
         body, header, first_line, dialect,
         quote_char=dialect.quote, lines=line_count(body), values=empty_is_null,
     )  # fmt: skip
+    return None if frame is None else QuotedLines(frame, plain)
+
+
+def _lines_of(field: str, delimiter: str, ncols: int) -> str:
+    """A regex matching whole lines of ``ncols`` fields, each line ended but maybe the last."""
+    record = f"{field}(?:{delimiter}{field}){{{ncols - 1}}}"
+    return f"\\A(?:{record}\\n)*(?:{record})?\\z"
 
 
 _CHECK_PIECE: Final = 1 << 20

@@ -51,9 +51,10 @@ def ws(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Workspace]:
     yield make_workspace(tmp_path_factory.mktemp("split-hint") / "ws")
 
 
-def _fed(data: bytes, block: int, chunk_rows: int, input_format: str) -> object:
+def _fed(data: bytes, block: int, chunk_rows: int, input_format: str, inline: bool) -> object:
     """What a splitter finds when the store reads ``data`` ``block`` bytes at a time."""
-    splitter = Splitter(chunk_rows, input_format, '"' if input_format == "csv" else None, "k")
+    quote = '"' if input_format == "csv" else None
+    splitter = Splitter(chunk_rows, input_format, quote, "k", inline=inline)
     stream = splitter.reading(data)
     while stream.read(block):
         pass
@@ -68,10 +69,18 @@ def _fed(data: bytes, block: int, chunk_rows: int, input_format: str) -> object:
     st.integers(min_value=1, max_value=4),
     st.integers(min_value=1, max_value=9),
     st.sampled_from(["csv", "jsonl"]),
+    st.booleans(),
 )
 def test_an_upload_finds_the_chunks_a_split_task_finds(
-    ws: Workspace, bom: bytes, body: bytes, chunk_rows: int, block: int, input_format: str
+    ws: Workspace,
+    bom: bytes,
+    body: bytes,
+    chunk_rows: int,
+    block: int,
+    input_format: str,
+    inline: bool,
 ) -> None:
+    """On a thread as the bytes go by, or inline once they are stored (a small upload)."""
     data = bom + (HEADER if input_format == "csv" else b"") + body
     region = ws.regions[0]
     store = backends.open_object_store(ws, region)
@@ -82,13 +91,14 @@ def test_an_upload_finds_the_chunks_a_split_task_finds(
             info.key, "", input_format,
         )  # fmt: skip
     except InputError:
-        assert _fed(data, block, chunk_rows, input_format) is None  # no hint for a bad file
+        assert _fed(data, block, chunk_rows, input_format, inline) is None  # a bad file: none
         return
-    assert _fed(data, block, chunk_rows, input_format) == (found.header, found.chunks)
+    assert _fed(data, block, chunk_rows, input_format, inline) == (found.header, found.chunks)
 
 
-def test_a_hint_is_never_taken_for_other_bytes_than_the_stored_ones() -> None:
-    splitter = Splitter(2, "csv", '"', "k")
+@pytest.mark.parametrize("inline", [False, True])
+def test_a_hint_is_never_taken_for_other_bytes_than_the_stored_ones(inline: bool) -> None:
+    splitter = Splitter(2, "csv", '"', "k", inline=inline)
     stream = splitter.reading(HEADER + BODY[:2000])
     while stream.read(100):
         pass
@@ -190,22 +200,39 @@ def run_info(ws: Workspace, key: str, sha256: str) -> ObjectInfo:
 def test_only_uploads_of_hint_from_bytes_or_of_unknown_size_are_split_on_the_way(
     ws: Workspace,
 ) -> None:
+    """Smaller ones keep their bytes and are split once stored; only inputs are split."""
     config, big = ws.config, LARGE
     assert len(big) >= splithint.HINT_FROM_BYTES > len(SAMPLE)
-    assert Splitter.for_upload(config, "input/small.csv", SAMPLE) is None
+    assert Splitter.for_upload(config, "reference/small.csv", SAMPLE) is None
+    small = Splitter.for_upload(config, "input/small.csv", SAMPLE)
+    assert small is not None and small.inline
+    small.abandon()
     with io.BytesIO(big) as stream:
         stream.seek(len(big) - len(SAMPLE))  # what is left to read counts
-        assert Splitter.for_upload(config, "input/rest.csv", stream) is None
+        rest = Splitter.for_upload(config, "input/rest.csv", stream)
+        assert rest is not None and rest.inline
+        rest.abandon()
         stream.seek(0)
         found = Splitter.for_upload(config, "input/big.csv", stream)
-        assert found is not None and stream.tell() == 0
+        assert found is not None and not found.inline and stream.tell() == 0
         found.abandon()
     read, write = os.pipe()
     with os.fdopen(read, "rb") as pipe:
         os.close(write)
         found = Splitter.for_upload(config, "input/piped.csv", pipe)  # size unknown
-        assert found is not None
+        assert found is not None and not found.inline
         found.abandon()
+
+
+def test_a_small_upload_hands_the_region_its_chunks(deployed: Workspace) -> None:
+    """No split task for a small file either: the upload found its chunks once stored."""
+    ws = deployed
+    info = put(ws, "input/small-hinted.csv", SAMPLE)
+    run = finished(ws, info, timeout=60)
+    assert run.status is RunStatus.COMPLETED, run.reason
+    assert _split_note(run) == "7 chunk(s), found by the upload"  # 10,000 rows by 1,500
+    store = backends.open_object_store(ws, run.region)
+    assert store.get(output_key_for(info.key)) == expected_output(SAMPLE)
 
 
 def test_a_large_input_written_to_the_bucket_directly_is_still_recorded_and_run(

@@ -12,8 +12,11 @@ settings the input's pipeline has when the upload starts. Its result goes into t
 A hint is only ever a shortcut: the chunk tasks verify every chunk's checksum against the bytes
 they read, chunk 0's task checks the header against the pipeline (a split task did), and a
 hint that is missing, late or wrong in shape (any error here) means a split task, as before.
-It is made for inputs of at least :data:`HINT_FROM_BYTES` (below that, a split task costs less
-than starting a thread) and of at most :data:`HINT_MAX_CHUNKS` chunks (the record stays small).
+It is made for inputs of at most :data:`HINT_MAX_CHUNKS` chunks (the record stays small). From
+:data:`HINT_FROM_BYTES` (or of a size not known in advance) the chunks are found on a thread as
+the bytes go by; a smaller upload keeps its bytes and finds them once stored, on the uploading
+thread (well under a millisecond for a 1,000-row file, where a split task was a round trip
+through a worker process: with many small files it was a third of the workers' tasks).
 """
 
 from __future__ import annotations
@@ -85,34 +88,49 @@ class _Blocks:
 class Splitter:
     """Finds the chunks of an upload on a thread while the store reads it (see the module)."""
 
-    def __init__(self, chunk_rows: int, input_format: str, quote: str | None, key: str) -> None:
+    def __init__(
+        self,
+        chunk_rows: int,
+        input_format: str,
+        quote: str | None,
+        key: str,
+        *,
+        inline: bool = False,
+    ) -> None:
         self.settings = (chunk_rows, input_format, quote)
+        self.inline = inline
+        self._key = key
         self._blocks: queue.Queue[bytes] = queue.Queue(_QUEUED_BLOCKS)
+        self._kept: list[bytes] | None = [] if inline else None  # inline: the bytes, kept
         self._result: SplitHint | None = None
         self._failed = False
-        self._thread = threading.Thread(
-            target=self._run, args=(key,), name="split-hint", daemon=True
-        )
-        self._thread.start()
+        self._thread: threading.Thread | None = None
+        if not inline:
+            self._thread = threading.Thread(
+                target=self._run, args=(_Blocks(self._blocks),), name="split-hint", daemon=True
+            )
+            self._thread.start()
 
     @classmethod
     def for_upload(cls, config: Config, key: str, data: object) -> Splitter | None:
         """A splitter for an upload of ``data`` to ``key``, or None when no hint is made: not
         an input, bytes that do not come as bytes or a stream (an iterable of blocks), a
-        pipeline that reads Parquet, or an input smaller than HINT_FROM_BYTES."""
+        pipeline that reads Parquet. Below HINT_FROM_BYTES it finds the chunks inline."""
         if not key.startswith(INPUT) or not (
             isinstance(data, bytes | bytearray) or hasattr(data, "read")
         ):
             return None
         spec = config.spec_for_key(key)
         input_format = format_for(spec, key)
-        if input_format not in ("csv", "jsonl") or _size_of(data) < HINT_FROM_BYTES:
+        if input_format not in ("csv", "jsonl"):
             return None
-        return cls(spec.chunk_rows, input_format, split_quote(spec, input_format), key)
+        inline = _size_of(data) < HINT_FROM_BYTES
+        quote = split_quote(spec, input_format)
+        return cls(spec.chunk_rows, input_format, quote, key, inline=inline)
 
-    def _run(self, key: str) -> None:
+    def _run(self, blocks: _Blocks | io.BytesIO) -> None:
         chunk_rows, input_format, quote = self.settings
-        blocks = _Blocks(self._blocks)
+        key = self._key
         try:
             header, ranges = find_chunks(
                 blocks,  # type: ignore[arg-type]
@@ -132,14 +150,24 @@ class Splitter:
                 pass
 
     def feed(self, block: bytes) -> None:
-        if block and not self._failed:
+        if not block or self._failed:
+            return
+        if self._kept is not None:
+            self._kept.append(block)
+        else:
             self._blocks.put(block)
 
     def finish(self, size: int) -> SplitHint | None:
         """The hint, once the store has read everything (``size`` bytes); None when there is
         none or it was made from other bytes than the store took."""
-        self._blocks.put(_END)
-        self._thread.join()
+        if self._kept is not None:
+            if not self._failed:
+                self._run(io.BytesIO(b"".join(self._kept)))
+            self._kept = []
+        else:
+            self._blocks.put(_END)
+            assert self._thread is not None
+            self._thread.join()
         hint = self._result
         if hint is None or self._failed or hint.size != size:
             return None
@@ -148,8 +176,10 @@ class Splitter:
     def abandon(self) -> None:
         """The upload failed: end the thread, no hint."""
         self._failed = True
-        self._blocks.put(_END)
-        self._thread.join()
+        self._kept = None if self._kept is None else []
+        if self._thread is not None:
+            self._blocks.put(_END)
+            self._thread.join()
 
     def reading(self, data: object) -> BinaryIO:
         """``data`` (bytes or a binary stream) as a stream whose every read also feeds this

@@ -42,11 +42,8 @@ def test_metrics_count_what_the_regions_do(deployment: Deployment) -> None:
                 metric(before, "mrbatch_replication_backlog", region=region, kind=kind) is not None
             )
 
-    infos = [
-        put(ws, "input/m1.csv", _orders(3_000)),
-        put(ws, "input/m2.csv", _orders(1_000, bad=10)),
-    ]
-    for info in infos:
+    for key, data in (("input/m1.csv", _orders(3_000)), ("input/m2.csv", _orders(1_000, bad=10))):
+        info = put(ws, key, data)  # one after the other: the second finds the reference ready
         assert finished(ws, info).status is RunStatus.COMPLETED
 
     def counted() -> dict | None:  # type: ignore[type-arg]
@@ -63,6 +60,7 @@ def test_metrics_count_what_the_regions_do(deployment: Deployment) -> None:
         "mrbatch_rows_processed_total": 4_000,
         "mrbatch_rows_rejected_total": 10,
         "mrbatch_files_reconciled_total": 0,
+        "mrbatch_reference_preparations_total": 1,  # the second run's was prepared by then
     }
     for name, value in expected.items():
         assert metric(after, name, region=active) == value, name

@@ -126,6 +126,12 @@ class RunDriver:
         self.failure_mails: dict[str, Any] = {}
         self.epoch: int | None = None
         self.stats: Counter[str] = Counter()
+        # Reference versions a worker has prepared here: (configuration digest, pipeline, its
+        # reference's key, version), which name its cache. The chunk tasks prepare a missing cache
+        # themselves; the reference task only runs ahead of them (and reports a bad reference
+        # early), so after one succeeded the runs of that version do without (with many small
+        # files it was one task of every three).
+        self.references_prepared: set[tuple[str, str, str, str]] = set()
         self._mailer = ThreadPoolExecutor(max_workers=2, thread_name_prefix="notify")
         # Named crash points (armed by tests) sit in the windows between an effect and its record.
         self.faults = FaultPoints(ws.faults_path)

@@ -224,7 +224,16 @@ class Orchestrator(ChunkStage, PublishStage, FailureMailStage):
             and not self._pin_reference(progress, enrichment.reference)
         ):
             return
-        if enrichment is not None and progress.ref_future is None and run.reference_key:
+        # Named as the cache is: the pipeline's enrichment and the version (each run reads its
+        # own pinned copy of the reference, runs/<id>/reference…, whose version it is).
+        digest, version = self._config(progress).digest, run.reference_version or ""
+        prepared = (digest, spec.name, enrichment.reference if enrichment else "", version)
+        if (
+            enrichment is not None
+            and progress.ref_future is None
+            and run.reference_key
+            and prepared not in self.references_prepared
+        ):
             progress.ref_future = self.executor.submit(
                 tasks.reference_task,
                 self._config(progress),
@@ -233,6 +242,10 @@ class Orchestrator(ChunkStage, PublishStage, FailureMailStage):
                 run.reference_version,
                 run.pipeline,
                 run.input_key,
+            )
+            self.stats["reference_preparations"] += 1
+            progress.ref_future.add_done_callback(
+                lambda done: self._remember_prepared(done, prepared)
             )
         hint, progress.split_hint = progress.split_hint, None  # used once, if at all
         if progress.future is None and hint is not None:
@@ -291,6 +304,11 @@ class Orchestrator(ChunkStage, PublishStage, FailureMailStage):
         if self._transition(progress, RunStatus.SPLIT, note=note):
             self.stats["files_split"] += 1
             self.faults.crash_point("after-split", self.region)
+
+    def _remember_prepared(self, done: Future[Any], prepared: tuple[str, str, str, str]) -> None:
+        """(On the executor's thread.) A reference task that succeeded prepared that cache."""
+        if not done.cancelled() and done.exception() is None:
+            self.references_prepared.add(prepared)
 
     def _pin_reference(self, progress: Progress, reference: str) -> bool:
         """Record which reference version this run uses (a snapshot under runs/<id>/), so a

@@ -58,6 +58,7 @@ REGION_COUNTERS: dict[str, str] = {
     "rows_processed": "Rows read by completed runs",
     "rows_rejected": "Rows rejected by completed runs",
     "fenced_refusals": "Publishes or mails refused because the region could not confirm its epoch",
+    "reference_preparations": "Reference versions sent to a worker to prepare ahead of chunks",
     "loop_errors": "Errors caught by the region's main loop",
 }
 APP_STATES = ("healthy", "degraded", "failover-in-progress", "unknown")

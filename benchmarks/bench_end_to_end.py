@@ -1,7 +1,8 @@
 """End to end as a user runs it, against the bare baseline, in one run on this machine.
 
     python benchmarks/bench_end_to_end.py [ROWS ...] [--reference-rows N] [--chunk-rows N]
-        [--repeat 3] [--quoted] [--without-standby-replicator] [--work DIR] [--json]
+        [--repeat 3] [--quoted] [--without-standby-replicator] [--replication-nice N]
+        [--work DIR] [--json]
         [--executor process-pool|dask] [--workers N] [--aws]
 
 For each size: generate one orders file per repetition (uuids from a reference of
@@ -262,6 +263,10 @@ def _workspace(
     text = ws.config_path.read_text()
     if args.workers:
         text = text.replace("\nworkers = 0 ", f"\nworkers = {args.workers} ")
+    if args.replication_nice is not None:
+        text = text.replace(
+            '\ninterval = "100ms"', f'\ninterval = "100ms"\nnice = {args.replication_nice}'
+        )
     if moto is not None:  # every idle poll is a request: 4 a second per process
         text = text.replace('poll_interval = "50ms"', 'poll_interval = "250ms"')
         text = text.replace('\ninterval = "100ms"', '\ninterval = "250ms"')
@@ -390,6 +395,9 @@ def main() -> int:
     parser.add_argument("--repeat", type=int, default=3, help="runs per size (medians shown)")
     parser.add_argument("--quoted", action="store_true", help="every field quoted")
     parser.add_argument("--without-standby-replicator", action="store_true")
+    parser.add_argument(
+        "--replication-nice", type=int, default=None, help="replication.nice (default: 10)"
+    )
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
     parser.add_argument("--executor", choices=["process-pool", "dask"], default="process-pool")
     parser.add_argument("--workers", type=int, default=0, help="chunk workers (0: one per core)")

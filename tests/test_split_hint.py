@@ -235,41 +235,33 @@ def test_a_small_upload_hands_the_region_its_chunks(deployed: Workspace) -> None
     assert store.get(output_key_for(info.key)) == expected_output(SAMPLE)
 
 
-def test_a_large_input_written_to_the_bucket_directly_is_still_recorded_and_run(
-    deployed: Workspace,
+@pytest.mark.parametrize(
+    ("data", "waited", "chunks"),
+    [
+        (LARGE, 1.5, 47),  # bucket_watch.UPLOAD_RECORD_WAIT (2 s), less a poll's jitter
+        (SAMPLE, 0.8, 7),  # bucket_watch.FRESH_INPUT_WAIT (1 s), less a poll's jitter
+    ],
+    ids=["large", "small"],
+)
+def test_an_input_written_to_the_bucket_directly_is_recorded_after_a_moment(
+    deployed: Workspace, data: bytes, waited: float, chunks: int
 ) -> None:
-    """The bucket watcher gives a large new input a moment to be recorded by its upload (with
-    the chunks it found); bytes that no upload records (written to the bucket directly, or an
-    acknowledgement cut short) are recorded by the watcher after that moment."""
+    """An upload writes its bytes, then their record (with the chunks it found): the bucket
+    watcher, which under load saw inputs in between and recorded them as written directly
+    (``source="bucket"``, no chunks), gives a fresh input a moment first (a large one longer),
+    and still records and runs bytes that no upload records (written to the bucket directly,
+    or an acknowledgement cut short)."""
     ws = deployed
     store = backends.open_object_store(ws, ws.regions[0])
-    stored = store.put("input/direct-large.csv", LARGE, durable=True)
+    stored = store.put("input/direct.csv", data, durable=True)
     run = finished(ws, stored, timeout=120)
     assert run.status is RunStatus.COMPLETED, run.reason
     record = backends.open_state_table(ws, ws.regions[0]).get(accepted_pk(run.run_id))
     assert record is not None
     accepted = Accepted.from_record(record)
     assert (accepted.source, accepted.split) == ("bucket", None)
-    assert run.accepted_at is not None and run.accepted_at - stored.modified >= 1.5
-    assert _split_note(run) == "47 chunk(s)"
-
-
-def test_a_small_input_written_to_the_bucket_directly_is_recorded_after_a_moment(
-    deployed: Workspace,
-) -> None:
-    """An upload writes its bytes, then their record; the watcher, which saw a small input in
-    between under load and recorded it as written directly (``source="bucket"``), now gives a
-    freshly written one a moment first, and still records bytes that no upload records."""
-    ws = deployed
-    store = backends.open_object_store(ws, ws.regions[0])
-    stored = store.put("input/direct-small.csv", SAMPLE, durable=True)
-    run = finished(ws, stored, timeout=60)
-    assert run.status is RunStatus.COMPLETED, run.reason
-    record = backends.open_state_table(ws, ws.regions[0]).get(accepted_pk(run.run_id))
-    assert record is not None
-    accepted = Accepted.from_record(record)
-    assert accepted.source == "bucket"
-    assert accepted.at - stored.modified >= 0.8  # FRESH_INPUT_WAIT, less a poll's jitter
+    assert run.accepted_at is not None and run.accepted_at - stored.modified >= waited
+    assert _split_note(run) == f"{chunks} chunk(s)"
 
 
 def test_an_input_replicated_in_before_its_record_keeps_the_record_of_its_upload(

@@ -42,11 +42,16 @@ def _uuid(index: pl.Expr) -> pl.Expr:
     return ((index * _SPREAD) % 1_000_000_000).cast(pl.String).str.zfill(9)
 
 
+@cache
+def _pool(name: str) -> pl.Series:
+    # Made once: a Series built from the Python list was half of a 1,000-row file's
+    # generation (the load generator makes one a file).
+    return pl.Series(name, _pools()[name], dtype=pl.String)
+
+
 def _pick(name: str, salt: int, seed: int) -> pl.Expr:
-    pool = pl.Series(_pools()[name])
-    return (pl.col("i").hash(seed + salt) % len(pool)).map_batches(
-        lambda idx: pool.gather(idx), return_dtype=pl.String
-    )
+    pool = _pool(name)
+    return pl.lit(pool).gather(pl.col("i").hash(seed + salt) % len(pool))
 
 
 def reference_frame(rows: int, *, seed: int = 1) -> pl.DataFrame:

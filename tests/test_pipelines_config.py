@@ -87,6 +87,16 @@ def test_inputs_go_to_the_longest_prefix_and_the_rest_to_the_default(tmp_path: P
     assert config.spec("ev").chunk_rows == config.pipeline.chunk_rows
 
 
+def test_a_spec_is_resolved_once_and_again_for_a_changed_copy(tmp_path: Path) -> None:
+    config = load_config(_config(tmp_path, P))
+    assert config.spec("ev") is config.spec("ev")
+    assert config.spec("default").chunk_rows == config.pipeline.chunk_rows
+    smaller = config.pipeline.model_copy(update={"chunk_rows": 7})
+    changed = config.model_copy(update={"pipeline": smaller})
+    assert changed.spec("default").chunk_rows == changed.spec("ev").chunk_rows == 7
+    assert config.spec("default").chunk_rows == config.pipeline.chunk_rows != 7
+
+
 def test_a_semicolon_dialect_with_single_quotes() -> None:
     schema = RecordSchema.from_dict({"properties": {"a": {}, "b": {}}}, source="s")
     data = b"a;b\n'x;y';2\n3;'it''s'\n"

@@ -13,6 +13,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PrivateAttr,
     ValidationInfo,
     field_validator,
     model_validator,
@@ -236,6 +237,7 @@ class Config(BaseModel):
     ingest: IngestConfig = Field(default_factory=IngestConfig)
     # Programs of the workspace's own that `mrbatch up` runs and supervises (config/services.py).
     services: dict[str, ServiceConfig] = Field(default_factory=dict)
+    _specs: dict[str, tuple[tuple[object, ...], PipelineSpec]] = PrivateAttr(default_factory=dict)
 
     @field_validator("services")
     @classmethod
@@ -260,7 +262,15 @@ class Config(BaseModel):
     # ------------------------------------------------------------------ pipelines
     def spec(self, name: str) -> PipelineSpec:
         """The pipeline called ``name`` (``default`` is ``[pipeline]``); KeyError if none."""
-        return resolve_spec(name, self.pipeline, self.pipelines, self.output.escape_formulas)
+        # Resolved once: a region asks at every step of every run (building the spec was 4%
+        # of its loop's time with many small files). The entry keeps the sections it was
+        # resolved from, so a copy of this config with other sections resolves again.
+        sources = (self.pipeline, self.pipelines, self.output.escape_formulas)
+        held = self._specs.get(name)
+        if held is None or any(a is not b for a, b in zip(held[0], sources, strict=True)):
+            spec = resolve_spec(name, *sources)
+            self._specs[name] = held = (sources, spec)
+        return held[1]
 
     def spec_for_key(self, key: str) -> PipelineSpec:
         """The pipeline an input key belongs to: the longest declared prefix it starts with,

@@ -3,12 +3,13 @@ outbox and a real SMTP server, aiosmtpd), then a few checks specific to one back
 
 from __future__ import annotations
 
-from email import message_from_bytes
+from email import message_from_bytes, policy
 from pathlib import Path
 
 import pytest
 
 from mrbatch import backends
+from mrbatch.backends.mail import render
 from mrbatch.errors import UnavailableError
 from mrbatch.ports import Mail, Notifier
 from tests.contracts.backends import NOTIFIERS, NotifierSetup, smtp_workspace
@@ -105,3 +106,26 @@ def test_smtp_names_the_server_that_did_not_accept(tmp_path: Path) -> None:
         with pytest.raises(UnavailableError, match=f"127.0.0.1:{server.port} did not accept"):
             notifier.send(MAIL)
         assert server.handler.refused == 1  # the server saw the message and refused it
+
+
+@pytest.mark.parametrize(
+    ("subject", "body"),
+    [
+        (MAIL.subject, MAIL.body),  # ASCII: the legacy API's fast path
+        ("mrbatch: " + "input/a-long-name/" * 8 + "x.csv processed (10 rows)", MAIL.body),
+        ("mrbatch: input/café.csv processed", "Téléchargez : http://x/y?signature=abc\n"),
+    ],
+)
+def test_a_rendered_mail_reads_back_as_written(subject: str, body: str) -> None:
+    mail = Mail(MAIL.message_id, MAIL.sender, MAIL.to, subject, body)
+    message = message_from_bytes(bytes(render(mail)), policy=policy.default)
+    assert message["Subject"] == subject and message["Message-ID"] == MAIL.message_id
+    assert message["To"] == "a@example.com, b@example.com" and message["Date"]
+    assert message.get_content() == body
+    assert max(len(line) for line in bytes(render(mail)).splitlines()) <= 998
+
+
+def test_a_line_break_in_a_header_is_refused() -> None:
+    mail = Mail(MAIL.message_id, MAIL.sender, MAIL.to, "x\r\nBcc: evil@example.com", MAIL.body)
+    with pytest.raises(ValueError):
+        render(mail)

@@ -32,25 +32,23 @@ _SPREAD = 387_420_489
 
 
 @cache
-def _pools() -> dict[str, list[str]]:
+def _pools() -> dict[str, pl.Series]:
+    # Series made once: building one from a Python list was half of a 1,000-row file's
+    # generation (the load generator makes one a file).
     rows = list(csv.reader(io.StringIO(sample_bytes("orders.csv").decode("utf-8"))))
     header, body = rows[0], rows[1:]
-    return {name: sorted({row[i] for row in body}) for i, name in enumerate(header)}
+    return {
+        name: pl.Series(name, sorted({row[i] for row in body}), dtype=pl.String)
+        for i, name in enumerate(header)
+    }
 
 
 def _uuid(index: pl.Expr) -> pl.Expr:
     return ((index * _SPREAD) % 1_000_000_000).cast(pl.String).str.zfill(9)
 
 
-@cache
-def _pool(name: str) -> pl.Series:
-    # Made once: a Series built from the Python list was half of a 1,000-row file's
-    # generation (the load generator makes one a file).
-    return pl.Series(name, _pools()[name], dtype=pl.String)
-
-
 def _pick(name: str, salt: int, seed: int) -> pl.Expr:
-    pool = _pool(name)
+    pool = _pools()[name]
     return pl.lit(pool).gather(pl.col("i").hash(seed + salt) % len(pool))
 
 

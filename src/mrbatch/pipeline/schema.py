@@ -28,6 +28,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -190,6 +191,9 @@ class RecordSchema:
             )
 
     # ------------------------------------------------------------------ expressions
+    # Built once per schema: expressions are immutable, and building them again for every chunk
+    # took 0.7 ms of a 1,000-row chunk's 5 ms (one query of polars is about 0.15 ms).
+    @cached_property
     def _failures(self) -> list[tuple[pl.Expr, str]]:
         """(condition, reason) for every rule; a condition is true (or null) exactly on failure.
 
@@ -213,7 +217,11 @@ class RecordSchema:
 
     def valid_expr(self) -> pl.Expr:
         """Boolean expression: true where the row passes every rule (never null)."""
-        fails = [cond.fill_null(False) for cond, _ in self._failures()]
+        return self._valid
+
+    @cached_property
+    def _valid(self) -> pl.Expr:
+        fails = [cond.fill_null(False) for cond, _ in self._failures]
         if not fails:
             return pl.repeat(True, pl.len())  # a bare literal would not broadcast in select()
         return ~pl.any_horizontal(fails)
@@ -224,7 +232,11 @@ class RecordSchema:
         The frame must have one pl.String column per declared property and required name
         (null or "" for an empty field). Reasons follow schema order.
         """
-        parts = [pl.when(cond).then(pl.lit(reason)) for cond, reason in self._failures()]
+        return self._reasons
+
+    @cached_property
+    def _reasons(self) -> pl.Expr:
+        parts = [pl.when(cond).then(pl.lit(reason)) for cond, reason in self._failures]
         if not parts:
             return pl.repeat(None, pl.len(), dtype=pl.String)
         joined = pl.concat_str(parts, separator="; ", ignore_nulls=True)

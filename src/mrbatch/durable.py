@@ -12,7 +12,7 @@ from typing import Any
 __all__ = ["fsync_dir", "fsync_file", "start_writeback"]
 
 
-def fsync_file(path: Path) -> None:
+def fsync_file(path: str | Path) -> None:
     """Make the bytes of file ``path`` durable."""
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -21,7 +21,7 @@ def fsync_file(path: Path) -> None:
         os.close(fd)
 
 
-def fsync_dir(path: Path) -> None:
+def fsync_dir(path: str | Path) -> None:
     """Make the entries of directory ``path`` (a rename, a new file) durable."""
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:

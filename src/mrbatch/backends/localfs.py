@@ -21,6 +21,7 @@ import hashlib
 import json
 import os
 import sqlite3
+import threading
 import time
 import uuid
 from collections.abc import Iterable, Iterator, Mapping
@@ -79,10 +80,17 @@ class LocalObjectStore:
         self._blobs.mkdir(parents=True, exist_ok=True)
         self._tmp.mkdir(parents=True, exist_ok=True)
         self._index = SqliteFile(root / "index.sqlite", _SCHEMA)
+        # Paths as text on the hot path: pathlib's joins were 7% of a replicator's CPU.
+        self._blobs_dir, self._tmp_dir = str(self._blobs), str(self._tmp)
+        self._lock_path = str(root / "blobs.lock")
+        self._lock_files = threading.local()
 
     # ------------------------------------------------------------------ helpers
     def _blob_path(self, sha256: str) -> Path:
-        return self._blobs / sha256[:2] / sha256
+        return Path(self._blob_file(sha256))
+
+    def _blob_file(self, sha256: str) -> str:
+        return f"{self._blobs_dir}/{sha256[:2]}/{sha256}"
 
     def _write_blob(
         self, data: bytes | BinaryIO | Iterable[bytes], *, durable: bool = True
@@ -91,7 +99,7 @@ class LocalObjectStore:
         fsynced (file, then its directory) before the index may point at it."""
         digest = hashlib.sha256()
         size = started = 0
-        tmp = self._tmp / f"{uuid.uuid4().hex}.part"
+        tmp = f"{self._tmp_dir}/{uuid.uuid4().hex}.part"
         try:
             with open(tmp, "wb") as out:
                 for block in blocks(data):
@@ -107,22 +115,24 @@ class LocalObjectStore:
                     out.flush()
                     os.fsync(out.fileno())
             sha = digest.hexdigest()
-            target = self._blob_path(sha)
-            if target.exists():
-                tmp.unlink()
+            target = self._blob_file(sha)
+            if os.path.exists(target):
+                os.unlink(tmp)
                 os.utime(target)  # in use again: not a superseded version for purge
                 if durable:
                     fsync_file(target)  # written before, perhaps not synced then
             else:
-                if not target.parent.exists():
-                    target.parent.mkdir(exist_ok=True)
+                parent = os.path.dirname(target)
+                if not os.path.exists(parent):
+                    os.makedirs(parent, exist_ok=True)
                     if durable:
                         fsync_dir(self._blobs)
                 os.replace(tmp, target)
                 if durable:
-                    fsync_dir(target.parent)  # the rename itself
+                    fsync_dir(parent)  # the rename itself
         except BaseException:
-            tmp.unlink(missing_ok=True)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
             raise
         return sha, size
 
@@ -150,6 +160,7 @@ class LocalObjectStore:
     def _upsert(
         self,
         db: sqlite3.Connection,
+        previous: sqlite3.Row | None,
         key: str,
         sha: str,
         size: int,
@@ -160,23 +171,22 @@ class LocalObjectStore:
         deleted: bool,
         meta: Mapping[str, str],
     ) -> ObjectInfo:
-        previous = db.execute("SELECT sha256 FROM objects WHERE key = ?", (key,)).fetchone()
-        if previous is not None and previous[0] != sha:
+        """Write ``key``'s row over ``previous`` (its row, read in the same transaction)."""
+        if previous is not None and previous["sha256"] != sha:
             # The superseded version's retention window starts now, not when it was written.
             with contextlib.suppress(FileNotFoundError):
-                os.utime(self._blob_path(previous[0]))
+                os.utime(self._blob_file(previous["sha256"]))
         seq = db.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM objects").fetchone()[0]
+        meta = dict(meta)
         db.execute(
             "INSERT INTO objects (key, sha256, size, modified, origin, epoch, deleted, meta, seq)"
             " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
             " ON CONFLICT (key) DO UPDATE SET sha256 = excluded.sha256, size = excluded.size,"
             " modified = excluded.modified, origin = excluded.origin, epoch = excluded.epoch,"
             " deleted = excluded.deleted, meta = excluded.meta, seq = excluded.seq",
-            (key, sha, size, modified, origin, epoch, int(deleted), json.dumps(dict(meta)), seq),
+            (key, sha, size, modified, origin, epoch, int(deleted), json.dumps(meta), seq),
         )
-        row = self._row(db, key)
-        assert row is not None
-        return self._info(row)
+        return ObjectInfo(key, size, sha, sha, modified, origin, epoch, seq, deleted, meta)
 
     def _commit(
         self,
@@ -199,6 +209,7 @@ class LocalObjectStore:
                 return self._info(row)  # same bytes, same meta: nothing changes
             return self._upsert(
                 db,
+                row,
                 key,
                 sha,
                 size,
@@ -232,7 +243,7 @@ class LocalObjectStore:
                 raise NotFoundError(f"{self.region}: no object {key!r}")
             sha = info.sha256
         try:
-            return open(self._blob_path(sha), "rb")
+            return open(self._blob_file(sha), "rb")
         except FileNotFoundError:
             raise NotFoundError(f"{self.region}: no object {key!r} version {sha[:12]}") from None
 
@@ -275,13 +286,13 @@ class LocalObjectStore:
                 version, size = info.sha256, info.size
             else:
                 try:
-                    size = self._blob_path(version).stat().st_size
+                    size = os.stat(self._blob_file(version)).st_size
                 except FileNotFoundError:
                     raise NotFoundError(
                         f"{self.region}: no object {src!r} version {version[:12]} to copy"
                     ) from None
             if durable:
-                fsync_file(self._blob_path(version))  # an intermediate's bytes, now kept
+                fsync_file(self._blob_file(version))  # an intermediate's bytes, now kept
             return self._commit(dst, version, size, meta or {}, epoch, durable)
 
     def delete(self, key: str) -> bool:
@@ -291,6 +302,7 @@ class LocalObjectStore:
                 return False
             self._upsert(
                 db,
+                row,
                 key,
                 row["sha256"],
                 0,
@@ -321,7 +333,7 @@ class LocalObjectStore:
         current = self._index.query("SELECT * FROM objects WHERE key = ?", (info.key,))
         if current and info.rank <= self._info(current[0]).rank:
             return False
-        if not info.deleted and not self._blob_path(info.sha256).exists():
+        if not info.deleted and not os.path.exists(self._blob_file(info.sha256)):
             # Content-addressed: bytes already here (the same output under two keys, say)
             # need not cross the link again.
             if data is None:
@@ -338,6 +350,7 @@ class LocalObjectStore:
                 return False
             self._upsert(
                 db,
+                row,
                 info.key,
                 info.sha256,
                 info.size,
@@ -380,9 +393,17 @@ class LocalObjectStore:
 
     @contextlib.contextmanager
     def _blob_lock(self, mode: int) -> Iterator[None]:
-        with open(self.root / "blobs.lock", "a") as lock:
-            fcntl.flock(lock, mode)
+        # The lock file stays open, one per thread (closed with the thread's locals when it
+        # ends): a lock belongs to an open file, so threads sharing one would not exclude each
+        # other (a purge and a put). Opening it for every write cost 10 us of 20-80.
+        lock: BinaryIO | None = getattr(self._lock_files, "file", None)
+        if lock is None:
+            lock = self._lock_files.file = open(self._lock_path, "ab")  # noqa: SIM115
+        fcntl.flock(lock, mode)
+        try:
             yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
     def sync(self) -> None:
         self._index.sync()

@@ -31,6 +31,10 @@ def _die() -> None:
     os.kill(os.getpid(), signal.SIGKILL)  # the worker running this task is killed under it
 
 
+def _malloc_conf() -> str:
+    return os.environ.get("_RJEM_MALLOC_CONF", "")
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)  # signal 0 only checks that the process exists
@@ -88,6 +92,23 @@ def test_process_pool_counts_each_replaced_pool(tmp_path: Path) -> None:
             assert pool.restarts == 1  # type: ignore[attr-defined]
         finally:
             pool.shutdown(cancel=True)
+
+
+def test_process_pool_workers_get_its_allocator_settings_after_polars(tmp_path: Path) -> None:
+    # A region has imported polars before it starts its pool, and polars sets the variable
+    # jemalloc reads on import: the pool's settings must still be the last word in a worker.
+    import polars  # noqa: F401
+
+    from mrbatch.backends.executors import WORKER_MALLOC_CONF
+
+    assert os.environ.get("_RJEM_MALLOC_CONF")  # set by polars itself
+    with EXECUTORS["process-pool"](tmp_path) as setup:
+        pool = backends.open_executor(setup.workspace)
+        try:
+            settings = pool.submit(_malloc_conf).result(timeout=60)
+        finally:
+            pool.shutdown(cancel=True)
+    assert settings.endswith("," + WORKER_MALLOC_CONF)
 
 
 def test_dask_replaces_a_nanny_that_gave_up(tmp_path: Path) -> None:

@@ -32,7 +32,7 @@ from distributed import Client, LocalCluster, WorkerPlugin
 from distributed import Future as DaskFuture
 from distributed.scheduler import KilledWorker
 
-from .executors import _die_with_parent
+from .executors import _die_with_parent, use_worker_allocator_settings
 
 if TYPE_CHECKING:
     from ..config.workspace import Workspace
@@ -115,7 +115,7 @@ class DaskExecutor:
         logging.getLogger("distributed").setLevel(logging.WARNING)
         cores = os.cpu_count() or 1
         os.environ.setdefault("POLARS_MAX_THREADS", str(max(1, cores // self.workers)))
-        os.environ.setdefault("_RJEM_MALLOC_CONF", "dirty_decay_ms:1000,muzzy_decay_ms:0")
+        use_worker_allocator_settings("dirty_decay_ms:1000,muzzy_decay_ms:0")
         cluster = LocalCluster(
             n_workers=self.workers,
             threads_per_worker=self.threads_per_worker,

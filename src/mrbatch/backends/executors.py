@@ -17,7 +17,14 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from ..config.workspace import Workspace
 
-__all__ = ["InlineExecutor", "ProcessPool", "open_inline", "open_process_pool"]
+__all__ = [
+    "WORKER_MALLOC_CONF",
+    "InlineExecutor",
+    "ProcessPool",
+    "open_inline",
+    "open_process_pool",
+    "use_worker_allocator_settings",
+]
 
 
 _PR_SET_PDEATHSIG = 1  # linux/prctl.h
@@ -34,6 +41,26 @@ def _die_with_parent(parent: int) -> None:
         pass  # not Linux: the pool's own pipes still end an idle worker
     if os.getppid() != parent:
         os._exit(0)  # the parent died before the request took effect
+
+
+# polars allocates with jemalloc (prefix _rjem_), which keeps freed pages resident a while:
+# pages it has given back with MADV_FREE ("muzzy") still count in a worker's RSS until the
+# kernel needs them. Muzzy pages released at once (muzzy_decay_ms:0) and one arena, so what
+# polars' thread frees is reused by the worker's own thread rather than kept aside.
+WORKER_MALLOC_CONF = "dirty_decay_ms:1000,muzzy_decay_ms:0,narenas:1"
+
+
+def use_worker_allocator_settings(settings: str) -> None:
+    """Give the worker processes started from now on jemalloc ``settings``.
+
+    polars sets ``_RJEM_MALLOC_CONF`` itself when it is imported: its own defaults, then the
+    value already there. By the time a pool starts, this process has imported polars, so the
+    variable is set and a ``setdefault`` never reached the workers (they ran on polars'
+    defaults until 2026-12-02). Appended, they come last, and jemalloc keeps the last value
+    of each option."""
+    current = os.environ.get("_RJEM_MALLOC_CONF", "")
+    if not current.endswith(settings):
+        os.environ["_RJEM_MALLOC_CONF"] = f"{current},{settings}" if current else settings
 
 
 def _warm() -> int:
@@ -60,14 +87,7 @@ class ProcessPool:
         # Each worker gets an equal share of the cores for polars' own threads.
         cores = os.cpu_count() or 1
         os.environ.setdefault("POLARS_MAX_THREADS", str(max(1, cores // self.workers)))
-        # polars allocates with jemalloc (prefix _rjem_), which by default keeps freed pages
-        # for 10 s; a worker then sits at the high-water mark of its largest chunk plus
-        # fragmentation. Returning them after 1 s keeps the peak lower at no measurable cost
-        # (measured: 125k-row chunks peak ~270 MB instead of ~300 MB). One arena: what
-        # polars' thread frees while reading the held reference is reused by the worker's
-        # own thread, not kept aside (1M rows: the largest worker 271-279 MB against 276-295,
-        # four runs each alternating; no slower).
-        os.environ.setdefault("_RJEM_MALLOC_CONF", "dirty_decay_ms:1000,muzzy_decay_ms:0,narenas:1")
+        use_worker_allocator_settings(WORKER_MALLOC_CONF)
 
     def _fresh(self) -> ProcessPoolExecutor:
         pool = ProcessPoolExecutor(

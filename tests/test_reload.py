@@ -187,3 +187,26 @@ def test_the_watcher_applies_live_keeps_the_rest_and_refuses_bad_edits(
     assert watcher.ws.config.pipeline.max_rejected_fraction == 0.5  # the one it runs with
     keep = live_part(workspace.config, edited.config)
     assert restart_needed(workspace.config, keep) == []
+
+
+def test_a_configuration_crosses_to_a_worker_once_and_an_edit_crosses_again(
+    workspace: Workspace,
+) -> None:
+    # What a chunk task carries to a worker: the configuration its region runs with. A worker
+    # keeps what it was sent; an edit (other settings, the same file digest or not) is sent
+    # and received as itself, never mistaken for one the worker holds.
+    import pickle
+    from multiprocessing.reduction import ForkingPickler
+
+    from mrbatch.config.reload import ConfigRef
+
+    ref = ConfigRef(str(workspace.config_path), "d1", workspace.config)
+    first = pickle.loads(ForkingPickler.dumps(ref))
+    assert first == ref and first.config == workspace.config
+    assert pickle.loads(ForkingPickler.dumps(ref)) is first  # unpickled once
+    edited = workspace.config.model_copy(
+        update={"pipeline": workspace.config.pipeline.model_copy(update={"chunk_rows": 7})}
+    )
+    other = pickle.loads(ForkingPickler.dumps(ConfigRef(ref.path, "d1", edited)))
+    assert other is not first and other.config.pipeline.chunk_rows == 7
+    assert first.config.pipeline.chunk_rows == workspace.config.pipeline.chunk_rows

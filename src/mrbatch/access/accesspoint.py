@@ -9,6 +9,7 @@ either fails, the next region is tried, as for a failed write."""
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import BinaryIO
@@ -18,7 +19,7 @@ from ..config.workspace import Workspace
 from ..errors import MrbatchError, NotFoundError, UnavailableError
 from ..model.keys import INPUT, check_input_key, check_key
 from ..model.records import Accepted
-from ..ports import ObjectInfo, ObjectStore, StateTable
+from ..ports import ControlPlane, ObjectInfo, ObjectStore, StateTable
 from .ledger import accept
 from .splithint import Splitter
 
@@ -39,6 +40,10 @@ class AccessPoint:
         self.ws = ws
         self._stores: dict[str, ObjectStore] = {}
         self._tables: dict[str, StateTable] = {}
+        # The routing control, opened once per thread that uploads (opening it for every
+        # upload was 0.38 ms of the load generator's 2.6 ms a small file); a thread's own, as
+        # a client of the control plane need not be shared safely between threads.
+        self._routing = threading.local()
 
     def store(self, region: str) -> ObjectStore:
         if region not in self._stores:
@@ -54,7 +59,10 @@ class AccessPoint:
         """Regions in the order uploads and reads try them: active first."""
         order = list(self.ws.regions)
         try:
-            active = backends.open_control_plane(self.ws).routing().active_region
+            control: ControlPlane | None = getattr(self._routing, "control", None)
+            if control is None:
+                control = self._routing.control = backends.open_control_plane(self.ws)
+            active = control.routing().active_region
         except MrbatchError:
             return order  # without the routing control, configuration order it is
         return [active] + [r for r in order if r != active]

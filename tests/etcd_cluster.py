@@ -7,6 +7,7 @@ member can be SIGKILLed and started again. Every member is stopped by pid when t
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -19,10 +20,17 @@ from pathlib import Path
 __all__ = ["EtcdCluster"]
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+def _free_ports(count: int) -> list[int]:
+    """``count`` distinct free ports. Held open together while they are chosen: one at a time,
+    the kernel may hand the same port out twice (a cluster then failed with "initial cluster
+    ... has duplicate url")."""
+    with contextlib.ExitStack() as held:
+        ports = []
+        for _ in range(count):
+            sock = held.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
+            sock.bind(("127.0.0.1", 0))
+            ports.append(int(sock.getsockname()[1]))
+        return ports
 
 
 def _healthy(url: str) -> bool:
@@ -43,8 +51,8 @@ class EtcdCluster:
     ) -> None:
         self.root = root
         self.names = [f"m{i}" for i in range(members)]
-        self.client_ports = [_free_port() for _ in self.names]
-        self.peer_ports = [_free_port() for _ in self.names]
+        ports = _free_ports(2 * members)
+        self.client_ports, self.peer_ports = ports[:members], ports[members:]
         self.timings = [
             "--heartbeat-interval",
             str(heartbeat_ms),

@@ -17,22 +17,20 @@ from __future__ import annotations
 import builtins
 import contextlib
 import fcntl
-import hashlib
 import json
 import os
 import sqlite3
 import threading
 import time
-import uuid
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
 
-from ..durable import fsync_dir, fsync_file, start_writeback
+from ..durable import fsync_file
 from ..errors import ConflictError, NotFoundError
 from ..model.keys import check_key
 from ..ports import ObjectInfo, Purged
-from .blobfiles import blocks
+from .blobfiles import blob_file, write_blob
 from .sqlite_util import SqliteFile
 
 if TYPE_CHECKING:
@@ -40,15 +38,6 @@ if TYPE_CHECKING:
 
 __all__ = ["LocalObjectStore", "open_store"]
 
-# A durable blob's writeback is started every this many bytes, as it is written: its fsync at
-# the end then waits for the last few MiB, not the whole file (durable.start_writeback).
-WRITEBACK_AHEAD = 8 << 20
-
-# ... and that of any blob past this size: one so large is an upload or a merged output, which
-# publish makes durable right after (a 480 MB output's fsync took 0.2 s of a 4M-row run's
-# critical path). Chunk outputs stay below it: read back at once, deleted later, they need no
-# writes to storage during the run.
-WRITEBACK_ANY_FROM = 64 << 20
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS objects (
@@ -90,51 +79,12 @@ class LocalObjectStore:
         return Path(self._blob_file(sha256))
 
     def _blob_file(self, sha256: str) -> str:
-        return f"{self._blobs_dir}/{sha256[:2]}/{sha256}"
+        return blob_file(self._blobs_dir, sha256)
 
     def _write_blob(
         self, data: bytes | BinaryIO | Iterable[bytes], *, durable: bool = True
     ) -> tuple[str, int]:
-        """Store bytes as a blob; returns (sha256, size). Idempotent by content. ``durable``:
-        fsynced (file, then its directory) before the index may point at it."""
-        digest = hashlib.sha256()
-        size = started = 0
-        tmp = f"{self._tmp_dir}/{uuid.uuid4().hex}.part"
-        try:
-            with open(tmp, "wb") as out:
-                for block in blocks(data):
-                    digest.update(block)
-                    out.write(block)
-                    size += len(block)
-                    ahead = durable or size >= WRITEBACK_ANY_FROM
-                    if ahead and size - started >= WRITEBACK_AHEAD:
-                        out.flush()
-                        start_writeback(out.fileno(), started, size - started)
-                        started = size
-                if durable:  # on stable storage before the index points at it
-                    out.flush()
-                    os.fsync(out.fileno())
-            sha = digest.hexdigest()
-            target = self._blob_file(sha)
-            if os.path.exists(target):
-                os.unlink(tmp)
-                os.utime(target)  # in use again: not a superseded version for purge
-                if durable:
-                    fsync_file(target)  # written before, perhaps not synced then
-            else:
-                parent = os.path.dirname(target)
-                if not os.path.exists(parent):
-                    os.makedirs(parent, exist_ok=True)
-                    if durable:
-                        fsync_dir(self._blobs)
-                os.replace(tmp, target)
-                if durable:
-                    fsync_dir(parent)  # the rename itself
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-            raise
-        return sha, size
+        return write_blob(self._blobs_dir, self._tmp_dir, data, durable=durable)
 
     @staticmethod
     def _info(row: sqlite3.Row) -> ObjectInfo:

@@ -197,6 +197,24 @@ def test_another_installation_is_refused_and_the_server_restarts(tmp_path: Path)
         assert _relayed(ws.root, "runs").returncode == 0
 
 
+def test_a_message_sent_with_its_descriptors_survives_a_server_that_answered_and_closed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The race a refused client lost: the whole message went with the descriptors, and the
+    # server read it, answered and closed before the client's send returned.
+    client, server = socket.socketpair()
+    real_send_fds = socket.send_fds
+
+    def send_then_server_closes(sock: socket.socket, buffers: list[bytes], fds: list[int]) -> int:
+        sent = real_send_fds(sock, buffers, fds)
+        server.close()
+        return sent
+
+    monkeypatch.setattr(socket, "send_fds", send_then_server_closes)
+    with client:
+        relay_wire.send(client, {"argv": ["runs"]}, [0, 1, 2])  # nothing left: no EPIPE
+
+
 def test_the_code_stamp_follows_any_mrbatch_module_it_imported(tmp_path: Path) -> None:
     """What makes the server refuse when mrbatch's code changed under it (an upgrade, an edit
     of an editable install). Tested on a module of its own: touching a real one would turn

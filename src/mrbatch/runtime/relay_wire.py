@@ -21,7 +21,10 @@ def send(sock: socket.socket, message: dict[str, Any], fds: list[int] | None = N
     if fds:
         sent = socket.send_fds(sock, [data], fds)
         data = data[sent:]
-    sock.sendall(data)
+    if data:
+        # Never an empty sendall: it still calls send(), which fails with EPIPE once a server
+        # that read the whole message with its descriptors has answered and closed (a refusal).
+        sock.sendall(data)
 
 
 def _exactly(sock: socket.socket, size: int) -> bytes | None:

@@ -5,6 +5,7 @@ index and the state table (the ledger entry) are synced before the answer is wri
 
 from __future__ import annotations
 
+import hashlib
 import re
 import shutil
 import subprocess
@@ -169,3 +170,29 @@ def test_a_large_blob_is_on_its_way_to_storage_while_it_is_written(
         i for i, line in enumerate(lines) if (m := SYNC.search(line)) and ".part" in m.group(3)
     ]
     assert synced == ([max(i for i, _ in starts) + 1] if durable else [])  # then the tail
+
+
+def test_bytes_the_embedded_store_holds_already_make_no_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A file created and deleted for nothing costs each later new file on an ext4 without a
+    # journal (it scans past recently freed inodes): the same bytes again write no file.
+    from mrbatch.backends import blobfiles
+    from mrbatch.backends.localfs import LocalObjectStore
+
+    store = LocalObjectStore(tmp_path / "bucket", "r1")
+    first = store.put("runs/a/rejected/00000.csv", b"", durable=True)
+    created: list[str] = []
+    real_open = open
+
+    def counting_open(path: str, *args: object, **kwargs: object) -> object:
+        created.append(path)
+        return real_open(path, *args, **kwargs)  # type: ignore[call-overload]
+
+    monkeypatch.setattr(blobfiles, "open", counting_open, raising=False)
+    again = store.put("runs/b/rejected/00000.csv", b"", durable=True)
+    assert created == [] and again.sha256 == first.sha256
+    assert store.get("runs/b/rejected/00000.csv") == b""
+    new = store.put("runs/b/out/00000.csv", b"rows\n")  # new bytes: one file, hashed once
+    assert len(created) == 1 and store.get("runs/b/out/00000.csv") == b"rows\n"
+    assert new.sha256 == hashlib.sha256(b"rows\n").hexdigest()

@@ -210,3 +210,6 @@ def test_a_configuration_crosses_to_a_worker_once_and_an_edit_crosses_again(
     other = pickle.loads(ForkingPickler.dumps(ConfigRef(ref.path, "d1", edited)))
     assert other is not first and other.config.pipeline.chunk_rows == 7
     assert first.config.pipeline.chunk_rows == workspace.config.pipeline.chunk_rows
+    # A schema edited: the same settings under another digest, which the worker must see.
+    schema_edit = pickle.loads(ForkingPickler.dumps(ConfigRef(ref.path, "d2", workspace.config)))
+    assert schema_edit is not first and schema_edit.digest == "d2"

@@ -89,16 +89,19 @@ class ConfigRef:
         return pickle.dumps(self.config, protocol=pickle.HIGHEST_PROTOCOL)
 
 
-_RECEIVED: dict[bytes, ConfigRef] = {}  # a worker's configurations, by their pickled bytes
+# A worker's configurations, by path, digest and pickled bytes: a schema edit changes the
+# digest (the worker's pipelines are cached by it) and not the configuration's bytes.
+_RECEIVED: dict[tuple[str, str, bytes], ConfigRef] = {}
 _MAX_RECEIVED = 4  # older ones: their runs are finished or gone
 
 
 def _received(path: str, digest: str, pickled: bytes) -> ConfigRef:
-    ref = _RECEIVED.get(pickled)
+    key = (path, digest, pickled)
+    ref = _RECEIVED.get(key)
     if ref is None:
         if len(_RECEIVED) >= _MAX_RECEIVED:
             _RECEIVED.pop(next(iter(_RECEIVED)))
-        ref = _RECEIVED[pickled] = ConfigRef(path, digest, pickle.loads(pickled))
+        ref = _RECEIVED[key] = ConfigRef(path, digest, pickle.loads(pickled))
     return ref
 
 

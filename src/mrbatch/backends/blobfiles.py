@@ -62,17 +62,15 @@ def write_blob(
     """Store bytes as a blob named by their SHA-256 under ``blobs`` (``blobs/ab/abcdef…``),
     written under a temporary name in ``tmp_dir`` first; returns (sha256, size). Idempotent by
     content. ``durable``: fsynced (file, then its directory) before an index may point at it."""
+    # Bytes already held are hashed first: when the blob exists (an empty or header-only
+    # output, the same output under two keys) no file is created and deleted for nothing.
+    # On an ext4 without a journal, as on this machine, each new file then scans past the
+    # inodes freed in the last minutes: 19% of the machine's CPU with many small files.
+    known = None
     if isinstance(data, bytes | bytearray | memoryview):
-        # Bytes already held are hashed first: when the blob exists (an empty or header-only
-        # output, the same output under two keys) no file is created and deleted for nothing.
-        # On an ext4 without a journal, as on this machine, each new file then scans past the
-        # inodes freed in the last minutes: 19% of the machine's CPU with many small files.
-        sha = hashlib.sha256(data).hexdigest()
-        if _reuse(blobs, sha, durable=durable):
-            return sha, len(data)
-        known: str | None = sha
-    else:
-        known = None
+        known = hashlib.sha256(data).hexdigest()
+        if _reuse(blob_file(blobs, known), durable=durable):
+            return known, len(data)
     digest = hashlib.sha256()
     size = started = 0
     tmp = f"{tmp_dir}/{uuid.uuid4().hex}.part"
@@ -93,7 +91,7 @@ def write_blob(
                 os.fsync(out.fileno())
         sha = known or digest.hexdigest()
         target = blob_file(blobs, sha)
-        if _reuse(blobs, sha, durable=durable):
+        if _reuse(target, durable=durable):
             os.unlink(tmp)
         else:
             parent = os.path.dirname(target)
@@ -111,11 +109,10 @@ def write_blob(
     return sha, size
 
 
-def _reuse(blobs: str, sha256: str, *, durable: bool) -> bool:
-    """True when the blob of ``sha256`` exists; it is then marked in use again (not a superseded
-    version for purge) and, for a ``durable`` write, synced (written before, perhaps not
-    synced then)."""
-    target = blob_file(blobs, sha256)
+def _reuse(target: str, *, durable: bool) -> bool:
+    """True when the blob file ``target`` exists; it is then marked in use again (not a
+    superseded version for purge) and, for a ``durable`` write, synced (written before, perhaps
+    not synced then)."""
     try:
         os.utime(target)
     except FileNotFoundError:

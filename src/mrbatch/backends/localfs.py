@@ -75,9 +75,6 @@ class LocalObjectStore:
         self._lock_files = threading.local()
 
     # ------------------------------------------------------------------ helpers
-    def _blob_path(self, sha256: str) -> Path:
-        return Path(self._blob_file(sha256))
-
     def _blob_file(self, sha256: str) -> str:
         return blob_file(self._blobs_dir, sha256)
 
@@ -364,7 +361,7 @@ class LocalObjectStore:
 
     def blob_path(self, version: str) -> Path:
         """Where the bytes of ``version`` are on disk (the gateway serves files from here)."""
-        path = self._blob_path(version)
+        path = Path(self._blob_file(version))
         if not path.exists():
             raise NotFoundError(f"{self.region}: no blob {version[:12]}")
         return path
